@@ -1,0 +1,49 @@
+"""Base classes for every bus contract."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, PlainSerializer
+
+
+def as_utc(value: datetime) -> datetime:
+    """Naive datetimes are read as UTC; aware ones are converted to UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def format_utc(value: datetime) -> str:
+    value = as_utc(value)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond // 1000:03d}"
+    return text + "Z"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+UtcDatetime = Annotated[
+    datetime, AfterValidator(as_utc), PlainSerializer(format_utc, return_type=str, when_used="json")
+]
+
+
+class OcppModel(BaseModel):
+    """An OCPP payload: snake_case attributes, camelCase on the wire."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    def to_ocpp(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class BusModel(BaseModel):
+    """A bus message (envelope or domain event): snake_case everywhere, JSON on the wire."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()

@@ -1,0 +1,126 @@
+"""Domain events published on the events exchange; the routing key is ``EVENT_TYPE``."""
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from csms.contracts.base import BusModel, UtcDatetime, utc_now
+
+
+class Event(BusModel):
+    EVENT_TYPE: ClassVar[str] = ""
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    occurred_at: UtcDatetime = Field(default_factory=utc_now)
+    charge_point_id: str
+
+
+class StationConnected(Event):
+    EVENT_TYPE: ClassVar[str] = "station.connected"
+    gateway: str
+    session: str
+    remote_address: str = ""
+
+
+class StationDisconnected(Event):
+    EVENT_TYPE: ClassVar[str] = "station.disconnected"
+    gateway: str
+    session: str
+    code: int | None = None
+    reason: str = ""
+
+
+class StationBooted(Event):
+    EVENT_TYPE: ClassVar[str] = "station.booted"
+    status: str
+    vendor: str
+    model: str
+    serial_number: str | None = None
+    firmware_version: str | None = None
+    interval: int
+
+
+class ConnectorStatusChanged(Event):
+    EVENT_TYPE: ClassVar[str] = "connector.status_changed"
+    connector_id: int
+    status: str
+    previous_status: str | None = None
+    error_code: str
+    info: str | None = None
+    vendor_id: str | None = None
+    vendor_error_code: str | None = None
+    timestamp: UtcDatetime | None = None
+
+
+class FirmwareStatusChanged(Event):
+    EVENT_TYPE: ClassVar[str] = "firmware.status_changed"
+    status: str
+
+
+class DataTransferReceived(Event):
+    EVENT_TYPE: ClassVar[str] = "datatransfer.received"
+    vendor_id: str
+    message_id: str | None = None
+    data: str | None = None
+    status: str
+
+
+class ConfigurationChanged(Event):
+    EVENT_TYPE: ClassVar[str] = "station.configuration_changed"
+    key: str
+    value: str
+    status: str
+
+
+class TransactionStarted(Event):
+    EVENT_TYPE: ClassVar[str] = "transaction.started"
+    transaction_id: int
+    connector_id: int
+    id_tag: str
+    meter_start: int
+    timestamp: UtcDatetime
+    reservation_id: int | None = None
+    authorization_status: str
+
+
+class TransactionStopped(Event):
+    EVENT_TYPE: ClassVar[str] = "transaction.stopped"
+    transaction_id: int
+    connector_id: int | None = None
+    id_tag: str | None = None
+    meter_start: int | None = None
+    meter_stop: int
+    energy_wh: int | None = None
+    timestamp: UtcDatetime
+    reason: str | None = None
+
+
+class MeterValuesReceived(Event):
+    EVENT_TYPE: ClassVar[str] = "meter.values"
+    connector_id: int
+    transaction_id: int | None = None
+    meter_value: list[dict[str, Any]]
+
+
+class DiagnosticsStatusChanged(Event):
+    EVENT_TYPE: ClassVar[str] = "diagnostics.status_changed"
+    status: str
+    request_id: str | None = None
+
+
+class FileUploaded(Event):
+    EVENT_TYPE: ClassVar[str] = "diagnostics.uploaded"
+    file_id: str
+    kind: str
+    request_id: str | None = None
+    filename: str
+    size: int
+    sha256: str
+
+
+class ChargingProfilesChanged(Event):
+    EVENT_TYPE: ClassVar[str] = "charging.profiles_changed"
+    connector_id: int
+    change: str  # set | cleared
+    profile_ids: list[int]

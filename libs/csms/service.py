@@ -1,0 +1,345 @@
+"""A small framework for CSMS services on the bus.
+
+A service declares, at import time, the charge point CALLs it answers, the CSMS->CP commands it
+owns, its own API operations and the events it follows::
+
+    service = Service("stations")
+
+    @service.call("Heartbeat")
+    async def heartbeat(ctx: CallContext, req: HeartbeatRequest) -> HeartbeatResponse: ...
+
+    @service.command("Reset")                    # optional domain logic around the command
+    async def reset(ctx: CommandContext, req: ResetRequest) -> CommandResult:
+        return await ctx.forward()
+
+    @service.api("get_station")
+    async def get_station(ctx: ApiContext, params: dict) -> dict: ...
+
+    @service.event("station.connected")
+    async def on_connected(ctx: ServiceContext, event: dict) -> None: ...
+
+These registrations are the registry ``ocpp/coverage.json`` is generated from.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import aio_pika
+import redis.asyncio as aioredis
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from csms import ocpp16
+from csms.bus import (
+    KIND_API, KIND_CALL, KIND_COMMAND, Bus, RpcClient, Unroutable, api_key, call_key, command_key,
+)
+from csms.config import Settings
+from csms.contracts.bus import ApiReply, ApiRequest, Command, CommandResult, OcppCall, OcppReply
+from csms.contracts.events import Event
+from csms.contracts.ocpp16 import REQUESTS, RESPONSES, OcppModel
+from csms.ocpp16 import ErrorCode, OcppError
+
+log = logging.getLogger(__name__)
+
+CallHandler = Callable[["CallContext", Any], Awaitable[OcppModel | dict]]
+CommandHandler = Callable[["CommandContext", Any], Awaitable[CommandResult]]
+ApiHandler = Callable[["ApiContext", dict], Awaitable[Any]]
+EventHandler = Callable[["ServiceContext", dict], Awaitable[None]]
+
+# Every Service ever created, by name: the handler registry.
+SERVICES: dict[str, "Service"] = {}
+
+
+class ApiError(Exception):
+    """Raised by an API handler: becomes ApiReply(ok=False, status=..., error=...)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ServiceContext:
+    service: "Service"
+
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self.service.redis
+
+    def key(self, *parts: object) -> str:
+        return self.settings.key(*parts)
+
+    async def publish(self, event: Event) -> None:
+        await self.service.bus.publish_event(event)
+
+    async def send_command(self, charge_point_id: str, action: str, payload: dict | OcppModel,
+                           timeout: float | None = None) -> CommandResult:
+        """Send a command straight to the charge point's gateway (no owner-service logic)."""
+        if isinstance(payload, OcppModel):
+            payload = payload.to_ocpp()
+        command = Command(charge_point_id=charge_point_id, action=action, payload=payload,
+                          timeout=timeout or self.settings.command_timeout)
+        return await self.service.forward(command)
+
+
+@dataclass
+class CallContext(ServiceContext):
+    call: OcppCall = None  # type: ignore[assignment]
+
+    @property
+    def charge_point_id(self) -> str:
+        return self.call.charge_point_id
+
+
+@dataclass
+class CommandContext(ServiceContext):
+    command: Command = None  # type: ignore[assignment]
+
+    @property
+    def charge_point_id(self) -> str:
+        return self.command.charge_point_id
+
+    async def forward(self, payload: dict | OcppModel | None = None) -> CommandResult:
+        """Send the command (optionally with an amended payload) to the charge point."""
+        command = self.command
+        if payload is not None:
+            data = payload.to_ocpp() if isinstance(payload, OcppModel) else payload
+            command = command.model_copy(update={"payload": data})
+        return await self.service.forward(command)
+
+    def refuse(self, description: str, details: dict | None = None) -> CommandResult:
+        """Refuse the command before it reaches the charge point."""
+        return CommandResult(status="invalid", charge_point_id=self.command.charge_point_id,
+                             action=self.command.action, error_code=ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+                             error_description=description, error_details=details or {})
+
+
+@dataclass
+class ApiContext(ServiceContext):
+    operation: str = ""
+
+
+@dataclass
+class Service:
+    name: str
+    calls: dict[str, CallHandler] = field(default_factory=dict)
+    commands: dict[str, CommandHandler] = field(default_factory=dict)
+    apis: dict[str, ApiHandler] = field(default_factory=dict)
+    events: dict[str, EventHandler] = field(default_factory=dict)
+    startup: list[Callable[["Service"], Awaitable[None]]] = field(default_factory=list)
+    shutdown: list[Callable[["Service"], Awaitable[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        SERVICES[self.name] = self
+        self.settings: Settings | None = None
+        self.bus: Bus | None = None
+        self.rpc: RpcClient | None = None
+        self.redis: aioredis.Redis | None = None
+
+    # ---- registration -------------------------------------------------------------------
+    def call(self, action: str) -> Callable[[CallHandler], CallHandler]:
+        if action not in ocpp16.ALL_CP_TO_CSMS:
+            raise ValueError(f"{action} is not a charge point -> CSMS operation")
+
+        def register(fn: CallHandler) -> CallHandler:
+            self.calls[action] = fn
+            return fn
+        return register
+
+    def command(self, action: str) -> Callable[[CommandHandler], CommandHandler]:
+        """Own a CSMS->CP command: the handler applies domain rules and calls ``ctx.forward()``."""
+        if action not in ocpp16.ALL_CSMS_TO_CP:
+            raise ValueError(f"{action} is not a CSMS -> charge point operation")
+
+        def register(handler: CommandHandler) -> CommandHandler:
+            self.commands[action] = handler
+            return handler
+        return register
+
+    def passthrough(self, *actions: str) -> None:
+        """Own CSMS->CP commands that need no domain logic: validated, then forwarded as they are."""
+        for action in actions:
+            self.command(action)(_forward_as_is)
+
+    def api(self, operation: str) -> Callable[[ApiHandler], ApiHandler]:
+        def register(fn: ApiHandler) -> ApiHandler:
+            self.apis[operation] = fn
+            return fn
+        return register
+
+    def event(self, event_type: str) -> Callable[[EventHandler], EventHandler]:
+        def register(fn: EventHandler) -> EventHandler:
+            self.events[event_type] = fn
+            return fn
+        return register
+
+    def on_startup(self, fn):
+        self.startup.append(fn)
+        return fn
+
+    def on_shutdown(self, fn):
+        self.shutdown.append(fn)
+        return fn
+
+    # ---- runtime ------------------------------------------------------------------------
+    async def start(self, settings: Settings | None = None) -> "Service":
+        self.settings = settings or Settings()
+        self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True)
+        self.bus = await Bus(self.settings).connect()
+        self.rpc = await RpcClient(self.bus).start()
+        names = self.bus.names
+        channel = self.bus.channel
+        queue = await channel.declare_queue(self.settings.name(f"svc.{self.name}"), durable=True)
+        for action in self.calls:
+            await queue.bind(names.calls, call_key(action))
+        for action in self.commands:
+            await queue.bind(names.commands, command_key(action))
+        for operation in self.apis:
+            await queue.bind(names.api, api_key(self.name, operation))
+        await queue.consume(self._on_message)
+        if self.events:
+            events_queue = await channel.declare_queue(self.settings.name(f"svc.{self.name}.events"), durable=True)
+            for event_type in self.events:
+                await events_queue.bind(names.events, event_type)
+            await events_queue.consume(self._on_event)
+        for hook in self.startup:
+            await hook(self)
+        log.info("service %s started (%d calls, %d commands, %d api, %d events)", self.name,
+                 len(self.calls), len(self.commands), len(self.apis), len(self.events))
+        return self
+
+    async def stop(self) -> None:
+        for hook in self.shutdown:
+            await hook(self)
+        if self.rpc:
+            await self.rpc.stop()
+        if self.bus:
+            await self.bus.close()
+        if self.redis:
+            await self.redis.aclose()
+        self.bus = self.rpc = self.redis = None
+
+    async def forward(self, command: Command) -> CommandResult:
+        """Send a command to the gateway instance that holds the charge point."""
+        try:
+            ocpp16.validate(command.action, command.payload)
+        except OcppError as exc:
+            return CommandResult(status="invalid", charge_point_id=command.charge_point_id, action=command.action,
+                                 error_code=exc.code, error_description=exc.description, error_details=exc.details)
+        try:
+            body = await self.rpc.call(self.bus.names.gateway, command.charge_point_id, command.to_bytes(),
+                                       timeout=command.timeout + 1.0, kind=KIND_COMMAND)
+        except Unroutable:
+            return CommandResult(status="offline", charge_point_id=command.charge_point_id, action=command.action,
+                                 error_description="charge point is not connected")
+        except asyncio.TimeoutError:
+            return CommandResult(status="timeout", charge_point_id=command.charge_point_id, action=command.action,
+                                 error_description="no answer from the gateway")
+        return CommandResult.model_validate_json(body)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        async with message.process(requeue=False, ignore_processed=True):
+            try:
+                if message.type == KIND_CALL:
+                    reply = await self._handle_call(OcppCall.model_validate_json(message.body))
+                elif message.type == KIND_COMMAND:
+                    reply = await self._handle_command(Command.model_validate_json(message.body))
+                elif message.type == KIND_API:
+                    reply = await self._handle_api(message.routing_key or "", message.body)
+                else:
+                    log.warning("%s: dropping message of unknown type %r", self.name, message.type)
+                    return
+            except ValidationError as exc:
+                log.warning("%s: malformed %s message: %s", self.name, message.type, exc)
+                return
+            await self.bus.reply(message, reply)
+
+    async def _handle_call(self, call: OcppCall) -> OcppReply:
+        handler = self.calls.get(call.action)
+        if handler is None:
+            return OcppReply(error_code=ErrorCode.NOT_SUPPORTED, error_description=f"{call.action} not supported")
+        try:
+            request = REQUESTS[call.action].model_validate(call.payload)
+            result = await handler(CallContext(self, call=call), request)
+            payload = result.to_ocpp() if isinstance(result, OcppModel) else RESPONSES[call.action].model_validate(
+                result).to_ocpp()
+            return OcppReply(payload=payload)
+        except OcppError as exc:
+            return OcppReply(error_code=exc.code, error_description=exc.description, error_details=exc.details)
+        except ValidationError as exc:
+            return OcppReply(error_code=ErrorCode.PROPERTY_CONSTRAINT_VIOLATION, error_description=str(exc)[:500])
+        except Exception:  # noqa: BLE001 - a handler bug must become a CALLERROR, not a crash
+            log.exception("%s: %s handler failed for %s", self.name, call.action, call.charge_point_id)
+            return OcppReply(error_code=ErrorCode.INTERNAL_ERROR, error_description="internal error")
+
+    async def _handle_command(self, command: Command) -> CommandResult:
+        handler = self.commands.get(command.action)
+        if handler is None:
+            return CommandResult(status="unsupported", charge_point_id=command.charge_point_id, action=command.action)
+        ctx = CommandContext(self, command=command)
+        try:
+            ocpp16.validate(command.action, command.payload)
+            request = REQUESTS[command.action].model_validate(command.payload)
+            return await handler(ctx, request)
+        except OcppError as exc:
+            return CommandResult(status="invalid", charge_point_id=command.charge_point_id, action=command.action,
+                                 error_code=exc.code, error_description=exc.description, error_details=exc.details)
+        except ApiError as exc:
+            return ctx.refuse(str(exc))
+        except Exception:  # noqa: BLE001
+            log.exception("%s: command %s failed for %s", self.name, command.action, command.charge_point_id)
+            return CommandResult(status="invalid", charge_point_id=command.charge_point_id, action=command.action,
+                                 error_code=ErrorCode.INTERNAL_ERROR, error_description="internal error")
+
+    async def _handle_api(self, routing_key: str, body: bytes) -> ApiReply:
+        try:
+            request = ApiRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return ApiReply(ok=False, status=400, error=str(exc)[:500])
+        handler = self.apis.get(request.operation)
+        if handler is None:
+            return ApiReply(ok=False, status=404, error=f"unknown operation {request.operation!r}")
+        try:
+            result = await handler(ApiContext(self, operation=request.operation), request.params)
+            return ApiReply(ok=True, result=result)
+        except ApiError as exc:
+            return ApiReply(ok=False, status=exc.status, error=str(exc))
+        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+            return ApiReply(ok=False, status=400, error=str(exc)[:500])
+        except Exception:  # noqa: BLE001
+            log.exception("%s: api %s failed", self.name, request.operation)
+            return ApiReply(ok=False, status=500, error="internal error")
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        async with message.process(requeue=False, ignore_processed=True):
+            handler = self.events.get(message.routing_key or "")
+            if handler is None:
+                return
+            try:
+                await handler(ServiceContext(self), json.loads(message.body))
+            except Exception:  # noqa: BLE001 - one bad event must not stop the consumer
+                log.exception("%s: event handler for %s failed", self.name, message.routing_key)
+
+
+async def _forward_as_is(ctx: CommandContext, request: OcppModel) -> CommandResult:
+    return await ctx.forward()
+
+
+async def run_services(services: list[Service], settings: Settings | None = None) -> None:
+    """Start services and run until cancelled."""
+    started = []
+    try:
+        for service in services:
+            started.append(await service.start(settings))
+        await asyncio.Event().wait()
+    finally:
+        for service in reversed(started):
+            await service.stop()

@@ -1,0 +1,1 @@
+"""The OCPP 1.6J websocket gateway: stateless, bridges every frame to RabbitMQ."""

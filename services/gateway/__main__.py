@@ -1,0 +1,7 @@
+import asyncio
+import logging
+
+from services.gateway.app import main
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+asyncio.run(main())

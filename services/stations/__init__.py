@@ -1,0 +1,2 @@
+"""Stations service: boot, heartbeat, connector status, firmware status, DataTransfer, and the
+station-level commands (availability, configuration, reset, trigger, unlock ...)."""

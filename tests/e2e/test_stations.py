@@ -1,0 +1,158 @@
+"""Charge point -> gateway -> RabbitMQ -> stations service -> reply, on real RabbitMQ and Redis."""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from ocpp.v16 import call
+
+from csms.contracts.ocpp16 import ChangeConfigurationRequest, GetConfigurationResponse, ResetRequest
+from tests.support.chargepoint import connect
+
+
+@pytest.mark.ocpp("BootNotification", "Heartbeat")
+async def test_boot_and_heartbeat(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        boot = await cp.call_ok(call.BootNotification(charge_point_vendor="ACME", charge_point_model="Fast50",
+                                                      firmware_version="1.2.3"))
+        assert boot.status == "Accepted"
+        assert boot.interval == 300
+        now = datetime.now(timezone.utc)
+        assert abs(datetime.fromisoformat(boot.current_time.replace("Z", "+00:00")) - now) < timedelta(seconds=5)
+        hb = await cp.call_ok(call.Heartbeat())
+        assert hb.current_time.endswith("Z")
+    station = await system.api("stations", "get_station", charge_point_id=cp_id)
+    assert station["vendor"] == "ACME"
+    assert station["model"] == "Fast50"
+    assert station["firmware_version"] == "1.2.3"
+    assert station["boot_status"] == "Accepted"
+
+
+@pytest.mark.ocpp("BootNotification")
+async def test_boot_policy_pending_until_registered(infrastructure):
+    from services.registry import load_services
+    from tests.support.system import System, make_settings
+
+    settings = make_settings(*infrastructure, boot_policy="registered", heartbeat_interval=60)
+    sut = await System(settings, load_services()).start()
+    try:
+        async with connect(sut.url("CP-unknown")) as cp:
+            assert (await cp.boot()).status == "Pending"
+        await sut.api("stations", "register", charge_point_id="CP-unknown")
+        async with connect(sut.url("CP-unknown")) as cp:
+            boot = await cp.boot()
+            assert (boot.status, boot.interval) == ("Accepted", 60)
+        await sut.api("stations", "set_boot_status", charge_point_id="CP-unknown", status="Rejected")
+        async with connect(sut.url("CP-unknown")) as cp:
+            assert (await cp.boot()).status == "Rejected"
+    finally:
+        await sut.stop()
+
+
+@pytest.mark.ocpp("StatusNotification")
+async def test_status_notification_kept_in_redis_and_published(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        await cp.call_ok(call.StatusNotification(connector_id=1, error_code="NoError", status="Available",
+                                                 timestamp="2026-11-25T10:00:00Z"))
+        await cp.call_ok(call.StatusNotification(connector_id=1, error_code="NoError", status="Charging",
+                                                 timestamp="2026-11-25T10:05:00Z"))
+        # a late, older notification must not overwrite the newer state
+        await cp.call_ok(call.StatusNotification(connector_id=1, error_code="NoError", status="Preparing",
+                                                 timestamp="2026-11-25T10:01:00Z"))
+        await cp.call_ok(call.StatusNotification(connector_id=2, error_code="GroundFailure", status="Faulted",
+                                                 info="ground", vendor_error_code="E12"))
+    station = await system.api("stations", "get_station", charge_point_id=cp_id)
+    assert station["connectors"]["1"]["status"] == "Charging"
+    assert station["connectors"]["2"]["status"] == "Faulted"
+    assert station["connectors"]["2"]["error_code"] == "GroundFailure"
+    assert station["connectors"]["2"]["vendor_error_code"] == "E12"
+
+
+@pytest.mark.ocpp("FirmwareStatusNotification")
+async def test_firmware_status_notification(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        await cp.call_ok(call.FirmwareStatusNotification(status="Downloading"))
+        await cp.call_ok(call.FirmwareStatusNotification(status="Installed"))
+    station = await system.api("stations", "get_station", charge_point_id=cp_id)
+    assert station["firmware_status"] == "Installed"
+
+
+@pytest.mark.ocpp("DataTransfer")
+async def test_data_transfer_from_charge_point(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        result = await cp.call_ok(call.DataTransfer(vendor_id="com.example", message_id="x", data="{}"))
+        assert result.status == "UnknownVendorId"
+        await system.api("stations", "register_vendor", vendor_id="com.example")
+        result = await cp.call_ok(call.DataTransfer(vendor_id="com.example", message_id="x", data="{}"))
+        assert result.status == "Accepted"
+
+
+@pytest.mark.ocpp("Reset", "ChangeConfiguration", "GetConfiguration")
+async def test_commands_over_the_bus(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        cp.responses["Reset"] = {"status": "Rejected"}
+        result = await system.client.send(cp_id, ResetRequest(type="Hard"), timeout=5)
+        assert result.status == "answered"
+        assert result.payload == {"status": "Rejected"}
+        assert cp.received["Reset"] == [{"type": "Hard"}]
+
+        result = await system.client.send(cp_id, ChangeConfigurationRequest(key="HeartbeatInterval", value="60"))
+        assert result.payload == {"status": "Accepted"}
+        result = await system.client.send(cp_id, "GetConfiguration", {})
+        config = result.response(GetConfigurationResponse)
+        assert {item.key for item in config.configuration_key} == {"HeartbeatInterval", "NumberOfConnectors"}
+    station = await system.api("stations", "get_station", charge_point_id=cp_id)
+    assert station["configuration"]["NumberOfConnectors"] == {"value": "2", "readonly": True}
+
+
+async def test_concurrent_commands_to_many_charge_points(system):
+    ids = [f"CP-par-{i}" for i in range(5)]
+    async with connect(system.url(ids[0])) as a, connect(system.url(ids[1])) as b, \
+            connect(system.url(ids[2])) as c, connect(system.url(ids[3])) as d, connect(system.url(ids[4])) as e:
+        cps = [a, b, c, d, e]
+
+        def slow(kwargs):
+            async def answer():
+                await asyncio.sleep(0.5)
+                return {"status": "Accepted"}
+            return answer()
+        for cp in cps:
+            cp.responses["ClearCache"] = slow
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(*(system.client.send(i, "ClearCache", {}) for i in ids for _ in range(2)))
+        elapsed = loop.time() - started
+        assert [r.status for r in results] == ["answered"] * 10
+        # two calls per charge point run one after the other (one outstanding call per direction),
+        # charge points run side by side: ~1 s, far from the 5 s a serial RPC would take
+        assert elapsed < 3.0
+        assert all(len(cp.received["ClearCache"]) == 2 for cp in cps)
+
+
+async def test_command_to_offline_charge_point_fails_fast(system):
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await system.client.send("CP-nowhere", ResetRequest(type="Soft"), timeout=10)
+    assert result.status == "offline"
+    assert loop.time() - started < 2.0
+
+
+async def test_command_timeout(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        async def never(kwargs):
+            await asyncio.sleep(30)
+        cp.responses["Reset"] = never
+        result = await system.client.send(cp_id, ResetRequest(type="Soft"), timeout=1)
+        assert result.status == "timeout"
+
+
+async def test_invalid_command_payload_refused_before_sending(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        result = await system.client.send(cp_id, "Reset", {"type": "Sideways"})
+        assert result.status == "invalid"
+        assert result.error_code == "PropertyConstraintViolation"
+        assert cp.received["Reset"] == []

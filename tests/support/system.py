@@ -1,0 +1,70 @@
+"""The system under test: a gateway plus services in this process, in a namespace of its own
+on the real RabbitMQ and Redis, removed again afterwards."""
+from __future__ import annotations
+
+import uuid
+
+import aio_pika
+import redis.asyncio as aioredis
+
+from csms.bus import Names
+from csms.client import CsmsClient
+from csms.config import Settings
+from csms.service import Service
+from services.gateway.app import Gateway
+
+
+def make_settings(amqp_url: str, redis_url: str, **overrides) -> Settings:
+    values = dict(amqp_url=amqp_url, redis_url=redis_url, namespace=f"test-{uuid.uuid4().hex[:10]}",
+                  gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0)
+    values.update(overrides)
+    return Settings(**values)
+
+
+class System:
+    def __init__(self, settings: Settings, services: list[Service], gateways: int = 1):
+        self.settings = settings
+        self.services = services
+        self.gateways: list[Gateway] = []
+        self._gateway_count = gateways
+        self.client: CsmsClient | None = None
+        self.redis: aioredis.Redis | None = None
+
+    async def start(self) -> "System":
+        self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True)
+        for service in self.services:
+            await service.start(self.settings)
+        for index in range(self._gateway_count):
+            settings = Settings(**{**self.settings.__dict__, "gateway_instance": f"gw{index}-{uuid.uuid4().hex[:6]}"})
+            self.gateways.append(await Gateway(settings).start())
+        self.client = await CsmsClient(self.settings).__aenter__()
+        return self
+
+    def url(self, charge_point_id: str, gateway: int = 0) -> str:
+        return f"ws://127.0.0.1:{self.gateways[gateway].port}/ocpp/{charge_point_id}"
+
+    async def api(self, service: str, operation: str, **params):
+        return await self.client.api(service, operation, **params)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.__aexit__(None, None, None)
+        for gateway in self.gateways:
+            await gateway.stop()
+        for service in self.services:
+            await service.stop()
+        await self.cleanup()
+
+    async def cleanup(self) -> None:
+        keys = [key async for key in self.redis.scan_iter(f"{self.settings.namespace}:*", count=1000)]
+        if keys:
+            await self.redis.delete(*keys)
+        await self.redis.aclose()
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            for service in self.services:
+                for suffix in ("", ".events"):
+                    await channel.queue_delete(self.settings.name(f"svc.{service.name}{suffix}"))
+            for name in vars(Names.of(self.settings)).values():
+                await channel.exchange_delete(name)
