@@ -22,7 +22,7 @@ from csms.contracts.ocpp16 import (
     BootNotificationRequest, BootNotificationResponse, ChangeConfigurationRequest, DataTransferRequest,
     DataTransferResponse, FirmwareStatusNotificationRequest, FirmwareStatusNotificationResponse,
     GetConfigurationRequest, HeartbeatRequest, HeartbeatResponse, StatusNotificationRequest,
-    StatusNotificationResponse,
+    StatusNotificationResponse, UnlockConnectorRequest,
 )
 from csms.service import ApiContext, ApiError, CallContext, CommandContext, Service, ServiceContext
 
@@ -144,7 +144,14 @@ async def on_disconnected(ctx: ServiceContext, event: dict) -> None:
 
 
 # ---- commands owned by this service -----------------------------------------------------------
-service.passthrough("ChangeAvailability", "ClearCache", "Reset", "TriggerMessage", "UnlockConnector", "DataTransfer")
+service.passthrough("ChangeAvailability", "ClearCache", "Reset", "TriggerMessage", "DataTransfer")
+
+
+@service.command("UnlockConnector")
+async def unlock_connector(ctx: CommandContext, req: UnlockConnectorRequest) -> CommandResult:
+    if req.connector_id < 1:
+        return ctx.refuse("connectorId must be greater than 0 (OCPP 1.6 UnlockConnector)")
+    return await ctx.forward()
 
 
 @service.command("ChangeConfiguration")

@@ -156,3 +156,62 @@ async def test_invalid_command_payload_refused_before_sending(system, cp_id):
         assert result.status == "invalid"
         assert result.error_code == "PropertyConstraintViolation"
         assert cp.received["Reset"] == []
+
+
+@pytest.mark.ocpp("ChangeAvailability")
+async def test_change_availability(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        cp.responses["ChangeAvailability"] = {"status": "Scheduled"}
+        result = await system.client.send(cp_id, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"})
+        assert result.payload == {"status": "Scheduled"}
+        assert cp.received["ChangeAvailability"] == [{"connector_id": 0, "type": "Inoperative"}]
+
+
+@pytest.mark.ocpp("ClearCache")
+async def test_clear_cache(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        cp.responses["ClearCache"] = {"status": "Rejected"}
+        result = await system.client.send(cp_id, "ClearCache", {})
+        assert (result.status, result.payload) == ("answered", {"status": "Rejected"})
+
+
+@pytest.mark.ocpp("TriggerMessage", "StatusNotification")
+async def test_trigger_message_makes_the_charge_point_report(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        def trigger(kwargs):
+            async def answer_then_report():
+                # the charge point answers first, then sends the triggered message
+                asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(cp.call_ok(
+                    call.StatusNotification(connector_id=kwargs["connector_id"], error_code="NoError",
+                                            status="Unavailable"))))
+                return {"status": "Accepted"}
+            return answer_then_report()
+        cp.responses["TriggerMessage"] = trigger
+        result = await system.client.send(cp_id, "TriggerMessage",
+                                          {"requestedMessage": "StatusNotification", "connectorId": 2})
+        assert result.payload == {"status": "Accepted"}
+        for _ in range(50):
+            station = await system.api("stations", "get_station", charge_point_id=cp_id)
+            if "2" in station["connectors"]:
+                break
+            await asyncio.sleep(0.05)
+        assert station["connectors"]["2"]["status"] == "Unavailable"
+
+
+@pytest.mark.ocpp("UnlockConnector")
+async def test_unlock_connector(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        result = await system.client.send(cp_id, "UnlockConnector", {"connectorId": 1})
+        assert result.payload == {"status": "Unlocked"}
+        refused = await system.client.send(cp_id, "UnlockConnector", {"connectorId": 0})
+        assert refused.status == "invalid"
+        assert len(cp.received["UnlockConnector"]) == 1
+
+
+@pytest.mark.ocpp("DataTransfer")
+async def test_data_transfer_to_charge_point(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        result = await system.client.send(cp_id, "DataTransfer",
+                                          {"vendorId": "com.example", "messageId": "ping", "data": "hello"})
+        assert result.payload == {"status": "Accepted", "data": "pong"}
+        assert cp.received["DataTransfer"] == [{"vendor_id": "com.example", "message_id": "ping", "data": "hello"}]

@@ -58,6 +58,8 @@ class CommandResult(BusModel):
     error_code: str | None = None
     error_description: str = ""
     error_details: dict[str, Any] = Field(default_factory=dict)
+    # the central system's own view where it has one, e.g. the composite schedule it computed
+    server: dict[str, Any] | None = None
     completed_at: UtcDatetime = Field(default_factory=utc_now)
 
     @property

@@ -1,0 +1,1 @@
+"""Diagnostics service: file intake (HTTP/FTP uploads) and firmware hosting."""

@@ -1,0 +1,4 @@
+from services.runner import run
+from services.stations.service import service
+
+run(service)

@@ -1,0 +1,189 @@
+"""OCPP-J framing, validation, subprotocol negotiation and connection ownership at the gateway."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from csms.contracts.ocpp16 import ResetRequest
+from services.gateway.app import CLOSE_REPLACED
+from tests.support.chargepoint import connect
+
+
+async def raw(url: str):
+    return await websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5)
+
+
+async def exchange(ws, frame) -> list:
+    await ws.send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def test_subprotocol_is_negotiated(system, cp_id):
+    async with websockets.connect(system.url(cp_id), subprotocols=["ocpp2.0.1", "ocpp1.6"]) as ws:
+        assert ws.subprotocol == "ocpp1.6"
+
+
+@pytest.mark.parametrize("offered", [None, ["ocpp2.0.1"]])
+async def test_other_subprotocols_are_refused(system, cp_id, offered):
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(system.url(cp_id), subprotocols=offered, open_timeout=5)
+    assert info.value.response.status_code == 400
+
+
+@pytest.mark.parametrize("path, status", [("/other/CP1", 404), ("/ocpp/", 404), ("/ocpp/bad%20id", 400)])
+async def test_bad_paths_are_refused(system, path, status):
+    url = system.url("x").rsplit("/ocpp/", 1)[0] + path
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5)
+    assert info.value.response.status_code == status
+
+
+@pytest.mark.parametrize("frame, message_id, code", [
+    ("not json", "-1", "FormationViolation"),
+    ({"a": 1}, "-1", "FormationViolation"),
+    ([2, "m1"], "m1", "FormationViolation"),
+    ([2, "m2", "Heartbeat"], "m2", "FormationViolation"),
+    ([2, "m3", "Heartbeat", {}, "extra"], "m3", "FormationViolation"),
+    ([2, 17, "Heartbeat", {}], "-1", "FormationViolation"),
+    ([2, "x" * 37, "Heartbeat", {}], "-1", "FormationViolation"),
+    ([7, "m4", "Heartbeat", {}], "m4", "ProtocolError"),
+    ([2, "m5", "Heartbeat", []], "m5", "FormationViolation"),
+    ([2, "m6", "NoSuchAction", {}], "m6", "NotImplemented"),
+    ([2, "m7", "Reset", {"type": "Hard"}], "m7", "NotSupported"),  # a CSMS->CP operation
+    ([2, "m8", "SecurityEventNotification", {"type": "x", "timestamp": "2026-01-01T00:00:00Z"}], "m8",
+     "NotSupported"),  # known, but no service owns it
+    ([2, "m9", "BootNotification", {"chargePointVendor": "v"}], "m9", "OccurenceConstraintViolation"),
+    ([2, "m10", "BootNotification", {"chargePointVendor": 5, "chargePointModel": "m"}], "m10",
+     "TypeConstraintViolation"),
+    ([2, "m11", "BootNotification", {"chargePointVendor": "v" * 21, "chargePointModel": "m"}], "m11",
+     "TypeConstraintViolation"),
+    ([2, "m12", "BootNotification", {"chargePointVendor": "v", "chargePointModel": "m", "x": 1}], "m12",
+     "FormationViolation"),
+    ([2, "m13", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Sleeping"}], "m13",
+     "PropertyConstraintViolation"),
+    ([2, "m14", "Heartbeat", {"unexpected": True}], "m14", "FormationViolation"),
+])
+async def test_bad_frames_get_the_right_callerror(system, cp_id, frame, message_id, code):
+    async with await raw(system.url(cp_id)) as ws:
+        answer = await exchange(ws, frame)
+        assert answer[0] == 4
+        assert answer[1] == message_id
+        assert answer[2] == code
+        assert isinstance(answer[3], str) and isinstance(answer[4], dict)
+        # the connection survives a bad frame
+        ok = await exchange(ws, [2, "ok2", "Heartbeat", {}])
+        assert ok[0] == 3 and ok[1] == "ok2" and ok[2]["currentTime"].endswith("Z")
+
+
+async def test_binary_frame_is_a_formation_violation(system, cp_id):
+    async with await raw(system.url(cp_id)) as ws:
+        answer = await exchange(ws, b"\x01\x02")
+        assert answer[:3] == [4, "-1", "FormationViolation"]
+
+
+async def test_unknown_callresult_is_ignored(system, cp_id):
+    async with await raw(system.url(cp_id)) as ws:
+        await ws.send(json.dumps([3, "never-asked", {}]))
+        ok = await exchange(ws, [2, "hb", "Heartbeat", {}])
+        assert ok[:2] == [3, "hb"]
+
+
+async def test_calls_of_one_charge_point_are_answered_in_order(system, cp_id):
+    async with await raw(system.url(cp_id)) as ws:
+        for i in range(20):
+            await ws.send(json.dumps([2, f"m{i}", "Heartbeat", {}]))
+        answers = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(20)]
+        assert [a[1] for a in answers] == [f"m{i}" for i in range(20)]
+
+
+async def test_malformed_answer_from_charge_point(system, cp_id):
+    async with await raw(system.url(cp_id)) as ws:
+        task = asyncio.create_task(system.client.send(cp_id, ResetRequest(type="Soft"), timeout=5))
+        call = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert call[0] == 2 and call[2] == "Reset" and call[3] == {"type": "Soft"}
+        await ws.send(json.dumps([3, call[1], {"status": "Maybe"}]))
+        result = await task
+        assert result.status == "invalid_response"
+        assert result.payload == {"status": "Maybe"}
+
+
+async def test_callerror_from_charge_point_reaches_the_caller(system, cp_id):
+    async with await raw(system.url(cp_id)) as ws:
+        task = asyncio.create_task(system.client.send(cp_id, "ClearCache", {}, timeout=5))
+        call = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        await ws.send(json.dumps([4, call[1], "NotSupported", "no cache here", {"why": "x"}]))
+        result = await task
+        assert (result.status, result.error_code, result.error_description) == ("call_error", "NotSupported",
+                                                                              "no cache here")
+        assert result.error_details == {"why": "x"}
+
+
+async def test_one_outstanding_call_per_charge_point(system, cp_id):
+    async with await raw(system.url(cp_id)) as ws:
+        first = asyncio.create_task(system.client.send(cp_id, "ClearCache", {}, timeout=5))
+        second = asyncio.create_task(system.client.send(cp_id, ResetRequest(type="Soft"), timeout=5))
+        call1 = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        # the second command is held back until the first is answered
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.5)
+        await ws.send(json.dumps([3, call1[1], {"status": "Accepted"}]))
+        call2 = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert {call1[2], call2[2]} == {"ClearCache", "Reset"}
+        await ws.send(json.dumps([3, call2[1], {"status": "Accepted"}]))
+        assert (await first).ok and (await second).ok
+
+
+async def test_newest_connection_wins_on_one_gateway(system, cp_id):
+    old = await raw(system.url(cp_id))
+    async with connect(system.url(cp_id)) as cp:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(old.recv(), 5)
+        assert old.close_code == CLOSE_REPLACED
+        result = await system.client.send(cp_id, ResetRequest(type="Soft"))
+        assert result.ok
+        assert len(cp.received["Reset"]) == 1
+    # once the newest connection is gone the charge point is offline
+    await asyncio.sleep(0.2)
+    assert (await system.client.send(cp_id, ResetRequest(type="Soft"))).status == "offline"
+
+
+async def test_newest_connection_wins_across_gateway_instances(settings, cp_id):
+    from services.registry import load_services
+    from tests.support.system import System
+
+    sut = await System(settings, load_services(), gateways=2).start()
+    try:
+        async with connect(sut.url(cp_id, gateway=0)) as first:
+            assert (await sut.client.send(cp_id, "ClearCache", {})).ok
+            async with connect(sut.url(cp_id, gateway=1)) as second:
+                await asyncio.sleep(0.3)
+                assert first._connection.close_code == CLOSE_REPLACED
+                results = [await sut.client.send(cp_id, "ClearCache", {}) for _ in range(3)]
+                assert [r.status for r in results] == ["answered"] * 3
+                assert len(second.received["ClearCache"]) == 3
+                assert len(first.received["ClearCache"]) == 1
+                assert cp_id in sut.gateways[1].links and cp_id not in sut.gateways[0].links
+                station = await sut.api("stations", "get_station", charge_point_id=cp_id)
+                assert station["connected"] is True and station["gateway"] == sut.gateways[1].instance
+    finally:
+        await sut.stop()
+
+
+async def test_service_down_is_an_error_not_a_hang(settings, cp_id):
+    """No service owns the calls: NotSupported at once rather than a timeout."""
+    from tests.support.system import System
+
+    sut = await System(settings, []).start()
+    try:
+        async with await raw(sut.url(cp_id)) as ws:
+            answer = await exchange(ws, [2, "b", "BootNotification", {"chargePointVendor": "v",
+                                                                     "chargePointModel": "m"}])
+            assert answer[:3] == [4, "b", "NotSupported"]
+        result = await sut.client.send(cp_id, ResetRequest(type="Soft"))
+        assert result.status == "unsupported"
+    finally:
+        await sut.stop()
