@@ -25,6 +25,8 @@ class Settings:
     gateway_host: str = field(default_factory=lambda: _env("GATEWAY_HOST", "0.0.0.0"))
     gateway_port: int = field(default_factory=lambda: int(_env("GATEWAY_PORT", "9000")))
     gateway_instance: str = field(default_factory=lambda: _env("GATEWAY_INSTANCE", uuid.uuid4().hex[:12]))
+    # charge point authentication at the websocket handshake: none | basic (OCPP security profile 1/2)
+    gateway_auth: str = field(default_factory=lambda: _env("GATEWAY_AUTH", "none"))
     # seconds the gateway waits for a service to answer a charge point's CALL
     call_timeout: float = field(default_factory=lambda: float(_env("CSMS_CALL_TIMEOUT", "15")))
     # default seconds a CSMS->CP command waits for the charge point's answer

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import re
@@ -28,9 +30,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from csms import ocpp16
-from csms.bus import KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key
+from csms.bus import (
+    KIND_API, KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, api_key, call_key,
+)
 from csms.config import Settings
-from csms.contracts.bus import Command, CommandResult, OcppCall, OcppReply
+from csms.contracts.bus import ApiReply, ApiRequest, Command, CommandResult, OcppCall, OcppReply
 from csms.contracts.events import StationConnected, StationDisconnected
 from csms.ocpp16 import CALL, CALLERROR, CALLRESULT, ErrorCode, OcppError
 
@@ -106,13 +110,42 @@ class Gateway:
         return task
 
     # ---- websocket side -----------------------------------------------------------------
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         match = PATH.match(request.path.split("?", 1)[0])
         if not match:
             return connection.respond(HTTPStatus.NOT_FOUND, "expected /ocpp/{chargePointId}\n")
-        if not CHARGE_POINT_ID.match(unquote(match.group(1))):
+        charge_point_id = unquote(match.group(1))
+        if not CHARGE_POINT_ID.match(charge_point_id):
             return connection.respond(HTTPStatus.BAD_REQUEST, "invalid charge point id\n")
+        if self.settings.gateway_auth == "basic" and not await self._authenticated(charge_point_id, request):
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "charge point authentication failed\n")
+            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+            return response
         return None
+
+    async def _authenticated(self, charge_point_id: str, request: Request) -> bool:
+        """HTTP Basic auth (OCPP security profiles 1 and 2): user = charge point id, password = its
+        AuthorizationKey; checked by the stations service, which keeps only a hash of the key."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        if not sep or user != charge_point_id:
+            return False
+        body = ApiRequest(operation="authenticate",
+                          params={"charge_point_id": charge_point_id, "password": password}).to_bytes()
+        try:
+            reply = ApiReply.model_validate_json(await self.rpc.call(
+                self.bus.names.api, api_key("stations", "authenticate"), body,
+                timeout=self.settings.call_timeout, kind=KIND_API))
+        except (Unroutable, asyncio.TimeoutError):
+            log.error("cannot authenticate %s: stations service unavailable", charge_point_id)
+            return False
+        return reply.ok and reply.result is True
 
     async def _handler(self, ws: ServerConnection) -> None:
         charge_point_id = unquote(PATH.match(ws.request.path.split("?", 1)[0]).group(1))

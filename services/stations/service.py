@@ -10,8 +10,12 @@
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
+import os
 
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import CommandResult
@@ -154,13 +158,43 @@ async def unlock_connector(ctx: CommandContext, req: UnlockConnectorRequest) -> 
     return await ctx.forward()
 
 
+# ---- charge point passwords (Basic auth, security profiles 1/2) -------------------------------
+AUTHORIZATION_KEY = "AuthorizationKey"
+_SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
+    return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    candidate = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), **_SCRYPT)
+    return hmac.compare_digest(candidate, base64.b64decode(digest))
+
+
+async def _store_password(ctx: ServiceContext, cp: str, password: str) -> None:
+    await ctx.redis.hset(station_key(ctx, cp), "password_hash", hash_password(password))
+
+
 @service.command("ChangeConfiguration")
 async def change_configuration(ctx: CommandContext, req: ChangeConfigurationRequest) -> CommandResult:
     result = await ctx.forward()
     if result.ok and result.payload["status"] in ("Accepted", "RebootRequired"):
+        secret = req.key == AUTHORIZATION_KEY
+        if secret:  # the charge point's new Basic-auth password: keep a hash, never the key
+            await _store_password(ctx, ctx.charge_point_id, req.value)
+        value = "********" if secret else req.value
         await ctx.redis.hset(station_key(ctx, ctx.charge_point_id, "config"), req.key,
-                             json.dumps({"value": req.value, "readonly": False}))
-        await ctx.publish(ConfigurationChanged(charge_point_id=ctx.charge_point_id, key=req.key, value=req.value,
+                             json.dumps({"value": value, "readonly": False}))
+        await ctx.publish(ConfigurationChanged(charge_point_id=ctx.charge_point_id, key=req.key, value=value,
                                                status=result.payload["status"]))
     return result
 
@@ -185,6 +219,7 @@ async def api_get_station(ctx: ApiContext, params: dict) -> dict:
     data = await ctx.redis.hgetall(station_key(ctx, cp))
     if not data:
         raise ApiError(f"unknown station {cp!r}", 404)
+    data.pop("password_hash", None)
     connectors = await ctx.redis.hgetall(station_key(ctx, cp, "connectors"))
     config = await ctx.redis.hgetall(station_key(ctx, cp, "config"))
     return {
@@ -217,6 +252,22 @@ async def api_register(ctx: ApiContext, params: dict) -> dict:
     """Accept this station under the ``registered`` boot policy."""
     await ctx.redis.sadd(ctx.key("stations", "registered"), params["charge_point_id"])
     return {"charge_point_id": params["charge_point_id"], "registered": True}
+
+
+@service.api("set_password")
+async def api_set_password(ctx: ApiContext, params: dict) -> dict:
+    """Set the Basic-auth password a charge point must present (``GATEWAY_AUTH=basic``)."""
+    password = params.get("password")
+    if not isinstance(password, str) or not 16 <= len(password) <= 40:
+        raise ApiError("password must be a string of 16 to 40 characters (OCPP AuthorizationKey)")
+    await _store_password(ctx, params["charge_point_id"], password)
+    return {"charge_point_id": params["charge_point_id"]}
+
+
+@service.api("authenticate")
+async def api_authenticate(ctx: ApiContext, params: dict) -> bool:
+    stored = await ctx.redis.hget(station_key(ctx, params["charge_point_id"]), "password_hash")
+    return bool(stored) and verify_password(str(params.get("password", "")), stored)
 
 
 @service.api("register_vendor")

@@ -187,3 +187,42 @@ async def test_service_down_is_an_error_not_a_hang(settings, cp_id):
         assert result.status == "unsupported"
     finally:
         await sut.stop()
+
+
+async def test_basic_auth_security_profile_1(infrastructure, cp_id):
+    import base64
+
+    from services.registry import load_services
+    from tests.support.system import System, make_settings
+
+    def auth(user, password):
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    sut = await System(make_settings(*infrastructure, gateway_auth="basic"), load_services()).start()
+    try:
+        await sut.api("stations", "set_password", charge_point_id=cp_id, password="0123456789abcdef")
+        for headers in ({}, auth(cp_id, "wrong-password-000"), auth("someone-else", "0123456789abcdef"),
+                        {"Authorization": "Basic !!notbase64"}):
+            with pytest.raises(InvalidStatus) as info:
+                await websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"], additional_headers=headers)
+            assert info.value.response.status_code == 401
+        async with websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"],
+                                      additional_headers=auth(cp_id, "0123456789abcdef")) as ws:
+            task = asyncio.create_task(sut.client.send(cp_id, "ChangeConfiguration",
+                                                       {"key": "AuthorizationKey", "value": "fedcba9876543210fe"}))
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            await ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+            assert (await task).ok
+        # the accepted AuthorizationKey is the new password; it is never stored in clear
+        station = await sut.api("stations", "get_station", charge_point_id=cp_id)
+        assert station["configuration"]["AuthorizationKey"]["value"] == "********"
+        assert "password_hash" not in station
+        with pytest.raises(InvalidStatus):
+            await websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"],
+                                     additional_headers=auth(cp_id, "0123456789abcdef"))
+        async with websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"],
+                                      additional_headers=auth(cp_id, "fedcba9876543210fe")) as ws:
+            await ws.send(json.dumps([2, "h", "Heartbeat", {}]))
+            assert json.loads(await ws.recv())[0] == 3
+    finally:
+        await sut.stop()

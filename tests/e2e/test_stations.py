@@ -111,34 +111,38 @@ async def test_commands_over_the_bus(system, cp_id):
 
 async def test_concurrent_commands_to_many_charge_points(system):
     ids = [f"CP-par-{i}" for i in range(5)]
+    in_flight: dict[str, int] = {i: 0 for i in ids}
+    peaks = {"total": 0, "per_cp": 0}
+
+    def slow(cp_name):
+        def responder(kwargs):
+            async def answer():
+                in_flight[cp_name] += 1
+                peaks["total"] = max(peaks["total"], sum(in_flight.values()))
+                peaks["per_cp"] = max(peaks["per_cp"], in_flight[cp_name])
+                await asyncio.sleep(0.3)
+                in_flight[cp_name] -= 1
+                return {"status": "Accepted"}
+            return answer()
+        return responder
+
     async with connect(system.url(ids[0])) as a, connect(system.url(ids[1])) as b, \
             connect(system.url(ids[2])) as c, connect(system.url(ids[3])) as d, connect(system.url(ids[4])) as e:
         cps = [a, b, c, d, e]
-
-        def slow(kwargs):
-            async def answer():
-                await asyncio.sleep(0.5)
-                return {"status": "Accepted"}
-            return answer()
-        for cp in cps:
-            cp.responses["ClearCache"] = slow
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        for name, cp in zip(ids, cps):
+            cp.responses["ClearCache"] = slow(name)
         results = await asyncio.gather(*(system.client.send(i, "ClearCache", {}) for i in ids for _ in range(2)))
-        elapsed = loop.time() - started
         assert [r.status for r in results] == ["answered"] * 10
-        # two calls per charge point run one after the other (one outstanding call per direction),
-        # charge points run side by side: ~1 s, far from the 5 s a serial RPC would take
-        assert elapsed < 3.0
         assert all(len(cp.received["ClearCache"]) == 2 for cp in cps)
+    # charge points are commanded side by side, but never two calls at once to one charge point
+    assert peaks["total"] >= 2
+    assert peaks["per_cp"] == 1
 
 
 async def test_command_to_offline_charge_point_fails_fast(system):
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    result = await system.client.send("CP-nowhere", ResetRequest(type="Soft"), timeout=10)
+    # mandatory publish: the unroutable command comes back at once, long before its 30 s timeout
+    result = await asyncio.wait_for(system.client.send("CP-nowhere", ResetRequest(type="Soft"), timeout=30), 5)
     assert result.status == "offline"
-    assert loop.time() - started < 2.0
 
 
 async def test_command_timeout(system, cp_id):
