@@ -8,6 +8,7 @@ from csms.service import SERVICES, Service
 
 SERVICE_MODULES: tuple[str, ...] = (
     "services.stations.service",
+    "services.transactions.service",
 )
 
 

@@ -66,6 +66,8 @@ class Gateway:
         self.bus = Bus(self.settings)
         self.rpc = RpcClient(self.bus)
         self.links: dict[str, Link] = {}
+        # charge points whose handshake bound our queue but whose Link is not registered yet
+        self._arriving: dict[str, tuple[str, asyncio.Event]] = {}
         self.queue: AbstractQueue | None = None
         self.server: Server | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -84,6 +86,7 @@ class Gateway:
         self.server = await serve(
             self._handler, self.settings.gateway_host, self.settings.gateway_port,
             subprotocols=[SUBPROTOCOL], process_request=self._process_request,
+            process_response=self._process_response,
             ping_interval=30, ping_timeout=30, max_size=2 ** 20,
         )
         log.info("gateway %s listening on %s:%s", self.instance, self.settings.gateway_host, self.port)
@@ -123,6 +126,25 @@ class Gateway:
             return response
         return None
 
+    async def _process_response(self, connection: ServerConnection, request: Request,
+                                response: Response) -> Response | None:
+        """Take over the charge point id before the 101 goes out, so that a command sent the moment
+        the charge point sees itself connected is routed here."""
+        if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
+            return None
+        cp = unquote(PATH.match(request.path.split("?", 1)[0]).group(1))
+        session = uuid.uuid4().hex
+        connection.csms_session = session  # type: ignore[attr-defined]
+        self._arriving[cp] = (session, asyncio.Event())
+        # Evict the charge point on any other gateway instance before binding our queue, so
+        # every command published after the binding finds the old holder already gone.
+        await self.bus.publish(
+            self.bus.names.gateway, cp, json.dumps({"op": "evict", "session": session}).encode(),
+            type=KIND_CONTROL, headers={"instance": self.instance},
+        )
+        await self.queue.bind(self.bus.names.gateway, cp)
+        return None
+
     async def _authenticated(self, charge_point_id: str, request: Request) -> bool:
         """HTTP Basic auth (OCPP security profiles 1 and 2): user = charge point id, password = its
         AuthorizationKey; checked by the stations service, which keeps only a hash of the key."""
@@ -149,7 +171,7 @@ class Gateway:
 
     async def _handler(self, ws: ServerConnection) -> None:
         charge_point_id = unquote(PATH.match(ws.request.path.split("?", 1)[0]).group(1))
-        link = Link(charge_point_id, ws)
+        link = Link(charge_point_id, ws, session=ws.csms_session)
         await self._attach(link)
         worker = self._spawn(self._call_worker(link))
         code, reason = None, ""
@@ -168,16 +190,13 @@ class Gateway:
         cp = link.charge_point_id
         old = self.links.get(cp)
         self.links[cp] = link
+        arriving = self._arriving.get(cp)
+        if arriving is not None and arriving[0] == link.session:
+            del self._arriving[cp]
+            arriving[1].set()
         if old is not None:
             old.close_reason = "replaced by a newer connection"
             await old.ws.close(CLOSE_REPLACED, old.close_reason)
-        # Evict the charge point on any other gateway instance before binding our queue, so
-        # every command published after the binding finds the old holder already gone.
-        await self.bus.publish(
-            self.bus.names.gateway, cp, json.dumps({"op": "evict", "session": link.session}).encode(),
-            type=KIND_CONTROL, headers={"instance": self.instance},
-        )
-        await self.queue.bind(self.bus.names.gateway, cp)
         remote = link.ws.remote_address
         await self.bus.publish_event(StationConnected(
             charge_point_id=cp, gateway=self.instance, session=link.session,
@@ -192,17 +211,23 @@ class Gateway:
                 fut.set_exception(ConnectionError("charge point disconnected"))
         if self.links.get(cp) is link:
             del self.links[cp]
+            if cp in self._arriving:  # a newer connection is taking over: keep its binding
+                return await self._publish_disconnected(link, code, reason)
             try:
                 await self.queue.unbind(self.bus.names.gateway, cp)
             except Exception:  # noqa: BLE001 - the channel may be closing with the gateway
                 log.debug("unbind %s failed", cp, exc_info=True)
+        await self._publish_disconnected(link, code, reason)
+
+    async def _publish_disconnected(self, link: Link, code: int | None, reason: str) -> None:
         try:
             await self.bus.publish_event(StationDisconnected(
-                charge_point_id=cp, gateway=self.instance, session=link.session, code=code, reason=reason,
+                charge_point_id=link.charge_point_id, gateway=self.instance, session=link.session, code=code,
+                reason=reason,
             ))
-        except Exception:  # noqa: BLE001
-            log.debug("disconnect event for %s not published", cp, exc_info=True)
-        log.info("%s disconnected (session %s, code %s)", cp, link.session, code)
+        except Exception:  # noqa: BLE001 - the channel may be closing with the gateway
+            log.debug("disconnect event for %s not published", link.charge_point_id, exc_info=True)
+        log.info("%s disconnected (session %s, code %s)", link.charge_point_id, link.session, code)
 
     async def _send(self, link: Link, frame: list) -> None:
         try:
@@ -295,24 +320,38 @@ class Gateway:
             return
         if message.type != KIND_COMMAND:
             return
-        link = self.links.get(cp)
-        if link is None:
-            # A stale binding during a hand-over: the instance that holds the charge point answers.
-            return
-        self._spawn(self._run_command(link, message))
+        self._spawn(self._run_command(cp, message))
 
     async def _on_control(self, cp: str, message: AbstractIncomingMessage) -> None:
+        if (message.headers or {}).get("instance") == self.instance:
+            return  # our own take-over: the handler replaces the local link itself
         data = json.loads(message.body)
         link = self.links.get(cp)
         if data.get("op") == "evict" and link is not None and link.session != data.get("session"):
             link.close_reason = "replaced by a newer connection on another gateway"
             await link.ws.close(CLOSE_REPLACED, link.close_reason)
 
-    async def _run_command(self, link: Link, message: AbstractIncomingMessage) -> None:
+    async def _link_for(self, cp: str) -> Link | None:
+        arriving = self._arriving.get(cp)
+        if arriving is not None:  # the handshake is completing: wait for the new link
+            try:
+                await asyncio.wait_for(arriving[1].wait(), 5)
+            except asyncio.TimeoutError:
+                if self._arriving.get(cp) is arriving:  # the handshake never completed
+                    del self._arriving[cp]
+                    if cp not in self.links:
+                        await self.queue.unbind(self.bus.names.gateway, cp)
+        return self.links.get(cp)
+
+    async def _run_command(self, cp: str, message: AbstractIncomingMessage) -> None:
+        link = await self._link_for(cp)
+        if link is None:
+            # A stale binding during a hand-over: the instance that holds the charge point answers.
+            return
         try:
             command = Command.model_validate_json(message.body)
         except ValueError:
-            log.warning("malformed command for %s dropped", link.charge_point_id)
+            log.warning("malformed command for %s dropped", cp)
             return
         result = await self.execute(link, command)
         await self.bus.reply(message, result)

@@ -226,3 +226,23 @@ async def test_basic_auth_security_profile_1(infrastructure, cp_id):
             assert json.loads(await ws.recv())[0] == 3
     finally:
         await sut.stop()
+
+
+async def test_command_right_after_connecting_is_delivered(system):
+    """The gateway binds the charge point before completing the handshake: no 'offline' window."""
+    for i in range(15):
+        async with connect(system.url(f"CP-race-{i}")) as cp:
+            result = await system.client.send(f"CP-race-{i}", "ClearCache", {})
+            assert result.status == "answered", result
+            assert len(cp.received["ClearCache"]) == 1
+
+
+async def test_reconnect_keeps_the_charge_point_reachable(system, cp_id):
+    """Old socket closing after the new one took over must not unbind the new one."""
+    for _ in range(5):
+        old = await raw(system.url(cp_id))
+        async with connect(system.url(cp_id)) as cp:
+            await old.close()
+            await asyncio.sleep(0.05)
+            assert (await system.client.send(cp_id, "ClearCache", {})).ok
+            assert len(cp.received["ClearCache"]) == 1

@@ -94,6 +94,11 @@ class TransactionStopped(Event):
     energy_wh: int | None = None
     timestamp: UtcDatetime
     reason: str | None = None
+    # who closed it: "charge_point" (a StopTransaction) or "superseded" (a newer StartTransaction on
+    # the same connector closed a transaction the charge point never stopped)
+    closed_by: str | None = None
+    orphan: bool = False       # a StopTransaction for a transaction this system does not know
+    correction: bool = False   # the charge point's own stop for a transaction already closed as superseded
 
 
 class MeterValuesReceived(Event):
@@ -107,6 +112,11 @@ class DiagnosticsStatusChanged(Event):
     EVENT_TYPE: ClassVar[str] = "diagnostics.status_changed"
     status: str
     request_id: str | None = None
+    previous_status: str | None = None
+    # what changed it: "charge_point" (DiagnosticsStatusNotification), "upload" (the file arrived),
+    # "command" (the GetDiagnostics answer)
+    source: str | None = None
+    file_id: str | None = None
 
 
 class FileUploaded(Event):
@@ -117,6 +127,7 @@ class FileUploaded(Event):
     filename: str
     size: int
     sha256: str
+    protocol: str | None = None  # http | ftp
 
 
 class ChargingProfilesChanged(Event):
@@ -124,3 +135,25 @@ class ChargingProfilesChanged(Event):
     connector_id: int
     change: str  # set | cleared
     profile_ids: list[int]
+
+
+class ReservationChanged(Event):
+    EVENT_TYPE: ClassVar[str] = "reservation.changed"
+    reservation_id: int
+    change: str  # created | cancelled | consumed
+    connector_id: int | None = None
+    id_tag: str | None = None
+    expiry_date: UtcDatetime | None = None
+    transaction_id: int | None = None
+
+
+class FirmwareUpdateChanged(Event):
+    """A firmware update requested with UpdateFirmware changed state (diagnostics service)."""
+    EVENT_TYPE: ClassVar[str] = "firmware.update_changed"
+    request_id: str
+    status: str  # Requested | Failed | Downloading | Downloaded | Installing | Installed | DownloadFailed
+    #              | InstallationFailed | Superseded
+    previous_status: str | None = None
+    open: bool = True
+    location: str | None = None
+    firmware: str | None = None
