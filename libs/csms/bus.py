@@ -9,6 +9,8 @@ Exchanges (all prefixed with the namespace, e.g. ``csms.``):
                              service that owns the action (it applies domain rules, then forwards).
 * ``api``          topic  -- service APIs, routing key ``<service>.<operation>``.
 * ``events``       topic  -- domain events, routing key = event type (``station.booted`` ...).
+* ``dead-letter``  fanout -- events a service failed to handle, kept in the ``dead-letter`` queue
+                             (with the x-death header saying where from) for inspection or replay.
 
 Every request/reply goes through :class:`RpcClient`: a private reply queue, correlation ids so any
 number of calls run at once, per-message expiry, and mandatory publishes so an unroutable request
@@ -42,6 +44,7 @@ class Names:
     commands: str
     api: str
     events: str
+    dead_letter: str
 
     @classmethod
     def of(cls, settings: Settings) -> "Names":
@@ -51,6 +54,7 @@ class Names:
             commands=settings.name("commands"),
             api=settings.name("api"),
             events=settings.name("events"),
+            dead_letter=settings.name("dead-letter"),
         )
 
 
@@ -91,11 +95,22 @@ class Bus:
         await self.channel.set_qos(prefetch_count=64)
         n = self.names
         for name, kind in ((n.calls, "topic"), (n.gateway, "direct"), (n.commands, "topic"),
-                           (n.api, "topic"), (n.events, "topic")):
+                           (n.api, "topic"), (n.events, "topic"), (n.dead_letter, "fanout")):
             self.exchanges[name] = await self.channel.declare_exchange(
                 name, getattr(aio_pika.ExchangeType, kind.upper()), durable=True
             )
         return self
+
+    async def declare_events_queue(self, name: str, event_types: list[str]):
+        """A durable queue of the given events; what its consumer rejects is dead-lettered."""
+        dead_letters = await self.channel.declare_queue(self.names.dead_letter, durable=True)
+        await dead_letters.bind(self.names.dead_letter, "")
+        queue = await self.channel.declare_queue(
+            name, durable=True, arguments={"x-dead-letter-exchange": self.names.dead_letter}
+        )
+        for event_type in event_types:
+            await queue.bind(self.names.events, event_type)
+        return queue
 
     async def close(self) -> None:
         if self.connection is not None:

@@ -206,9 +206,8 @@ class Service:
             await queue.bind(names.api, api_key(self.name, operation))
         await queue.consume(self._on_message)
         if self.events:
-            events_queue = await channel.declare_queue(self.settings.name(f"svc.{self.name}.events"), durable=True)
-            for event_type in self.events:
-                await events_queue.bind(names.events, event_type)
+            events_queue = await self.bus.declare_events_queue(
+                self.settings.name(f"svc.{self.name}.events"), list(self.events))
             await events_queue.consume(self._on_event)
         for hook in self.startup:
             await hook(self)
@@ -319,14 +318,15 @@ class Service:
             return ApiReply(ok=False, status=500, error="internal error")
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        async with message.process(requeue=False, ignore_processed=True):
-            handler = self.events.get(message.routing_key or "")
-            if handler is None:
-                return
-            try:
+        handler = self.events.get(message.routing_key or "")
+        try:
+            if handler is not None:
                 await handler(ServiceContext(self), json.loads(message.body))
-            except Exception:  # noqa: BLE001 - one bad event must not stop the consumer
-                log.exception("%s: event handler for %s failed", self.name, message.routing_key)
+        except Exception:  # noqa: BLE001 - one bad event must not stop the consumer
+            log.exception("%s: event handler for %s failed; event dead-lettered", self.name, message.routing_key)
+            await message.reject(requeue=False)
+            return
+        await message.ack()
 
 
 async def _forward_as_is(ctx: CommandContext, request: OcppModel) -> CommandResult:

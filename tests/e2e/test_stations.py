@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -219,3 +220,27 @@ async def test_data_transfer_to_charge_point(system, cp_id):
                                           {"vendorId": "com.example", "messageId": "ping", "data": "hello"})
         assert result.payload == {"status": "Accepted", "data": "pong"}
         assert cp.received["DataTransfer"] == [{"vendor_id": "com.example", "message_id": "ping", "data": "hello"}]
+
+
+async def test_failed_event_handling_is_dead_lettered_not_lost(system, cp_id):
+    """If a service cannot handle an event (here: Redis refuses the write), the event is kept."""
+    import aio_pika
+
+    from csms.contracts.events import StationConnected
+
+    await system.redis.set(system.settings.key("station", cp_id), "not-a-hash")  # HSET will fail
+    event = StationConnected(charge_point_id=cp_id, gateway="gw", session="s1")
+    await system.client.bus.publish_event(event)
+    connection = await aio_pika.connect(system.settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(system.client.bus.names.dead_letter)
+        message = None
+        for _ in range(50):
+            message = await queue.get(no_ack=True, fail=False)
+            if message is not None:
+                break
+            await asyncio.sleep(0.05)
+    assert message is not None
+    assert json.loads(message.body)["event_id"] == event.event_id
+    assert message.headers["x-death"][0]["queue"] == system.settings.name("svc.stations.events")

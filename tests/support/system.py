@@ -66,5 +66,7 @@ class System:
             for service in self.services:
                 for suffix in ("", ".events"):
                     await channel.queue_delete(self.settings.name(f"svc.{service.name}{suffix}"))
-            for name in vars(Names.of(self.settings)).values():
+            names = Names.of(self.settings)
+            await channel.queue_delete(names.dead_letter)
+            for name in vars(names).values():
                 await channel.exchange_delete(name)
