@@ -9,6 +9,7 @@ from csms.service import SERVICES, Service
 SERVICE_MODULES: tuple[str, ...] = (
     "services.stations.service",
     "services.transactions.service",
+    "services.diagnostics.service",
 )
 
 

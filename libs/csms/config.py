@@ -42,6 +42,12 @@ class Settings:
     files_root: str = field(default_factory=lambda: _env("FILES_ROOT", "./var/files"))
     upload_max_bytes: int = field(default_factory=lambda: int(_env("UPLOAD_MAX_BYTES", str(50 * 1024 * 1024))))
     upload_ttl: int = field(default_factory=lambda: int(_env("UPLOAD_TTL", "3600")))
+    # FTP passive data ports ("60000-60100" or "60000,60001"; empty: any) and the public address
+    # announced in PASV replies when the FTP server sits behind NAT (empty: the bound address)
+    # Bearer token required for GET /files* and PUT /firmware (operators); empty = open (development only)
+    files_operator_token: str = field(default_factory=lambda: _env("FILES_OPERATOR_TOKEN", ""))
+    ftp_passive_ports: str = field(default_factory=lambda: _env("FILES_FTP_PASSIVE_PORTS", ""))
+    ftp_masquerade_address: str = field(default_factory=lambda: _env("FILES_FTP_MASQUERADE_ADDRESS", ""))
 
     def key(self, *parts: object) -> str:
         """Redis key inside this system's namespace: ``<ns>:part1:part2``."""

@@ -2,6 +2,8 @@
 on the real RabbitMQ and Redis, removed again afterwards."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 
 import aio_pika
@@ -16,7 +18,9 @@ from services.gateway.app import Gateway
 
 def make_settings(amqp_url: str, redis_url: str, **overrides) -> Settings:
     values = dict(amqp_url=amqp_url, redis_url=redis_url, namespace=f"test-{uuid.uuid4().hex[:10]}",
-                  gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0)
+                  gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0,
+                  files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0, ftp_port=0,
+                  files_root=tempfile.mkdtemp(prefix="csms-test-files-"))
     values.update(overrides)
     return Settings(**values)
 
@@ -56,6 +60,8 @@ class System:
         await self.cleanup()
 
     async def cleanup(self) -> None:
+        if self.settings.files_root.startswith(tempfile.gettempdir()):
+            shutil.rmtree(self.settings.files_root, ignore_errors=True)
         keys = [key async for key in self.redis.scan_iter(f"{self.settings.namespace}:*", count=1000)]
         if keys:
             await self.redis.delete(*keys)

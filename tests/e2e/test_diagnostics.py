@@ -1,0 +1,415 @@
+"""Diagnostics and firmware end to end: test charge point -> gateway -> RabbitMQ -> diagnostics (+ stations)
+on real RabbitMQ and Redis, with uploads and downloads over the service's real HTTP and FTP servers."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ftplib
+import hashlib
+import io
+import json
+import os
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+import aio_pika
+import aiohttp
+import pytest
+from ocpp.exceptions import NotSupportedError
+from ocpp.v16 import call
+
+from csms.bus import Names
+from csms.client import ApiCallFailed
+from tests.support.chargepoint import connect
+from tests.support.system import System
+
+UTC = timezone.utc
+
+
+@pytest.fixture
+async def system(settings, tmp_path):
+    """Gateway + stations and diagnostics; file servers on free ports, files under tmp_path."""
+    from services.diagnostics.service import service as diagnostics_service
+    from services.stations.service import service as stations_service
+
+    settings = dataclasses.replace(settings, files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0,
+                                   ftp_port=0, files_root=str(tmp_path / "files"), upload_ttl=60,
+                                   ftp_passive_ports="", ftp_masquerade_address="")
+    sut = await System(settings, [stations_service, diagnostics_service]).start()
+    try:
+        yield sut
+    finally:
+        await sut.stop()
+
+
+class Events:
+    """Collects the events published under the given routing keys."""
+
+    def __init__(self, settings, *routing_keys: str):
+        self.settings = settings
+        self.routing_keys = routing_keys
+        self.items: list[tuple[str, dict]] = []
+
+    async def __aenter__(self) -> "Events":
+        self.connection = await aio_pika.connect(self.settings.amqp_url)
+        channel = await self.connection.channel()
+        exchange = await channel.get_exchange(Names.of(self.settings).events)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in self.routing_keys:
+            await queue.bind(exchange, key)
+        await queue.consume(self._on_message, no_ack=True)
+        return self
+
+    async def _on_message(self, message) -> None:
+        self.items.append((message.routing_key, json.loads(message.body)))
+
+    def of(self, routing_key: str) -> list[dict]:
+        return [event for key, event in self.items if key == routing_key]
+
+    async def wait(self, predicate, timeout: float = 3.0) -> list[tuple[str, dict]]:
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                await asyncio.sleep(0.02)
+        return self.items
+
+    async def __aexit__(self, *exc) -> None:
+        await self.connection.close()
+
+
+async def eventually(fetch, predicate, timeout: float = 3.0):
+    """Poll ``await fetch()`` until ``predicate(value)``; return the value (fail with the last one)."""
+    value = None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                value = await fetch()
+                if predicate(value):
+                    return value
+                await asyncio.sleep(0.03)
+    except TimeoutError:
+        pytest.fail(f"condition not met in {timeout}s; last value: {value!r}")
+
+
+def ftp_store(url: str, name: str, data: bytes) -> str:
+    """Upload like a charge point: log in with the URL's credentials and STOR one file."""
+    parts = urlsplit(url)
+    ftp = ftplib.FTP()
+    ftp.connect(parts.hostname, parts.port, timeout=5)
+    try:
+        ftp.login(parts.username, parts.password)
+        return ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+    finally:
+        ftp.close()
+
+
+async def http_get(url: str) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status, await resp.read()
+
+
+async def http_put(url: str, data: bytes) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.put(url, data=data) as resp:
+        return resp.status, await resp.json()
+
+
+def statuses(record: dict) -> list[str]:
+    return [entry["status"] for entry in record["history"]]
+
+
+async def get_request(system, request_id: str) -> dict:
+    return await system.api("diagnostics", "get_request", request_id=request_id)
+
+
+# ---- GetDiagnostics to this system -----------------------------------------------------------------
+@pytest.mark.ocpp("GetDiagnostics", "DiagnosticsStatusNotification")
+async def test_get_diagnostics_uploaded_over_ftp(system, cp_id):
+    async with Events(system.settings, "diagnostics.#") as events, connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        cp.responses["GetDiagnostics"] = {"file_name": "diag-ftp.log"}
+        result = await system.client.send(cp_id, "GetDiagnostics", {
+            "location": "csms:ftp", "retries": 2, "retryInterval": 30, "startTime": "2026-01-01T00:00:00Z"})
+        assert (result.status, result.payload) == ("answered", {"fileName": "diag-ftp.log"})
+        request_id = result.server["request_id"]
+
+        # the charge point got a real, one-time FTP URL; the rest of the payload is unchanged
+        sent = cp.received["GetDiagnostics"][0]
+        assert (sent["retries"], sent["retry_interval"], sent["start_time"]) == (2, 30, "2026-01-01T00:00:00Z")
+        location = sent["location"]
+        url = urlsplit(location)
+        assert url.scheme == "ftp" and url.username and url.password and url.port
+        # the password is never shown again
+        assert url.password not in result.server["upload_url"]
+        assert result.server["upload_url"] == f"ftp://{url.username}:****@{url.hostname}:{url.port}/"
+        request = await get_request(system, request_id)
+        assert request["status"] == "Pending" and request["open"] is True
+        assert (request["charge_point_id"], request["protocol"], request["target"], request["file_name"]) == (
+            cp_id, "ftp", "csms", "diag-ftp.log")
+        assert url.password not in json.dumps(request) and "grant_token" not in request
+        assert request["start_time"] == "2026-01-01T00:00:00Z" and request["retries"] == 2
+
+        # the charge point uploads, then reports
+        data = os.urandom(200_000) + b"\nend of diagnostics\n"
+        reply = await asyncio.to_thread(ftp_store, location, "diag-ftp.log", data)
+        assert reply.startswith("226")
+        # linked as soon as the file is in, before any notification
+        request = await eventually(lambda: get_request(system, request_id), lambda r: r["file_id"])
+        assert request["status"] == "Uploaded"
+        await cp.call_ok(call.DiagnosticsStatusNotification(status="Uploading"))
+        await cp.call_ok(call.DiagnosticsStatusNotification(status="Uploaded"))
+        await events.wait(lambda e: len(e.of("diagnostics.status_changed")) >= 4
+                          and len(e.of("diagnostics.uploaded")) >= 1)
+
+    request = await get_request(system, request_id)
+    assert request["status"] == "Uploaded" and request["open"] is False
+    assert statuses(request) == ["Requested", "Pending", "Uploaded", "Uploading", "Uploaded"]
+    [entry] = [e for e in request["history"] if e["source"] == "upload"]
+    assert entry["file_id"] == request["file_id"]
+
+    files = await system.api("diagnostics", "list_files", charge_point_id=cp_id)
+    assert [f["file_id"] for f in files] == [request["file_id"]]
+    record = files[0]
+    assert (record["request_id"], record["filename"], record["size"], record["protocol"], record["kind"]) == (
+        request_id, "diag-ftp.log", len(data), "ftp", "diagnostics")
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert await system.api("diagnostics", "get_file", file_id=record["file_id"]) == record
+    assert record["download_url"] == request["download_url"]
+    assert await http_get(record["download_url"]) == (200, data)
+
+    # one-time: the same URL cannot be used again
+    with pytest.raises(ftplib.error_perm, match="530"):
+        await asyncio.to_thread(ftp_store, location, "again.log", b"more")
+    assert len(await system.api("diagnostics", "list_files", charge_point_id=cp_id)) == 1
+
+    [uploaded] = events.of("diagnostics.uploaded")
+    assert (uploaded["charge_point_id"], uploaded["file_id"], uploaded["request_id"], uploaded["size"]) == (
+        cp_id, record["file_id"], request_id, len(data))
+    changes = [(e["status"], e["source"], e["request_id"]) for e in events.of("diagnostics.status_changed")]
+    assert changes == [("Pending", "command", request_id), ("Uploaded", "upload", request_id),
+                       ("Uploading", "charge_point", request_id), ("Uploaded", "charge_point", request_id)]
+
+
+@pytest.mark.ocpp("GetDiagnostics", "DiagnosticsStatusNotification")
+async def test_request_diagnostics_uploaded_over_http(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        # the convenience API sends GetDiagnostics with the csms:http placeholder
+        result = await system.api("diagnostics", "request_diagnostics", charge_point_id=cp_id, protocol="http",
+                                  start_time="2026-02-01T10:00:00+02:00", retries=1)
+        assert result["status"] == "answered" and result["payload"] == {"fileName": "diagnostics.log"}
+        request_id = result["server"]["request_id"]
+        sent = cp.received["GetDiagnostics"][0]
+        assert (sent["start_time"], sent["retries"]) == ("2026-02-01T08:00:00Z", 1)
+        location = sent["location"]
+        assert location.startswith("http://127.0.0.1:") and "/upload/" in location
+        token = location.rstrip("/").rsplit("/", 1)[-1]
+        assert token not in result["server"]["upload_url"] and "****" in result["server"]["upload_url"]
+
+        await cp.call_ok(call.DiagnosticsStatusNotification(status="Uploading"))
+        request = await get_request(system, request_id)
+        assert (request["status"], request["protocol"], request["open"]) == ("Uploading", "http", True)
+
+        data = b"".join(f"{i:06d} log line\n".encode() for i in range(20_000))
+        status, stored = await http_put(location + "diagnostics.log", data)
+        assert status == 201 and stored["request_id"] == request_id
+        await cp.call_ok(call.DiagnosticsStatusNotification(status="Uploaded"))
+
+        # one-time: a second PUT to the same URL is refused
+        status, error = await http_put(location + "diagnostics.log", b"overwrite")
+        assert status == 410, error
+
+    request = await eventually(lambda: get_request(system, request_id), lambda r: r["file_id"])
+    assert request["status"] == "Uploaded" and request["open"] is False
+    assert statuses(request)[:3] == ["Requested", "Pending", "Uploading"]
+    assert sorted(statuses(request)[3:]) == ["Uploaded", "Uploaded"]  # the upload and the notification
+    assert [r["request_id"] for r in await system.api("diagnostics", "list_requests", charge_point_id=cp_id)] == [
+        request_id]
+    [record] = await system.api("diagnostics", "list_files", charge_point_id=cp_id)
+    assert (record["file_id"], record["protocol"], record["size"]) == (request["file_id"], "http", len(data))
+    assert await http_get(record["download_url"]) == (200, data)
+
+
+# ---- refusals and failures ---------------------------------------------------------------------------
+@pytest.mark.ocpp("GetDiagnostics")
+async def test_get_diagnostics_refused_or_nothing_to_upload(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+
+        # the charge point answers with a CALLERROR: request failed, upload URL revoked
+        def refuse(kwargs):
+            raise NotSupportedError(description="no diagnostics here")
+
+        cp.responses["GetDiagnostics"] = refuse
+        result = await system.client.send(cp_id, "GetDiagnostics", {"location": "csms:http"})
+        assert (result.status, result.error_code) == ("call_error", "NotSupported")
+        assert result.server["status"] == "Failed"
+        request = await get_request(system, result.server["request_id"])
+        assert (request["status"], request["open"], request["closed_reason"]) == ("Failed", False, "failed")
+        assert "NotSupported" in request["error"]
+        status, _ = await http_put(cp.received["GetDiagnostics"][-1]["location"] + "x.log", b"data")
+        assert status == 404
+
+        # no fileName: nothing to upload
+        cp.responses["GetDiagnostics"] = {}
+        result = await system.client.send(cp_id, "GetDiagnostics", {"location": "csms:http"})
+        assert (result.status, result.payload, result.server["status"]) == ("answered", {}, "NoFile")
+        request = await get_request(system, result.server["request_id"])
+        assert (request["status"], request["open"], request["file_name"]) == ("NoFile", False, None)
+        status, _ = await http_put(cp.received["GetDiagnostics"][-1]["location"] + "x.log", b"data")
+        assert status == 404
+
+        # a notification now has no open request to apply to: accepted, nothing changes
+        await cp.call_ok(call.DiagnosticsStatusNotification(status="Idle"))
+        assert (await get_request(system, result.server["request_id"]))["status"] == "NoFile"
+
+    # an offline charge point: recorded as failed
+    result = await system.client.send("CP-not-connected", "GetDiagnostics", {"location": "csms:ftp"})
+    assert result.status == "offline" and result.server["status"] == "Failed"
+    assert (await get_request(system, result.server["request_id"]))["status"] == "Failed"
+    assert len(await system.api("diagnostics", "list_requests", charge_point_id=cp_id)) == 2
+    assert len(await system.api("diagnostics", "list_requests")) == 3
+    assert await system.api("diagnostics", "list_files", charge_point_id=cp_id) == []
+
+
+@pytest.mark.ocpp("GetDiagnostics", "DiagnosticsStatusNotification")
+async def test_real_location_forwarded_unchanged(system, cp_id):
+    location = "ftp://diag:s3cret@logs.example.com:2121/incoming/"
+    async with Events(system.settings, "diagnostics.status_changed") as events, \
+            connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        result = await system.client.send(cp_id, "GetDiagnostics", {"location": location})
+        assert result.ok
+        assert cp.received["GetDiagnostics"][0]["location"] == location
+        assert result.server["upload_url"] == "ftp://diag:****@logs.example.com:2121/incoming/"
+        request_id = result.server["request_id"]
+        await cp.call_ok(call.DiagnosticsStatusNotification(status="Uploading"))
+        assert (await get_request(system, request_id))["status"] == "Uploading"
+        await cp.call_ok(call.DiagnosticsStatusNotification(status="UploadFailed"))
+        await events.wait(lambda e: len(e.items) >= 3)
+    request = await get_request(system, request_id)
+    assert (request["location"], request["target"], request["protocol"]) == (
+        "ftp://diag:****@logs.example.com:2121/incoming/", "external", "ftp")
+    assert (request["status"], request["open"], request["file_id"], request["download_url"]) == (
+        "UploadFailed", False, None, None)
+    assert "s3cret" not in json.dumps(await system.api("diagnostics", "list_requests"))
+    assert [(e["status"], e["request_id"]) for _, e in events.items] == [
+        ("Pending", request_id), ("Uploading", request_id), ("UploadFailed", request_id)]
+
+
+@pytest.mark.ocpp("GetDiagnostics")
+async def test_bad_input_is_refused_clearly(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        result = await system.client.send(cp_id, "GetDiagnostics", {"location": "csms:smb"})
+        assert result.status == "invalid" and "csms:ftp or csms:http" in result.error_description
+        result = await system.client.send(cp_id, "GetDiagnostics", {"location": "not a uri"})
+        assert (result.status, result.error_code) == ("invalid", "TypeConstraintViolation")
+        result = await system.client.send(cp_id, "GetDiagnostics", {"location": "csms:ftp", "retries": "x"})
+        assert result.status == "invalid"
+        assert cp.received["GetDiagnostics"] == []
+
+    async def api_error(operation: str, **params) -> int:
+        with pytest.raises(ApiCallFailed) as failed:
+            await system.api("diagnostics", operation, **params)
+        return failed.value.status
+
+    assert await api_error("get_request", request_id="nope") == 404
+    assert await api_error("get_request") == 400
+    assert await api_error("get_file", file_id="../../etc/passwd") == 404
+    assert await api_error("list_requests", limit=0) == 400
+    assert await api_error("list_requests", charge_point_id=["x"]) == 400
+    assert await api_error("request_diagnostics", charge_point_id=cp_id, protocol="smb") == 400
+    assert await api_error("request_diagnostics", charge_point_id=cp_id, start_time="yesterday") == 400
+    assert await api_error("request_diagnostics", charge_point_id=cp_id, retries=-1) == 400
+    assert await api_error("request_diagnostics") == 400
+    assert await api_error("get_firmware_update", request_id="nope") == 404
+    assert await system.api("diagnostics", "list_requests") == []
+
+
+# ---- UpdateFirmware ------------------------------------------------------------------------------------
+@pytest.mark.ocpp("UpdateFirmware", "FirmwareStatusNotification")
+async def test_update_firmware_from_hosted_image(system, cp_id):
+    endpoints = await system.api("diagnostics", "endpoints")
+    image = os.urandom(150_000)
+    status, hosted = await http_put(endpoints["firmware_upload_url"].format(name="fw-2.0.bin"), image)
+    assert status == 201
+    [listed] = await system.api("diagnostics", "list_firmware")
+    assert (listed["name"], listed["size"], listed["sha256"]) == ("fw-2.0.bin", len(image),
+                                                                  hashlib.sha256(image).hexdigest())
+
+    async with Events(system.settings, "firmware.update_changed") as events, connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        # an earlier update to an external URL, forwarded unchanged and superseded by the next one
+        external = "https://firmware.example.com/fw-1.9.bin?X-Amz-Signature=abc123&v=1"
+        result = await system.client.send(cp_id, "UpdateFirmware", {
+            "location": external, "retrieveDate": "2026-03-01T00:00:00Z"})
+        assert result.ok and cp.received["UpdateFirmware"][0]["location"] == external
+        first_id = result.server["request_id"]
+        assert "abc123" not in result.server["location"]
+
+        retrieve = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        result = await system.client.send(cp_id, "UpdateFirmware", {
+            "location": "csms:firmware/fw-2.0.bin", "retrieveDate": retrieve, "retries": 3})
+        assert (result.status, result.payload) == ("answered", {})
+        request_id = result.server["request_id"]
+        assert result.server["firmware"] == "fw-2.0.bin"
+        sent = cp.received["UpdateFirmware"][1]
+        assert sent["location"] == listed["url"] and sent["retries"] == 3
+
+        # the charge point downloads the image from the substituted URL and reports its progress
+        await cp.call_ok(call.FirmwareStatusNotification(status="Downloading"))
+        assert await http_get(sent["location"]) == (200, image)
+        for step in ("Downloaded", "Installing", "Installed"):
+            await cp.call_ok(call.FirmwareStatusNotification(status=step))
+
+        updates = await eventually(lambda: system.api("diagnostics", "firmware_updates", charge_point_id=cp_id),
+                                   lambda u: u and u[0]["status"] == "Installed")
+        await events.wait(lambda e: len(e.items) >= 7)
+
+    assert [u["request_id"] for u in updates] == [request_id, first_id]
+    update, first = updates
+    assert (update["open"], update["firmware"], update["location"], update["retrieve_date"]) == (
+        False, "fw-2.0.bin", listed["url"], retrieve)
+    assert statuses(update) == ["Requested", "Downloading", "Downloaded", "Installing", "Installed"]
+    assert (first["status"], first["open"]) == ("Superseded", False)
+    assert "abc123" not in first["location"] and first["location"].startswith("https://firmware.example.com/")
+    assert await system.api("diagnostics", "get_firmware_update", request_id=request_id) == update
+    assert [(e["request_id"], e["status"]) for _, e in events.items] == [
+        (first_id, "Requested"), (first_id, "Superseded"), (request_id, "Requested"), (request_id, "Downloading"),
+        (request_id, "Downloaded"), (request_id, "Installing"), (request_id, "Installed")]
+    station = await system.api("stations", "get_station", charge_point_id=cp_id)
+    assert station["firmware_status"] == "Installed"
+
+
+@pytest.mark.ocpp("UpdateFirmware", "FirmwareStatusNotification")
+async def test_update_firmware_unknown_image_refused_and_failures_tracked(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        result = await system.client.send(cp_id, "UpdateFirmware", {
+            "location": "csms:firmware/missing.bin", "retrieveDate": "2026-03-01T00:00:00Z"})
+        assert result.status == "invalid" and "not hosted" in result.error_description
+        result = await system.client.send(cp_id, "UpdateFirmware", {
+            "location": "csms:diagnostics", "retrieveDate": "2026-03-01T00:00:00Z"})
+        assert result.status == "invalid" and "csms:firmware/<name>" in result.error_description
+        assert cp.received["UpdateFirmware"] == []
+        assert await system.api("diagnostics", "firmware_updates", charge_point_id=cp_id) == []
+
+        # a download failure closes the update; later reports no longer change it
+        result = await system.client.send(cp_id, "UpdateFirmware", {
+            "location": "http://fw.example.com/a.bin", "retrieveDate": "2026-03-01T00:00:00Z"})
+        assert result.ok
+        await cp.call_ok(call.FirmwareStatusNotification(status="Downloading"))
+        await cp.call_ok(call.FirmwareStatusNotification(status="DownloadFailed"))
+        [update] = await eventually(lambda: system.api("diagnostics", "firmware_updates", charge_point_id=cp_id),
+                                    lambda u: u[0]["status"] == "DownloadFailed")
+        assert update["open"] is False
+        await cp.call_ok(call.FirmwareStatusNotification(status="Idle"))
+
+    assert statuses(update) == ["Requested", "Downloading", "DownloadFailed"]
+
+    # an offline charge point: the update is recorded as failed
+    result = await system.client.send("CP-not-connected", "UpdateFirmware", {
+        "location": "http://fw.example.com/b.bin", "retrieveDate": "2026-03-01T00:00:00Z"})
+    assert result.status == "offline" and result.server["status"] == "Failed"
+    [failed] = await system.api("diagnostics", "firmware_updates", charge_point_id="CP-not-connected")
+    assert (failed["status"], failed["open"], failed["request_id"]) == ("Failed", False, result.server["request_id"])
+    assert len(await system.api("diagnostics", "firmware_updates")) == 2
