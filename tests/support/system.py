@@ -2,6 +2,7 @@
 on the real RabbitMQ and Redis, removed again afterwards."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -17,10 +18,11 @@ from services.gateway.app import Gateway
 
 
 def make_settings(amqp_url: str, redis_url: str, **overrides) -> Settings:
-    values = dict(amqp_url=amqp_url, redis_url=redis_url, namespace=f"test-{uuid.uuid4().hex[:10]}",
+    namespace = f"test-{uuid.uuid4().hex[:10]}"
+    values = dict(amqp_url=amqp_url, redis_url=redis_url, namespace=namespace,
                   gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0,
                   files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0, ftp_port=0,
-                  files_root=tempfile.mkdtemp(prefix="csms-test-files-"))
+                  files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"))  # made on first use
     values.update(overrides)
     return Settings(**values)
 
