@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 SUBPROTOCOL = "ocpp1.6"
 PATH = re.compile(r"^/ocpp/([^/?#]+)/?$")
 CHARGE_POINT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
-CLOSE_REPLACED = 4000  # application close code: a newer connection took over this charge point id
+CLOSE_REPLACED = 4000
+HAND_OVER_GRACE = 60.0  # seconds a stale binding stays silent after another instance took over  # application close code: a newer connection took over this charge point id
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Gateway:
         self.links: dict[str, Link] = {}
         # charge points whose handshake bound our queue but whose Link is not registered yet
         self._arriving: dict[str, tuple[str, asyncio.Event]] = {}
+        # charge points another gateway instance took over, with when: that instance answers for them
+        self._handed_over: dict[str, float] = {}
         self.queue: AbstractQueue | None = None
         self.server: Server | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -328,6 +331,7 @@ class Gateway:
         data = json.loads(message.body)
         link = self.links.get(cp)
         if data.get("op") == "evict" and link is not None and link.session != data.get("session"):
+            self._handed_over[cp] = asyncio.get_running_loop().time()
             link.close_reason = "replaced by a newer connection on another gateway"
             await link.ws.close(CLOSE_REPLACED, link.close_reason)
 
@@ -344,14 +348,20 @@ class Gateway:
         return self.links.get(cp)
 
     async def _run_command(self, cp: str, message: AbstractIncomingMessage) -> None:
-        link = await self._link_for(cp)
-        if link is None:
-            # A stale binding during a hand-over: the instance that holds the charge point answers.
-            return
         try:
             command = Command.model_validate_json(message.body)
         except ValueError:
             log.warning("malformed command for %s dropped", cp)
+            return
+        link = await self._link_for(cp)
+        if link is None:
+            handed_over = self._handed_over.get(cp)
+            if handed_over is not None and asyncio.get_running_loop().time() - handed_over < HAND_OVER_GRACE:
+                return  # a stale binding during a hand-over: the instance holding the charge point answers
+            # the charge point just disconnected and our binding is on its way out
+            await self.bus.reply(message, CommandResult(
+                status="offline", charge_point_id=cp, action=command.action,
+                error_description="charge point disconnected"))
             return
         result = await self.execute(link, command)
         await self.bus.reply(message, result)

@@ -246,3 +246,12 @@ async def test_reconnect_keeps_the_charge_point_reachable(system, cp_id):
             await asyncio.sleep(0.05)
             assert (await system.client.send(cp_id, "ClearCache", {})).ok
             assert len(cp.received["ClearCache"]) == 1
+
+
+async def test_command_just_after_disconnect_is_offline_not_a_timeout(system, cp_id):
+    for _ in range(5):
+        async with connect(system.url(cp_id)):
+            pass
+        # no waiting for the gateway to let go: the answer must still be a prompt "offline"
+        result = await asyncio.wait_for(system.client.send(cp_id, "ClearCache", {}, timeout=30), 5)
+        assert result.status == "offline"
