@@ -72,8 +72,11 @@ class CsmsClient:
             body = await self.rpc.call(self.bus.names.api, api_key(service, operation), request.to_bytes(),
                                        timeout=timeout, kind=KIND_API)
         except Unroutable:
-            raise ApiCallFailed(service, operation, ApiReply(ok=False, status=503,
-                                                             error="service not running or unknown operation"))
+            reply = ApiReply(ok=False, status=503, error="service not running or unknown operation")
+            raise ApiCallFailed(service, operation, reply) from None
+        except asyncio.TimeoutError:
+            reply = ApiReply(ok=False, status=504, error=f"no answer within {timeout} s")
+            raise ApiCallFailed(service, operation, reply) from None
         reply = ApiReply.model_validate_json(body)
         if not reply.ok:
             raise ApiCallFailed(service, operation, reply)

@@ -999,13 +999,16 @@ async def _handle_get_file(request: web.Request) -> web.StreamResponse:
     record = await store.get_file(request.match_info["file_id"])
     if record is None:
         return _error(404, "unknown file")
-    path = store.path_for(record)
+    return _download(store.path_for(record), record.filename, record.sha256, "file missing on disk")
+
+
+def _download(path: Path, filename: str, sha256: str, missing: str) -> web.StreamResponse:
     if not path.is_file():
-        return _error(404, "file missing on disk")
+        return _error(404, missing)
     return web.FileResponse(path, headers={
         hdrs.CONTENT_TYPE: "application/octet-stream",
-        hdrs.CONTENT_DISPOSITION: f'attachment; filename="{record.filename}"',
-        "X-Checksum-Sha256": record.sha256,
+        hdrs.CONTENT_DISPOSITION: f'attachment; filename="{filename}"',
+        "X-Checksum-Sha256": sha256,
     })
 
 
@@ -1020,14 +1023,7 @@ async def _handle_get_firmware(request: web.Request) -> web.StreamResponse:
     record = await store.get_firmware(name)
     if record is None:
         return _error(404, "unknown firmware")
-    path = store.firmware_path(record.name)
-    if not path.is_file():
-        return _error(404, "firmware missing on disk")
-    return web.FileResponse(path, headers={
-        hdrs.CONTENT_TYPE: "application/octet-stream",
-        hdrs.CONTENT_DISPOSITION: f'attachment; filename="{record.name}"',
-        "X-Checksum-Sha256": record.sha256,
-    })
+    return _download(store.firmware_path(record.name), record.name, record.sha256, "firmware missing on disk")
 
 
 async def _handle_put_firmware(request: web.Request) -> web.StreamResponse:

@@ -321,17 +321,9 @@ async def _get_diagnostics(ctx: CommandContext, req: GetDiagnosticsRequest) -> C
         "history": [{"status": REQUESTED, "at": now, "source": "command"}], "grant_token": grant_token,
     }
     # stored (and open) before sending: a quick charge point may report or upload before its answer arrives
-    score = _now_ms()
-    async with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.set(_req_key(ctx, request_id), json.dumps(record))
-        pipe.zadd(ctx.key("diag", "reqs"), {request_id: score})
-        pipe.zadd(ctx.key("diag", "cp", cp, "reqs"), {request_id: score})
-        pipe.zadd(_open_key(ctx, cp), {request_id: score})
-        await pipe.execute()
-
-    payload = dict(ctx.command.payload)
-    payload["location"] = location
-    result = await ctx.forward(payload)
+    await _save_new_request(ctx, _req_key(ctx, request_id), record, [
+        ctx.key("diag", "reqs"), ctx.key("diag", "cp", cp, "reqs"), _open_key(ctx, cp)])
+    result = await ctx.forward({**ctx.command.payload, "location": location})
 
     file_name = (result.payload or {}).get("fileName") if result.ok else None
     outcome: dict[str, Any] = {}
@@ -390,6 +382,16 @@ async def _supersede_diagnostics(ctx: ServiceContext, cp: str, newest: str) -> N
         record, _ = await _mutate(ctx, _req_key(ctx, request_id), _open_key(ctx, cp), close)
         if record is None:  # dangling index entry
             await ctx.redis.zrem(_open_key(ctx, cp), request_id)
+
+
+async def _save_new_request(ctx: ServiceContext, key: str, record: dict[str, Any], indexes: list[str]) -> None:
+    """Store a new request record and add it, by request time, to its sorted-set indexes."""
+    score = _now_ms()
+    async with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.set(key, json.dumps(record))
+        for index in indexes:
+            pipe.zadd(index, {record["request_id"]: score})
+        await pipe.execute()
 
 
 @service.command("GetDiagnostics")
@@ -512,17 +514,9 @@ async def update_firmware(ctx: CommandContext, req: UpdateFirmwareRequest) -> Co
         "open": True, "closed_reason": None, "error": None,
         "history": [{"status": "Requested", "at": now, "source": "command"}],
     }
-    score = _now_ms()
-    async with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.set(_fw_key(ctx, request_id), json.dumps(record))
-        pipe.zadd(ctx.key("diag", "fwreqs"), {request_id: score})
-        pipe.zadd(ctx.key("diag", "cp", cp, "fw"), {request_id: score})
-        pipe.zadd(_fw_open_key(ctx, cp), {request_id: score})
-        await pipe.execute()
-
-    payload = dict(ctx.command.payload)
-    payload["location"] = location
-    result = await ctx.forward(payload)
+    await _save_new_request(ctx, _fw_key(ctx, request_id), record, [
+        ctx.key("diag", "fwreqs"), ctx.key("diag", "cp", cp, "fw"), _fw_open_key(ctx, cp)])
+    result = await ctx.forward({**ctx.command.payload, "location": location})
 
     if result.ok:
         await _supersede_firmware(ctx, cp, request_id)

@@ -23,7 +23,6 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed

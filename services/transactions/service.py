@@ -716,7 +716,7 @@ async def api_active_transactions(ctx: ApiContext, params: dict) -> list[dict]:
     [{transaction_id, connector_id, id_tag, start (ISO Z), meter_start}], by connector."""
     cp = _str_param(params, "charge_point_id")
     result = []
-    for connector, tx_id in (await ctx.redis.hgetall(ctx.key("txs", "open", cp))).items():
+    for tx_id in (await ctx.redis.hgetall(ctx.key("txs", "open", cp))).values():
         record = await _load_tx(ctx, tx_id)
         if record is None or record.get("status") != "active" or record["charge_point_id"] != cp:
             continue
