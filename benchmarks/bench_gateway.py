@@ -9,9 +9,13 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
 
 from csms import ocpp16
 from services.registry import load_services
