@@ -640,31 +640,34 @@ class FileStore:
     async def _commit(self, grant: _Grant, claim_id: str, tmp_path: Path, *, filename: str | None, size: int,
                       sha256: str, protocol: Literal["http", "ftp"]) -> FileRecord:
         record, final = self._place(grant, tmp_path, filename=filename, size=size, sha256=sha256, protocol=protocol)
-        try:
+        with self._discarded_on_error(final):
             keys, args = self._complete_args(grant, claim_id, record)
             ok = await self._a_complete(keys=keys, args=args)
-        except BaseException:
-            self._discard_final(final)
-            raise
-        if not ok:
-            self._discard_final(final)
-            raise GrantBusy("upload slot was lost (lease expired); please retry")
-        log.info("stored %s upload %s for %s (%d bytes)", protocol, record.file_id, record.charge_point_id, size)
-        return record
+        return self._completed(record, final, ok)
 
     def commit_sync(self, grant: _Grant, claim_id: str, tmp_path: str, *, filename: str | None, size: int,
                     sha256: str, protocol: Literal["http", "ftp"]) -> FileRecord:
+        """The same as ``_commit`` for the FTP thread, with the synchronous Redis client."""
         record, final = self._place(grant, tmp_path, filename=filename, size=size, sha256=sha256, protocol=protocol)
-        try:
+        with self._discarded_on_error(final):
             keys, args = self._complete_args(grant, claim_id, record)
             ok = self._script("complete")(keys=keys, args=args)
+        return self._completed(record, final, ok)
+
+    @contextlib.contextmanager
+    def _discarded_on_error(self, final: Path):
+        try:
+            yield
         except BaseException:
             self._discard_final(final)
             raise
+
+    def _completed(self, record: FileRecord, final: Path, ok: bool) -> FileRecord:
         if not ok:
             self._discard_final(final)
             raise GrantBusy("upload slot was lost (lease expired); please retry")
-        log.info("stored %s upload %s for %s (%d bytes)", protocol, record.file_id, record.charge_point_id, size)
+        log.info("stored %s upload %s for %s (%d bytes)", record.protocol, record.file_id, record.charge_point_id,
+                 record.size)
         return record
 
     async def notify_stored(self, record: FileRecord) -> None:

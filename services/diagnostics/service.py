@@ -595,6 +595,13 @@ async def on_firmware_status(ctx: ServiceContext, event: dict) -> None:
 
 
 # ---- API -----------------------------------------------------------------------------------------
+async def _load_or_404(ctx: ServiceContext, key: str, what: str) -> dict:
+    raw = await ctx.redis.get(key)
+    if raw is None:
+        raise ApiError(f"unknown {what}", 404)
+    return json.loads(raw)
+
+
 @service.api("list_requests")
 async def api_list_requests(ctx: ApiContext, params: dict) -> list[dict]:
     """Diagnostics requests, newest first: ``charge_point_id?``, ``limit?`` (default 100)."""
@@ -606,10 +613,7 @@ async def api_list_requests(ctx: ApiContext, params: dict) -> list[dict]:
 @service.api("get_request")
 async def api_get_request(ctx: ApiContext, params: dict) -> dict:
     request_id = _text_param(params, "request_id", required=True)
-    raw = await ctx.redis.get(_req_key(ctx, request_id))
-    if raw is None:
-        raise ApiError(f"unknown diagnostics request {request_id!r}", 404)
-    return _public_request(json.loads(raw))
+    return _public_request(await _load_or_404(ctx, _req_key(ctx, request_id), f"diagnostics request {request_id!r}"))
 
 
 def _public_file(record: FileRecord) -> dict:
@@ -650,10 +654,7 @@ async def api_firmware_updates(ctx: ApiContext, params: dict) -> list[dict]:
 @service.api("get_firmware_update")
 async def api_get_firmware_update(ctx: ApiContext, params: dict) -> dict:
     request_id = _text_param(params, "request_id", required=True)
-    raw = await ctx.redis.get(_fw_key(ctx, request_id))
-    if raw is None:
-        raise ApiError(f"unknown firmware update {request_id!r}", 404)
-    return json.loads(raw)
+    return await _load_or_404(ctx, _fw_key(ctx, request_id), f"firmware update {request_id!r}")
 
 
 @service.api("endpoints")
