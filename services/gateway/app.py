@@ -43,7 +43,8 @@ SUBPROTOCOL = "ocpp1.6"
 PATH = re.compile(r"^/ocpp/([^/?#]+)/?$")
 CHARGE_POINT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 CLOSE_REPLACED = 4000
-HAND_OVER_GRACE = 60.0  # seconds a stale binding stays silent after another instance took over  # application close code: a newer connection took over this charge point id
+HAND_OVER_GRACE = 60.0  # seconds a stale binding stays silent after another instance took over
+MAX_QUEUED_CALLS = 64  # CALLs a charge point may have waiting (it should send one at a time)  # application close code: a newer connection took over this charge point id
 
 
 @dataclass
@@ -192,6 +193,7 @@ class Gateway:
         cp = link.charge_point_id
         old = self.links.get(cp)
         self.links[cp] = link
+        self._handed_over.pop(cp, None)
         arriving = self._arriving.get(cp)
         if arriving is not None and arriving[0] == link.session:
             del self._arriving[cp]
@@ -264,6 +266,10 @@ class Gateway:
             if len(frame) != 4 or not isinstance(frame[2], str):
                 await self._send_error(link, message_id, OcppError(
                     ErrorCode.FORMATION_VIOLATION, "CALL must be [2, UniqueId, Action, Payload]"))
+                return
+            if link.inbound.qsize() >= MAX_QUEUED_CALLS:
+                await self._send_error(link, message_id, OcppError(
+                    ErrorCode.GENERIC_ERROR, f"too many CALLs waiting (at most {MAX_QUEUED_CALLS}); send one at a time"))
                 return
             link.inbound.put_nowait((message_id, frame[2], frame[3]))
         elif kind in (CALLRESULT, CALLERROR):

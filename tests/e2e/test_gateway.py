@@ -255,3 +255,21 @@ async def test_command_just_after_disconnect_is_offline_not_a_timeout(system, cp
         # no waiting for the gateway to let go: the answer must still be a prompt "offline"
         result = await asyncio.wait_for(system.client.send(cp_id, "ClearCache", {}, timeout=30), 5)
         assert result.status == "offline"
+
+
+async def test_a_flood_of_calls_is_bounded(system, cp_id):
+    from services.gateway.app import MAX_QUEUED_CALLS
+
+    async with await raw(system.url(cp_id)) as ws:
+        total = MAX_QUEUED_CALLS * 3
+        await ws.send(json.dumps([2, "first", "Heartbeat", {}]))
+        for i in range(total):
+            await ws.send(json.dumps([2, f"m{i}", "Heartbeat", {}]))
+        answers = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(total + 1)]
+    refused = [a for a in answers if a[0] == 4]
+    answered = [a for a in answers if a[0] == 3]
+    assert len(answered) + len(refused) == total + 1
+    assert refused and all(a[2] == "GenericError" for a in refused)
+    assert len(answered) >= MAX_QUEUED_CALLS  # everything within the bound is still served, in order
+    ids = [a[1] for a in answered]
+    assert ids == sorted(ids, key=lambda x: -1 if x == "first" else int(x[1:]))
