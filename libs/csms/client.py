@@ -67,17 +67,26 @@ class CsmsClient:
 
     async def api(self, service: str, operation: str, timeout: float = 10.0, **params: Any) -> Any:
         """Call a service API operation; raises ApiCallFailed on an error reply."""
-        request = ApiRequest(operation=operation, params=params)
-        try:
-            body = await self.rpc.call(self.bus.names.api, api_key(service, operation), request.to_bytes(),
-                                       timeout=timeout, kind=KIND_API)
-        except Unroutable:
-            reply = ApiReply(ok=False, status=503, error="service not running or unknown operation")
-            raise ApiCallFailed(service, operation, reply) from None
-        except asyncio.TimeoutError:
-            reply = ApiReply(ok=False, status=504, error=f"no answer within {timeout} s")
-            raise ApiCallFailed(service, operation, reply) from None
-        reply = ApiReply.model_validate_json(body)
-        if not reply.ok:
-            raise ApiCallFailed(service, operation, reply)
-        return reply.result
+        return await call_api(self.rpc, service, operation, timeout=timeout, **params)
+
+
+async def call_api(rpc: RpcClient, service: str, operation: str, *, timeout: float, **params: Any) -> Any:
+    """Call ``service.operation`` over the bus and return its result.
+
+    Raises ApiCallFailed: with the reply's status on an error reply, 503 when no such service or
+    operation is running, 504 when no answer came within ``timeout`` seconds.
+    """
+    request = ApiRequest(operation=operation, params=params)
+    try:
+        body = await rpc.call(rpc.bus.names.api, api_key(service, operation), request.to_bytes(),
+                              timeout=timeout, kind=KIND_API)
+    except Unroutable:
+        reply = ApiReply(ok=False, status=503, error="service not running or unknown operation")
+        raise ApiCallFailed(service, operation, reply) from None
+    except asyncio.TimeoutError:
+        reply = ApiReply(ok=False, status=504, error=f"no answer within {timeout} s")
+        raise ApiCallFailed(service, operation, reply) from None
+    reply = ApiReply.model_validate_json(body)
+    if not reply.ok:
+        raise ApiCallFailed(service, operation, reply)
+    return reply.result

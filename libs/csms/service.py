@@ -36,6 +36,7 @@ from csms import ocpp16
 from csms.bus import (
     KIND_API, KIND_CALL, KIND_COMMAND, Bus, RpcClient, Unroutable, api_key, call_key, command_key,
 )
+from csms.client import call_api
 from csms.config import Settings
 from csms.contracts.bus import ApiReply, ApiRequest, Command, CommandResult, OcppCall, OcppReply
 from csms.contracts.events import Event
@@ -78,6 +79,10 @@ class ServiceContext:
 
     async def publish(self, event: Event) -> None:
         await self.service.bus.publish_event(event)
+
+    async def api(self, service: str, operation: str, timeout: float = 10.0, **params: Any) -> Any:
+        """Call another service's API operation; raises csms.client.ApiCallFailed."""
+        return await call_api(self.service.rpc, service, operation, timeout=timeout, **params)
 
     async def send_command(self, charge_point_id: str, action: str, payload: dict | OcppModel,
                            timeout: float | None = None) -> CommandResult:

@@ -29,11 +29,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from csms import ocpp16
-from csms.bus import (
-    KIND_API, KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, api_key, call_key,
-)
+from csms.bus import KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key
+from csms.client import ApiCallFailed, call_api
 from csms.config import Settings
-from csms.contracts.bus import ApiReply, ApiRequest, Command, CommandResult, OcppCall, OcppReply
+from csms.contracts.bus import Command, CommandResult, OcppCall, OcppReply
 from csms.contracts.events import StationConnected, StationDisconnected
 from csms.ocpp16 import CALL, CALLERROR, CALLRESULT, ErrorCode, OcppError
 
@@ -161,16 +160,13 @@ class Gateway:
             return False
         if not sep or user != charge_point_id:
             return False
-        body = ApiRequest(operation="authenticate",
-                          params={"charge_point_id": charge_point_id, "password": password}).to_bytes()
         try:
-            reply = ApiReply.model_validate_json(await self.rpc.call(
-                self.bus.names.api, api_key("stations", "authenticate"), body,
-                timeout=self.settings.call_timeout, kind=KIND_API))
-        except (Unroutable, asyncio.TimeoutError):
-            log.error("cannot authenticate %s: stations service unavailable", charge_point_id)
+            result = await call_api(self.rpc, "stations", "authenticate", timeout=self.settings.call_timeout,
+                                    charge_point_id=charge_point_id, password=password)
+        except ApiCallFailed as exc:
+            log.error("cannot authenticate %s: %s", charge_point_id, exc)
             return False
-        return reply.ok and reply.result is True
+        return result is True
 
     async def _handler(self, ws: ServerConnection) -> None:
         charge_point_id = unquote(PATH.match(ws.request.path.split("?", 1)[0]).group(1))

@@ -70,13 +70,13 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 from redis.exceptions import WatchError
 
-from csms.bus import KIND_API, Unroutable, api_key
 from csms.charging import (
     ProfileRejected, StoredProfile, TxInfo, apply_clear, apply_set, compute_composite_schedule, parse_datetime,
     validate_profile,
 )
+from csms.client import ApiCallFailed
 from csms.contracts.base import utc_now
-from csms.contracts.bus import ApiReply, ApiRequest, CommandResult
+from csms.contracts.bus import CommandResult
 from csms.contracts.events import ChargingProfilesChanged
 from csms.contracts.ocpp16 import (
     ClearChargingProfileRequest, GetCompositeScheduleRequest, SetChargingProfileRequest,
@@ -99,12 +99,6 @@ T = TypeVar("T")
 
 class ServiceUnavailable(Exception):
     """Another service's API did not answer (not running, or too slow)."""
-
-
-class ApiFailed(Exception):
-    def __init__(self, reply: ApiReply):
-        super().__init__(f"{reply.status} {reply.error}")
-        self.status = reply.status
 
 
 # ---- keys and storage -----------------------------------------------------------------------
@@ -201,27 +195,12 @@ async def _publish_changes(ctx: ServiceContext, cp: str, change: str, profiles: 
 
 
 # ---- other services' APIs ---------------------------------------------------------------------
-async def _call_api(ctx: ServiceContext, svc: str, operation: str, **params: Any) -> Any:
-    request = ApiRequest(operation=operation, params=params)
-    try:
-        body = await ctx.service.rpc.call(ctx.service.bus.names.api, api_key(svc, operation), request.to_bytes(),
-                                          timeout=API_TIMEOUT, kind=KIND_API)
-    except Unroutable:
-        raise ServiceUnavailable(f"{svc} service is not running") from None
-    except asyncio.TimeoutError:
-        raise ServiceUnavailable(f"{svc} service did not answer") from None
-    reply = ApiReply.model_validate_json(body)
-    if not reply.ok:
-        raise ApiFailed(reply)
-    return reply.result
-
-
 async def _active_transactions(ctx: ServiceContext, cp: str) -> dict[int, TxInfo]:
     """connector id -> active transaction; raises ServiceUnavailable."""
     try:
-        rows = await _call_api(ctx, "transactions", "active_transactions", charge_point_id=cp)
-    except ApiFailed as exc:
-        raise ServiceUnavailable(f"transactions.active_transactions failed: {exc}") from None
+        rows = await ctx.api("transactions", "active_transactions", timeout=API_TIMEOUT, charge_point_id=cp)
+    except ApiCallFailed as exc:
+        raise ServiceUnavailable(str(exc)) from None
     result: dict[int, TxInfo] = {}
     for row in rows or []:
         try:
@@ -238,8 +217,8 @@ async def _active_transactions(ctx: ServiceContext, cp: str) -> dict[int, TxInfo
 async def _station_connectors(ctx: ServiceContext, cp: str) -> list[int]:
     """Connector ids (> 0) the station reported; [] when unknown."""
     try:
-        station = await _call_api(ctx, "stations", "get_station", charge_point_id=cp)
-    except (ServiceUnavailable, ApiFailed) as exc:
+        station = await ctx.api("stations", "get_station", timeout=API_TIMEOUT, charge_point_id=cp)
+    except ApiCallFailed as exc:
         log.info("no connector list for %s: %s", cp, exc)
         return []
     ids = []
