@@ -62,6 +62,34 @@ class ApiError(Exception):
         self.status = status
 
 
+def str_param(params: dict, name: str, *, required: bool = True, max_length: int | None = None) -> str | None:
+    """An API string parameter; "" counts as missing. Raises ApiError (400)."""
+    value = params.get(name)
+    if value is None or value == "":
+        if required:
+            raise ApiError(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise ApiError(f"{name} must be a string")
+    if max_length is not None and len(value) > max_length:
+        raise ApiError(f"{name} must be at most {max_length} characters")
+    return value
+
+
+def int_param(params: dict, name: str, *, required: bool = True, minimum: int | None = None,
+              maximum: int | None = None) -> int | None:
+    """An API integer parameter (a JSON integer, not a bool or text). Raises ApiError (400)."""
+    value = params.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = "".join([f" >= {minimum}" if minimum is not None else "",
+                          f" <= {maximum}" if maximum is not None else ""])
+        raise ApiError(f"{name} must be an integer{bounds}")
+    return value
+
+
 @dataclass
 class ServiceContext:
     service: "Service"

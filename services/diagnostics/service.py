@@ -67,7 +67,9 @@ from csms.contracts.ocpp16 import (
     UpdateFirmwareRequest,
 )
 from csms.ocpp16 import OcppError
-from csms.service import ApiContext, ApiError, CallContext, CommandContext, Service, ServiceContext
+from csms.service import (
+    ApiContext, ApiError, CallContext, CommandContext, Service, ServiceContext, int_param, str_param,
+)
 from services.diagnostics.files import FileRecord, FileServers, FileStore, parse_port_range, run_file_servers
 
 log = logging.getLogger(__name__)
@@ -241,17 +243,6 @@ def _limit(params: dict) -> int:
     value = params.get("limit", LIST_LIMIT)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIST_LIMIT:
         raise ApiError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
-    return value
-
-
-def _text_param(params: dict, name: str, required: bool = False) -> str | None:
-    value = params.get(name)
-    if value is None or value == "":
-        if required:
-            raise ApiError(f"{name} is required")
-        return None
-    if not isinstance(value, str) or len(value) > 255:
-        raise ApiError(f"{name} must be a string of at most 255 characters")
     return value
 
 
@@ -605,14 +596,14 @@ async def _load_or_404(ctx: ServiceContext, key: str, what: str) -> dict:
 @service.api("list_requests")
 async def api_list_requests(ctx: ApiContext, params: dict) -> list[dict]:
     """Diagnostics requests, newest first: ``charge_point_id?``, ``limit?`` (default 100)."""
-    cp = _text_param(params, "charge_point_id")
+    cp = str_param(params, "charge_point_id", required=False, max_length=255)
     index = ctx.key("diag", "cp", cp, "reqs") if cp else ctx.key("diag", "reqs")
     return [_public_request(r) for r in await _load_many(ctx, "req", index, _limit(params))]
 
 
 @service.api("get_request")
 async def api_get_request(ctx: ApiContext, params: dict) -> dict:
-    request_id = _text_param(params, "request_id", required=True)
+    request_id = str_param(params, "request_id", max_length=255)
     return _public_request(await _load_or_404(ctx, _req_key(ctx, request_id), f"diagnostics request {request_id!r}"))
 
 
@@ -623,14 +614,14 @@ def _public_file(record: FileRecord) -> dict:
 @service.api("list_files")
 async def api_list_files(ctx: ApiContext, params: dict) -> list[dict]:
     """Uploaded files, newest first, each with its ``download_url``: ``charge_point_id?``, ``kind?``."""
-    cp = _text_param(params, "charge_point_id")
-    kind = _text_param(params, "kind")
+    cp = str_param(params, "charge_point_id", required=False, max_length=255)
+    kind = str_param(params, "kind", required=False, max_length=255)
     return [_public_file(r) for r in await _store().list_files(kind=kind, charge_point_id=cp)]
 
 
 @service.api("get_file")
 async def api_get_file(ctx: ApiContext, params: dict) -> dict:
-    file_id = _text_param(params, "file_id", required=True)
+    file_id = str_param(params, "file_id", max_length=255)
     record = await _store().get_file(file_id)
     if record is None:
         raise ApiError(f"unknown file {file_id!r}", 404)
@@ -646,14 +637,14 @@ async def api_list_firmware(ctx: ApiContext, params: dict) -> list[dict]:
 @service.api("firmware_updates")
 async def api_firmware_updates(ctx: ApiContext, params: dict) -> list[dict]:
     """Firmware update requests, newest first: ``charge_point_id`` (omit for all), ``limit?``."""
-    cp = _text_param(params, "charge_point_id")
+    cp = str_param(params, "charge_point_id", required=False, max_length=255)
     index = ctx.key("diag", "cp", cp, "fw") if cp else ctx.key("diag", "fwreqs")
     return await _load_many(ctx, "fw", index, _limit(params))
 
 
 @service.api("get_firmware_update")
 async def api_get_firmware_update(ctx: ApiContext, params: dict) -> dict:
-    request_id = _text_param(params, "request_id", required=True)
+    request_id = str_param(params, "request_id", max_length=255)
     return await _load_or_404(ctx, _fw_key(ctx, request_id), f"firmware update {request_id!r}")
 
 
@@ -684,15 +675,6 @@ def _time_param(params: dict, name: str) -> str | None:
     return format_utc(as_utc(parsed))
 
 
-def _int_param(params: dict, name: str) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2 ** 31 - 1:
-        raise ApiError(f"{name} must be a non-negative integer")
-    return value
-
-
 @service.api("request_diagnostics")
 async def api_request_diagnostics(ctx: ApiContext, params: dict) -> dict:
     """Ask a charge point to upload its diagnostics to this system.
@@ -701,7 +683,7 @@ async def api_request_diagnostics(ctx: ApiContext, params: dict) -> dict:
     ``retries?``, ``retry_interval?``, ``timeout?`` (seconds to wait for the charge point's answer).
     Returns the GetDiagnostics CommandResult (``server`` holds request_id and the masked upload URL).
     """
-    cp = _text_param(params, "charge_point_id", required=True)
+    cp = str_param(params, "charge_point_id", max_length=255)
     protocol = params.get("protocol", "ftp")
     if protocol not in ("ftp", "http"):
         raise ApiError('protocol must be "ftp" or "http"')
@@ -710,7 +692,7 @@ async def api_request_diagnostics(ctx: ApiContext, params: dict) -> dict:
         if (value := _time_param(params, param)) is not None:
             payload[field] = value
     for param, field in (("retries", "retries"), ("retry_interval", "retryInterval")):
-        if (value := _int_param(params, param)) is not None:
+        if (value := int_param(params, param, required=False, minimum=0, maximum=2 ** 31 - 1)) is not None:
             payload[field] = value
     timeout = params.get("timeout", ctx.settings.command_timeout)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:

@@ -81,7 +81,9 @@ from csms.contracts.events import ChargingProfilesChanged
 from csms.contracts.ocpp16 import (
     ClearChargingProfileRequest, GetCompositeScheduleRequest, SetChargingProfileRequest,
 )
-from csms.service import ApiContext, ApiError, CommandContext, Service, ServiceContext
+from csms.service import (
+    ApiContext, ApiError, CommandContext, Service, ServiceContext, int_param, str_param,
+)
 
 log = logging.getLogger(__name__)
 
@@ -379,28 +381,12 @@ async def on_transaction_stopped(ctx: ServiceContext, event: dict) -> None:
 
 
 # ---- API ------------------------------------------------------------------------------------
-def _cp_param(params: dict) -> str:
-    cp = params.get("charge_point_id")
-    if not isinstance(cp, str) or not cp:
-        raise ApiError("charge_point_id is required")
-    return cp
-
-
-def _int_param(params: dict, name: str, *, minimum: int, required: bool = True) -> int | None:
-    value = params.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ApiError(f"{name} must be an integer >= {minimum}")
-    return value
-
-
 @service.api("list_profiles")
 async def api_list_profiles(ctx: ApiContext, params: dict) -> list[dict]:
     """Stored profiles ``[{connector_id, profile}]`` in installation order; ``connector_id`` filters on the
     connector a profile is installed on (0 = station-wide ones only)."""
-    cp = _cp_param(params)
-    connector_id = _int_param(params, "connector_id", minimum=0, required=False)
+    cp = str_param(params, "charge_point_id")
+    connector_id = int_param(params, "connector_id", minimum=0, required=False)
     return [{"connector_id": s.connector_id, "profile": s.profile} for s in await _load(ctx, cp)
             if connector_id is None or s.connector_id == connector_id]
 
@@ -408,9 +394,9 @@ async def api_list_profiles(ctx: ApiContext, params: dict) -> list[dict]:
 @service.api("composite_schedule")
 async def api_composite_schedule(ctx: ApiContext, params: dict) -> dict:
     """The server-side composite schedule (GetCompositeSchedule.conf shape) without asking the station."""
-    cp = _cp_param(params)
-    connector_id = _int_param(params, "connector_id", minimum=0)
-    duration = _int_param(params, "duration", minimum=1)
+    cp = str_param(params, "charge_point_id")
+    connector_id = int_param(params, "connector_id", minimum=0)
+    duration = int_param(params, "duration", minimum=1)
     unit = params.get("charging_rate_unit")
     if unit not in (None, "A", "W"):
         raise ApiError("charging_rate_unit must be 'A' or 'W'")
@@ -426,7 +412,7 @@ async def api_composite_schedule(ctx: ApiContext, params: dict) -> dict:
 @service.api("set_electrical")
 async def api_set_electrical(ctx: ApiContext, params: dict) -> dict:
     """The station's supply, for A <-> W conversion: ``voltage`` (V, > 0) and ``phases`` (1..3)."""
-    cp = _cp_param(params)
+    cp = str_param(params, "charge_point_id")
     voltage, phases = params.get("voltage"), params.get("phases")
     if not isinstance(voltage, (int, float)) or isinstance(voltage, bool) or not math.isfinite(voltage) \
             or voltage <= 0:
@@ -440,6 +426,6 @@ async def api_set_electrical(ctx: ApiContext, params: dict) -> dict:
 
 @service.api("get_electrical")
 async def api_get_electrical(ctx: ApiContext, params: dict) -> dict:
-    cp = _cp_param(params)
+    cp = str_param(params, "charge_point_id")
     voltage, phases = await _electrical(ctx, cp)
     return {"charge_point_id": cp, "voltage": voltage, "phases": phases}

@@ -87,7 +87,9 @@ from csms.contracts.ocpp16 import (
     StartTransactionResponse, StopTransactionRequest, StopTransactionResponse,
 )
 from csms.ocpp16 import ErrorCode, OcppError
-from csms.service import ApiContext, ApiError, CallContext, CommandContext, Service, ServiceContext
+from csms.service import (
+    ApiContext, ApiError, CallContext, CommandContext, Service, ServiceContext, str_param,
+)
 
 log = logging.getLogger(__name__)
 
@@ -612,20 +614,8 @@ async def get_local_list_version(ctx: CommandContext, req: GetLocalListVersionRe
 
 
 # ---- API ---------------------------------------------------------------------------------------------
-def _str_param(params: dict, name: str, max_length: int | None = None, required: bool = True) -> str | None:
-    value = params.get(name)
-    if value is None or value == "":
-        if required:
-            raise ApiError(f"{name} is required")
-        return None
-    if not isinstance(value, str):
-        raise ApiError(f"{name} must be a string")
-    if max_length is not None and len(value) > max_length:
-        raise ApiError(f"{name} must be at most {max_length} characters")
-    return value
-
-
 def _int_param(params: dict, name: str, required: bool = True) -> int | None:
+    """An integer id; unlike csms.service.int_param it also takes numeric text (e.g. "42")."""
     value = params.get(name)
     if value is None:
         if required:
@@ -654,7 +644,7 @@ async def _id_tag_view(ctx: ServiceContext, id_tag: str) -> dict:
 async def api_set_id_tag(ctx: ApiContext, params: dict) -> dict:
     """params: id_tag, status (Accepted|Blocked|Expired|Invalid, default Accepted), expiry_date (ISO),
     parent_id_tag. Returns the stored tag and the idTagInfo it gets now."""
-    id_tag = _str_param(params, "id_tag", 20)
+    id_tag = str_param(params, "id_tag", max_length=20)
     status = params.get("status") or "Accepted"
     if status not in ID_TAG_STATUSES:
         raise ApiError(f"status must be one of {ID_TAG_STATUSES}")
@@ -664,7 +654,7 @@ async def api_set_id_tag(ctx: ApiContext, params: dict) -> dict:
             expiry = format_utc(parse_time(expiry))
         except ValueError:
             raise ApiError("expiry_date must be an ISO 8601 date-time") from None
-    parent = _str_param(params, "parent_id_tag", 20, required=False)
+    parent = str_param(params, "parent_id_tag", max_length=20, required=False)
     if parent is not None and fold(parent) == fold(id_tag):
         raise ApiError("an id tag cannot be its own parent")
     await ctx.redis.hset(ctx.key("idtag", fold(id_tag)), mapping={
@@ -676,12 +666,12 @@ async def api_set_id_tag(ctx: ApiContext, params: dict) -> dict:
 
 @service.api("get_id_tag")
 async def api_get_id_tag(ctx: ApiContext, params: dict) -> dict:
-    return await _id_tag_view(ctx, _str_param(params, "id_tag", 20))
+    return await _id_tag_view(ctx, str_param(params, "id_tag", max_length=20))
 
 
 @service.api("delete_id_tag")
 async def api_delete_id_tag(ctx: ApiContext, params: dict) -> dict:
-    id_tag = _str_param(params, "id_tag", 20)
+    id_tag = str_param(params, "id_tag", max_length=20)
     deleted = await ctx.redis.delete(ctx.key("idtag", fold(id_tag)))
     return {"id_tag": id_tag, "deleted": bool(deleted)}
 
@@ -698,7 +688,7 @@ async def api_get_transaction(ctx: ApiContext, params: dict) -> dict:
 @service.api("list_transactions")
 async def api_list_transactions(ctx: ApiContext, params: dict) -> list[dict]:
     """params: charge_point_id (optional), active_only (optional bool). Oldest first."""
-    cp = _str_param(params, "charge_point_id", required=False)
+    cp = str_param(params, "charge_point_id", required=False)
     active_only = bool(params.get("active_only"))
     index = ctx.key("txs", "cp", cp) if cp else ctx.key("txs")
     result = []
@@ -714,7 +704,7 @@ async def api_list_transactions(ctx: ApiContext, params: dict) -> list[dict]:
 async def api_active_transactions(ctx: ApiContext, params: dict) -> list[dict]:
     """The open transactions of a charge point (used by smart charging: keep name and shape):
     [{transaction_id, connector_id, id_tag, start (ISO Z), meter_start}], by connector."""
-    cp = _str_param(params, "charge_point_id")
+    cp = str_param(params, "charge_point_id")
     result = []
     for tx_id in (await ctx.redis.hgetall(ctx.key("txs", "open", cp))).values():
         record = await _load_tx(ctx, tx_id)
@@ -735,14 +725,14 @@ async def api_meter_values(ctx: ApiContext, params: dict) -> list[dict]:
 
 @service.api("connector_meter_values")
 async def api_connector_meter_values(ctx: ApiContext, params: dict) -> list[dict]:
-    cp = _str_param(params, "charge_point_id")
+    cp = str_param(params, "charge_point_id")
     connector = _int_param(params, "connector_id")
     return [json.loads(item) for item in await ctx.redis.lrange(ctx.key("meter", cp, connector), 0, -1)]
 
 
 @service.api("list_orphan_stops")
 async def api_list_orphan_stops(ctx: ApiContext, params: dict) -> list[dict]:
-    cp = _str_param(params, "charge_point_id", required=False)
+    cp = str_param(params, "charge_point_id", required=False)
     cps = [cp] if cp else sorted(await ctx.redis.smembers(ctx.key("txs", "orphans")))
     result = []
     for charge_point in cps:
@@ -755,7 +745,7 @@ async def api_list_orphan_stops(ctx: ApiContext, params: dict) -> list[dict]:
 async def api_get_local_list(ctx: ApiContext, params: dict) -> dict:
     """{charge_point_id, version, entries_version, entries: {idTag: idTagInfo}}; version is the last one
     accepted or reported by the charge point, entries_version the one the stored entries belong to."""
-    cp = _str_param(params, "charge_point_id")
+    cp = str_param(params, "charge_point_id")
     meta = await ctx.redis.hgetall(ctx.key("locallist", cp, "meta"))
     stored = await ctx.redis.hgetall(ctx.key("locallist", cp))
     entries = {}
@@ -772,7 +762,7 @@ async def api_get_local_list(ctx: ApiContext, params: dict) -> dict:
 
 @service.api("list_reservations")
 async def api_list_reservations(ctx: ApiContext, params: dict) -> list[dict]:
-    cp = _str_param(params, "charge_point_id")
+    cp = str_param(params, "charge_point_id")
     now = utc_now()
     index = ctx.key("reservations", cp)
     result = []
