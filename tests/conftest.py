@@ -18,8 +18,7 @@ def infrastructure():
 
 @pytest.fixture
 def settings(infrastructure):
-    amqp_url, redis_url = infrastructure
-    return make_settings(amqp_url, redis_url)
+    return make_settings(infrastructure)
 
 
 @pytest.fixture

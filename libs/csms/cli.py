@@ -2,6 +2,8 @@
 
     csms send CP-1 Reset '{"type": "Soft"}' --timeout 10
     csms api stations get_station charge_point_id=CP-1
+    csms db upgrade            # create the database if missing and migrate it to every head
+    csms db current            # the revisions the database is at
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 import sys
 
 from csms.client import ApiCallFailed, CsmsClient
-from csms.config import Settings
+from csms.config import Settings, load_settings
 
 
 async def _send(args: argparse.Namespace) -> int:
@@ -39,6 +41,24 @@ async def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _db(args: argparse.Namespace) -> int:
+    from csms.db import migrate
+
+    settings = load_settings()
+    if args.db_cmd == "upgrade":
+        await migrate.ensure_database(settings)
+        await migrate.upgrade(settings, args.target)
+        print("at", ", ".join(sorted(await migrate.current(settings))) or "nothing")
+        return 0
+    if args.db_cmd == "downgrade":
+        await migrate.downgrade(settings, args.target)
+        return 0
+    at = sorted(await migrate.current(settings))
+    print("at", ", ".join(at) or "nothing", "| heads", ", ".join(sorted(migrate.heads(settings))))
+    problem = await migrate.check(settings)
+    return 0 if problem is None else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csms", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -51,8 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("service")
     api.add_argument("operation")
     api.add_argument("params", nargs="*")
+    db = sub.add_parser("db", help="database migrations: upgrade | downgrade TARGET | current")
+    db_sub = db.add_subparsers(dest="db_cmd", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="create the database if missing and migrate it")
+    upgrade.add_argument("target", nargs="?", default="heads")
+    downgrade = db_sub.add_parser("downgrade", help="migrate down to TARGET (e.g. transactions@-1)")
+    downgrade.add_argument("target")
+    db_sub.add_parser("current", help="print the revisions the database is at; exit 1 when behind")
     args = parser.parse_args(argv)
-    return asyncio.run(_send(args) if args.cmd == "send" else _api(args))
+    runners = {"send": _send, "api": _api, "db": _db}
+    return asyncio.run(runners[args.cmd](args))
 
 
 if __name__ == "__main__":

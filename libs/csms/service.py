@@ -13,24 +13,30 @@ owns, its own API operations and the events it follows::
         return await ctx.forward()
 
     @service.api("get_station")
-    async def get_station(ctx: ApiContext, params: dict) -> dict: ...
+    async def get_station(ctx: ApiContext, params: GetStationParams) -> StationView: ...
 
-    @service.event("station.connected")
-    async def on_connected(ctx: ServiceContext, event: dict) -> None: ...
+    @service.event(StationConnected)
+    async def on_connected(ctx: ServiceContext, event: StationConnected) -> None: ...
+
+API handlers whose ``params`` is annotated with a pydantic model get it validated (a bad request is a
+400 naming the field); a handler that returns a model (or a list of models) has it serialised. Event
+handlers registered with an event class get the typed event.
 
 These registrations are the registry ``ocpp/coverage.json`` is generated from.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from csms import ocpp16
 from csms.bus import (
@@ -38,6 +44,7 @@ from csms.bus import (
 )
 from csms.client import call_api
 from csms.config import Settings
+from csms.db import Database
 from csms.contracts.bus import ApiReply, ApiRequest, Command, CommandResult, OcppCall, OcppReply
 from csms.contracts.events import Event
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES, OcppModel
@@ -47,8 +54,8 @@ log = logging.getLogger(__name__)
 
 CallHandler = Callable[["CallContext", Any], Awaitable[OcppModel | dict]]
 CommandHandler = Callable[["CommandContext", Any], Awaitable[CommandResult]]
-ApiHandler = Callable[["ApiContext", dict], Awaitable[Any]]
-EventHandler = Callable[["ServiceContext", dict], Awaitable[None]]
+ApiHandler = Callable[["ApiContext", Any], Awaitable[Any]]
+EventHandler = Callable[["ServiceContext", Any], Awaitable[None]]
 
 # Every Service ever created, by name: the handler registry.
 SERVICES: dict[str, "Service"] = {}
@@ -102,6 +109,11 @@ class ServiceContext:
     def redis(self) -> aioredis.Redis:
         return self.service.redis
 
+    @property
+    def db(self):
+        """The service's asyncpg pool (PostgreSQL, the system of record)."""
+        return self.service.db.pool
+
     def key(self, *parts: object) -> str:
         return self.settings.key(*parts)
 
@@ -134,10 +146,18 @@ class CallContext(ServiceContext):
 @dataclass
 class CommandContext(ServiceContext):
     command: Command = None  # type: ignore[assignment]
+    # where the central system's records disagree with the command: it is sent anyway (the charge
+    # point decides) and these come back on CommandResult.warnings
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def charge_point_id(self) -> str:
         return self.command.charge_point_id
+
+    def warn(self, message: str) -> None:
+        """Note that the records disagree with this command; it is still sent."""
+        log.warning("%s %s: %s", self.command.charge_point_id, self.command.action, message)
+        self.warnings.append(message)
 
     async def forward(self, payload: dict | OcppModel | None = None) -> CommandResult:
         """Send the command (optionally with an amended payload) to the charge point."""
@@ -169,12 +189,19 @@ class Service:
     startup: list[Callable[["Service"], Awaitable[None]]] = field(default_factory=list)
     shutdown: list[Callable[["Service"], Awaitable[None]]] = field(default_factory=list)
 
+    # open a PostgreSQL pool on start (every service that keeps records does)
+    database: bool = True
+    # typed parameters / events of the registered handlers (see api() and event())
+    api_params: dict[str, type[BaseModel]] = field(default_factory=dict)
+    event_models: dict[str, type[Event]] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         SERVICES[self.name] = self
         self.settings: Settings | None = None
         self.bus: Bus | None = None
         self.rpc: RpcClient | None = None
         self.redis: aioredis.Redis | None = None
+        self.db: Database | None = None
 
     # ---- registration -------------------------------------------------------------------
     def call(self, action: str) -> Callable[[CallHandler], CallHandler]:
@@ -202,14 +229,23 @@ class Service:
             self.command(action)(_forward_as_is)
 
     def api(self, operation: str) -> Callable[[ApiHandler], ApiHandler]:
+        """An API operation. Annotate ``params`` with a pydantic model to have it validated."""
         def register(fn: ApiHandler) -> ApiHandler:
             self.apis[operation] = fn
+            model = _params_model(fn)
+            if model is not None:
+                self.api_params[operation] = model
             return fn
         return register
 
-    def event(self, event_type: str) -> Callable[[EventHandler], EventHandler]:
+    def event(self, event: str | type[Event]) -> Callable[[EventHandler], EventHandler]:
+        """Follow an event: by class (the handler gets the typed event) or by type name (a dict)."""
+        event_type = event if isinstance(event, str) else event.EVENT_TYPE
+
         def register(fn: EventHandler) -> EventHandler:
             self.events[event_type] = fn
+            if not isinstance(event, str):
+                self.event_models[event_type] = event
             return fn
         return register
 
@@ -225,6 +261,8 @@ class Service:
     async def start(self, settings: Settings | None = None) -> "Service":
         self.settings = settings or Settings()
         self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True)
+        if self.database:
+            self.db = await Database(self.settings).connect()
         self.bus = await Bus(self.settings).connect()
         self.rpc = await RpcClient(self.bus).start()
         names = self.bus.names
@@ -256,7 +294,9 @@ class Service:
             await self.bus.close()
         if self.redis:
             await self.redis.aclose()
-        self.bus = self.rpc = self.redis = None
+        if self.db:
+            await self.db.close()
+        self.bus = self.rpc = self.redis = self.db = None
 
     async def forward(self, command: Command) -> CommandResult:
         """Send a command to the gateway instance that holds the charge point."""
@@ -319,7 +359,10 @@ class Service:
         try:
             ocpp16.validate(command.action, command.payload)
             request = REQUESTS[command.action].model_validate(command.payload)
-            return await handler(ctx, request)
+            result = await handler(ctx, request)
+            if ctx.warnings:
+                result = result.model_copy(update={"warnings": [*result.warnings, *ctx.warnings]})
+            return result
         except OcppError as exc:
             return CommandResult(status="invalid", charge_point_id=command.charge_point_id, action=command.action,
                                  error_code=exc.code, error_description=exc.description, error_details=exc.details)
@@ -338,9 +381,14 @@ class Service:
         handler = self.apis.get(request.operation)
         if handler is None:
             return ApiReply(ok=False, status=404, error=f"unknown operation {request.operation!r}")
+        model = self.api_params.get(request.operation)
         try:
-            result = await handler(ApiContext(self, operation=request.operation), request.params)
-            return ApiReply(ok=True, result=result)
+            params = request.params if model is None else model.model_validate(request.params)
+        except ValidationError as exc:
+            return ApiReply(ok=False, status=400, error=describe_validation_error(exc))
+        try:
+            result = await handler(ApiContext(self, operation=request.operation), params)
+            return ApiReply(ok=True, result=_jsonable(result))
         except ApiError as exc:
             return ApiReply(ok=False, status=exc.status, error=str(exc))
         except (ValidationError, ValueError, KeyError, TypeError) as exc:
@@ -350,15 +398,44 @@ class Service:
             return ApiReply(ok=False, status=500, error="internal error")
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        handler = self.events.get(message.routing_key or "")
+        event_type = message.routing_key or ""
+        handler = self.events.get(event_type)
         try:
             if handler is not None:
-                await handler(ServiceContext(self), json.loads(message.body))
+                model = self.event_models.get(event_type)
+                event = model.model_validate_json(message.body) if model else json.loads(message.body)
+                await handler(ServiceContext(self), event)
         except Exception:  # noqa: BLE001 - one bad event must not stop the consumer
             log.exception("%s: event handler for %s failed; event dead-lettered", self.name, message.routing_key)
             await message.reject(requeue=False)
             return
         await message.ack()
+
+
+def _params_model(fn: Callable) -> type[BaseModel] | None:
+    """The pydantic model the second parameter of an API handler is annotated with, if any."""
+    parameters = list(inspect.signature(fn).parameters)
+    if len(parameters) < 2:
+        return None
+    hint = typing.get_type_hints(fn).get(parameters[1])
+    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """``field: message; other: message`` -- what a caller needs to fix the request."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ())) or "params"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)[:500]
+
+
+def _jsonable(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    if isinstance(result, list):
+        return [_jsonable(item) for item in result]
+    return result
 
 
 async def _forward_as_is(ctx: CommandContext, request: OcppModel) -> CommandResult:

@@ -3,7 +3,6 @@ on real RabbitMQ and Redis, with uploads and downloads over the service's real H
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ftplib
 import hashlib
 import io
@@ -32,7 +31,7 @@ async def system(settings, tmp_path):
     from services.diagnostics.service import service as diagnostics_service
     from services.stations.service import service as stations_service
 
-    settings = dataclasses.replace(settings, files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0,
+    settings = settings.replace(files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0,
                                    ftp_port=0, files_root=str(tmp_path / "files"), upload_ttl=60,
                                    ftp_passive_ports="", ftp_masquerade_address="")
     sut = await System(settings, [stations_service, diagnostics_service]).start()

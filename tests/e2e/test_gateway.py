@@ -198,7 +198,7 @@ async def test_basic_auth_security_profile_1(infrastructure, cp_id):
     def auth(user, password):
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
-    sut = await System(make_settings(*infrastructure, gateway_auth="basic"), load_services()).start()
+    sut = await System(make_settings(infrastructure, gateway_auth="basic"), load_services()).start()
     try:
         await sut.api("stations", "set_password", charge_point_id=cp_id, password="0123456789abcdef")
         for headers in ({}, auth(cp_id, "wrong-password-000"), auth("someone-else", "0123456789abcdef"),

@@ -35,7 +35,7 @@ async def test_boot_policy_pending_until_registered(infrastructure):
     from services.registry import load_services
     from tests.support.system import System, make_settings
 
-    settings = make_settings(*infrastructure, boot_policy="registered", heartbeat_interval=60)
+    settings = make_settings(infrastructure, boot_policy="registered", heartbeat_interval=60)
     sut = await System(settings, load_services()).start()
     try:
         async with connect(sut.url("CP-unknown")) as cp:

@@ -1,5 +1,5 @@
-"""The system under test: a gateway plus services in this process, in a namespace of its own
-on the real RabbitMQ and Redis, removed again afterwards."""
+"""The system under test: a gateway plus services in this process, in a namespace of its own on the
+real RabbitMQ and Redis and a schema of its own in PostgreSQL, removed again afterwards."""
 from __future__ import annotations
 
 import os
@@ -8,23 +8,42 @@ import tempfile
 import uuid
 
 import aio_pika
+import asyncpg
 import redis.asyncio as aioredis
 
 from csms.bus import Names
 from csms.client import CsmsClient
 from csms.config import Settings
+from csms.db import dsn, migrate
 from csms.service import Service
 from services.gateway.app import Gateway
+from tests.support.infra import Infrastructure
 
 
-def make_settings(amqp_url: str, redis_url: str, **overrides) -> Settings:
-    namespace = f"test-{uuid.uuid4().hex[:10]}"
-    values = dict(amqp_url=amqp_url, redis_url=redis_url, namespace=namespace,
+def make_settings(infra: Infrastructure, **overrides) -> Settings:
+    token = uuid.uuid4().hex[:10]
+    namespace = f"test-{token}"
+    values = dict(amqp_url=infra.amqp_url, redis_url=infra.redis_url, database_url=infra.database_url,
+                  database_schema=f"test_{token}", db_pool_min=1, db_pool_max=4, namespace=namespace,
                   gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0,
                   files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0, ftp_port=0,
                   files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"))  # made on first use
     values.update(overrides)
     return Settings(**values)
+
+
+async def create_schema(settings: Settings) -> None:
+    """The test's own PostgreSQL schema, migrated to every head."""
+    await migrate.ensure_database(settings)
+    await migrate.upgrade(settings)
+
+
+async def drop_schema(settings: Settings) -> None:
+    connection = await asyncpg.connect(dsn(settings))
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE')
+    finally:
+        await connection.close()
 
 
 class System:
@@ -38,10 +57,11 @@ class System:
 
     async def start(self) -> "System":
         self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True)
+        await create_schema(self.settings)
         for service in self.services:
             await service.start(self.settings)
         for index in range(self._gateway_count):
-            settings = Settings(**{**self.settings.__dict__, "gateway_instance": f"gw{index}-{uuid.uuid4().hex[:6]}"})
+            settings = self.settings.replace(gateway_instance=f"gw{index}-{uuid.uuid4().hex[:6]}")
             self.gateways.append(await Gateway(settings).start())
         self.client = await CsmsClient(self.settings).__aenter__()
         return self
@@ -68,6 +88,7 @@ class System:
         if keys:
             await self.redis.delete(*keys)
         await self.redis.aclose()
+        await drop_schema(self.settings)
         connection = await aio_pika.connect(self.settings.amqp_url)
         async with connection:
             channel = await connection.channel()

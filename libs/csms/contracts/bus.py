@@ -60,6 +60,8 @@ class CommandResult(BusModel):
     error_details: dict[str, Any] = Field(default_factory=dict)
     # the central system's own view where it has one, e.g. the composite schedule it computed
     server: dict[str, Any] | None = None
+    # where the central system's records disagreed with the command (it was sent all the same)
+    warnings: list[str] = Field(default_factory=list)
     completed_at: UtcDatetime = Field(default_factory=utc_now)
 
     @property

@@ -50,7 +50,11 @@ class ConnectorStatusChanged(Event):
     info: str | None = None
     vendor_id: str | None = None
     vendor_error_code: str | None = None
+    # the charge point's own timestamp, as reported
     timestamp: UtcDatetime | None = None
+    # the instant this status is ordered by: the charge point's timestamp, or the time it was received
+    # when the charge point sent none or one further in the future than CSMS_CLOCK_SKEW allows
+    ordered_at: UtcDatetime | None = None
 
 
 class FirmwareStatusChanged(Event):
@@ -82,6 +86,9 @@ class TransactionStarted(Event):
     timestamp: UtcDatetime
     reservation_id: int | None = None
     authorization_status: str
+    # the TxProfile (OCPP csChargingProfiles, camelCase, transactionId filled in) that came with the
+    # RemoteStartTransaction this transaction answers; smart charging installs it as the transaction's
+    charging_profile: dict[str, Any] | None = None
 
 
 class TransactionStopped(Event):
@@ -94,11 +101,14 @@ class TransactionStopped(Event):
     energy_wh: int | None = None
     timestamp: UtcDatetime
     reason: str | None = None
-    # who closed it: "charge_point" (a StopTransaction) or "superseded" (a newer StartTransaction on
-    # the same connector closed a transaction the charge point never stopped)
+    # who closed it: "charge_point" (a StopTransaction), "superseded" (a newer StartTransaction on the
+    # same connector closed a transaction the charge point never stopped), "reconciled" (what the charge
+    # point reported showed it gone: a BootNotification, the connector free) or "operator" (the API)
     closed_by: str | None = None
     orphan: bool = False       # a StopTransaction for a transaction this system does not know
-    correction: bool = False   # the charge point's own stop for a transaction already closed as superseded
+    correction: bool = False   # the charge point's own stop for a transaction the system had already closed
+    reconciled: bool = False   # closed by the system from what the charge point reported, not by its stop
+    reconcile_reason: str | None = None  # e.g. "boot", "connector_available", "superseded", "operator"
 
 
 class MeterValuesReceived(Event):
