@@ -11,7 +11,6 @@ default the public host with the bound ports.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -138,9 +137,11 @@ class FileIntake:
                                          ttl=ttl)
         grant = issued.grant
         return UploadGrant(
-            token=grant.token, grant_id=grant.grant_id, charge_point_id=charge_point_id, request_id=grant.request_id,
-            kind=kind, max_bytes=max_bytes, expires_at=datetime.fromtimestamp(grant.expires_ms / 1000, tz=timezone.utc),
-            http_url=self.urls.upload_http(grant.token), ftp_url=self.urls.upload_ftp(grant.ftp_user, issued.ftp_password),
+            token=grant.token, grant_id=grant.grant_id, charge_point_id=charge_point_id,
+            request_id=grant.request_id, kind=kind, max_bytes=max_bytes,
+            expires_at=datetime.fromtimestamp(grant.expires_ms / 1000, tz=timezone.utc),
+            http_url=self.urls.upload_http(grant.token),
+            ftp_url=self.urls.upload_ftp(grant.ftp_user, issued.ftp_password),
         )
 
     async def grant_status(self, token: str) -> str | None:
@@ -227,7 +228,8 @@ class FileIntake:
     def firmware_url(self, name: str) -> str:
         return self.urls.firmware(name)
 
-    async def add_firmware(self, name: str, data: bytes | bytearray | memoryview | AsyncIterable[bytes]) -> FirmwareRecord:
+    async def add_firmware(self, name: str,
+                           data: bytes | bytearray | memoryview | AsyncIterable[bytes]) -> FirmwareRecord:
         """Store (or replace) a firmware image; ``name`` is reduced to a safe basename."""
         safe = safe_filename(name, default="")
         if not safe:
