@@ -103,8 +103,8 @@ async def get_diagnostics(ctx: CommandContext, req: GetDiagnosticsRequest) -> Co
         return ctx.refuse(target.refusal)
     request_id = uuid.uuid4().hex
     grant = None
+    intake = _intake()
     if target.upload:
-        intake = _intake()
         if intake is None:
             return ctx.refuse("the file servers of this system are not running")
         grant = await intake.create_upload(cp, request_id=request_id, kind=rules.DIAGNOSTICS_KIND)
@@ -125,7 +125,7 @@ async def get_diagnostics(ctx: CommandContext, req: GetDiagnosticsRequest) -> Co
     updated = await store.update_request(
         request_id, lambda r: rules.record_answer(r, error=error, file_name=file_name, now=now_ms()))
     if grant and (error or not file_name):
-        await _intake().revoke_upload(grant.token)
+        await intake.revoke_upload(grant.token)
     status = rules.FAILED
     if updated is not None:
         status = updated.after.status
@@ -319,6 +319,6 @@ async def api_request_diagnostics(ctx: ApiContext, params: RequestDiagnosticsPar
                                     start_time=params.start_time, stop_time=params.stop_time,
                                     retries=params.retries, retry_interval=params.retry_interval)
     command = Command(charge_point_id=params.charge_point_id, action="GetDiagnostics", payload=request.to_ocpp(),
-                      timeout=params.timeout or ctx.settings.command_timeout)
+                      timeout=params.command_timeout or ctx.settings.command_timeout)
     result = await get_diagnostics(CommandContext(ctx.service, command=command), request)
     return result.model_dump(mode="json")

@@ -269,6 +269,23 @@ async def test_get_diagnostics_refused_or_nothing_to_upload(system, cp_id):
     assert await system.api("diagnostics", "list_files", charge_point_id=cp_id) == []
 
 
+@pytest.mark.ocpp("GetDiagnostics")
+async def test_request_diagnostics_waits_as_long_as_asked(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+
+        async def slow(kwargs):
+            await asyncio.sleep(1.0)
+            return {"file_name": "late.log"}
+
+        cp.responses["GetDiagnostics"] = slow
+        result = await system.api("diagnostics", "request_diagnostics", charge_point_id=cp_id, command_timeout=0.3)
+        assert (result["status"], result["server"]["status"]) == ("timeout", "Failed")
+        request = await get_request(system, result["server"]["request_id"])
+        assert (request["status"], request["open"], request["error"]) == ("Failed", False, result["status"] + ": "
+                                                                          + result["error_description"])
+
+
 @pytest.mark.ocpp("GetDiagnostics", "DiagnosticsStatusNotification")
 async def test_real_location_forwarded_unchanged(system, cp_id):
     location = "ftp://diag:s3cret@logs.example.com:2121/incoming/"
@@ -321,6 +338,13 @@ async def test_bad_input_is_refused_clearly(system, cp_id):
     assert await api_error("request_diagnostics", charge_point_id=cp_id, retries=-1) == 400
     assert await api_error("request_diagnostics") == 400
     assert await api_error("get_firmware_update", request_id="nope") == 404
+    assert await api_error("list_files", limit=1001) == 400
+    assert await api_error("firmware_updates", since="last week") == 400
+    assert await api_error("request_diagnostics", charge_point_id=cp_id, command_timeout=0) == 400
+    # an unknown parameter is named, not ignored
+    with pytest.raises(ApiCallFailed, match="chargePointId") as failed:
+        await system.api("diagnostics", "list_requests", chargePointId=cp_id)
+    assert failed.value.status == 400
     assert await system.api("diagnostics", "list_requests") == []
 
 

@@ -494,6 +494,10 @@ async def test_listing_filters(env: Env):
     assert await listing(charge_point_id="CP-A") == {a1, a2}
     assert await listing(kind="diagnostics", charge_point_id="CP-A") == {a1}
     assert await listing(charge_point_id="CP-unknown") == set()
+    assert len(await listing(limit="2")) == 2
+    for bad in ("0", "1001", "x"):
+        async with env.http.get(env.url("/files"), params={"limit": bad}) as resp:
+            assert resp.status == 400
     assert [r.file_id for r in await env.store.list_files()] == [a2, b1, a1]  # newest first
     assert {r.file_id for r in await env.store.list_files(kind="logs", charge_point_id="CP-B")} == set()
 

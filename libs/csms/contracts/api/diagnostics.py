@@ -72,8 +72,9 @@ class RequestDiagnosticsParams(_Params):
     stop_time: UtcDatetime | None = None
     retries: int | None = Field(None, ge=0, le=2 ** 31 - 1, strict=True)
     retry_interval: int | None = Field(None, ge=0, le=2 ** 31 - 1, strict=True)
-    # seconds to wait for the charge point's answer (default CSMS_COMMAND_TIMEOUT)
-    timeout: float | None = Field(None, gt=0, le=300)
+    # seconds to wait for the charge point's answer (default CSMS_COMMAND_TIMEOUT); not ``timeout``, which
+    # CsmsClient.api() takes as its own wait for the reply
+    command_timeout: float | None = Field(None, gt=0, le=300)
 
 
 # ---- results -------------------------------------------------------------------------------------
