@@ -181,10 +181,12 @@ class PostgresStore:
     async def list_requests(self, listing: Listing) -> list[DiagnosticsRequest]:
         return await self.requests.list(self.db, listing)
 
-    async def update_request(self, request_id: str, change: Change[DiagnosticsRequest]):
+    async def update_request(self, request_id: str,
+                             change: Change[DiagnosticsRequest]) -> Updated[DiagnosticsRequest] | None:
         return await self.requests.update(self.db, request_id, change)
 
-    async def update_newest_open_request(self, charge_point_id: str, change: Change[DiagnosticsRequest]):
+    async def update_newest_open_request(self, charge_point_id: str,
+                                         change: Change[DiagnosticsRequest]) -> Updated[DiagnosticsRequest] | None:
         return await self.requests.update_newest_open(self.db, charge_point_id, change)
 
     async def open_request_ids(self, charge_point_id: str) -> list[str]:
@@ -200,10 +202,11 @@ class PostgresStore:
     async def list_updates(self, listing: Listing) -> list[FirmwareUpdate]:
         return await self.updates.list(self.db, listing)
 
-    async def update_update(self, request_id: str, change: Change[FirmwareUpdate]):
+    async def update_update(self, request_id: str, change: Change[FirmwareUpdate]) -> Updated[FirmwareUpdate] | None:
         return await self.updates.update(self.db, request_id, change)
 
-    async def update_newest_open_update(self, charge_point_id: str, change: Change[FirmwareUpdate]):
+    async def update_newest_open_update(self, charge_point_id: str,
+                                        change: Change[FirmwareUpdate]) -> Updated[FirmwareUpdate] | None:
         return await self.updates.update_newest_open(self.db, charge_point_id, change)
 
     async def open_update_ids(self, charge_point_id: str) -> list[str]:
