@@ -9,7 +9,7 @@ from csms.service import SERVICES, Service
 SERVICE_MODULES: tuple[str, ...] = (
     "services.stations.service",
     "services.transactions.service",
-    "services.diagnostics.service",
+    "services.diagnostics.handlers",
     "services.smart_charging.service",
 )
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 import uuid
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +74,44 @@ class Settings(BaseSettings):
     # announced in PASV replies when the FTP server sits behind NAT (empty: the bound address)
     ftp_passive_ports: str = _env("FILES_FTP_PASSIVE_PORTS", "")
     ftp_masquerade_address: str = _env("FILES_FTP_MASQUERADE_ADDRESS", "")
+    # the URLs charge points are told to upload diagnostics to / download firmware from: what the
+    # Service/Ingress exposes, not where the servers listen. Empty: http://{FILES_PUBLIC_HOST}:{FILES_HTTP_PORT}
+    # and ftp://{FILES_PUBLIC_HOST}:{FILES_FTP_PORT} (the bound ports when those are 0). The HTTP URL may
+    # be https and carry a path prefix (the ingress strips it); the FTP URL is scheme, host and port only.
+    files_public_http_url: str = _env("FILES_PUBLIC_HTTP_URL", "", max_length=512)
+    files_public_ftp_url: str = _env("FILES_PUBLIC_FTP_URL", "", max_length=512)
+
+    @field_validator("files_public_http_url")
+    @classmethod
+    def _public_http_url(cls, value: str) -> str:
+        return check_public_url(value, ("http", "https"), allow_path=True) if value else value
+
+    @field_validator("files_public_ftp_url")
+    @classmethod
+    def _public_ftp_url(cls, value: str) -> str:
+        return check_public_url(value, ("ftp",), allow_path=False) if value else value
+
+    @field_validator("ftp_passive_ports")
+    @classmethod
+    def _port_ranges(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            bounds = part.split("-", 1)
+            if not all(b.strip().isdigit() and 0 < int(b) < 65536 for b in bounds) or int(bounds[0]) > int(bounds[-1]):
+                raise ValueError(f"{part!r} is not a port or port range like 30000-30009")
+        return value
+
+    @field_validator("files_public_host")
+    @classmethod
+    def _public_host(cls, value: str) -> str:
+        # the default public URLs are built from it: it must make a valid URL
+        try:
+            ok = bool(value) and not any(ch in value for ch in "/?#@\\") and not any(ch.isspace() for ch in value) \
+                and urlsplit(f"http://{value}:1").hostname is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("not a host name or address")
+        return value
 
     def key(self, *parts: object) -> str:
         """Redis key inside this system's namespace: ``<ns>:part1:part2``; each part percent-encoded."""
@@ -86,6 +124,31 @@ class Settings(BaseSettings):
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some settings changed (validated like the originals)."""
         return type(self)(**{**self.model_dump(), **changes})
+
+
+def check_public_url(value: str, schemes: tuple[str, ...], *, allow_path: bool) -> str:
+    """A public base URL without a trailing slash; ValueError (one line) when it cannot be one."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port  # raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if parts.scheme.lower() not in schemes:
+        raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if port == 0:
+        raise ValueError("port 0 cannot be reached")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError("must not have a query or fragment")
+    if parts.path.strip("/") and not allow_path:
+        raise ValueError("must not have a path")
+    if any(ch.isspace() for ch in value.strip()):
+        raise ValueError("must not contain spaces")
+    path = parts.path.rstrip("/") if allow_path else ""
+    return f"{parts.scheme.lower()}://{parts.netloc}{path}"
 
 
 def _env_name(error: dict) -> str:

@@ -1,4 +1,4 @@
+from services.diagnostics.handlers import service
 from services.runner import run
-from services.diagnostics.service import service
 
 run(service)

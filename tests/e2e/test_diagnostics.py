@@ -28,7 +28,7 @@ UTC = timezone.utc
 @pytest.fixture
 async def system(settings, tmp_path):
     """Gateway + stations and diagnostics; file servers on free ports, files under tmp_path."""
-    from services.diagnostics.service import service as diagnostics_service
+    from services.diagnostics.handlers import service as diagnostics_service
     from services.stations.service import service as stations_service
 
     settings = settings.replace(files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0,
@@ -269,6 +269,23 @@ async def test_get_diagnostics_refused_or_nothing_to_upload(system, cp_id):
     assert await system.api("diagnostics", "list_files", charge_point_id=cp_id) == []
 
 
+@pytest.mark.ocpp("GetDiagnostics")
+async def test_request_diagnostics_waits_as_long_as_asked(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+
+        async def slow(kwargs):
+            await asyncio.sleep(1.0)
+            return {"file_name": "late.log"}
+
+        cp.responses["GetDiagnostics"] = slow
+        result = await system.api("diagnostics", "request_diagnostics", charge_point_id=cp_id, command_timeout=0.3)
+        assert (result["status"], result["server"]["status"]) == ("timeout", "Failed")
+        request = await get_request(system, result["server"]["request_id"])
+        assert (request["status"], request["open"], request["error"]) == ("Failed", False, result["status"] + ": "
+                                                                          + result["error_description"])
+
+
 @pytest.mark.ocpp("GetDiagnostics", "DiagnosticsStatusNotification")
 async def test_real_location_forwarded_unchanged(system, cp_id):
     location = "ftp://diag:s3cret@logs.example.com:2121/incoming/"
@@ -321,6 +338,13 @@ async def test_bad_input_is_refused_clearly(system, cp_id):
     assert await api_error("request_diagnostics", charge_point_id=cp_id, retries=-1) == 400
     assert await api_error("request_diagnostics") == 400
     assert await api_error("get_firmware_update", request_id="nope") == 404
+    assert await api_error("list_files", limit=1001) == 400
+    assert await api_error("firmware_updates", since="last week") == 400
+    assert await api_error("request_diagnostics", charge_point_id=cp_id, command_timeout=0) == 400
+    # an unknown parameter is named, not ignored
+    with pytest.raises(ApiCallFailed, match="chargePointId") as failed:
+        await system.api("diagnostics", "list_requests", chargePointId=cp_id)
+    assert failed.value.status == 400
     assert await system.api("diagnostics", "list_requests") == []
 
 
@@ -412,3 +436,136 @@ async def test_update_firmware_unknown_image_refused_and_failures_tracked(system
     [failed] = await system.api("diagnostics", "firmware_updates", charge_point_id="CP-not-connected")
     assert (failed["status"], failed["open"], failed["request_id"]) == ("Failed", False, result.server["request_id"])
     assert len(await system.api("diagnostics", "firmware_updates")) == 2
+
+
+# ---- public URLs from configuration ----------------------------------------------------------------------
+def behind_ingress(url: str, port: int) -> str:
+    """What the Service/Ingress does: the public host and port lead to where the server listens."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+@pytest.fixture
+async def public_system(settings, tmp_path):
+    """Diagnostics listening on free local ports while configured to be reached at other public URLs."""
+    from services.diagnostics.handlers import service as diagnostics_service
+    from services.stations.service import service as stations_service
+
+    settings = settings.replace(files_port=0, ftp_port=0, files_root=str(tmp_path / "files"),
+                                files_public_http_url="http://files.example.test",
+                                files_public_ftp_url="ftp://ftp.example.test:2121")
+    sut = await System(settings, [stations_service, diagnostics_service]).start()
+    try:
+        yield sut
+    finally:
+        await sut.stop()
+
+
+@pytest.mark.ocpp("GetDiagnostics", "UpdateFirmware")
+async def test_charge_points_get_the_configured_public_urls(public_system, cp_id):
+    from services.diagnostics.handlers import file_servers
+
+    system = public_system
+    servers = file_servers()
+    assert servers.http_port not in (0, 80) and servers.ftp_port not in (0, 2121)
+    endpoints = await system.api("diagnostics", "endpoints")
+    assert (endpoints["http_base_url"], endpoints["ftp_host"], endpoints["ftp_port"]) == (
+        "http://files.example.test", "ftp.example.test", 2121)
+
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        # HTTP: the charge point is told the public URL; the ingress leads it to the listener
+        result = await system.client.send(cp_id, "GetDiagnostics", {"location": "csms:http"})
+        location = cp.received["GetDiagnostics"][0]["location"]
+        assert location.startswith("http://files.example.test/upload/") and location.endswith("/")
+        status, stored = await http_put(behind_ingress(location, servers.http_port) + "d.log", b"diagnostics")
+        assert status == 201, stored
+        request = await get_request(system, result.server["request_id"])
+        assert request["status"] == "Uploaded"
+        assert request["download_url"] == f"http://files.example.test/files/{stored['file_id']}"
+
+        # FTP: the public host and port, the grant's own credentials
+        await system.client.send(cp_id, "GetDiagnostics", {"location": "csms:ftp"})
+        location = cp.received["GetDiagnostics"][1]["location"]
+        url = urlsplit(location)
+        assert (url.scheme, url.hostname, url.port, url.path) == ("ftp", "ftp.example.test", 2121, "/")
+        reply = await asyncio.to_thread(ftp_store, behind_ingress(location, servers.ftp_port), "d.log", b"ftp data")
+        assert reply.startswith("226")
+
+        # firmware: hosted here, downloaded from the public URL
+        status, hosted = await http_put(f"http://127.0.0.1:{servers.http_port}/firmware/fw-3.bin", b"image")
+        assert status == 201 and hosted["url"] == "http://files.example.test/firmware/fw-3.bin"
+        result = await system.client.send(cp_id, "UpdateFirmware", {
+            "location": "csms:firmware/fw-3.bin", "retrieveDate": "2026-03-01T00:00:00Z"})
+        assert result.ok
+        assert cp.received["UpdateFirmware"][0]["location"] == "http://files.example.test/firmware/fw-3.bin"
+    assert await http_get(behind_ingress(hosted["url"], servers.http_port)) == (200, b"image")
+
+
+# ---- durability: a restart, with Redis emptied meanwhile, loses nothing but unspent grants -----------------
+def without(items: list[dict], *keys: str) -> list[dict]:
+    return [{k: v for k, v in item.items() if k not in keys} for item in items]
+
+
+@pytest.mark.ocpp("GetDiagnostics", "DiagnosticsStatusNotification", "UpdateFirmware", "FirmwareStatusNotification")
+async def test_restart_with_redis_emptied_loses_only_unspent_grants(system, cp_id):
+    from services.diagnostics.handlers import service as diagnostics_service
+
+    image = os.urandom(20_000)
+    endpoints = await system.api("diagnostics", "endpoints")
+    assert (await http_put(endpoints["firmware_upload_url"].format(name="fw.bin"), image))[0] == 201
+    data = os.urandom(30_000)
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        done = await system.api("diagnostics", "request_diagnostics", charge_point_id=cp_id, protocol="http")
+        assert (await http_put(cp.received["GetDiagnostics"][0]["location"] + "d.log", data))[0] == 201
+        await cp.call_ok(call.DiagnosticsStatusNotification(status="Uploaded"))
+        waiting = await system.client.send(cp_id, "GetDiagnostics", {"location": "csms:ftp"})
+        unspent = cp.received["GetDiagnostics"][1]["location"]
+        update = await system.client.send(cp_id, "UpdateFirmware", {
+            "location": "csms:firmware/fw.bin", "retrieveDate": "2026-03-01T00:00:00Z"})
+        await cp.call_ok(call.FirmwareStatusNotification(status="Downloading"))
+        await eventually(lambda: system.api("diagnostics", "get_firmware_update",
+                                            request_id=update.server["request_id"]),
+                         lambda u: u["status"] == "Downloading")
+
+        async def snapshot() -> dict:
+            return {
+                "requests": without(await system.api("diagnostics", "list_requests"), "download_url"),
+                "files": without(await system.api("diagnostics", "list_files"), "download_url"),
+                "firmware": without(await system.api("diagnostics", "list_firmware"), "url"),
+                "updates": await system.api("diagnostics", "firmware_updates"),
+            }
+
+        before = await snapshot()
+        assert len(before["requests"]) == 2 and len(before["files"]) == 1 and len(before["updates"]) == 1
+
+        await diagnostics_service.stop()
+        keys = [key async for key in system.redis.scan_iter(f"{system.settings.namespace}:*")]
+        assert keys  # the grants were there
+        await system.redis.delete(*keys)
+        await diagnostics_service.start(system.settings)
+
+        assert await snapshot() == before
+        [file] = await system.api("diagnostics", "list_files")
+        assert await http_get(file["download_url"]) == (200, data)
+        [firmware] = await system.api("diagnostics", "list_firmware")
+        assert await http_get(firmware["url"]) == (200, image)
+        # the unspent grant went with Redis: its credentials no longer log in
+        from services.diagnostics.handlers import file_servers
+
+        with pytest.raises(ftplib.error_perm, match="530"):
+            await asyncio.to_thread(ftp_store, behind_ingress(unspent, file_servers().ftp_port), "d.log", b"x")
+
+        # open requests still take the charge point's reports
+        await cp.call_ok(call.DiagnosticsStatusNotification(status="UploadFailed"))
+        await cp.call_ok(call.FirmwareStatusNotification(status="Installed"))
+        await eventually(lambda: system.api("diagnostics", "get_firmware_update",
+                                            request_id=update.server["request_id"]),
+                         lambda u: u["status"] == "Installed" and not u["open"])
+    request = await get_request(system, waiting.server["request_id"])
+    assert (request["status"], request["open"]) == ("UploadFailed", False)
+    request = await get_request(system, done["server"]["request_id"])
+    assert (request["status"], request["file_id"]) == ("Uploaded", file["file_id"])

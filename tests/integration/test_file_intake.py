@@ -1,4 +1,4 @@
-"""Integration tests for the diagnostics file intake (real Redis, real HTTP/FTP sockets)."""
+"""Integration tests for the diagnostics file intake (real Redis and PostgreSQL, real HTTP/FTP sockets)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,19 +17,17 @@ import redis.asyncio as redis_async
 from yarl import URL
 
 from csms.config import Settings
-from services.diagnostics.files import (
-    FileRecord,
-    FileServers,
-    FileStore,
-    GrantBusy,
-    GrantNotFound,
-    GrantSpent,
-    build_http_app,
-    run_file_servers,
-    safe_filename,
-)
+from csms.db import Database
+from services.diagnostics.disk import safe_filename
+from services.diagnostics.errors import GrantBusy, GrantNotFound, GrantSpent
+from services.diagnostics.grants import RedisGrants
+from services.diagnostics.http_server import build_http_app
+from services.diagnostics.intake import FileIntake
+from services.diagnostics.records import FileRecord, StoredFile
+from services.diagnostics.servers import FileServers, run_file_servers
+from services.diagnostics.store import PostgresStore
+from tests.support.system import create_schema, drop_schema, make_settings
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 MAX_BYTES = 256 * 1024
 
 
@@ -41,8 +39,8 @@ class Stored:
     records: list[FileRecord] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def add(self, record: FileRecord) -> None:
-        self.records.append(record)
+    async def add(self, stored: StoredFile) -> None:
+        self.records.append(stored.file)
         self.changed.set()
 
     async def wait_for(self, file_id: str, timeout: float = 5.0) -> FileRecord:
@@ -60,7 +58,7 @@ class Stored:
 @dataclass
 class Env:
     servers: FileServers
-    store: FileStore
+    store: FileIntake
     stored: Stored
     http: aiohttp.ClientSession
     settings: Settings
@@ -75,43 +73,41 @@ class Env:
 
 
 @pytest.fixture
-async def redis_client():
-    client = redis_async.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except Exception as exc:  # noqa: BLE001
-        await client.aclose()
-        if os.environ.get("CI", "").lower() == "true":
-            raise
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+async def redis_client(infrastructure):
+    client = redis_async.Redis.from_url(infrastructure.redis_url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-def files_settings(tmp_path: Path) -> Settings:
-    return Settings(
-        namespace=f"test-files-{uuid.uuid4().hex[:12]}",
-        redis_url=REDIS_URL,
-        files_root=str(tmp_path / "files"),
-        files_host="127.0.0.1",
-        files_port=0,
-        ftp_port=0,
-        files_public_host="127.0.0.1",
-        upload_max_bytes=MAX_BYTES,
-        upload_ttl=60,
-    )
+async def files_settings(infrastructure, tmp_path: Path):
+    """A namespace in Redis and a migrated schema in PostgreSQL of the test's own."""
+    settings = make_settings(infrastructure, files_root=str(tmp_path / "files"), upload_max_bytes=MAX_BYTES,
+                             upload_ttl=60)
+    await create_schema(settings)
+    yield settings
+    await drop_schema(settings)
 
 
 @pytest.fixture
-async def env(files_settings: Settings, redis_client: redis_async.Redis):
+async def database(files_settings: Settings):
+    db = await Database(files_settings).connect()
+    yield db
+    await db.close()
+
+
+def make_intake(settings: Settings, redis, database: Database, **options) -> FileIntake:
+    return FileIntake(settings, RedisGrants(settings, redis), PostgresStore(database.pool), **options)
+
+
+@pytest.fixture
+async def env(files_settings: Settings, redis_client: redis_async.Redis, database: Database):
     stored = Stored()
+    intake = make_intake(files_settings, redis_client, database, on_stored=stored.add)
     try:
-        async with run_file_servers(
-            files_settings, redis_client, on_stored=stored.add, ftp_options={"auth_failed_delay": 0.05}
-        ) as servers:
+        async with run_file_servers(intake, ftp_options={"auth_failed_delay": 0.05}) as servers:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-                yield Env(servers, servers.store, stored, http, files_settings, redis_client)
+                yield Env(servers, servers.intake, stored, http, files_settings, redis_client)
     finally:
         keys = [k async for k in redis_client.scan_iter(match=f"{files_settings.namespace}:*", count=500)]
         if keys:
@@ -160,7 +156,7 @@ async def test_http_put_roundtrip(env: Env):
     assert record.size == len(data) and record.sha256 == sha(data)
     assert record.charge_point_id == "CP-1" and record.request_id == "req-1"
     assert record.kind == "diagnostics" and record.protocol == "http"
-    assert record.uploaded_at.endswith("Z")
+    assert record.uploaded_at.tzinfo is not None and body["uploaded_at"].endswith("Z")
 
     path = env.store.path_for(record)
     assert path == env.root.resolve() / "diagnostics" / "CP-1" / record.file_id / "diag-2024.log"
@@ -498,6 +494,10 @@ async def test_listing_filters(env: Env):
     assert await listing(charge_point_id="CP-A") == {a1, a2}
     assert await listing(kind="diagnostics", charge_point_id="CP-A") == {a1}
     assert await listing(charge_point_id="CP-unknown") == set()
+    assert len(await listing(limit="2")) == 2
+    for bad in ("0", "1001", "x"):
+        async with env.http.get(env.url("/files"), params={"limit": bad}) as resp:
+            assert resp.status == 400
     assert [r.file_id for r in await env.store.list_files()] == [a2, b1, a1]  # newest first
     assert {r.file_id for r in await env.store.list_files(kind="logs", charge_point_id="CP-B")} == set()
 
@@ -679,17 +679,18 @@ async def test_ftp_and_http_share_one_time_grant(env: Env):
         await asyncio.to_thread(_ftp_login, grant.ftp_url)
 
 
-async def test_on_stored_failure_does_not_lose_upload(files_settings: Settings, redis_client):
-    async def broken(record: FileRecord) -> None:
+async def test_on_stored_failure_does_not_lose_upload(files_settings: Settings, redis_client, database):
+    async def broken(stored: StoredFile) -> None:
         raise RuntimeError("bus down")
 
+    intake = make_intake(files_settings, redis_client, database, on_stored=broken)
     try:
-        async with run_file_servers(files_settings, redis_client, on_stored=broken, enable_ftp=False) as servers:
-            grant = await servers.store.create_upload("CP-1", request_id="r")
+        async with run_file_servers(intake, enable_ftp=False) as servers:
+            grant = await servers.intake.create_upload("CP-1", request_id="r")
             async with aiohttp.ClientSession() as http:
                 async with http.put(grant.http_url + quote("a.log"), data=b"abc") as resp:
                     assert resp.status == 201
-            assert len(await servers.store.list_files()) == 1
+            assert len(await servers.intake.list_files()) == 1
     finally:
         keys = [k async for k in redis_client.scan_iter(match=f"{files_settings.namespace}:*")]
         if keys:
