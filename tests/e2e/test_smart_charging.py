@@ -22,7 +22,7 @@ UTC = timezone.utc
 @pytest.fixture
 async def system(settings):
     """Gateway + stations, transactions and smart_charging, in a fresh namespace (overrides conftest's)."""
-    from services.smart_charging.service import service as smart_charging_service
+    from services.smart_charging.handlers import service as smart_charging_service
     from services.stations.service import service as stations_service
     from services.transactions.service import service as transactions_service
 
