@@ -67,7 +67,7 @@ async def conventions_of(ctx: ServiceContext, cp: str, preset: str | None = None
 async def learn_configuration(ctx: ServiceContext, cp: str, *, every: float = 60.0) -> bool:
     """Read the charge point's smart-charging configuration keys (GetConfiguration), at most once per
     ``every`` seconds; True when they were read."""
-    if not await throttle(ctx.redis, ctx.key("smart_charging", cp, "configuration"), every):
+    if every > 0 and not await throttle(ctx.redis, ctx.key("smart_charging", cp, "configuration"), every):
         return False
     result = await ctx.send_command(cp, "GetConfiguration", {"key": list(CONFIGURATION_KEYS)},
                                     timeout=ctx.settings.sc_configuration_timeout)
@@ -498,8 +498,8 @@ async def api_get_charge_point(ctx: ApiContext, params: ChargePointParams) -> di
 @service.api("refresh_configuration")
 async def api_refresh_configuration(ctx: ApiContext, params: ChargePointParams) -> dict:
     """Read the charge point's smart-charging configuration keys again now."""
-    if not await learn_configuration(ctx, params.charge_point_id, every=1.0):
-        raise ApiError("the charge point did not answer GetConfiguration (or was asked less than a second ago)", 409)
+    if not await learn_configuration(ctx, params.charge_point_id, every=0):
+        raise ApiError("the charge point did not answer GetConfiguration", 409)
     return await api_get_charge_point(ctx, params)
 
 
