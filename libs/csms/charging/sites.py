@@ -50,9 +50,8 @@ class Site:
         points = [begin, *(start for start, _ in self.schedule if begin < start < end)]
         result = [(t, self.limit_at(t)) for t in points]
         later = [limit for start, limit in self.schedule if start >= end]
-        if later:
-            last_t, last_v = result[-1]
-            result[-1] = (last_t, min(last_v, *later))
+        if later and min(later) < result[-1][1]:
+            result.append((end, min(later)))
         return result
 
 
@@ -191,9 +190,10 @@ def transition(old: dict[str, Schedule | None], new: dict[str, Schedule], begin:
         step = lower(old.get(cp), schedule)
         if step is not None:
             first[cp] = step
-    then = {cp: schedule for cp, schedule in new.items()
-            if combine(first.get(cp) or old.get(cp) or [], schedule, max) != combine(schedule, schedule, max)
-            or (first.get(cp) or old.get(cp)) is None}
+    def same(a: Schedule | None, b: Schedule) -> bool:
+        return a is not None and combine(a, a, min) == combine(b, b, min)
+
+    then = {cp: schedule for cp, schedule in new.items() if not same(first.get(cp) or old.get(cp), schedule)}
     return first, then
 
 
