@@ -33,7 +33,7 @@ from csms.contracts.ocpp16 import (
 from csms.service import ApiContext, ApiError, CommandContext, Service, ServiceContext
 from services.smart_charging import balancing, rules
 from services.smart_charging.publish import profile_lock, publish_changes
-from services.smart_charging.store import CONFIGURATION_KEYS, LockBusy, PgStore, redis_lock, throttle
+from services.smart_charging.store import CONFIGURATION_KEYS, LockBusy, PgStore, throttle
 
 log = logging.getLogger(__name__)
 

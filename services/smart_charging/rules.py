@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from csms.charging import Capabilities, Composite, ProfileRejected, StoredProfile, check_capacity, validate_profile
+from csms.charging import Capabilities, Composite, StoredProfile, check_capacity, validate_profile
 from csms.charging.conventions import Choice, Conventions, PresetRule, choose, match_rule, resolve
 
 TX_PROFILE = "TxProfile"
@@ -30,7 +30,7 @@ def conventions_for(*, operator_choice: str | None, vendor: str | None, model: s
 
 def check_set_profile(existing: list[StoredProfile], connector_id: int, profile: dict[str, Any], *,
                       transaction_id: int | None, capabilities: Capabilities, conventions: Conventions) -> None:
-    """Raise ProfileRejected for what OCPP or the charge point's advertised limits would reject."""
+    """Raise csms.charging.ProfileRejected for what OCPP or the charge point's advertised limits would reject."""
     validate_profile(connector_id, profile, transaction_id=transaction_id, capabilities=capabilities)
     check_capacity(existing, connector_id, profile, capabilities.max_profiles, conventions.capacity)
 
@@ -106,5 +106,3 @@ def site_cap_profile(periods: list[dict[str, Any]], *, unit: str, start: str, st
             "chargingSchedule": {"startSchedule": start, "chargingRateUnit": unit,
                                  "chargingSchedulePeriod": periods}}
 
-
-__all__ = ["ProfileRejected"]
