@@ -10,7 +10,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "services.stations.service",
     "services.transactions.service",
     "services.diagnostics.handlers",
-    "services.smart_charging.service",
+    "services.smart_charging.handlers",
 )
 
 

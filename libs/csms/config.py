@@ -113,6 +113,11 @@ class Settings(BaseSettings):
             raise ValueError("not a host name or address")
         return value
 
+    # smart charging: seconds between the planned rebalances of every site (0 = only on events)
+    sc_rebalance_interval: float = _env("SMART_CHARGING_REBALANCE_INTERVAL", 300.0, ge=0, le=86400)
+    # smart charging: seconds a GetConfiguration sent to learn a charge point's limits waits for its answer
+    sc_configuration_timeout: float = _env("SMART_CHARGING_CONFIGURATION_TIMEOUT", 5.0, gt=0, le=600)
+
     def key(self, *parts: object) -> str:
         """Redis key inside this system's namespace: ``<ns>:part1:part2``; each part percent-encoded."""
         return ":".join([self.namespace, *(_key_part(p) for p in parts)])

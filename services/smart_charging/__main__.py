@@ -1,4 +1,4 @@
 from services.runner import run
-from services.smart_charging.service import service
+from services.smart_charging.handlers import service
 
 run(service)

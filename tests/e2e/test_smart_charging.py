@@ -22,7 +22,7 @@ UTC = timezone.utc
 @pytest.fixture
 async def system(settings):
     """Gateway + stations, transactions and smart_charging, in a fresh namespace (overrides conftest's)."""
-    from services.smart_charging.service import service as smart_charging_service
+    from services.smart_charging.handlers import service as smart_charging_service
     from services.stations.service import service as stations_service
     from services.transactions.service import service as transactions_service
 
@@ -138,8 +138,7 @@ async def test_set_profile_accepted_is_stored_and_published(system, cp_id):
     listed = await system.api("smart_charging", "list_profiles", charge_point_id=cp_id)
     assert listed == [{"connector_id": 1, "profile": prof}]
     # the stored JSON keeps the numbers as they were sent: 32 stays an integer
-    raw = await system.redis.get(system.settings.key("smart_charging", cp_id, "profiles"))
-    assert '"limit": 32}' in raw
+    assert type(listed[0]["profile"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"]) is int
     assert await stored(system, cp_id, connector_id=0) == []
 
 
@@ -163,7 +162,8 @@ async def test_set_profile_rejected_by_charge_point_is_not_stored(system, cp_id)
     (0, profile(1, 16, purpose="TxProfile"), "TxProfile cannot be set on connector 0"),
     (1, profile(1, 16, purpose="TxProfile"), "TxProfile requires an active transaction on connector 1"),
     (1, profile(1, 16, kind="Recurring"), "Recurring profile requires recurrencyKind"),
-    (1, profile(1, 16, kind="Relative", periods=[(60, 16)]), "first chargingSchedulePeriod must have startPeriod 0"),
+    (1, profile(1, 16, stack_level=2**31), "stackLevel must be an integer 0..2147483647, got 2147483648"),
+    (3, profile(1, 16), "connector 3 does not exist (NumberOfConnectors: 2)"),
     (1, profile(1, 16, transactionId=5), "transactionId is only allowed on a TxProfile"),
 ])
 @pytest.mark.ocpp("SetChargingProfile")
@@ -222,16 +222,18 @@ async def test_replacement_by_id_and_by_connector_purpose_stack_level(system, cp
 
 @pytest.mark.ocpp("SetChargingProfile")
 async def test_concurrent_sets_stored_in_the_order_the_charge_point_applied_them(system, cp_id, monkeypatch):
-    import services.smart_charging.service as module
-    update, calls = module._update, []
+    from services.smart_charging.store import PgStore
+    update, calls = PgStore.update_profiles, []
 
     async def late_update(*args, **kwargs):
         # storing an earlier answer takes longer than the next command's whole round trip
         calls.append(None)
         await asyncio.sleep(max(0.0, 0.3 - 0.06 * len(calls)))
         return await update(*args, **kwargs)
-    monkeypatch.setattr(module, "_update", late_update)
+    monkeypatch.setattr(PgStore, "update_profiles", late_update)
     async with connect(system.url(cp_id)) as cp:
+        cp.responses["GetConfiguration"] = {"configuration_key": [
+            {"key": "NumberOfConnectors", "readonly": True, "value": "5"}]}
         results = await asyncio.gather(*(set_profile(system, cp_id, connector_id, profile(9, 6 + connector_id))
                                          for connector_id in (1, 2, 3, 4, 5)))
         assert all(r.payload == {"status": "Accepted"} for r in results)
@@ -395,7 +397,12 @@ async def test_composite_schedule_charge_point_answer_plus_server_view(system, c
     assert result.payload == {"status": "Accepted", "connectorId": 1, "scheduleStart": "2030-01-01T00:00:00Z",
                               "chargingSchedule": {"chargingRateUnit": "A", "duration": 3600,
                                                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 15.5}]}}
-    server = result.server
+    server = dict(result.server)
+    conventions, report = server.pop("conventions"), server.pop("report")
+    assert conventions["preset"] == "spec" and conventions["source"] == "default"
+    assert conventions["settings"]["conversion"] == "period_phases"
+    # the charge point's answer (15.5 A from 2030) is kept next to the prediction, and they disagree
+    assert report["mismatch"] is True and {d["kind"] for d in report["differences"]} >= {"start"}
     ocpp16.validate("GetCompositeSchedule", server, response=True)
     start = datetime.fromisoformat(server["scheduleStart"])
     assert before <= start <= datetime.now(UTC)
@@ -450,10 +457,15 @@ async def test_set_electrical_validation(system, cp_id, params):
 @pytest.mark.ocpp("GetCompositeSchedule", "SetChargingProfile", "StatusNotification")
 async def test_composite_schedule_connector_zero_sums_the_station_connectors(system, cp_id):
     async with connect(system.url(cp_id)) as cp:
+        cp.responses["GetConfiguration"] = {"configuration_key": [
+            {"key": "NumberOfConnectors", "readonly": True, "value": "1"}]}
         await set_profile(system, cp_id, 0, profile(1, 10))
-        # the station reported no connectors yet: connector 1 only
+        # the station advertises one connector
         result = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 0, "duration": 300})
         assert periods(result.server["chargingSchedule"]) == [(0, 10.0)]
+        cp.responses["GetConfiguration"] = {"configuration_key": [
+            {"key": "NumberOfConnectors", "readonly": True, "value": "2"}]}
+        await system.api("smart_charging", "refresh_configuration", charge_point_id=cp_id)
         assert result.server["connectorId"] == 0
         await report_connectors(cp, 0, 1, 2)
         result = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 0, "duration": 300})
@@ -465,7 +477,9 @@ async def test_composite_schedule_connector_zero_sums_the_station_connectors(sys
         await set_profile(system, cp_id, 2, profile(3, 4))
         result = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 0, "duration": 300})
         assert periods(result.server["chargingSchedule"]) == [(0, 14.0)]   # 10 A + 4 A
-        ocpp16.validate("GetCompositeSchedule", result.server, response=True)
+        ocpp16.validate("GetCompositeSchedule", {k: result.server[k] for k in
+                                                 ("status", "connectorId", "scheduleStart", "chargingSchedule")},
+                        response=True)
 
 
 @pytest.mark.ocpp("GetCompositeSchedule")
@@ -473,7 +487,8 @@ async def test_composite_schedule_rejected_when_nothing_limits(system, cp_id):
     async with connect(system.url(cp_id)) as cp:
         result = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 60})
         assert result.payload == {"status": "Rejected"}
-        assert result.server == {"status": "Rejected", "connectorId": 1}
+        assert {k: result.server[k] for k in ("status", "connectorId")} == {"status": "Rejected", "connectorId": 1}
+        assert result.server["report"]["mismatch"] is False   # both say Rejected
         refused = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 0})
         assert refused.status == "invalid"
         refused = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": -1, "duration": 60})
@@ -504,9 +519,16 @@ async def test_composite_schedule_api_follows_time(system, cp_id):
                                                     stack_level=1, validTo=iso(t0 + timedelta(hours=3))))
     view = await system.api("smart_charging", "composite_schedule", charge_point_id=cp_id, connector_id=1,
                             duration=5 * 3600, start=iso(t0 - timedelta(minutes=30)))
-    # nothing before t0; connector 1's own TxDefault from +2 h to +3 h; connector 0's one otherwise
+    # nothing before t0 (rendered as the spec preset's default limit); connector 1's own TxDefault from +2 h
+    # to +3 h; connector 0's one otherwise
     assert view["scheduleStart"] == iso(t0 - timedelta(minutes=30))
-    assert periods(view["chargingSchedule"]) == [(1800, 32.0), (5400, 16.0), (9000, 6.0), (12600, 16.0)]
+    assert periods(view["chargingSchedule"]) == [(0, 48.0), (1800, 32.0), (5400, 16.0), (9000, 6.0),
+                                                 (12600, 16.0)]
+    # the same with MicroOcpp's conventions: no limit is -1; TxDefault profiles need a transaction
+    micro = await system.api("smart_charging", "composite_schedule", charge_point_id=cp_id, connector_id=1,
+                             duration=5 * 3600, start=iso(t0 - timedelta(minutes=30)), preset="microocpp")
+    assert micro["conventions"]["preset"] == "microocpp" and micro["conventions"]["source"] == "request"
+    assert periods(micro["chargingSchedule"]) == [(0, -1.0)]
     assert view["chargingSchedule"]["duration"] == 5 * 3600
     for bad in ({"connector_id": -1, "duration": 60}, {"connector_id": 1, "duration": 0},
                 {"connector_id": 1, "duration": 60, "charging_rate_unit": "kW"},

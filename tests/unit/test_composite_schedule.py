@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from csms.charging import StoredProfile, TxInfo, compute_composite_schedule, validate_profile
+from csms.charging import (
+    PRESETS, StoredProfile, TxInfo, compute_composite, compute_composite_schedule, validate_profile,
+)
 
 UTC = timezone.utc
 T0 = datetime(2024, 5, 1, tzinfo=UTC)  # a Wednesday
@@ -251,12 +253,14 @@ def test_absolute_schedule_started_before_the_window_is_shifted() -> None:
     assert periods_of(result) == [(0, 8.0), (30 * 60, 10.0)]
 
 
-def test_absolute_schedule_starting_inside_the_window_leaves_a_leading_gap() -> None:
+def test_absolute_schedule_starting_inside_the_window_leaves_an_explicit_leading_gap() -> None:
     absolute = stored(1, profile(1, [(0, 6)], start_schedule=T0 + timedelta(minutes=10)))
 
-    result = compute_composite_schedule([absolute], connector_id=1, start=T0, duration=HOUR)
+    composite = compute_composite([absolute], connector_id=1, start=T0, duration=HOUR)
+    assert [(p.start, p.limit) for p in composite.periods] == [(0, None), (600, 6.0)]
 
-    assert periods_of(result) == [(600, 6.0)]
+    result = composite.render()  # spec: "no limit" rendered as the preset's default limit, first period at 0
+    assert periods_of(result) == [(0, 48.0), (600, 6.0)]
     assert result["duration"] == HOUR
 
 
@@ -285,15 +289,18 @@ def test_recurring_daily_with_duration_leaves_gaps_and_falls_through() -> None:
     assert periods_of(result) == [(0, 6.0), (8 * HOUR, 16.0), (DAY, 6.0), (DAY + 8 * HOUR, 16.0)]
 
 
-def test_recurring_profile_is_not_in_effect_before_its_first_start() -> None:
+def test_recurring_profile_before_its_first_start_follows_the_convention() -> None:
     daily = stored(
         1,
-        profile(1, [(0, 6)], kind="Recurring", recurrency="Daily", start_schedule=T0 + timedelta(hours=2)),
+        profile(1, [(0, 6), (HOUR, 8)], kind="Recurring", recurrency="Daily", start_schedule=T0 + timedelta(hours=2)),
     )
-
+    # spec: the recurrence is anchored at startSchedule, its validity is validFrom (topic 4)
     result = compute_composite_schedule([daily], connector_id=1, start=T0, duration=3 * HOUR)
-
-    assert periods_of(result) == [(2 * HOUR, 6.0)]
+    assert periods_of(result) == [(0, 8.0), (2 * HOUR, 6.0)]
+    # MicroOcpp: not before startSchedule
+    micro = compute_composite([daily], connector_id=1, start=T0, duration=3 * HOUR, conventions=PRESETS["microocpp"],
+                              transactions={1: TxInfo(1, T0)})
+    assert [(p.start, p.limit) for p in micro.periods] == [(0, None), (2 * HOUR, 6.0)]
 
 
 def test_recurring_weekly_crosses_the_recurrence_boundary() -> None:
@@ -329,8 +336,8 @@ def test_relative_profile_without_transaction_starts_at_the_window_start() -> No
 
     result = compute_composite_schedule([relative], connector_id=1, start=T0, duration=2 * HOUR)
 
-    assert periods_of(result) == [(0, 10.0), (HOUR, 16.0)]
-    assert result["duration"] == 90 * 60  # nothing limits the last 30 minutes
+    assert periods_of(result) == [(0, 10.0), (HOUR, 16.0), (90 * 60, 48.0)]  # nothing limits the last 30 min
+    assert result["duration"] == 2 * HOUR
 
 
 def test_valid_from_and_valid_to_cut_the_schedule() -> None:
@@ -346,9 +353,9 @@ def test_valid_from_and_valid_to_cut_the_schedule() -> None:
         ),
     )
 
-    alone = compute_composite_schedule([cut], connector_id=1, start=T0, duration=2 * HOUR)
-    assert periods_of(alone) == [(600, 6.0), (HOUR, 8.0)]
-    assert alone["duration"] == 80 * 60
+    alone = compute_composite([cut], connector_id=1, start=T0, duration=2 * HOUR)
+    assert [(p.start, p.limit) for p in alone.periods] == [(0, None), (600, 6.0), (HOUR, 8.0), (80 * 60, None)]
+    assert alone.duration == 2 * HOUR
 
     stacked = compute_composite_schedule([base, cut], connector_id=1, start=T0, duration=2 * HOUR)
     assert periods_of(stacked) == [(0, 16.0), (600, 6.0), (HOUR, 8.0), (80 * 60, 16.0)]
@@ -404,16 +411,21 @@ def test_default_unit_is_amps_when_nothing_is_in_effect_at_start() -> None:
     result = compute_composite_schedule([later], connector_id=1, start=T0, duration=HOUR)
 
     assert result["chargingRateUnit"] == "A"
-    assert periods_of(result) == [(1800, 15.9)]
+    assert periods_of(result) == [(0, 48.0), (1800, 15.9)]
 
 
-def test_number_phases_is_the_smallest_known_one() -> None:
+def test_number_phases_is_that_of_the_limiting_limit() -> None:
     cp_max = stored(0, profile(1, [(0, 40, 3)], purpose="ChargePointMaxProfile"))
-    tx = stored(1, profile(2, [(0, 16, 1), (HOUR, 16)]))
+    tx = stored(1, profile(2, [(0, 16, 1), (HOUR, 16), (2 * HOUR, 64, 3)]))
 
-    result = compute_composite_schedule([cp_max, tx], connector_id=1, start=T0, duration=2 * HOUR)
+    result = compute_composite_schedule([cp_max, tx], connector_id=1, start=T0, duration=3 * HOUR)
 
-    assert periods_of(result) == [(0, 16.0, 1), (HOUR, 16.0, 3)]
+    # the Tx limit wins for two hours (1 phase given, then none given), then the station maximum (3 phases)
+    assert periods_of(result) == [(0, 16.0, 1), (HOUR, 16.0), (2 * HOUR, 40.0, 3)]
+    # libocpp reports the minimum over the contributing limits
+    libocpp = compute_composite_schedule([cp_max, tx], connector_id=1, start=T0, duration=3 * HOUR,
+                                         conventions=PRESETS["libocpp"])
+    assert periods_of(libocpp) == [(0, 16.0, 1), (HOUR, 16.0, 3), (2 * HOUR, 40.0, 3)]
 
 
 # --- Connector 0 (whole Charge Point) -------------------------------------------------------------
@@ -451,8 +463,8 @@ def test_connector_0_without_station_max_is_unlimited_once_a_connector_is() -> N
 
     result = compute_composite_schedule(profiles, connector_id=0, start=T0, duration=2 * HOUR, connector_ids=[1, 2])
 
-    assert periods_of(result) == [(0, 26.0)]
-    assert result["duration"] == HOUR
+    assert periods_of(result) == [(0, 26.0), (HOUR, 48.0)]
+    assert result["duration"] == 2 * HOUR
 
 
 def test_connector_0_defaults_to_connector_1_and_uses_station_defaults() -> None:
@@ -470,7 +482,7 @@ def test_connector_0_sums_in_watts_with_each_connectors_phases() -> None:
         profiles, connector_id=0, start=T0, duration=HOUR, connector_ids=[1, 2], charging_rate_unit="W"
     )
 
-    assert periods_of(result) == [(0, 3680.0 + 11040.0, 1)]
+    assert periods_of(result) == [(0, 3680.0 + 11040.0, 3)]  # a sum shows the most phases among its parts
 
 
 # --- Output shape and edge cases ------------------------------------------------------------------
@@ -512,9 +524,9 @@ def test_offset_notation_in_profiles_is_understood() -> None:
     prof = profile(1, [(0, 6)], validFrom="2024-05-01T02:30:00+02:00")  # 00:30 UTC
     prof["chargingSchedule"]["startSchedule"] = "2024-05-01T00:00:00+00:00"
 
-    result = compute_composite_schedule([stored(1, prof)], connector_id=1, start=T0, duration=HOUR)
+    result = compute_composite([stored(1, prof)], connector_id=1, start=T0, duration=HOUR)
 
-    assert periods_of(result) == [(1800, 6.0)]
+    assert [(p.start, p.limit) for p in result.periods] == [(0, None), (1800, 6.0)]
 
 
 @pytest.mark.parametrize(

@@ -1,48 +1,54 @@
-"""Composite schedule computation (OCPP 1.6 §3.13 "Smart Charging", GetCompositeSchedule).
+"""Composite schedules (OCPP 1.6 §3.13, GetCompositeSchedule), computed the way a given charge point does.
 
-Precedence at each instant ``t`` (all instants are truncated to whole seconds, UTC):
+The calculation is pure and runs on integer epoch seconds (UTC), so no stored number can overflow a date.
+Where implementations differ, :class:`~csms.charging.conventions.Conventions` decides (topic numbers in
+brackets); the result (:class:`Composite`) keeps "no limit" explicit (``limit=None``) and says which
+preset and settings it used; :meth:`Composite.render` turns it into the OCPP ``chargingSchedule`` the way
+the preset renders it.
 
-* A profile is *in effect* at ``t`` when ``validFrom <= t < validTo`` and ``t`` lies in
-  its schedule occurrence ``[start, start + duration)``. Within a group, the in-effect
-  profile with the highest stackLevel wins; a higher one that is not in effect falls
-  through to the next lower one.
-* Per connector the Tx limit comes from the first group that yields one:
-  TxProfile (only with an active transaction whose id matches the profile's
-  transactionId, if set) -> TxDefaultProfile of the connector -> TxDefaultProfile of
-  connector 0. A connector-specific TxDefaultProfile thus overrides the connector-0
-  one regardless of stack levels (it "replaces it for that connector", §3.13.1).
-* Result = min(ChargePointMaxProfile, sum of the Tx limits of the requested
-  connectors): one connector for connector_id > 0, ``connector_ids`` for connector 0.
-  A connector without a Tx limit at ``t`` makes the sum unlimited at ``t``.
+Precedence at each instant ``t``:
 
-Kinds: Absolute runs from startSchedule. Recurring repeats startSchedule every day or
-week, the occurrence in effect being the latest one <= t (nothing before the first
-startSchedule); without duration it lasts the whole recurrence period. Relative starts
-at the connector's transaction start, or at the window start when the connector has no
-transaction; a station-wide ChargePointMaxProfile is always anchored at the window start.
+* A profile is *in effect* at ``t`` when ``validFrom <= t < validTo``, ``t`` lies in its schedule occurrence
+  ``[start, start + duration)`` and at or after its first period. Within a group the in-effect profile with
+  the highest stackLevel wins; one that is not in effect falls through to the next lower one.
+* Per connector, the Tx limit: TxProfile (only with an active transaction whose id matches its
+  transactionId, if set), then TxDefaultProfile -- the connector's own before connector 0's [5:
+  ``connector_wins``], or both in one stack where the higher level wins and the connector's shadows
+  connector 0's at the same level [5: ``stack_level``]. Without a transaction, TxDefault profiles apply as
+  if one started at the window start, or not at all [3].
+* Result: min(ChargePointMaxProfile, Tx limit); for connector 0, min(ChargePointMaxProfile, sum of the
+  connectors' Tx limits) [2: ``sum_capped``] or ChargePointMaxProfile alone [2: ``station_max_only``].
+
+Kinds: Absolute runs from startSchedule (a recurrencyKind on it is ignored [13]); Recurring repeats
+startSchedule every day or week, before the first startSchedule too [4: ``applies``] or not
+[4: ``not_before_start``]; without a duration it lasts the whole recurrence. Relative runs from the
+connector's transaction start (or the window start without one); its startSchedule is not used.
+
+A <-> W [7]: W = A x V x phases, V being the charge point's supply voltage; phases are the period's
+numberPhases (else the supply's) [``period_phases``], the fewest among the limits that contribute at that
+instant [``contributing_min_phases``], or limits in the other unit are not compared at all [``none``]. The
+composite is computed in W and converted back with the phases of the limit that wins, so answers in A and
+in W are conversions of each other (numberPhases tells by how many phases). A sum over connectors in A
+uses the most phases among them.
 """
-
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
+from csms.charging.conventions import SPEC, Conventions
 from csms.charging.profiles import (
-    CHARGE_POINT_MAX,
-    RECURRING,
-    RELATIVE,
-    TX_DEFAULT,
-    TX_PROFILE,
-    StoredProfile,
-    parse_datetime,
-    profiles_for_connector,
+    ABSOLUTE, CHARGE_POINT_MAX, RECURRING, RELATIVE, TX_DEFAULT, TX_PROFILE, StoredProfile, parse_datetime,
+    validate_profile,
 )
 
-_RECURRENCE = {"Daily": timedelta(days=1), "Weekly": timedelta(weeks=1)}
+MAX_WINDOW = 366 * 86400        # seconds a composite is computed for, at most (a longer request is capped)
+MAX_CHANGE_POINTS = 200_000     # instants evaluated in one composite, at most (the window shrinks to fit)
+_RECURRENCE = {"Daily": 86400, "Weekly": 7 * 86400}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,16 @@ class TxInfo:
 
 
 @dataclass(frozen=True)
-class _Limit:
-    """A limit as written in a profile, in that profile's unit."""
+class Electrical:
+    """The charge point's supply, for A <-> W."""
+
+    voltage: float = 230.0
+    phases: int = 3
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A limit as a profile writes it."""
 
     value: float
     unit: str
@@ -63,54 +77,79 @@ class _Limit:
 
 
 @dataclass(frozen=True)
-class _Schedule:
-    """One stored profile prepared for evaluation in time."""
+class Period:
+    """A composite period: ``start`` seconds from the composite start; ``limit`` None = no limit."""
 
+    start: int
+    limit: float | None
+    phases: int | None = None
+
+
+def epoch(value: datetime) -> int:
+    """Whole UTC seconds since 1970 (a naive datetime is UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return math.floor((value - _EPOCH).total_seconds())
+
+
+def _instant(value: str) -> int:
+    return epoch(parse_datetime(value))
+
+
+def _format(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Schedule:
+    """One stored profile prepared for evaluation in time (all instants in epoch seconds)."""
+
+    profile_id: int
     stack_level: int
     unit: str
-    start: datetime  # startSchedule, or the anchor of a Relative profile
-    recurrence: timedelta | None
-    duration: timedelta | None
-    valid_from: datetime | None
-    valid_to: datetime | None
-    offsets: list[int]  # startPeriod of each period, seconds
-    limits: list[tuple[float, int | None]]  # (limit, numberPhases) of each period
+    start: int
+    recurrence: int | None
+    duration: int | None
+    valid_from: int | None
+    valid_to: int | None
+    offsets: list[int]
+    limits: list[tuple[float, int | None]]
+    before_start: bool  # a recurrence also applies before its first startSchedule
 
     @classmethod
-    def prepare(cls, profile: dict[str, Any], anchor: datetime) -> _Schedule:
+    def prepare(cls, profile: dict[str, Any], anchor: int, conventions: Conventions) -> "_Schedule":
         schedule = profile["chargingSchedule"]
-        if profile["chargingProfileKind"] == RELATIVE:
-            start = anchor
-        else:
-            start = _instant(schedule["startSchedule"])
-        recurrence = _RECURRENCE[profile["recurrencyKind"]] if profile["chargingProfileKind"] == RECURRING else None
-        duration = schedule.get("duration")
+        kind = profile["chargingProfileKind"]
+        start = anchor if kind == RELATIVE else _instant(schedule["startSchedule"])
+        recurrency = profile.get("recurrencyKind")
+        recurring = kind == RECURRING or (kind == ABSOLUTE and recurrency is not None
+                                          and conventions.absolute_recurrency == "recurring")
         periods = schedule["chargingSchedulePeriod"]
+        floor = schedule.get("minChargingRate") if conventions.min_charging_rate == "floor" else None
+        valid_from, valid_to = profile.get("validFrom"), profile.get("validTo")
         return cls(
-            stack_level=profile["stackLevel"],
+            profile_id=int(profile["chargingProfileId"]),
+            stack_level=int(profile["stackLevel"]),
             unit=schedule["chargingRateUnit"],
             start=start,
-            recurrence=recurrence,
-            duration=None if duration is None else timedelta(seconds=duration),
-            valid_from=_optional_instant(profile.get("validFrom")),
-            valid_to=_optional_instant(profile.get("validTo")),
-            offsets=[period["startPeriod"] for period in periods],
-            limits=[(period["limit"], period.get("numberPhases")) for period in periods],
+            recurrence=_RECURRENCE[recurrency] if recurring else None,
+            duration=schedule.get("duration"),
+            valid_from=None if valid_from is None else _instant(valid_from),
+            valid_to=None if valid_to is None else _instant(valid_to),
+            offsets=[int(p["startPeriod"]) for p in periods],
+            limits=[(max(float(p["limit"]), float(floor or 0)), p.get("numberPhases")) for p in periods],
+            before_start=conventions.recurring_before_start == "applies",
         )
 
-    def _occurrence(self, t: datetime) -> datetime | None:
-        """Start of the schedule occurrence covering ``t`` (ignoring duration)."""
-        if t < self.start:
-            return None
+    def _occurrence(self, t: int) -> int | None:
         if self.recurrence is None:
-            return self.start
+            return self.start if t >= self.start else None
+        if t < self.start and not self.before_start:
+            return None
         return self.start + ((t - self.start) // self.recurrence) * self.recurrence
 
-    def limit_at(self, t: datetime) -> _Limit | None:
-        """The limit this profile imposes at ``t``, or None if it is not in effect."""
-        if (self.valid_from is not None and t < self.valid_from) or (
-            self.valid_to is not None and t >= self.valid_to
-        ):
+    def limit_at(self, t: int) -> _Raw | None:
+        if (self.valid_from is not None and t < self.valid_from) or (self.valid_to is not None and t >= self.valid_to):
             return None
         occurrence = self._occurrence(t)
         if occurrence is None:
@@ -118,31 +157,37 @@ class _Schedule:
         offset = t - occurrence
         if self.duration is not None and offset >= self.duration:
             return None
-        index = bisect_right(self.offsets, offset.total_seconds()) - 1
+        index = bisect_right(self.offsets, offset) - 1
+        if index < 0:
+            return None
         value, phases = self.limits[index]
-        return _Limit(value, self.unit, phases)
+        return _Raw(value, self.unit, phases)
 
-    def change_points(self, begin: datetime, end: datetime) -> Iterator[datetime]:
-        """Every instant in ``(begin, end)`` at which this profile's limit may change."""
-        candidates = [self.valid_from, self.valid_to]
-        occurrence = self._occurrence(begin) or self.start
+    def change_points(self, begin: int, end: int, out: set[int]) -> None:
+        """Add every instant in ``(begin, end)`` at which this profile's limit may change."""
+        for t in (self.valid_from, self.valid_to):
+            if t is not None and begin < t < end:
+                out.add(t)
+        occurrence = self._occurrence(begin)
+        if occurrence is None:
+            occurrence = self.start
         while occurrence < end:
-            candidates.extend(occurrence + timedelta(seconds=offset) for offset in self.offsets)
-            if self.duration is not None:
-                candidates.append(occurrence + self.duration)
-            if self.recurrence is None:
+            for t in [occurrence, *(occurrence + o for o in self.offsets),
+                      *(() if self.duration is None else (occurrence + self.duration,))]:
+                if begin < t < end:
+                    out.add(t)
+            if self.recurrence is None or len(out) > MAX_CHANGE_POINTS:
                 break
             occurrence += self.recurrence
-        return (t for t in candidates if t is not None and begin < t < end)
 
 
 class _Stack:
-    """Profiles of one group; the highest in-effect stack level wins."""
+    """Profiles of one group, highest stack level first (ties: the order given)."""
 
     def __init__(self, schedules: list[_Schedule]) -> None:
-        self.schedules = sorted(schedules, key=lambda schedule: schedule.stack_level, reverse=True)
+        self.schedules = sorted(schedules, key=lambda s: -s.stack_level)
 
-    def limit_at(self, t: datetime) -> _Limit | None:
+    def limit_at(self, t: int) -> _Raw | None:
         for schedule in self.schedules:
             limit = schedule.limit_at(t)
             if limit is not None:
@@ -150,8 +195,7 @@ class _Stack:
         return None
 
 
-def _first_limit(stacks: list[_Stack], t: datetime) -> _Limit | None:
-    """The limit of the first stack in precedence order that has one at ``t``."""
+def _first(stacks: list[_Stack], t: int) -> _Raw | None:
     for stack in stacks:
         limit = stack.limit_at(t)
         if limit is not None:
@@ -159,55 +203,264 @@ def _first_limit(stacks: list[_Stack], t: datetime) -> _Limit | None:
     return None
 
 
-def _instant(value: str) -> datetime:
-    return parse_datetime(value).replace(microsecond=0)
+@dataclass(frozen=True)
+class Composite:
+    """A composite schedule over ``[start, start + duration)`` with "no limit" explicit."""
+
+    start: datetime
+    duration: int
+    unit: str
+    periods: tuple[Period, ...]
+    conventions: Conventions = SPEC
+    preset: str = "spec"
+    requested_duration: int = 0
+    rejected: str | None = None                       # why the charge point would answer Rejected
+    ignored: tuple[tuple[int, str], ...] = field(default=())  # stored profiles left out: (id, why)
+
+    @property
+    def limited(self) -> bool:
+        return any(p.limit is not None for p in self.periods)
+
+    def limit_at(self, offset: int) -> float | None:
+        index = bisect_right([p.start for p in self.periods], offset) - 1
+        return None if index < 0 or offset >= self.duration else self.periods[index].limit
+
+    def explain(self) -> dict[str, Any]:
+        """Which preset and settings this composite was computed with (and what was left out)."""
+        return {"preset": self.preset, "settings": self.conventions.as_dict(),
+                "requested_duration": self.requested_duration, "computed_duration": self.duration,
+                "ignored_profiles": [{"chargingProfileId": pid, "reason": why} for pid, why in self.ignored],
+                **({"rejected": self.rejected} if self.rejected else {})}
+
+    def render(self) -> dict[str, Any] | None:
+        """The OCPP ``chargingSchedule`` as the preset renders it; None when the answer is Rejected."""
+        if self.rejected:
+            return None
+        conv = self.conventions
+        begin, end = 0, self.duration
+        periods = list(self.periods)
+        if conv.duration == "covered" or conv.no_limit == "truncate":
+            limited = [i for i, p in enumerate(periods) if p.limit is not None]
+            if not limited:
+                return None
+            begin = periods[limited[0]].start
+            if conv.duration == "covered":
+                last = limited[-1]
+                end = periods[last + 1].start if last + 1 < len(periods) else end
+            periods = [p for p in periods if begin <= p.start < end]
+            if conv.no_limit == "truncate":
+                gap = next((i for i, p in enumerate(periods) if p.limit is None), None)
+                if gap is not None:
+                    end, periods = periods[gap].start, periods[:gap]
+        elif not any(p.limit is not None for p in periods) and conv.no_limit == "default_limit_or_rejected":
+            return None
+        default = conv.default_limit_watts if self.unit == "W" else conv.default_limit_amps
+        rendered: list[dict[str, Any]] = []
+        for p in periods:
+            if p.limit is None:
+                limit = -1.0 if conv.no_limit == "negative" else _round(default, conv)
+                phases = None
+            else:
+                limit, phases = p.limit, p.phases
+            if rendered and rendered[-1]["limit"] == limit and rendered[-1].get("numberPhases") == phases:
+                continue
+            item: dict[str, Any] = {"startPeriod": p.start - begin, "limit": limit}
+            if phases is not None:
+                item["numberPhases"] = phases
+            rendered.append(item)
+        if not rendered:
+            return None
+        return {
+            "duration": end - begin,
+            "startSchedule": _format(epoch(self.start) + begin),
+            "chargingRateUnit": self.unit,
+            "chargingSchedulePeriod": rendered,
+        }
 
 
-def _optional_instant(value: str | None) -> datetime | None:
-    return None if value is None else _instant(value)
+def _round(value: float, conventions: Conventions) -> float:
+    if conventions.rounding == "tenth":
+        # down to a multiple of 0.1: a limit must never be exceeded
+        return round(math.floor(round(value * 10, 6)) / 10, 1)
+    return round(value, 6)
 
 
-def _utc_instant(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).replace(microsecond=0)
+def _prepare_all(profiles: list[StoredProfile], conventions: Conventions, anchor: int,
+                 ignored: dict[int, str]) -> list[tuple[StoredProfile, _Schedule]]:
+    """Stored profiles that can be evaluated; any other is left out with the reason (never an error)."""
+    prepared = []
+    for stored in profiles:
+        try:
+            validate_profile(stored.connector_id, stored.profile, transaction_id=None, require_transaction=False)
+            prepared.append((stored, _Schedule.prepare(stored.profile, anchor, conventions)))
+        except Exception as exc:  # noqa: BLE001 - a bad stored profile must not break the composite
+            pid = stored.profile.get("chargingProfileId") if isinstance(stored.profile, dict) else None
+            ignored[pid if isinstance(pid, int) else -1] = str(exc)[:200] or type(exc).__name__
+    return prepared
 
 
-def _tx_chain(profiles: list[StoredProfile], connector_id: int, tx: TxInfo | None, begin: datetime) -> list[_Stack]:
-    """Tx limit groups of a connector in precedence order (see module docstring)."""
-    anchor = begin if tx is None else _utc_instant(tx.start)
+def compute_composite(
+    profiles: list[StoredProfile],
+    *,
+    connector_id: int,
+    start: datetime,
+    duration: int,
+    unit: str | None = None,
+    connector_ids: list[int] | None = None,
+    transactions: dict[int, TxInfo] | None = None,
+    electrical: Electrical = Electrical(),
+    conventions: Conventions = SPEC,
+    preset: str = "spec",
+    connectors: int | None = None,
+) -> Composite:
+    """The composite schedule of ``connector_id`` over ``[start, start + duration)``.
 
-    def stack(connector: int, purpose: str) -> _Stack:
-        return _Stack(
-            [
-                _Schedule.prepare(stored.profile, anchor)
-                for stored in profiles_for_connector(profiles, connector_id)
-                if stored.connector_id == connector and stored.purpose == purpose and _tx_applies(stored, tx)
-            ]
-        )
+    ``connector_ids`` are the connectors summed for connector 0 (default ``[1]``); ``transactions`` maps a
+    connector to its active transaction; ``connectors`` is the number of connectors the charge point has,
+    when known (a connector beyond it is Rejected). The window is capped at :data:`MAX_WINDOW` (and at
+    ``max_duration`` for the "capped" convention); ``requested_duration`` keeps what was asked.
+    """
+    if unit not in (None, "A", "W"):
+        raise ValueError(f"unknown charging rate unit {unit!r}")
+    if isinstance(duration, bool) or not isinstance(duration, int) or duration <= 0:
+        raise ValueError("duration must be a positive integer")
+    if isinstance(connector_id, bool) or not isinstance(connector_id, int) or connector_id < 0:
+        raise ValueError("connector id must be a non-negative integer")
+    conv = conventions
+    begin_dt = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    begin_dt = begin_dt.astimezone(timezone.utc).replace(microsecond=0)
+    begin = epoch(begin_dt)
+    window = min(duration, MAX_WINDOW, conv.max_duration if conv.duration == "capped" else MAX_WINDOW)
+    end = begin + window
+    transactions = transactions or {}
+    if connectors is not None and connector_id > connectors:
+        return Composite(begin_dt, window, unit or "A", (), conv, preset, duration,
+                         rejected=f"connector {connector_id} does not exist (NumberOfConnectors: {connectors})")
 
-    return [stack(connector_id, TX_PROFILE), stack(connector_id, TX_DEFAULT), stack(0, TX_DEFAULT)]
+    ignored: dict[int, str] = {}
+    targets = sorted({c for c in (connector_ids or [1]) if c > 0}) if connector_id == 0 else [connector_id]
+
+    def chain(connector: int) -> list[_Stack]:
+        tx = transactions.get(connector)
+        if tx is None and conv.tx_default_without_transaction == "ignored":
+            return []
+        anchor = begin if tx is None else epoch(tx.start)
+        own, station, tx_stack = [], [], []
+        for stored, schedule in _prepare_all(profiles, conv, anchor, ignored):
+            if stored.purpose == TX_PROFILE and stored.connector_id == connector and _tx_applies(stored, tx):
+                tx_stack.append(schedule)
+            elif stored.purpose == TX_DEFAULT and stored.connector_id == connector:
+                own.append(schedule)
+            elif stored.purpose == TX_DEFAULT and stored.connector_id == 0:
+                station.append(schedule)
+        if conv.default_precedence == "stack_level":
+            # one stack; at the same level the connector's profile (listed first) shadows connector 0's
+            merged = sorted([*own, *station], key=lambda s: -s.stack_level)
+            return [_Stack(tx_stack), _Stack(merged)]
+        return [_Stack(tx_stack), _Stack(own), _Stack(station)]
+
+    chains = {c: chain(c) for c in targets}
+    station_max = _Stack([s for stored, s in _prepare_all(profiles, conv, begin, ignored)
+                          if stored.purpose == CHARGE_POINT_MAX and stored.connector_id == 0])
+    if unit is None:
+        unit = _default_unit([*chains.values(), [station_max]], begin)
+
+    points = {begin}
+    for stack in [station_max, *(stack for stacks in chains.values() for stack in stacks)]:
+        for schedule in stack.schedules:
+            schedule.change_points(begin, end, points)
+    ordered = sorted(points)
+    if len(ordered) > MAX_CHANGE_POINTS:  # too many changes to evaluate: a shorter window, said so
+        ordered = ordered[:MAX_CHANGE_POINTS]
+        end = ordered[-1]
+        window = end - begin
+
+    evaluate = _Evaluator(conv, electrical, unit, connector_id == 0)
+    periods: list[Period] = []
+    for t in ordered:
+        parts = [_first(chains[c], t) for c in targets]
+        value, phases = evaluate(parts, station_max.limit_at(t))
+        if value is not None:
+            value = _round(value, conv)
+        if periods and (periods[-1].limit, periods[-1].phases) == (value, phases):
+            continue
+        periods.append(Period(t - begin, value, phases))
+    return Composite(begin_dt, window, unit, tuple(periods), conv, preset, duration,
+                     ignored=tuple(sorted(ignored.items())))
+
+
+class _Evaluator:
+    """The limit at one instant from the connectors' Tx limits and the station maximum."""
+
+    def __init__(self, conv: Conventions, electrical: Electrical, unit: str, station: bool) -> None:
+        self.conv, self.electrical, self.unit, self.station = conv, electrical, unit, station
+
+    def __call__(self, parts: list[_Raw | None], cap: _Raw | None) -> tuple[float | None, int | None]:
+        conv = self.conv
+        if self.station:
+            if conv.connector_zero == "station_max_only":
+                parts = []
+            elif conv.no_limit == "default_limit":
+                # each connector without a limit counts with the default limit (libocpp)
+                default = _Raw(conv.default_limit_watts if self.unit == "W" else conv.default_limit_amps,
+                               self.unit, None)
+                parts = [part or default for part in parts]
+        summed = bool(parts) and all(part is not None for part in parts)
+        contributing = [r for r in [*(parts if summed else []), cap] if r is not None]
+        if not contributing:
+            return None, None
+        explicit = [r.phases for r in contributing if r.phases]
+        if conv.number_phases == "limiting":
+            phases_out: int | None = None  # set below from the winner
+        else:
+            phases_out = min(explicit, default=None)
+            if conv.number_phases == "minimum_omit_3" and phases_out == 3:
+                phases_out = None
+        if conv.conversion == "none":  # limits in the other unit are not compared (MicroOcpp)
+            values = [cap.value] if cap is not None and cap.unit == self.unit else []
+            if summed and all(p is not None and p.unit == self.unit for p in parts):
+                values.append(sum(p.value for p in parts if p is not None))
+            if conv.number_phases == "limiting":
+                phases_out = min(explicit, default=None)
+            return (min(values), phases_out) if values else (None, None)
+        common = min(explicit, default=self.electrical.phases)
+
+        def phases_of(raw: _Raw) -> int:
+            if conv.conversion == "contributing_min_phases":
+                return common
+            return raw.phases or self.electrical.phases
+
+        def watts(raw: _Raw) -> float:
+            return raw.value if raw.unit == "W" else raw.value * self.electrical.voltage * phases_of(raw)
+
+        candidates: list[tuple[float, int, int | None]] = []  # (W, phases for W->A, explicit phases)
+        if cap is not None:
+            candidates.append((watts(cap), phases_of(cap), cap.phases))
+        if summed:
+            real = [p for p in parts if p is not None]
+            explicit_parts = [p.phases for p in real if p.phases]
+            candidates.append((sum(watts(p) for p in real), max(phases_of(p) for p in real),
+                               max(explicit_parts) if explicit_parts else None))
+        w, phases, winner_phases = min(candidates, key=lambda c: c[0])
+        if conv.number_phases == "limiting":
+            phases_out = winner_phases
+        value = w if self.unit == "W" else w / (self.electrical.voltage * phases)
+        return value, phases_out
 
 
 def _tx_applies(stored: StoredProfile, tx: TxInfo | None) -> bool:
-    """TxProfiles need an active transaction with a matching id; others always apply."""
-    if stored.purpose != TX_PROFILE:
-        return True
+    """TxProfiles need an active transaction with a matching id."""
     wanted = stored.profile.get("transactionId")
     return tx is not None and (wanted is None or wanted == tx.transaction_id)
 
 
-def _convert(limit: _Limit, unit: str, voltage: float, phases: int) -> float:
-    """Express ``limit`` in ``unit`` (W = A * voltage * phases)."""
-    if limit.unit == unit:
-        return float(limit.value)
-    watts_per_amp = voltage * (limit.phases or phases)
-    return limit.value * watts_per_amp if unit == "W" else limit.value / watts_per_amp
-
-
-def _floor_tenth(value: float) -> float:
-    """Round down to a multiple of 0.1 (a limit must never be exceeded), cleanly serialisable."""
-    return round(math.floor(round(value * 10, 6)) / 10, 1)
+def _default_unit(chains: list[list[_Stack]], begin: int) -> str:
+    """Unit of the highest-priority limit in effect at ``begin``, else "A"."""
+    for stacks in chains:
+        limit = _first(stacks, begin)
+        if limit is not None:
+            return limit.unit
+    return "A"
 
 
 def compute_composite_schedule(
@@ -221,91 +474,11 @@ def compute_composite_schedule(
     transactions: dict[int, TxInfo] | None = None,
     voltage: float = 230.0,
     phases: int = 3,
+    conventions: Conventions = SPEC,
 ) -> dict[str, Any] | None:
-    """Compute the GetCompositeSchedule.conf ``chargingSchedule`` for a window.
-
-    ``profiles`` are validated stored profiles; ``transactions`` maps connector id to its
-    active transaction; ``connector_ids`` lists the connectors summed for connector 0
-    (default ``[1]``). A naive ``start`` is taken as UTC. Without ``charging_rate_unit``
-    the unit is that of the first limit in effect at ``start`` (connector Tx chains in
-    precedence order, then ChargePointMaxProfile), else "A". Limits are floored to 0.1;
-    numberPhases is the smallest one known among the contributing limits.
-
-    Returns None when nothing limits any part of the window. Instants without any
-    limit are not representable in OCPP: leading ones make the first startPeriod > 0,
-    trailing ones shorten ``duration``, and an unlimited gap between limited periods is
-    covered by the preceding period (conservative).
-    """
-    if charging_rate_unit not in (None, "A", "W"):
-        raise ValueError(f"unknown charging rate unit {charging_rate_unit!r}")
-    if duration <= 0:
-        raise ValueError("duration must be positive")
-    transactions = transactions or {}
-    begin = _utc_instant(start)
-    end = begin + timedelta(seconds=duration)
-
-    targets = [c for c in (connector_ids or [1]) if c != 0] if connector_id == 0 else [connector_id]
-    chains = [_tx_chain(profiles, c, transactions.get(c), begin) for c in targets]
-    station_max = _Stack(
-        [
-            _Schedule.prepare(stored.profile, begin)
-            for stored in profiles_for_connector(profiles, 0)
-            if stored.purpose == CHARGE_POINT_MAX
-        ]
-    )
-    unit = charging_rate_unit or _default_unit(chains, station_max, begin)
-
-    def limit_at(t: datetime) -> tuple[float, int | None] | None:
-        candidates: list[tuple[float, list[_Limit]]] = []
-        cap = station_max.limit_at(t)
-        if cap is not None:
-            candidates.append((_convert(cap, unit, voltage, phases), [cap]))
-        parts = [_first_limit(chain, t) for chain in chains]
-        limited = [part for part in parts if part is not None]
-        if parts and len(limited) == len(parts):
-            total = sum(_convert(part, unit, voltage, phases) for part in limited)
-            candidates.append((total, limited))
-        if not candidates:
-            return None
-        known_phases = [limit.phases for _, limits in candidates for limit in limits if limit.phases]
-        value = min(value for value, _ in candidates)
-        return _floor_tenth(value), min(known_phases, default=None)
-
-    points = {begin}
-    for stack in [station_max, *(stack for chain in chains for stack in chain)]:
-        for schedule in stack.schedules:
-            points.update(schedule.change_points(begin, end))
-    ordered = sorted(points)
-
-    periods: list[dict[str, Any]] = []
-    limited_until = begin
-    for t, next_t in zip(ordered, [*ordered[1:], end]):
-        limit = limit_at(t)
-        if limit is None:
-            continue
-        limited_until = next_t
-        value, number_phases = limit
-        if periods and (periods[-1]["limit"], periods[-1].get("numberPhases")) == limit:
-            continue
-        period: dict[str, Any] = {"startPeriod": int((t - begin).total_seconds()), "limit": value}
-        if number_phases is not None:
-            period["numberPhases"] = number_phases
-        periods.append(period)
-
-    if not periods:
-        return None
-    return {
-        "duration": int((limited_until - begin).total_seconds()),
-        "startSchedule": begin.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "chargingRateUnit": unit,
-        "chargingSchedulePeriod": periods,
-    }
-
-
-def _default_unit(chains: list[list[_Stack]], station_max: _Stack, begin: datetime) -> str:
-    """Unit of the highest-priority limit in effect at ``begin``, else "A"."""
-    for stacks in [*chains, [station_max]]:
-        limit = _first_limit(stacks, begin)
-        if limit is not None:
-            return limit.unit
-    return "A"
+    """The rendered GetCompositeSchedule.conf ``chargingSchedule`` (None = Rejected); see compute_composite."""
+    return compute_composite(
+        profiles, connector_id=connector_id, start=start, duration=duration, unit=charging_rate_unit,
+        connector_ids=connector_ids, transactions=transactions, electrical=Electrical(voltage, phases),
+        conventions=conventions,
+    ).render()

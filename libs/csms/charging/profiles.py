@@ -7,6 +7,7 @@ caller owns persistence.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeGuard
@@ -25,13 +26,56 @@ RECURRENCY_KINDS = ("Daily", "Weekly")
 RATE_UNITS = ("A", "W")
 MAX_PHASES = 3
 
+# Bounds where neither the schema nor the charge point says more (OCPP integers are 32-bit).
+MAX_INT = 2**31 - 1
+MAX_LIMIT = 1e9            # A or W
+MAX_PERIODS = 1000         # periods in one schedule when the charge point does not advertise its maximum
+MAX_CONNECTORS = 1000
+
 
 class ProfileRejected(ValueError):
-    """A charging profile violates an OCPP 1.6 rule; ``reason`` says which."""
+    """A charging profile violates an OCPP 1.6 rule or the charge point's advertised limits."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a charge point advertises in its configuration keys (None: not known)."""
+
+    max_stack_level: int | None = None          # ChargeProfileMaxStackLevel
+    allowed_units: tuple[str, ...] | None = None  # ChargingScheduleAllowedChargingRateUnit ("Current,Power")
+    max_periods: int | None = None              # ChargingScheduleMaxPeriods
+    max_profiles: int | None = None             # MaxChargingProfilesInstalled
+    connectors: int | None = None               # NumberOfConnectors
+    phase_switch: bool | None = None            # ConnectorSwitch3to1PhaseSupported
+
+    @classmethod
+    def from_configuration(cls, keys: dict[str, str | None]) -> "Capabilities":
+        """Read the GetConfiguration values (unparseable or absent values stay unknown)."""
+        def integer(name: str, low: int, high: int) -> int | None:
+            try:
+                value = int(str(keys.get(name)).strip())
+            except (TypeError, ValueError):
+                return None
+            return value if low <= value <= high else None
+
+        units: tuple[str, ...] | None = None
+        raw_units = keys.get("ChargingScheduleAllowedChargingRateUnit")
+        if isinstance(raw_units, str):
+            names = {part.strip().lower() for part in raw_units.split(",")}
+            units = tuple(u for u, n in (("A", "current"), ("W", "power")) if n in names) or None
+        switch = keys.get("ConnectorSwitch3to1PhaseSupported")
+        return cls(
+            max_stack_level=integer("ChargeProfileMaxStackLevel", 0, MAX_INT),
+            allowed_units=units,
+            max_periods=integer("ChargingScheduleMaxPeriods", 1, MAX_INT),
+            max_profiles=integer("MaxChargingProfilesInstalled", 0, MAX_INT),
+            connectors=integer("NumberOfConnectors", 0, MAX_CONNECTORS),
+            phase_switch=None if not isinstance(switch, str) else switch.strip().lower() == "true",
+        )
 
 
 @dataclass(frozen=True)
@@ -70,7 +114,7 @@ def _is_int(value: object) -> TypeGuard[int]:
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _optional_datetime(container: dict[str, Any], key: str) -> datetime | None:
@@ -83,7 +127,8 @@ def _optional_datetime(container: dict[str, Any], key: str) -> datetime | None:
         raise ProfileRejected(f"{key} is not an ISO-8601 date-time: {value!r}") from None
 
 
-def _validate_target(connector_id: int, profile: dict[str, Any], transaction_id: int | None) -> None:
+def _validate_target(connector_id: int, profile: dict[str, Any], transaction_id: int | None,
+                     require_transaction: bool) -> None:
     """Purpose vs. connector and transaction rules (OCPP 1.6 §3.13.1, §5.16)."""
     purpose = profile.get("chargingProfilePurpose")
     if purpose not in PURPOSES:
@@ -91,12 +136,16 @@ def _validate_target(connector_id: int, profile: dict[str, Any], transaction_id:
     if purpose == CHARGE_POINT_MAX and connector_id != 0:
         raise ProfileRejected("ChargePointMaxProfile can only be set on connector 0")
     profile_tx = profile.get("transactionId")
+    if profile_tx is not None and (not _is_int(profile_tx) or not 0 <= profile_tx <= MAX_INT):
+        raise ProfileRejected(f"transactionId must be an integer 0..{MAX_INT}")
     if purpose != TX_PROFILE:
         if profile_tx is not None:
             raise ProfileRejected("transactionId is only allowed on a TxProfile")
         return
     if connector_id == 0:
         raise ProfileRejected("TxProfile cannot be set on connector 0")
+    if not require_transaction:
+        return
     if transaction_id is None:
         raise ProfileRejected(f"TxProfile requires an active transaction on connector {connector_id}")
     if profile_tx is not None and profile_tx != transaction_id:
@@ -106,76 +155,123 @@ def _validate_target(connector_id: int, profile: dict[str, Any], transaction_id:
 
 
 def _validate_kind(profile: dict[str, Any], schedule: dict[str, Any]) -> None:
-    """Kind / recurrency / startSchedule consistency."""
+    """Kind / recurrency / startSchedule consistency.
+
+    1.6 allows recurrencyKind on any kind (libocpp ignores it on Absolute profiles, so does the composite)
+    and a startSchedule on a Relative profile (it is not used: a Relative schedule runs from the
+    transaction start).
+    """
     kind = profile.get("chargingProfileKind")
     if kind not in KINDS:
         raise ProfileRejected(f"unknown chargingProfileKind {kind!r}")
     recurrency = profile.get("recurrencyKind")
-    if kind == RECURRING:
-        if recurrency is None:
-            raise ProfileRejected("Recurring profile requires recurrencyKind")
-        if recurrency not in RECURRENCY_KINDS:
-            raise ProfileRejected(f"unknown recurrencyKind {recurrency!r}")
-    elif recurrency is not None:
-        raise ProfileRejected(f"recurrencyKind is only allowed on a Recurring profile, not {kind}")
+    if recurrency is not None and recurrency not in RECURRENCY_KINDS:
+        raise ProfileRejected(f"unknown recurrencyKind {recurrency!r}")
+    if kind == RECURRING and recurrency is None:
+        raise ProfileRejected("Recurring profile requires recurrencyKind")
     start_schedule = _optional_datetime(schedule, "startSchedule")
-    if kind == RELATIVE and start_schedule is not None:
-        raise ProfileRejected("Relative profile must not have startSchedule")
     if kind != RELATIVE and start_schedule is None:
         raise ProfileRejected(f"{kind} profile requires startSchedule")
 
 
-def _validate_schedule(schedule: dict[str, Any]) -> None:
-    """Rate unit, duration and period list of a chargingSchedule."""
+def _validate_schedule(schedule: dict[str, Any], capabilities: Capabilities) -> None:
+    """Rate unit, duration and period list of a chargingSchedule, within the charge point's limits."""
     unit = schedule.get("chargingRateUnit")
     if unit not in RATE_UNITS:
         raise ProfileRejected(f"unknown chargingRateUnit {unit!r}")
+    if capabilities.allowed_units is not None and unit not in capabilities.allowed_units:
+        raise ProfileRejected(f"chargingRateUnit {unit} is not allowed by the charge point "
+                              f"(ChargingScheduleAllowedChargingRateUnit: {', '.join(capabilities.allowed_units)})")
     duration = schedule.get("duration")
-    if duration is not None and (not _is_int(duration) or duration <= 0):
-        raise ProfileRejected(f"duration must be a positive integer, got {duration!r}")
+    if duration is not None and (not _is_int(duration) or not 0 < duration <= MAX_INT):
+        raise ProfileRejected(f"duration must be an integer 1..{MAX_INT}, got {duration!r}")
+    min_rate = schedule.get("minChargingRate")
+    if min_rate is not None and (not _is_number(min_rate) or not 0 <= min_rate <= MAX_LIMIT):
+        raise ProfileRejected(f"minChargingRate must be a number 0..{MAX_LIMIT:g}, got {min_rate!r}")
     periods = schedule.get("chargingSchedulePeriod")
     if not isinstance(periods, list) or not periods:
         raise ProfileRejected("chargingSchedulePeriod must be a non-empty list")
+    max_periods = capabilities.max_periods or MAX_PERIODS
+    if len(periods) > max_periods:
+        source = "ChargingScheduleMaxPeriods" if capabilities.max_periods else "this system"
+        raise ProfileRejected(f"{len(periods)} periods exceed the {max_periods} allowed by {source}")
     previous_start: int | None = None
     for period in periods:
+        if not isinstance(period, dict):
+            raise ProfileRejected("each chargingSchedulePeriod must be an object")
         start = period.get("startPeriod")
-        if not _is_int(start):
-            raise ProfileRejected(f"startPeriod must be an integer, got {start!r}")
-        if previous_start is None and start != 0:
-            raise ProfileRejected("first chargingSchedulePeriod must have startPeriod 0")
+        if not _is_int(start) or not 0 <= start <= MAX_INT:
+            raise ProfileRejected(f"startPeriod must be an integer 0..{MAX_INT}, got {start!r}")
         if previous_start is not None and start <= previous_start:
             raise ProfileRejected("startPeriod values must be strictly increasing")
         previous_start = start
         limit = period.get("limit")
-        if not _is_number(limit) or limit < 0:
-            raise ProfileRejected(f"limit must be a non-negative number, got {limit!r}")
+        if not _is_number(limit) or not 0 <= limit <= MAX_LIMIT:
+            raise ProfileRejected(f"limit must be a number 0..{MAX_LIMIT:g}, got {limit!r}")
         phases = period.get("numberPhases")
         if phases is not None and (not _is_int(phases) or not 1 <= phases <= MAX_PHASES):
             raise ProfileRejected(f"numberPhases must be 1..{MAX_PHASES}, got {phases!r}")
 
 
-def validate_profile(connector_id: int, profile: dict[str, Any], *, transaction_id: int | None) -> None:
+def validate_profile(connector_id: int, profile: dict[str, Any], *, transaction_id: int | None,
+                     capabilities: Capabilities | None = None, require_transaction: bool = True) -> None:
     """Raise :class:`ProfileRejected` if ``profile`` may not be installed on ``connector_id``.
 
-    ``transaction_id`` is the id of the transaction active on that connector, if any.
+    ``transaction_id`` is the id of the transaction active on that connector, if any; with
+    ``require_transaction=False`` a TxProfile is not checked against it (used for stored profiles and for
+    the RemoteStart profile, whose transaction exists by construction). ``capabilities`` are the charge
+    point's advertised limits.
     """
-    if not _is_int(connector_id) or connector_id < 0:
-        raise ProfileRejected(f"connectorId must be a non-negative integer, got {connector_id!r}")
-    if not _is_int(profile.get("chargingProfileId")):
-        raise ProfileRejected("chargingProfileId must be an integer")
+    capabilities = capabilities or Capabilities()
+    if not isinstance(profile, dict):
+        raise ProfileRejected("csChargingProfiles must be an object")
+    if not _is_int(connector_id) or not 0 <= connector_id <= MAX_CONNECTORS:
+        raise ProfileRejected(f"connectorId must be an integer 0..{MAX_CONNECTORS}, got {connector_id!r}")
+    if capabilities.connectors is not None and connector_id > capabilities.connectors:
+        raise ProfileRejected(f"connector {connector_id} does not exist "
+                              f"(NumberOfConnectors: {capabilities.connectors})")
+    profile_id = profile.get("chargingProfileId")
+    if not _is_int(profile_id) or not 0 <= profile_id <= MAX_INT:
+        raise ProfileRejected(f"chargingProfileId must be an integer 0..{MAX_INT}")
     stack_level = profile.get("stackLevel")
-    if not _is_int(stack_level) or stack_level < 0:
-        raise ProfileRejected(f"stackLevel must be a non-negative integer, got {stack_level!r}")
-    _validate_target(connector_id, profile, transaction_id)
+    max_stack = capabilities.max_stack_level if capabilities.max_stack_level is not None else MAX_INT
+    if not _is_int(stack_level) or not 0 <= stack_level <= max_stack:
+        source = " (ChargeProfileMaxStackLevel)" if capabilities.max_stack_level is not None else ""
+        raise ProfileRejected(f"stackLevel must be an integer 0..{max_stack}{source}, got {stack_level!r}")
+    _validate_target(connector_id, profile, transaction_id, require_transaction)
     schedule = profile.get("chargingSchedule")
     if not isinstance(schedule, dict):
         raise ProfileRejected("chargingSchedule is required")
     _validate_kind(profile, schedule)
-    _validate_schedule(schedule)
+    _validate_schedule(schedule, capabilities)
     valid_from = _optional_datetime(profile, "validFrom")
     valid_to = _optional_datetime(profile, "validTo")
     if valid_from is not None and valid_to is not None and valid_to <= valid_from:
         raise ProfileRejected("validTo must be after validFrom")
+
+
+def check_capacity(existing: list["StoredProfile"], connector_id: int, profile: dict[str, Any],
+                   max_profiles: int | None, rule: str) -> None:
+    """Refuse a profile that would exceed MaxChargingProfilesInstalled, the way the charge point counts.
+
+    ``rule`` (conventions topic 12): "after_replacement" counts what is installed once the new profile has
+    replaced what it replaces; "before_replacement" refuses whenever the charge point is full;
+    "same_id_allowed" is full-means-refuse except for a profile replacing one with the same id.
+    """
+    if max_profiles is None:
+        return
+    after, _ = apply_set(existing, connector_id, profile)
+    full = len(existing) >= max_profiles
+    if rule == "before_replacement":
+        refused = full
+    elif rule == "same_id_allowed":
+        same_id = any(s.profile_id == profile.get("chargingProfileId") for s in existing)
+        refused = full and not same_id
+    else:
+        refused = len(after) > max_profiles
+    if refused:
+        raise ProfileRejected(f"the charge point holds {len(existing)} profiles; "
+                              f"MaxChargingProfilesInstalled is {max_profiles}")
 
 
 def apply_set(

@@ -147,6 +147,27 @@ class ChargingProfilesChanged(Event):
     profile_ids: list[int]
 
 
+class ScheduleMismatch(Event):
+    """A charge point's GetCompositeSchedule answer disagrees with the schedule predicted for it (smart
+    charging): the sign of a charger that ignores its profiles, or of a wrong preset for it."""
+    EVENT_TYPE: ClassVar[str] = "charging.schedule_mismatch"
+    connector_id: int
+    report_id: int
+    preset: str
+    # [{kind: status|unit|start|limit|no_overlap|unreadable, predicted, reported, at?, until?}]
+    differences: list[dict[str, Any]]
+
+
+class SiteRebalanced(Event):
+    """Smart charging pushed new caps to the charge points of a site (``charge_point_id`` is the one whose
+    change caused it, or "" for a planned or operator rebalance)."""
+    EVENT_TYPE: ClassVar[str] = "charging.site_rebalanced"
+    site_id: str
+    reason: str
+    caps: dict[str, float]     # charge point -> cap in effect now, in the site's unit
+    failed: list[str] = Field(default_factory=list)
+
+
 class ReservationChanged(Event):
     EVENT_TYPE: ClassVar[str] = "reservation.changed"
     reservation_id: int

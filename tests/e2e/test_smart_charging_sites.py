@@ -1,0 +1,349 @@
+"""Smart charging end to end, issue 11 and the RemoteStart TxProfile: site load management under one limit,
+presets chosen per charge point and from boot rules, the charge point's advertised limits, predicted vs
+reported composites, records that survive a restart and stored data that cannot break a composite."""
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+
+import aio_pika
+import pytest
+from ocpp.v16 import call
+
+from csms.bus import Bus, Names
+from csms.client import ApiCallFailed
+from csms.contracts.events import TransactionStarted, TransactionStopped
+from tests.support.chargepoint import connect
+from tests.support.system import System
+
+UTC = timezone.utc
+SITE_LIMIT = 32.0
+
+
+@pytest.fixture
+async def system(settings):
+    from services.smart_charging.handlers import service as smart_charging_service
+    from services.stations.service import service as stations_service
+    from services.transactions.service import service as transactions_service
+
+    sut = await System(settings.replace(sc_rebalance_interval=0),
+                       [stations_service, transactions_service, smart_charging_service]).start()
+    try:
+        yield sut
+    finally:
+        await sut.stop()
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tx_default(profile_id: int, limit: float, **extra) -> dict:
+    return {"chargingProfileId": profile_id, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Absolute", **extra,
+            "chargingSchedule": {"startSchedule": "2024-01-01T00:00:00Z", "chargingRateUnit": "A",
+                                 "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit}]}}
+
+
+class Events:
+    def __init__(self, settings, *types: str):
+        self.settings, self.types, self.items = settings, types, []
+
+    async def __aenter__(self) -> "Events":
+        self.connection = await aio_pika.connect(self.settings.amqp_url)
+        channel = await self.connection.channel()
+        exchange = await channel.get_exchange(Names.of(self.settings).events)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for event_type in self.types:
+            await queue.bind(exchange, event_type)
+        await queue.consume(lambda m: self.items.append(json.loads(m.body)), no_ack=True)
+        return self
+
+    async def wait(self, count: int, timeout: float = 5.0) -> list[dict]:
+        async with asyncio.timeout(timeout):
+            while len(self.items) < count:
+                await asyncio.sleep(0.02)
+        return self.items
+
+    async def __aexit__(self, *exc) -> None:
+        await self.connection.close()
+
+
+async def eventually(check, timeout: float = 10.0):
+    async with asyncio.timeout(timeout):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await asyncio.sleep(0.05)
+
+
+# ---- site load management ---------------------------------------------------------------------------
+@pytest.mark.ocpp("SetChargingProfile", "StartTransaction", "StopTransaction")
+async def test_site_limit_holds_at_every_instant_through_starts_and_stops(system):
+    ids = [f"SITE-CP-{i}" for i in range(3)]
+    pushed: list[tuple[str, float]] = []   # every cap in the order the charge points received them
+
+    def recorder(cp_id):
+        def responder(kwargs):
+            period = kwargs["cs_charging_profiles"]["charging_schedule"]["charging_schedule_period"][0]
+            pushed.append((cp_id, float(period["limit"])))
+            return {"status": "Accepted"}
+        return responder
+
+    async with connect(system.url(ids[0])) as a, connect(system.url(ids[1])) as b, connect(system.url(ids[2])) as c:
+        cps = dict(zip(ids, (a, b, c)))
+        for cp_id, cp in cps.items():
+            cp.responses["SetChargingProfile"] = recorder(cp_id)
+            await cp.boot()
+        for cp_id in ids:
+            await system.api("transactions", "set_id_tag", id_tag=f"TAG-{cp_id}")
+        await system.api("smart_charging", "put_site", site_id="garage", unit="A", limit=SITE_LIMIT)
+        for cp_id in ids:
+            await system.api("smart_charging", "add_site_member", site_id="garage", charge_point_id=cp_id)
+
+        async def caps_are(expected: dict[str, float]):
+            site = await system.api("smart_charging", "get_site", site_id="garage")
+            return {m["charge_point_id"]: m["cap_now"] for m in site["members"]} == expected
+
+        await eventually(lambda: caps_are({ids[0]: 0.0, ids[1]: 0.0, ids[2]: 0.0}))
+        transactions = {}
+
+        async def start(cp_id):
+            answer = await cps[cp_id].call_ok(call.StartTransaction(
+                connector_id=1, id_tag=f"TAG-{cp_id}", meter_start=0, timestamp=iso(datetime.now(UTC))))
+            transactions[cp_id] = answer.transaction_id
+
+        async def stop(cp_id):
+            await cps[cp_id].call_ok(call.StopTransaction(meter_stop=100, timestamp=iso(datetime.now(UTC)),
+                                                          transaction_id=transactions[cp_id]))
+
+        steps = [
+            (start, ids[0], {ids[0]: 32.0, ids[1]: 0.0, ids[2]: 0.0}),
+            (start, ids[1], {ids[0]: 16.0, ids[1]: 16.0, ids[2]: 0.0}),
+            (start, ids[2], {ids[0]: 10.6, ids[1]: 10.6, ids[2]: 10.6}),
+            (stop, ids[0], {ids[0]: 0.0, ids[1]: 16.0, ids[2]: 16.0}),
+            (stop, ids[1], {ids[0]: 0.0, ids[1]: 0.0, ids[2]: 32.0}),
+        ]
+        for action, cp_id, expected in steps:
+            await action(cp_id)
+            await eventually(lambda: caps_are(expected))
+            # the server-side composite of every charge point, summed, stays under the limit at every instant
+            composites = [await system.api("smart_charging", "composite_schedule", charge_point_id=i, connector_id=0,
+                                           duration=3600, charging_rate_unit="A") for i in ids]
+            instants = sorted({p["startPeriod"] for v in composites for p in v["chargingSchedule"]["chargingSchedulePeriod"]})
+            for t in instants:
+                total = sum(max(p["limit"] for p in v["chargingSchedule"]["chargingSchedulePeriod"]
+                                if p["startPeriod"] <= t and p == [q for q in v["chargingSchedule"]["chargingSchedulePeriod"]
+                                                                   if q["startPeriod"] <= t][-1])
+                            for v in composites)
+                assert total <= SITE_LIMIT + 1e-9, (t, composites)
+        # and at every moment in between: replaying the caps in the order the charge points received them
+        held = dict.fromkeys(ids, 0.0)
+        for cp_id, limit in pushed:
+            held[cp_id] = limit
+            assert sum(held.values()) <= SITE_LIMIT + 1e-9, pushed
+        assert held == {ids[0]: 0.0, ids[1]: 0.0, ids[2]: 32.0}
+
+        plan = await system.api("smart_charging", "site_plan", site_id="garage")
+        assert plan["dry_run"] is True and plan["caps_now"] == {ids[0]: 0.0, ids[1]: 0.0, ids[2]: 32.0}
+        count = len(pushed)
+        await asyncio.sleep(0.2)
+        assert len(pushed) == count   # a dry run sends nothing
+
+
+async def test_site_dry_run_with_priorities_and_a_time_varying_limit(system):
+    soon = datetime.now(UTC).replace(microsecond=0)
+    later = soon + timedelta(hours=2)
+    await system.api("smart_charging", "put_site", site_id="depot", unit="W", limit=22000, strategy="priority",
+                     schedule=[{"start": iso(later), "limit": 11000}])
+    for cp_id, priority in (("DEPOT-1", 1), ("DEPOT-2", 0)):
+        await system.api("smart_charging", "add_site_member", site_id="depot", charge_point_id=cp_id,
+                         priority=priority, max_limit=15000)
+    bus = await Bus(system.settings).connect()
+    try:
+        for n, cp_id in enumerate(("DEPOT-1", "DEPOT-2")):
+            await bus.publish_event(TransactionStarted(charge_point_id=cp_id, transaction_id=900 + n, connector_id=1,
+                                                       id_tag="T", meter_start=0, timestamp=datetime.now(UTC),
+                                                       authorization_status="Accepted"))
+
+        async def planned():
+            plan = await system.api("smart_charging", "site_plan", site_id="depot")
+            return plan if plan["members"]["DEPOT-2"]["active_transactions"] == 1 else None
+        plan = await eventually(planned)
+    finally:
+        await bus.close()
+    # priority 1 takes its maximum (15 kW), the other gets the rest; in two hours the limit halves
+    assert plan["caps_now"] == {"DEPOT-1": 15000.0, "DEPOT-2": 7000.0}
+    assert plan["caps"]["DEPOT-1"][-1] == [iso(later), 11000.0]
+    assert plan["caps"]["DEPOT-2"][-1] == [iso(later), 0.0]
+    with pytest.raises(ApiCallFailed) as failed:
+        await system.api("smart_charging", "put_site", site_id="bad", unit="A", limit=float("nan"))
+    assert failed.value.status == 400
+    with pytest.raises(ApiCallFailed):
+        await system.api("smart_charging", "site_plan", site_id="nowhere")
+
+
+# ---- the RemoteStart TxProfile ------------------------------------------------------------------------
+async def test_remote_start_profile_becomes_the_transactions_tx_profile(system, cp_id):
+    profile = {"chargingProfileId": 77, "stackLevel": 1, "chargingProfilePurpose": "TxProfile",
+               "chargingProfileKind": "Relative", "transactionId": 4242,
+               "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 12}]}}
+    async with Events(system.settings, "charging.profiles_changed") as events:
+        bus = await Bus(system.settings).connect()
+        try:
+            started = datetime.now(UTC)
+            await bus.publish_event(TransactionStarted(
+                charge_point_id=cp_id, transaction_id=4242, connector_id=2, id_tag="T", meter_start=0,
+                timestamp=started, authorization_status="Accepted", charging_profile=profile))
+            await events.wait(1)
+            listed = await system.api("smart_charging", "list_profiles", charge_point_id=cp_id)
+            assert listed == [{"connector_id": 2, "profile": profile}]
+            await bus.publish_event(TransactionStopped(charge_point_id=cp_id, transaction_id=4242, connector_id=2,
+                                                       meter_stop=10, timestamp=datetime.now(UTC)))
+            changes = await events.wait(2)
+        finally:
+            await bus.close()
+    assert [(e["change"], e["profile_ids"]) for e in changes] == [("set", [77]), ("cleared", [77])]
+    assert await system.api("smart_charging", "list_profiles", charge_point_id=cp_id) == []
+
+
+# ---- presets, configuration keys ------------------------------------------------------------------------
+@pytest.mark.ocpp("BootNotification", "GetConfiguration", "SetChargingProfile")
+async def test_boot_rule_chooses_the_preset_and_configuration_keys_refuse_before_sending(system, cp_id):
+    rule = await system.api("smart_charging", "add_preset_rule", preset="libocpp", vendor="test*", model="*model")
+    async with connect(system.url(cp_id)) as cp:
+        cp.responses["GetConfiguration"] = {"configuration_key": [
+            {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "3"},
+            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Current"},
+            {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": "2"},
+            {"key": "MaxChargingProfilesInstalled", "readonly": True, "value": "2"},
+            {"key": "NumberOfConnectors", "readonly": True, "value": "1"}], "unknown_key": ["ConnectorSwitch3to1PhaseSupported"]}
+        await cp.boot()
+
+        async def learned():
+            view = await system.api("smart_charging", "get_charge_point", charge_point_id=cp_id)
+            return view if view["configuration_at"] else None
+        view = await eventually(learned)
+        assert cp.received["GetConfiguration"][0]["key"][0] == "ChargeProfileMaxStackLevel"
+        assert (view["preset"], view["preset_source"], view["rule_id"]) == ("libocpp", "rule", rule["rule_id"])
+        assert view["capabilities"] == {"max_stack_level": 3, "allowed_units": ["A"], "max_periods": 2,
+                                        "max_profiles": 2, "connectors": 1, "phase_switch": None}
+        assert view["unknown_keys"] == ["ConnectorSwitch3to1PhaseSupported"]
+
+        async def send(connector_id, profile):
+            return await system.client.send(cp_id, "SetChargingProfile", {"connectorId": connector_id,
+                                                                         "csChargingProfiles": profile})
+        refused = {
+            "stack level": await send(1, tx_default(1, 16, stackLevel=4)),
+            "unit": await send(1, {**tx_default(1, 16), "chargingSchedule": {
+                "startSchedule": "2024-01-01T00:00:00Z", "chargingRateUnit": "W",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 11000}]}}),
+            "periods": await send(1, {**tx_default(1, 16), "chargingSchedule": {
+                "startSchedule": "2024-01-01T00:00:00Z", "chargingRateUnit": "A", "chargingSchedulePeriod": [
+                    {"startPeriod": 0, "limit": 6}, {"startPeriod": 60, "limit": 8}, {"startPeriod": 120, "limit": 10}]}}),
+            "connector": await send(2, tx_default(1, 16)),
+        }
+        assert {k: r.status for k, r in refused.items()} == dict.fromkeys(refused, "invalid")
+        assert "ChargeProfileMaxStackLevel" in refused["stack level"].error_description
+        assert "ChargingScheduleAllowedChargingRateUnit" in refused["unit"].error_description
+        assert "ChargingScheduleMaxPeriods" in refused["periods"].error_description
+        assert cp.received["SetChargingProfile"] == []
+        # capacity (MaxChargingProfilesInstalled 2), libocpp counts before replacing
+        assert (await send(1, tx_default(1, 16))).payload == {"status": "Accepted"}
+        assert (await send(0, tx_default(2, 16))).payload == {"status": "Accepted"}
+        full = await send(1, tx_default(1, 10))
+        assert full.status == "invalid" and "MaxChargingProfilesInstalled is 2" in full.error_description
+        await system.api("smart_charging", "set_charge_point_preset", charge_point_id=cp_id, preset="microocpp")
+        assert (await send(1, tx_default(1, 10))).payload == {"status": "Accepted"}   # same id: allowed there
+        view = await system.api("smart_charging", "get_charge_point", charge_point_id=cp_id)
+        assert (view["preset"], view["preset_source"]) == ("microocpp", "charge_point")
+
+
+async def test_presets_are_data_operators_can_add_and_choose(system, cp_id):
+    presets = await system.api("smart_charging", "list_presets")
+    assert presets["default"] == "spec"
+    assert set(presets["presets"]) == {"spec", "libocpp", "microocpp", "open-ocpp"}
+    mine = await system.api("smart_charging", "put_preset", name="site-a", base="libocpp",
+                            settings={"default_limit_amps": 32, "rounding": "tenth"})
+    assert mine["settings"]["default_limit_amps"] == 32.0 and mine["settings"]["conversion"] == "contributing_min_phases"
+    for bad in ({"rounding": "half"}, {"default_limit_amps": -1}, {"unknown_topic": 1}):
+        with pytest.raises(ApiCallFailed) as failed:
+            await system.api("smart_charging", "put_preset", name="bad", base="spec", settings=bad)
+        assert failed.value.status == 400
+    await system.api("smart_charging", "set_default_preset", preset="site-a")
+    view = await system.api("smart_charging", "composite_schedule", charge_point_id=cp_id, connector_id=1, duration=60)
+    assert view["status"] == "Accepted" and view["chargingSchedule"]["chargingSchedulePeriod"] == [
+        {"startPeriod": 0, "limit": 32.0}]   # nothing installed: the preset's default limit
+    assert (view["conventions"]["preset"], view["conventions"]["source"]) == ("site-a", "default")
+    with pytest.raises(ApiCallFailed) as failed:
+        await system.api("smart_charging", "delete_preset", name="site-a")
+    assert failed.value.status == 409
+    with pytest.raises(ApiCallFailed) as failed:
+        await system.api("smart_charging", "set_default_preset", preset="nope")
+    assert failed.value.status == 404
+
+
+# ---- predicted vs reported ----------------------------------------------------------------------------
+@pytest.mark.ocpp("GetCompositeSchedule", "SetChargingProfile")
+async def test_schedule_mismatch_event_when_the_charge_point_ignores_its_profiles(system, cp_id):
+    async with connect(system.url(cp_id)) as cp, Events(system.settings, "charging.schedule_mismatch") as events:
+        await system.client.send(cp_id, "SetChargingProfile", {"connectorId": 1, "csChargingProfiles": tx_default(1, 16)})
+
+        def answer(limit):
+            def responder(kwargs):
+                now = datetime.now(UTC).replace(microsecond=0)
+                return {"status": "Accepted", "connector_id": 1, "schedule_start": iso(now),
+                        "charging_schedule": {"charging_rate_unit": "A", "duration": 600, "start_schedule": iso(now),
+                                              "charging_schedule_period": [{"start_period": 0, "limit": limit}]}}
+            return responder
+
+        cp.responses["GetCompositeSchedule"] = answer(16.0)
+        agreed = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 600})
+        assert agreed.server["report"]["mismatch"] is False
+        cp.responses["GetCompositeSchedule"] = answer(32)      # ignores its 16 A profile
+        result = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 600})
+        assert result.server["report"]["mismatch"] is True
+        [event] = await events.wait(1)
+    assert event["charge_point_id"] == cp_id and event["preset"] == "spec"
+    assert event["differences"][0]["kind"] == "limit"
+    assert (event["differences"][0]["predicted"], event["differences"][0]["reported"]) == (16.0, 32.0)
+    reports = await system.api("smart_charging", "list_composite_reports", charge_point_id=cp_id)
+    assert [r["mismatch"] for r in reports] == [True, False]
+    assert reports[0]["reported"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 32
+
+
+# ---- durable records, stored data that cannot break anything -------------------------------------------
+@pytest.mark.ocpp("SetChargingProfile")
+async def test_a_restart_loses_nothing_and_broken_stored_data_never_fails_a_composite(system, cp_id):
+    from services.smart_charging.handlers import service
+
+    async with connect(system.url(cp_id)):
+        await system.client.send(cp_id, "SetChargingProfile", {"connectorId": 1, "csChargingProfiles": tx_default(1, 16)})
+    await system.api("smart_charging", "set_electrical", charge_point_id=cp_id, voltage=240, phases=1)
+    await system.api("smart_charging", "set_charge_point_preset", charge_point_id=cp_id, preset="open-ocpp")
+    await service.stop()
+    # Redis keeps only locks and throttles: losing all of it loses nothing
+    keys = [key async for key in system.redis.scan_iter(f"{system.settings.namespace}:smart_charging*")]
+    if keys:
+        await system.redis.delete(*keys)
+    await service.start(system.settings)
+    assert [p["profile"]["chargingProfileId"] for p in
+            await system.api("smart_charging", "list_profiles", charge_point_id=cp_id)] == [1]
+    view = await system.api("smart_charging", "get_charge_point", charge_point_id=cp_id)
+    assert (view["voltage"], view["phases"], view["preset"]) == (240.0, 1, "open-ocpp")
+    # rows written by an older version or by hand: huge numbers, NaN
+    async with service.db.pool.acquire() as conn:
+        for profile_id, period in ((8, {"startPeriod": 10**12, "limit": 6}), (9, {"startPeriod": 0, "limit": "NaN"})):
+            broken = {**tx_default(profile_id, 1), "stackLevel": profile_id}
+            broken["chargingSchedule"]["chargingSchedulePeriod"] = [period]
+            await conn.execute("INSERT INTO sc_profiles (charge_point_id, profile_id, connector_id, purpose, "
+                               "stack_level, profile, source) VALUES ($1, $2, 1, 'TxDefaultProfile', $2, $3, 'set')",
+                               cp_id, profile_id, broken)
+    composite = await system.api("smart_charging", "composite_schedule", charge_point_id=cp_id, connector_id=1,
+                                 duration=10**9)
+    assert composite["status"] == "Accepted"
+    assert composite["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 16.0
+    assert sorted(p["chargingProfileId"] for p in composite["conventions"]["ignored_profiles"]) == [8, 9]
+    assert composite["conventions"]["computed_duration"] < composite["conventions"]["requested_duration"]

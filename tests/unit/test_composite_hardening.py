@@ -1,0 +1,107 @@
+"""The inputs issue 11 found breaking the composite: each one has a sane answer now."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from csms.charging import PRESETS, StoredProfile, TxInfo, compute_composite, validate_profile
+from csms.charging.composite import MAX_WINDOW
+
+UTC = timezone.utc
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def prof(profile_id: int, periods: list[tuple], *, kind: str = "Absolute", stack_level: int = 0,
+         purpose: str = "TxDefaultProfile", unit: str = "A", **schedule_extra) -> dict:
+    schedule = {"chargingRateUnit": unit, "startSchedule": "2024-05-01T00:00:00Z", **schedule_extra,
+                "chargingSchedulePeriod": [{"startPeriod": p[0], "limit": p[1],
+                                            **({"numberPhases": p[2]} if len(p) > 2 else {})} for p in periods]}
+    if kind == "Relative" and "startSchedule" not in schedule_extra:
+        schedule.pop("startSchedule")
+    return {"chargingProfileId": profile_id, "stackLevel": stack_level, "chargingProfilePurpose": purpose,
+            "chargingProfileKind": kind, "chargingSchedule": schedule}
+
+
+def limits(composite) -> list[tuple]:
+    return [(p.start, p.limit) for p in composite.periods]
+
+
+@pytest.mark.parametrize("bad", [
+    prof(9, [(0, 8), (10**12, 6)]),                       # startPeriod near 10^12
+    prof(9, [(0, 8)], duration=10**12),                   # duration near 10^12
+    prof(9, [(0, float("nan"))]),                         # NaN limit
+    prof(9, [(0, float("inf"))]),                         # infinite limit
+    {"chargingProfileId": 9, "stackLevel": 0},            # half a profile
+    "not even an object",
+])
+def test_a_stored_profile_that_breaks_the_rules_is_left_out_never_an_error(bad) -> None:
+    good = StoredProfile(1, prof(1, [(0, 16)]))
+    composite = compute_composite([StoredProfile(1, bad), good], connector_id=1, start=T0, duration=3600)
+    assert limits(composite) == [(0, 16.0)]
+    assert [pid for pid, _ in composite.ignored] in ([9], [-1])
+    assert composite.explain()["ignored_profiles"][0]["reason"]
+
+
+def test_huge_requested_duration_is_capped_and_said_so() -> None:
+    composite = compute_composite([StoredProfile(1, prof(1, [(0, 16)]))], connector_id=1, start=T0,
+                                  duration=10**12)
+    assert composite.duration == MAX_WINDOW and composite.requested_duration == 10**12
+    assert composite.render()["duration"] == MAX_WINDOW
+
+
+def test_window_starting_without_limit_starts_at_period_0() -> None:
+    later = StoredProfile(1, prof(1, [(0, 16)], startSchedule="2024-05-01T01:00:00Z"))
+    composite = compute_composite([later], connector_id=1, start=T0, duration=7200)
+    assert limits(composite) == [(0, None), (3600, 16.0)]
+    assert composite.render()["chargingSchedulePeriod"][0]["startPeriod"] == 0
+
+
+def test_gap_in_the_middle_is_no_limit_not_the_previous_limit() -> None:
+    # 20 A for two hours, then nothing for 22 hours, then 20 A again (daily, 2 h duration)
+    daily = StoredProfile(1, {**prof(1, [(0, 20)], duration=7200), "chargingProfileKind": "Recurring",
+                              "recurrencyKind": "Daily"})
+    composite = compute_composite([daily], connector_id=1, start=T0, duration=2 * 86400)
+    assert limits(composite) == [(0, 20.0), (7200, None), (86400, 20.0), (86400 + 7200, None)]
+    micro = compute_composite([daily], connector_id=1, start=T0, duration=86400 + 60, conventions=PRESETS["microocpp"],
+                              transactions={1: TxInfo(1, T0)})
+    assert [(p["startPeriod"], p["limit"]) for p in micro.render()["chargingSchedulePeriod"]] == [
+        (0, 20.0), (7200, -1.0), (86400, 20.0)]
+
+
+def test_connector_the_station_does_not_have_is_rejected() -> None:
+    composite = compute_composite([StoredProfile(0, prof(1, [(0, 16)]))], connector_id=3, start=T0, duration=60,
+                                  connectors=2)
+    assert composite.render() is None and "does not exist" in composite.rejected
+
+
+@pytest.mark.parametrize("preset", ["spec", "open-ocpp", "libocpp"])
+def test_answers_in_amps_and_watts_are_conversions_of_each_other(preset: str) -> None:
+    profiles = [StoredProfile(0, prof(1, [(0, 11000, 3), (3600, 4000, 1)], purpose="ChargePointMaxProfile", unit="W")),
+                StoredProfile(1, prof(2, [(0, 20, 3), (1800, 10, 1)]))]
+    args = dict(connector_id=1, start=T0, duration=7200, conventions=PRESETS[preset])
+    amps = compute_composite(profiles, unit="A", **args)
+    watts = compute_composite(profiles, unit="W", **args)
+    assert [p.start for p in amps.periods] == [p.start for p in watts.periods]
+    for a, w in zip(amps.periods, watts.periods):
+        phases = a.phases or 3
+        assert a.limit == pytest.approx(w.limit / (230 * phases), abs=0.1)
+
+
+def test_number_phases_is_that_of_the_limiting_profile() -> None:
+    profiles = [StoredProfile(0, prof(1, [(0, 32, 3)], purpose="ChargePointMaxProfile")),
+                StoredProfile(1, prof(2, [(0, 16, 1)], stack_level=1)),
+                StoredProfile(1, prof(3, [(0, 6, 2)], purpose="TxProfile"))]  # no transaction: does not apply
+    composite = compute_composite(profiles, connector_id=1, start=T0, duration=600, unit="A")
+    assert [(p.limit, p.phases) for p in composite.periods] == [(16.0, 1)]
+    one_phase = compute_composite(profiles[:1] + [StoredProfile(1, prof(2, [(0, 40, 1)]))], connector_id=1, start=T0,
+                                 duration=600, unit="W")
+    assert [(p.limit, p.phases) for p in one_phase.periods] == [(9200.0, 1)]  # 40 A x 230 V x 1 < 32 A x 3 phases
+
+
+def test_relative_with_start_schedule_and_late_first_period() -> None:
+    relative = prof(1, [(600, 10)], kind="Relative", startSchedule="2030-01-01T00:00:00Z")
+    validate_profile(1, relative, transaction_id=None)
+    composite = compute_composite([StoredProfile(1, relative)], connector_id=1, start=T0, duration=1200,
+                                  transactions={1: TxInfo(5, T0)})
+    assert limits(composite) == [(0, None), (600, 10.0)]   # runs from the transaction start; startSchedule unused
