@@ -27,7 +27,8 @@ def make_settings(infra: Infrastructure, **overrides) -> Settings:
                   database_schema=f"test_{token}", db_pool_min=1, db_pool_max=4, namespace=namespace,
                   gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0,
                   files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0, ftp_port=0,
-                  files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"))  # made on first use
+                  files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"),  # made on first use
+                  ops_host="127.0.0.1", ops_port=0, backoff_initial=0.1, backoff_max=1.0, log_repeat_seconds=5.0)
     values.update(overrides)
     return Settings(**values)
 
