@@ -103,17 +103,26 @@ class TextFormatter(logging.Formatter):
 
 
 class _LibraryNoise(logging.Filter):
-    """aio_pika logs every reconnect attempt; the outage log says the same once per outage. Those lines
-    are kept at DEBUG."""
+    """aio_pika and aiormq log every reconnect attempt, and each lost connection with a traceback; the outage
+    log says the same once per outage. Those lines are kept for LOG_LEVEL=DEBUG."""
 
-    PREFIXES = ("Connection attempt to", "Connection to", "Reconnect attempt failed", "Channel recovery")
+    PREFIXES = ("Connection attempt to", "Connection to", "Reconnect attempt failed", "Channel recovery",
+                "Cancelling cause reader exited abnormally", "Closing channel")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and not str(record.msg).startswith(self.PREFIXES):
-            return True
         if str(record.msg).startswith(self.PREFIXES):
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True
+
+
+def quiet_libraries() -> None:
+    """Install the filters that turn the AMQP libraries' reconnect chatter into DEBUG-only lines."""
+    noise = _LibraryNoise()
+    for name in ("aio_pika.robust_connection", "aio_pika.robust_channel", "aio_pika.connection",
+                 "aiormq.connection", "aiormq.channel"):
+        library = logging.getLogger(name)
+        if not any(isinstance(f, _LibraryNoise) for f in library.filters):
+            library.addFilter(noise)
 
 
 def configure_logging(log_format: str = "text", level: str = "INFO", stream: Any = None) -> logging.Handler:
@@ -126,11 +135,7 @@ def configure_logging(log_format: str = "text", level: str = "INFO", stream: Any
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    noise = _LibraryNoise()
-    for name in ("aio_pika.robust_connection", "aio_pika.robust_channel", "aiormq.connection"):
-        library = logging.getLogger(name)
-        if not any(isinstance(f, _LibraryNoise) for f in library.filters):
-            library.addFilter(noise)
+    quiet_libraries()
     # websockets logs every failed handshake with a traceback at ERROR; the gateway logs its own line
     logging.getLogger("websockets.server").setLevel(max(logging.getLevelName(level), logging.WARNING))
     return handler
