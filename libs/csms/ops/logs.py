@@ -103,14 +103,24 @@ class TextFormatter(logging.Formatter):
 
 
 class _LibraryNoise(logging.Filter):
-    """aio_pika and aiormq log every reconnect attempt, and each lost connection with a traceback; the outage
-    log says the same once per outage. Those lines are kept for LOG_LEVEL=DEBUG."""
+    """aio_pika and aiormq log every reconnect attempt, each lost connection with a traceback, and each
+    channel callback or ack that meets the closed channel; the outage log says the same once per outage.
+    Those lines are kept for LOG_LEVEL=DEBUG."""
 
     PREFIXES = ("Connection attempt to", "Connection to", "Reconnect attempt failed", "Channel recovery",
                 "Cancelling cause reader exited abnormally", "Closing channel")
 
+    @classmethod
+    def is_noise(cls, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith(cls.PREFIXES):
+            return True
+        if message.endswith("is not sent since channel is closed"):  # RabbitMQ requeues the message itself
+            return True
+        return message.startswith("Callback %r error") and "ChannelInvalidState" in str(record.args)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith(self.PREFIXES):
+        if self.is_noise(record):
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True
 
@@ -119,7 +129,7 @@ def quiet_libraries() -> None:
     """Install the filters that turn the AMQP libraries' reconnect chatter into DEBUG-only lines."""
     noise = _LibraryNoise()
     for name in ("aio_pika.robust_connection", "aio_pika.robust_channel", "aio_pika.connection",
-                 "aiormq.connection", "aiormq.channel"):
+                 "aio_pika.tools", "aio_pika.message", "aiormq.connection", "aiormq.channel"):
         library = logging.getLogger(name)
         if not any(isinstance(f, _LibraryNoise) for f in library.filters):
             library.addFilter(noise)
