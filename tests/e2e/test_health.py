@@ -8,6 +8,7 @@ import json
 import logging
 
 import pytest
+from ocpp.exceptions import InternalError
 
 from csms.ops.health import OpsServer
 from csms.ops.logs import OutageLog, quiet_libraries
@@ -91,3 +92,48 @@ async def test_readyz_turns_false_when_rabbitmq_goes_away_and_true_when_it_retur
     finally:
         await ops.stop()
         await system.stop()
+
+
+async def test_redis_and_postgresql_outages_make_services_unready_and_heal(settings, infrastructure, cp_id, caplog):
+    redis_proxy = await TcpProxy.for_url(infrastructure.redis_url, 6379).start()
+    pg_proxy = await TcpProxy.for_url(infrastructure.database_url, 5432).start()
+    settings = settings.replace(redis_url=redis_proxy.url(settings.redis_url),
+                                database_url=pg_proxy.url(settings.database_url))
+    quiet_libraries()  # as configure_logging() does in a process
+    outages = OutageLog(every=30, backoff=(0.1, 0.5))
+    system = await System(settings, load_services(), outages=outages).start()
+    ops = await OpsServer("127.0.0.1", 0, [*system.services, *system.gateways]).start()
+    try:
+        await eventually_status(ops.port, "/readyz", 200)
+        async with connect(system.url(cp_id)) as cp:
+            await cp.boot()
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                redis_proxy.refuse()
+                pg_proxy.refuse()
+                body = json.loads(await eventually_status(ops.port, "/readyz", 503))
+                stations = body["parts"]["stations"]
+                assert stations["redis"] is False and stations["postgresql"] is False and stations["rabbitmq"]
+                for _ in range(5):  # CALLs that need Redis/PostgreSQL fail with a clear CALLERROR, not a crash
+                    with pytest.raises(InternalError, match="temporarily unavailable"):
+                        await cp.boot()
+                redis_proxy.accept()
+                pg_proxy.accept()
+                await eventually_status(ops.port, "/readyz", 200, timeout=15)
+                for _ in range(50):
+                    if not outages.down:
+                        break
+                    await asyncio.sleep(0.1)
+            assert (await cp.boot()).status == "Accepted"
+        lines = [r.getMessage() for r in caplog.records if r.name == "csms.outage"]
+        for dependency in ("redis", "postgresql"):
+            assert sum(line.startswith(f"{dependency} unreachable") for line in lines) == 1, lines
+            assert sum(line.startswith(f"{dependency} reachable again") for line in lines) == 1, lines
+        assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+        stations_metrics = next(s for s in system.services if s.name == "stations").metrics
+        assert stations_metrics.value("csms_reconnects_total", dependency="redis") == 1
+    finally:
+        await ops.stop()
+        await system.stop()
+        await redis_proxy.stop()
+        await pg_proxy.stop()

@@ -104,11 +104,13 @@ class TextFormatter(logging.Formatter):
 
 class _LibraryNoise(logging.Filter):
     """aio_pika and aiormq log every reconnect attempt, each lost connection with a traceback, and each
-    channel callback or ack that meets the closed channel; the outage log says the same once per outage.
+    channel callback or ack that meets the closed channel; asyncpg each failed refill of its pool. The outage
+    log says the same once per outage.
     Those lines are kept for LOG_LEVEL=DEBUG."""
 
     PREFIXES = ("Connection attempt to", "Connection to", "Reconnect attempt failed", "Channel recovery",
-                "Cancelling cause reader exited abnormally", "Closing channel")
+                "Cancelling cause reader exited abnormally", "Closing channel",
+                "Failed to restore the pool connection floor")
 
     @classmethod
     def is_noise(cls, record: logging.LogRecord) -> bool:
@@ -129,7 +131,7 @@ def quiet_libraries() -> None:
     """Install the filters that turn the AMQP libraries' reconnect chatter into DEBUG-only lines."""
     noise = _LibraryNoise()
     for name in ("aio_pika.robust_connection", "aio_pika.robust_channel", "aio_pika.connection",
-                 "aio_pika.tools", "aio_pika.message", "aiormq.connection", "aiormq.channel"):
+                 "aio_pika.tools", "aio_pika.message", "aiormq.connection", "aiormq.channel", "asyncpg.pool"):
         library = logging.getLogger(name)
         if not any(isinstance(f, _LibraryNoise) for f in library.filters):
             library.addFilter(noise)
