@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from csms.config import Settings
+from csms.config import Settings, load_settings
 from csms.ops.lifecycle import security_summary
 from tests.support.process import ROOT
 
@@ -35,10 +35,13 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(module):
     ({"RECONNECT_BACKOFF_INITIAL": "10", "RECONNECT_BACKOFF_MAX": "1"},
      "RECONNECT_BACKOFF_INITIAL must not exceed RECONNECT_BACKOFF_MAX"),
 ])
-def test_operations_settings_are_checked(env, named):
-    result = run("services.gateway", **env)
-    assert result.returncode == 2
-    [line] = (result.stdout + result.stderr).strip().splitlines()
+def test_operations_settings_are_checked(env, named, monkeypatch, capsys):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("invalid setting ") and named in line
 
 
