@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.suppor
 
 from csms import ocpp16
 from services.registry import load_services
-from tests.support.infra import DEFAULT_AMQP, DEFAULT_REDIS
+from tests.support.infra import DEFAULT_AMQP, DEFAULT_DATABASE, DEFAULT_REDIS, Infrastructure
 from tests.support.system import System, make_settings
 
 
@@ -56,7 +56,7 @@ async def main() -> None:
     parser.add_argument("--commands", type=int, default=10, help="commands per charge point")
     args = parser.parse_args()
     ocpp16.warm_up()
-    sut = await System(make_settings(DEFAULT_AMQP, DEFAULT_REDIS), load_services()).start()
+    sut = await System(make_settings(Infrastructure(DEFAULT_AMQP, DEFAULT_REDIS, DEFAULT_DATABASE)), load_services()).start()
     try:
         latencies: list[float] = []
         done = asyncio.Event()
