@@ -1,27 +1,20 @@
-"""Run one service as its own process: ``python -m services.<name>``."""
+"""Run one service as its own process: ``python -m services.<name>`` (drains on SIGTERM)."""
 from __future__ import annotations
 
-import asyncio
-import logging
-
-from csms.config import load_settings
+from csms.config import Settings
 from csms.db import migrate
-from csms.service import Service, run_services
+from csms.ops.lifecycle import main
+from csms.ops.logs import OutageLog
+from csms.ops.retry import until_connected
+from csms.service import Service
+
+
+async def prepare_database(settings: Settings, outages: OutageLog) -> None:
+    """Migrate (DATABASE_MIGRATE) or check the schema, waiting with backoff while PostgreSQL is unreachable.
+    A schema behind the code raises RuntimeError (one line, exit 1)."""
+    await until_connected(lambda: migrate.prepare(settings), dependency="postgresql", outages=outages,
+                          initial=settings.backoff_initial, maximum=settings.backoff_max, what="migrations")
 
 
 def run(service: Service) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings()
-
-    async def main() -> None:
-        if service.database:
-            await migrate.prepare(settings)
-        await run_services([service], settings)
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    except RuntimeError as exc:  # a schema behind the code, explained in one line
-        logging.getLogger("csms").error("%s", exc)
-        raise SystemExit(1) from None
+    main(service.name, lambda settings: [service], prepare=prepare_database if service.database else None)

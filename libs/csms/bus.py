@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+from aio_pika import RobustConnection
 from aio_pika.abc import (
     AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection,
 )
@@ -32,7 +34,10 @@ from aio_pika.exceptions import DeliveryError
 
 from csms.config import Settings
 from csms.contracts.base import BusModel
-from csms.contracts.events import Event
+from csms.contracts.events import Event, FileUploaded
+from csms.ops import logs, tracing
+from csms.ops.logs import OutageLog
+from csms.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -74,61 +79,139 @@ def api_key(service: str, operation: str) -> str:
 KIND_CALL, KIND_COMMAND, KIND_API, KIND_CONTROL = "ocpp.call", "ocpp.command", "api", "control"
 
 
+# AMQP header carrying the id of the end-to-end operation (a charge point CALL, a command) for the logs
+CORRELATION_HEADER = "x-correlation-id"
+
+
 class Unroutable(Exception):
     """Nobody is bound to take this message (no service owns it / charge point offline)."""
+
+
+class BackoffConnection(RobustConnection):
+    """aio_pika's robust connection waits a fixed ``reconnect_interval`` between reconnect attempts; here the
+    wait grows with the outage: half as long as it has lasted, between the backoff settings."""
+
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    down_since: float | None = None
+
+    @property  # type: ignore[override]
+    def reconnect_interval(self) -> float:
+        if self.down_since is None:
+            return self.backoff_initial
+        return min(self.backoff_max, max(self.backoff_initial, (time.monotonic() - self.down_since) / 2))
+
+    @reconnect_interval.setter
+    def reconnect_interval(self, value: float) -> None:
+        pass  # the backoff settings decide
 
 
 class Bus:
     """One connection and channel with the whole topology declared."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None, outages: OutageLog | None = None):
         self.settings = settings
         self.names = Names.of(settings)
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
+        self.metrics = metrics
+        self.outages = outages
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        """The connection and channel are up (false while aio_pika reconnects)."""
+        connection, channel = self.connection, self.channel
+        return (connection is not None and not connection.is_closed and connection.connected.is_set()
+                and channel is not None and not channel.is_closed)
 
     async def connect(self) -> "Bus":
-        self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
-        # publisher confirms + on_return_raises: a mandatory publish nobody takes raises DeliveryError
-        self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-        await self.channel.set_qos(prefetch_count=64)
-        n = self.names
-        for name, kind in ((n.calls, "topic"), (n.gateway, "direct"), (n.commands, "topic"),
-                           (n.api, "topic"), (n.events, "topic"), (n.dead_letter, "fanout")):
-            self.exchanges[name] = await self.channel.declare_exchange(
-                name, getattr(aio_pika.ExchangeType, kind.upper()), durable=True
-            )
+        """Connect and declare the topology; on failure nothing is left open (so it can be retried)."""
+        self._closing = False
+        try:
+            connection = await aio_pika.connect_robust(self.settings.amqp_url, connection_class=BackoffConnection)
+        except BaseException:
+            self.connection = self.channel = None
+            raise
+        connection.backoff_initial = self.settings.backoff_initial
+        connection.backoff_max = self.settings.backoff_max
+        self.connection = connection
+        try:
+            # publisher confirms + on_return_raises: a mandatory publish nobody takes raises DeliveryError
+            self.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await self.channel.set_qos(prefetch_count=64)
+            n = self.names
+            for name, kind in ((n.calls, "topic"), (n.gateway, "direct"), (n.commands, "topic"),
+                               (n.api, "topic"), (n.events, "topic"), (n.dead_letter, "fanout")):
+                self.exchanges[name] = await self.channel.declare_exchange(
+                    name, getattr(aio_pika.ExchangeType, kind.upper()), durable=True
+                )
+        except BaseException:
+            await self.close()
+            self.channel = None
+            raise
+        connection.close_callbacks.add(self._on_connection_lost)
+        connection.reconnect_callbacks.add(self._on_reconnected)
         return self
+
+    def queue_arguments(self, **arguments: Any) -> dict[str, Any]:
+        """Arguments of a durable service queue: quorum queues with AMQP_QUORUM_QUEUES."""
+        if self.settings.quorum_queues:
+            arguments["x-queue-type"] = "quorum"
+        return arguments
 
     async def declare_events_queue(self, name: str, event_types: list[str]):
         """A durable queue of the given events; what its consumer rejects is dead-lettered."""
-        dead_letters = await self.channel.declare_queue(self.names.dead_letter, durable=True)
+        dead_letters = await self.channel.declare_queue(self.names.dead_letter, durable=True,
+                                                        arguments=self.queue_arguments())
         await dead_letters.bind(self.names.dead_letter, "")
         queue = await self.channel.declare_queue(
-            name, durable=True, arguments={"x-dead-letter-exchange": self.names.dead_letter}
+            name, durable=True, arguments=self.queue_arguments(**{"x-dead-letter-exchange": self.names.dead_letter})
         )
         for event_type in event_types:
             await queue.bind(self.names.events, event_type)
         return queue
 
+    def _on_connection_lost(self, connection: Any, exc: BaseException | None = None) -> None:
+        if self._closing:
+            return
+        if isinstance(connection, BackoffConnection) and connection.down_since is None:
+            connection.down_since = time.monotonic()
+        if self.outages is not None:
+            self.outages.failed("rabbitmq", exc or "connection closed", "reconnecting")
+
+    def _on_reconnected(self, connection: Any) -> None:
+        if isinstance(connection, BackoffConnection):
+            connection.down_since = None
+        if self.outages is not None:
+            self.outages.recovered("rabbitmq")
+
     async def close(self) -> None:
+        self._closing = True
         if self.connection is not None:
-            await self.connection.close()
-            self.connection = None
+            connection, self.connection = self.connection, None
+            await connection.close()
 
     def exchange(self, name: str) -> AbstractExchange:
         return self.exchanges[name]
 
     async def publish(self, exchange: str, routing_key: str, body: bytes, *, mandatory: bool = False,
                       **properties: Any) -> None:
-        message = aio_pika.Message(body=body, content_type="application/json", **properties)
+        """Publish with the current trace context and correlation id in the headers."""
+        headers = tracing.inject(properties.pop("headers", None))
+        correlation = logs.current("correlation_id")
+        if correlation and CORRELATION_HEADER not in headers:
+            headers[CORRELATION_HEADER] = correlation
+        message = aio_pika.Message(body=body, content_type="application/json", headers=headers, **properties)
         try:
             await self.exchange(exchange).publish(message, routing_key, mandatory=mandatory)
         except DeliveryError as exc:
             raise Unroutable(f"{exchange}/{routing_key}") from exc
 
     async def publish_event(self, event: Event) -> None:
+        if isinstance(event, FileUploaded) and self.metrics is not None:
+            self.metrics.upload(event.protocol, event.size)
         await self.publish(
             self.names.events, event.EVENT_TYPE, event.to_bytes(),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type=event.EVENT_TYPE,
@@ -175,13 +258,28 @@ class RpcClient:
         correlation_id = uuid.uuid4().hex
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = fut
-        try:
-            await self.bus.publish(
-                exchange, routing_key, body, mandatory=True, reply_to=self._queue.name,
-                correlation_id=correlation_id, type=kind, headers=headers or {},
-                # a request nobody takes in time is dropped, never handled late
-                expiration=max(timeout, 0.001),
-            )
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self._pending.pop(correlation_id, None)
+        started, outcome = time.perf_counter(), "error"
+        with tracing.tracer().start_as_current_span(f"rpc {kind} {routing_key}", kind=tracing.SpanKind.CLIENT,
+                                                    attributes={"messaging.system": "rabbitmq",
+                                                                "messaging.destination.name": exchange,
+                                                                "csms.routing_key": routing_key}):
+            try:
+                await self.bus.publish(
+                    exchange, routing_key, body, mandatory=True, reply_to=self._queue.name,
+                    correlation_id=correlation_id, type=kind, headers=headers or {},
+                    # a request nobody takes in time is dropped, never handled late
+                    expiration=max(timeout, 0.001),
+                )
+                reply = await asyncio.wait_for(fut, timeout)
+                outcome = "ok"
+                return reply
+            except Unroutable:
+                outcome = "unroutable"
+                raise
+            except asyncio.TimeoutError:
+                outcome = "timeout"
+                raise
+            finally:
+                self._pending.pop(correlation_id, None)
+                if self.bus.metrics is not None:
+                    self.bus.metrics.rpc(kind, outcome, time.perf_counter() - started)

@@ -14,7 +14,7 @@ import uuid
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -118,6 +118,35 @@ class Settings(BaseSettings):
     # smart charging: seconds a GetConfiguration sent to learn a charge point's limits waits for its answer
     sc_configuration_timeout: float = _env("SMART_CHARGING_CONFIGURATION_TIMEOUT", 5.0, gt=0, le=600)
 
+    # ---- operations (issue 8): logs, health/metrics endpoint, drain, reconnects, traces ----------
+    # log lines as one JSON object each (for log collectors) or as text (for people)
+    log_format: Literal["json", "text"] = _env("LOG_FORMAT", "text")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _env("LOG_LEVEL", "INFO")
+    # /healthz, /readyz and /metrics: one HTTP listener per process (0 = any free port)
+    ops_host: str = _env("OPS_HOST", "0.0.0.0")
+    ops_port: int = _env("OPS_PORT", 9100, ge=0, le=65535)
+    # on SIGTERM the gateway closes its charge points' sockets (1001) spread over this many seconds
+    gateway_drain_seconds: float = _env("GATEWAY_DRAIN_SECONDS", 20.0, ge=0, le=3600)
+    # on SIGTERM a service stops consuming and waits at most this long for the messages it is handling
+    service_drain_seconds: float = _env("SERVICE_DRAIN_SECONDS", 20.0, ge=0, le=3600)
+    # waits between connection attempts to RabbitMQ, Redis and PostgreSQL grow from the first to the last
+    backoff_initial: float = _env("RECONNECT_BACKOFF_INITIAL", 0.5, gt=0, le=60)
+    backoff_max: float = _env("RECONNECT_BACKOFF_MAX", 30.0, gt=0, le=600)
+    # repeats of one expected-outage log line are summarised once per this many seconds
+    log_repeat_seconds: float = _env("LOG_REPEAT_SECONDS", 30.0, gt=0, le=3600)
+    # RabbitMQ: declare the services' durable queues as quorum queues (replicated; needs a cluster to
+    # matter). An existing queue keeps its type: switching needs new queues (e.g. a new CSMS_NAMESPACE)
+    quorum_queues: bool = _env("AMQP_QUORUM_QUEUES", False)
+    # OpenTelemetry traces: none (off), otlp (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT) or console
+    traces_exporter: Literal["none", "otlp", "console"] = _env("OTEL_TRACES_EXPORTER", "none")
+    otel_service_name: str = _env("OTEL_SERVICE_NAME", "", max_length=200)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> "Settings":
+        if self.backoff_initial > self.backoff_max:
+            raise ValueError("RECONNECT_BACKOFF_INITIAL must not exceed RECONNECT_BACKOFF_MAX")
+        return self
+
     def key(self, *parts: object) -> str:
         """Redis key inside this system's namespace: ``<ns>:part1:part2``; each part percent-encoded."""
         return ":".join([self.namespace, *(_key_part(p) for p in parts)])
@@ -168,6 +197,9 @@ def describe_error(exc: ValidationError) -> str:
     """One line naming every bad setting, e.g. ``GATEWAY_AUTH='basci': Input should be 'none' or 'basic'``."""
     parts = []
     for error in exc.errors():
+        if not error.get("loc"):  # a rule across settings: its message names them
+            parts.append(error["msg"].removeprefix("Value error, "))
+            continue
         parts.append(f"{_env_name(error)}={error.get('input')!r}: {error['msg']}")
     return "invalid setting " + "; ".join(parts)
 

@@ -30,17 +30,20 @@ import asyncio
 import inspect
 import json
 import logging
+import time
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+import aiormq
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, ValidationError
 
 from csms import ocpp16
 from csms.bus import (
-    KIND_API, KIND_CALL, KIND_COMMAND, Bus, RpcClient, Unroutable, api_key, call_key, command_key,
+    CORRELATION_HEADER, KIND_API, KIND_CALL, KIND_COMMAND, Bus, RpcClient, Unroutable, api_key, call_key,
+    command_key,
 )
 from csms.client import call_api
 from csms.config import Settings
@@ -49,6 +52,10 @@ from csms.contracts.bus import ApiReply, ApiRequest, Command, CommandResult, Ocp
 from csms.contracts.events import Event
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES, OcppModel
 from csms.ocpp16 import ErrorCode, OcppError
+from csms.ops import tracing
+from csms.ops.logs import OutageLog, log_context, outage_of
+from csms.ops.metrics import Metrics
+from csms.ops.retry import until_connected
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +209,14 @@ class Service:
         self.rpc: RpcClient | None = None
         self.redis: aioredis.Redis | None = None
         self.db: Database | None = None
+        # operations (csms.ops): series of this run, outage lines (shared per process), drain state
+        self.metrics = Metrics(self.name)
+        self.outages = OutageLog()
+        self.started = False
+        self.draining = False
+        self._consumers: list[tuple[Any, str]] = []
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
 
     # ---- registration -------------------------------------------------------------------
     def call(self, action: str) -> Callable[[CallHandler], CallHandler]:
@@ -259,33 +274,97 @@ class Service:
 
     # ---- runtime ------------------------------------------------------------------------
     async def start(self, settings: Settings | None = None) -> "Service":
-        self.settings = settings or Settings()
-        self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True)
+        """Connect (waiting with backoff for Redis, PostgreSQL and RabbitMQ), declare the queues, consume."""
+        self.settings = settings = settings or Settings()
+        self.metrics = Metrics(self.name)
+        self.outages.listeners.append(self.metrics.reconnected)
+        self.draining, self._inflight, self._idle = False, 0, asyncio.Event()
+        self._idle.set()
+        retry = {"outages": self.outages, "initial": settings.backoff_initial, "maximum": settings.backoff_max}
+        self.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+        await until_connected(self.redis.ping, dependency="redis", what=f"{self.name} starting", **retry)
         if self.database:
-            self.db = await Database(self.settings).connect()
-        self.bus = await Bus(self.settings).connect()
+            self.db = await until_connected(Database(settings).connect, dependency="postgresql",
+                                            what=f"{self.name} starting", **retry)
+        self.bus = await until_connected(self._connect_bus, dependency="rabbitmq", what=f"{self.name} starting",
+                                         **retry)
         self.rpc = await RpcClient(self.bus).start()
         names = self.bus.names
         channel = self.bus.channel
-        queue = await channel.declare_queue(self.settings.name(f"svc.{self.name}"), durable=True)
+        queue = await channel.declare_queue(self.settings.name(f"svc.{self.name}"), durable=True,
+                                            arguments=self.bus.queue_arguments())
         for action in self.calls:
             await queue.bind(names.calls, call_key(action))
         for action in self.commands:
             await queue.bind(names.commands, command_key(action))
         for operation in self.apis:
             await queue.bind(names.api, api_key(self.name, operation))
-        await queue.consume(self._on_message)
+        self._consumers = [(queue, await queue.consume(self._on_message))]
         if self.events:
             events_queue = await self.bus.declare_events_queue(
                 self.settings.name(f"svc.{self.name}.events"), list(self.events))
-            await events_queue.consume(self._on_event)
+            self._consumers.append((events_queue, await events_queue.consume(self._on_event)))
         for hook in self.startup:
             await hook(self)
+        self.outages.watch("redis", self._ping_redis)
+        if self.db is not None:
+            self.outages.watch("postgresql", self.db.ping)
+        self.started = True
         log.info("service %s started (%d calls, %d commands, %d api, %d events)", self.name,
                  len(self.calls), len(self.commands), len(self.apis), len(self.events))
         return self
 
+    async def _connect_bus(self) -> Bus:
+        bus = Bus(self.settings, metrics=self.metrics, outages=self.outages)
+        try:
+            return await bus.connect()
+        except BaseException:
+            await bus.close()
+            raise
+
+    async def _ping_redis(self) -> bool:
+        return bool(self.redis is not None and await asyncio.wait_for(self.redis.ping(), 2.0))
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports for this service: started, not draining, RabbitMQ with consumers, Redis and
+        PostgreSQL answering (a failed check also opens an outage line)."""
+        checks = {"started": self.started, "not_draining": not self.draining,
+                  "rabbitmq": self.bus is not None and self.bus.connected,
+                  "consumers": bool(self._consumers) and self.bus is not None and self.bus.connected}
+        if self.redis is not None:
+            try:
+                checks["redis"] = await self._ping_redis()
+            except Exception as exc:  # noqa: BLE001
+                checks["redis"] = False
+                self.outages.failed("redis", exc, "readiness check")
+        if self.db is not None:
+            checks["postgresql"] = await self.db.ping()
+            if not checks["postgresql"] and self.started:
+                self.outages.failed("postgresql", "no answer", "readiness check")
+        return checks
+
+    async def drain(self) -> None:
+        """Stop consuming, then wait (at most SERVICE_DRAIN_SECONDS) for the messages being handled: they are
+        answered and acked. Anything delivered but not started goes back to the queue when the channel closes."""
+        self.draining = True
+        consumers, self._consumers = self._consumers, []
+        for queue, tag in consumers:
+            try:
+                await queue.cancel(tag)
+            except Exception as exc:  # noqa: BLE001 - the channel may already be gone
+                log.debug("%s: cancelling consumer %s: %s", self.name, tag, exc)
+        await asyncio.sleep(0.05)  # deliveries already on their way enter their handlers
+        if self._idle is not None and self._inflight:
+            log.info("%s: waiting for %d messages in flight", self.name, self._inflight)
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.settings.service_drain_seconds)
+            except asyncio.TimeoutError:
+                log.warning("%s: %d messages still in flight after %.0f s; RabbitMQ redelivers them", self.name,
+                            self._inflight, self.settings.service_drain_seconds)
+        log.info("%s drained", self.name)
+
     async def stop(self) -> None:
+        self.started = False
         for hook in self.shutdown:
             await hook(self)
         if self.rpc:
@@ -297,6 +376,27 @@ class Service:
         if self.db:
             await self.db.close()
         self.bus = self.rpc = self.redis = self.db = None
+        self._consumers = []
+        if self.metrics.reconnected in self.outages.listeners:
+            self.outages.listeners.remove(self.metrics.reconnected)
+
+    def _report(self, exc: BaseException, what: str) -> None:
+        """A handler failure: one rate-limited line when a dependency is down, else the traceback."""
+        dependency = outage_of(exc)
+        if dependency is not None:
+            self.outages.failed(dependency, exc, what)
+        else:
+            log.error("%s: %s", self.name, what, exc_info=exc)
+
+    def _enter(self) -> None:
+        self._inflight += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight <= 0 and self._idle is not None:
+            self._idle.set()
 
     async def forward(self, command: Command) -> CommandResult:
         """Send a command to the gateway instance that holds the charge point."""
@@ -317,23 +417,45 @@ class Service:
         return CommandResult.model_validate_json(body)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._enter()
+        try:
+            headers = message.headers or {}
+            with log_context(correlation_id=_text(headers.get(CORRELATION_HEADER))), \
+                    tracing.tracer().start_as_current_span(
+                        f"{self.name} {message.type} {message.routing_key}", context=tracing.extract(headers),
+                        kind=tracing.SpanKind.SERVER, attributes={"csms.service": self.name}):
+                await self._process(message)
+        finally:
+            self._leave()
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
         async with message.process(requeue=False, ignore_processed=True):
             try:
                 if message.type == KIND_CALL:
                     reply = await self._handle_call(OcppCall.model_validate_json(message.body))
+                    outcome = "ok" if reply.error_code is None else "callerror"
                 elif message.type == KIND_COMMAND:
                     reply = await self._handle_command(Command.model_validate_json(message.body))
+                    outcome = reply.status
                 elif message.type == KIND_API:
                     reply = await self._handle_api(message.routing_key or "", message.body)
+                    outcome = "ok" if reply.ok else str(reply.status)
                 else:
                     log.warning("%s: dropping message of unknown type %r", self.name, message.type)
+                    self.metrics.message("unknown", "dropped")
                     return
             except ValidationError as exc:
                 log.warning("%s: malformed %s message: %s", self.name, message.type, exc)
+                self.metrics.message(str(message.type), "malformed")
                 return
+            self.metrics.message(str(message.type), outcome)
             await self.bus.reply(message, reply)
 
     async def _handle_call(self, call: OcppCall) -> OcppReply:
+        with log_context(charge_point_id=call.charge_point_id, message_id=call.message_id, action=call.action):
+            return await self._answer_call(call)
+
+    async def _answer_call(self, call: OcppCall) -> OcppReply:
         handler = self.calls.get(call.action)
         if handler is None:
             return OcppReply(error_code=ErrorCode.NOT_SUPPORTED, error_description=f"{call.action} not supported")
@@ -347,11 +469,19 @@ class Service:
             return OcppReply(error_code=exc.code, error_description=exc.description, error_details=exc.details)
         except ValidationError as exc:
             return OcppReply(error_code=ErrorCode.PROPERTY_CONSTRAINT_VIOLATION, error_description=str(exc)[:500])
-        except Exception:  # noqa: BLE001 - a handler bug must become a CALLERROR, not a crash
-            log.exception("%s: %s handler failed for %s", self.name, call.action, call.charge_point_id)
-            return OcppReply(error_code=ErrorCode.INTERNAL_ERROR, error_description="internal error")
+        except Exception as exc:  # noqa: BLE001 - a handler bug must become a CALLERROR, not a crash
+            self._report(exc, f"{call.action} handler failed for {call.charge_point_id}")
+            description = "temporarily unavailable" if outage_of(exc) else "internal error"
+            return OcppReply(error_code=ErrorCode.INTERNAL_ERROR, error_description=description)
 
     async def _handle_command(self, command: Command) -> CommandResult:
+        started = time.perf_counter()
+        with log_context(charge_point_id=command.charge_point_id, action=command.action):
+            result = await self._run_command(command)
+        self.metrics.command(command.action, result.status, time.perf_counter() - started)
+        return result
+
+    async def _run_command(self, command: Command) -> CommandResult:
         handler = self.commands.get(command.action)
         if handler is None:
             return CommandResult(status="unsupported", charge_point_id=command.charge_point_id, action=command.action)
@@ -368,8 +498,8 @@ class Service:
                                  error_code=exc.code, error_description=exc.description, error_details=exc.details)
         except ApiError as exc:
             return ctx.refuse(str(exc))
-        except Exception:  # noqa: BLE001
-            log.exception("%s: command %s failed for %s", self.name, command.action, command.charge_point_id)
+        except Exception as exc:  # noqa: BLE001
+            self._report(exc, f"command {command.action} failed for {command.charge_point_id}")
             return CommandResult(status="invalid", charge_point_id=command.charge_point_id, action=command.action,
                                  error_code=ErrorCode.INTERNAL_ERROR, error_description="internal error")
 
@@ -393,23 +523,65 @@ class Service:
             return ApiReply(ok=False, status=exc.status, error=str(exc))
         except (ValidationError, ValueError, KeyError, TypeError) as exc:
             return ApiReply(ok=False, status=400, error=str(exc)[:500])
-        except Exception:  # noqa: BLE001
-            log.exception("%s: api %s failed", self.name, request.operation)
+        except Exception as exc:  # noqa: BLE001
+            self._report(exc, f"api {request.operation} failed")
+            if outage_of(exc):
+                return ApiReply(ok=False, status=503, error="temporarily unavailable")
             return ApiReply(ok=False, status=500, error="internal error")
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        self._enter()
+        try:
+            headers = message.headers or {}
+            with log_context(correlation_id=_text(headers.get(CORRELATION_HEADER))), \
+                    tracing.tracer().start_as_current_span(
+                        f"{self.name} event {message.routing_key}", context=tracing.extract(headers),
+                        kind=tracing.SpanKind.CONSUMER, attributes={"csms.service": self.name}):
+                await self._handle_event(message)
+        finally:
+            self._leave()
+
+    async def _handle_event(self, message: AbstractIncomingMessage) -> None:
         event_type = message.routing_key or ""
         handler = self.events.get(event_type)
         try:
             if handler is not None:
                 model = self.event_models.get(event_type)
                 event = model.model_validate_json(message.body) if model else json.loads(message.body)
-                await handler(ServiceContext(self), event)
-        except Exception:  # noqa: BLE001 - one bad event must not stop the consumer
+                charge_point_id = getattr(event, "charge_point_id", None) if model else None
+                with log_context(charge_point_id=charge_point_id):
+                    await handler(ServiceContext(self), event)
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the consumer
+            if outage_of(exc) is not None:
+                # not the event's fault: keep it, and try again after a pause (no hot redelivery loop)
+                self._report(exc, f"event {event_type} not handled; requeued")
+                await asyncio.sleep(self.settings.backoff_initial)
+                await _settle(message.nack(requeue=True))
+                self.metrics.message("event", "requeued")
+                return
             log.exception("%s: event handler for %s failed; event dead-lettered", self.name, message.routing_key)
-            await message.reject(requeue=False)
+            await _settle(message.reject(requeue=False))
+            self.metrics.dead_letter(event_type if event_type in self.events else "other")
+            self.metrics.message("event", "dead_lettered")
             return
-        await message.ack()
+        await _settle(message.ack())
+        self.metrics.message("event", "ok")
+
+
+async def _settle(settlement: Awaitable[Any]) -> None:
+    """Ack/nack/reject a delivery. When its channel is already gone (an outage), RabbitMQ redelivers the
+    message to the next consumer by itself, so there is nothing left to do."""
+    try:
+        await settlement
+    except (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPConnectionError,
+            aiormq.exceptions.ChannelClosed, ConnectionError):
+        log.debug("delivery not settled: its channel closed (it will be redelivered)")
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return None if value is None else str(value)
 
 
 def _params_model(fn: Callable) -> type[BaseModel] | None:
@@ -440,15 +612,3 @@ def _jsonable(result: Any) -> Any:
 
 async def _forward_as_is(ctx: CommandContext, request: OcppModel) -> CommandResult:
     return await ctx.forward()
-
-
-async def run_services(services: list[Service], settings: Settings | None = None) -> None:
-    """Start services and run until cancelled."""
-    started = []
-    try:
-        for service in services:
-            started.append(await service.start(settings))
-        await asyncio.Event().wait()
-    finally:
-        for service in reversed(started):
-            await service.stop()

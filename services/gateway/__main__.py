@@ -1,12 +1,5 @@
-import asyncio
-import logging
+"""``python -m services.gateway``: the websocket gateway as its own process (drains on SIGTERM)."""
+from csms.ops.lifecycle import main
+from services.gateway.app import Gateway
 
-from csms.config import load_settings
-from services.gateway.app import main
-
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-settings = load_settings()
-try:
-    asyncio.run(main(settings))
-except KeyboardInterrupt:
-    pass
+main("gateway", lambda settings: [Gateway(settings)])

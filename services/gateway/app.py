@@ -8,6 +8,9 @@
   one outstanding CSMS->CP call per charge point, with a timeout.
 * The newest connection for a charge point id wins: the older one is closed, here or on any other
   gateway instance (an ``evict`` control message routed by charge point id).
+* Drain (SIGTERM, :meth:`Gateway.drain`): stop accepting, then close each socket with 1001 spread over
+  ``GATEWAY_DRAIN_SECONDS``; before a socket closes, the CALL being handled is answered, queued CALLs
+  and new commands fail fast, and the disconnect is published.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import binascii
 import json
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -29,12 +33,16 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from csms import ocpp16
-from csms.bus import KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key
+from csms.bus import CORRELATION_HEADER, KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key
 from csms.client import ApiCallFailed, call_api
 from csms.config import Settings
 from csms.contracts.bus import Command, CommandResult, OcppCall, OcppReply
 from csms.contracts.events import StationConnected, StationDisconnected
 from csms.ocpp16 import CALL, CALLERROR, CALLRESULT, ErrorCode, OcppError
+from csms.ops import logs, tracing
+from csms.ops.logs import OutageLog, log_context, outage_of
+from csms.ops.metrics import Metrics
+from csms.ops.retry import until_connected
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +51,9 @@ PATH = re.compile(r"^/ocpp/([^/?#]+)/?$")
 CHARGE_POINT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 CLOSE_REPLACED = 4000
 HAND_OVER_GRACE = 60.0  # seconds a stale binding stays silent after another instance took over
-MAX_QUEUED_CALLS = 64  # CALLs a charge point may have waiting (it should send one at a time)  # application close code: a newer connection took over this charge point id
+MAX_QUEUED_CALLS = 64  # CALLs a charge point may have waiting (it should send one at a time)
+CLOSE_GOING_AWAY = 1001  # the gateway is shutting down (drain): reconnect, to another instance
+CLOSE_TRY_AGAIN_LATER = 1013  # the connection could not be registered (RabbitMQ unreachable)
 
 
 @dataclass
@@ -57,14 +67,21 @@ class Link:
     call_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: dict[str, asyncio.Future] = field(default_factory=dict)
     close_reason: str = ""
+    draining: bool = False  # closing for a drain: queued CALLs and new commands fail fast
+    busy: bool = False  # a CALL is being handled
 
 
 class Gateway:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
         self.instance = self.settings.gateway_instance
-        self.bus = Bus(self.settings)
+        self.name = "gateway"
+        self.metrics = Metrics("gateway")
+        self.outages = OutageLog()
+        self.bus = Bus(self.settings, metrics=self.metrics)
         self.rpc = RpcClient(self.bus)
+        self.started = False
+        self.draining = False
         self.links: dict[str, Link] = {}
         # charge points whose handshake bound our queue but whose Link is not registered yet
         self._arriving: dict[str, tuple[str, asyncio.Event]] = {}
@@ -75,9 +92,14 @@ class Gateway:
         self._tasks: set[asyncio.Task] = set()
 
     # ---- lifecycle ----------------------------------------------------------------------
-    async def start(self) -> "Gateway":
+    async def start(self, settings: Settings | None = None) -> "Gateway":
+        """Connect to RabbitMQ (waiting with backoff), then listen. ``settings`` is accepted for the process
+        runtime and must be the gateway's own when given."""
         ocpp16.warm_up()
-        await self.bus.connect()
+        self.bus.outages = self.outages
+        self.outages.listeners.append(self.metrics.reconnected)
+        await until_connected(self.bus.connect, dependency="rabbitmq", outages=self.outages, what="gateway starting",
+                              initial=self.settings.backoff_initial, maximum=self.settings.backoff_max)
         await self.rpc.start()
         self.queue = await self.bus.channel.declare_queue(
             self.settings.name(f"gateway.{self.instance}"), exclusive=True, auto_delete=True
@@ -91,14 +113,63 @@ class Gateway:
             process_response=self._process_response,
             ping_interval=30, ping_timeout=30, max_size=2 ** 20,
         )
+        self.metrics.connected(0)
+        self.started = True
         log.info("gateway %s listening on %s:%s", self.instance, self.settings.gateway_host, self.port)
         return self
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: listening and not draining, RabbitMQ up with the command consumer."""
+        checks = {"started": self.started, "not_draining": not self.draining,
+                  "listening": self.server is not None and self.server.is_serving(),
+                  "rabbitmq": self.bus.connected, "consumers": self.queue is not None and self.bus.connected}
+        redis = getattr(self, "redis", None)  # presence keys, when the gateway keeps them
+        if redis is not None:
+            try:
+                checks["redis"] = bool(await asyncio.wait_for(redis.ping(), 2.0))
+            except Exception as exc:  # noqa: BLE001
+                checks["redis"] = False
+                self.outages.failed("redis", exc, "readiness check")
+        return checks
+
+    async def drain(self) -> None:
+        """Stop accepting; close every charge point with 1001, spread over GATEWAY_DRAIN_SECONDS so they do not
+        all reconnect at once, each after its CALL in flight is answered; wait until every disconnect is
+        published."""
+        self.draining = True
+        if self.server is None:
+            return
+        self.server.close(close_connections=False)  # no new sockets; opening handshakes get 503
+        links = list(self.links.values())
+        window = self.settings.gateway_drain_seconds
+        log.info("draining %d charge points over %.1f s", len(links), window)
+        step = window / len(links) if links else 0.0
+        closing = [self._spawn(self._drain_link(link, index * step)) for index, link in enumerate(links)]
+        await asyncio.gather(*closing, return_exceptions=True)
+        await self.server.wait_closed()  # every handler has returned: the disconnects are published
+        log.info("gateway %s drained", self.instance)
+
+    async def _drain_link(self, link: Link, delay: float) -> None:
+        await asyncio.sleep(delay)
+        with log_context(charge_point_id=link.charge_point_id):
+            link.draining = True
+            while not link.inbound.empty():  # CALLs not started yet: fail fast, the charge point resends them
+                message_id, action, _, _ = link.inbound.get_nowait()
+                with log_context(message_id=message_id, action=action):
+                    await self._send_error(link, message_id, OcppError(
+                        ErrorCode.GENERIC_ERROR, "gateway shutting down; send it again after reconnecting"))
+            deadline = time.monotonic() + self.settings.call_timeout + 1.0
+            while (link.busy or link.pending) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)  # the CALL in flight gets its answer, a command its reply
+            link.close_reason = "gateway shutting down"
+            await link.ws.close(CLOSE_GOING_AWAY, link.close_reason)
 
     @property
     def port(self) -> int:
         return self.server.sockets[0].getsockname()[1] if self.server else self.settings.gateway_port
 
     async def stop(self) -> None:
+        self.started = False
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -107,6 +178,8 @@ class Gateway:
             task.cancel()
         await self.rpc.stop()
         await self.bus.close()
+        if self.metrics.reconnected in self.outages.listeners:
+            self.outages.listeners.remove(self.metrics.reconnected)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -116,6 +189,10 @@ class Gateway:
 
     # ---- websocket side -----------------------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.draining or not self.bus.connected:
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "gateway unavailable, try again\n")
+            response.headers["Retry-After"] = "5"
+            return response
         match = PATH.match(request.path.split("?", 1)[0])
         if not match:
             return connection.respond(HTTPStatus.NOT_FOUND, "expected /ocpp/{chargePointId}\n")
@@ -123,6 +200,8 @@ class Gateway:
         if not CHARGE_POINT_ID.match(charge_point_id):
             return connection.respond(HTTPStatus.BAD_REQUEST, "invalid charge point id\n")
         if self.settings.gateway_auth == "basic" and not await self._authenticated(charge_point_id, request):
+            self.metrics.auth_failure("refused")
+            log.warning("%s: charge point authentication failed", charge_point_id)
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "charge point authentication failed\n")
             response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
             return response
@@ -140,12 +219,28 @@ class Gateway:
         self._arriving[cp] = (session, asyncio.Event())
         # Evict the charge point on any other gateway instance before binding our queue, so
         # every command published after the binding finds the old holder already gone.
-        await self.bus.publish(
-            self.bus.names.gateway, cp, json.dumps({"op": "evict", "session": session}).encode(),
-            type=KIND_CONTROL, headers={"instance": self.instance},
-        )
-        await self.queue.bind(self.bus.names.gateway, cp)
+        try:
+            await self.bus.publish(
+                self.bus.names.gateway, cp, json.dumps({"op": "evict", "session": session}).encode(),
+                type=KIND_CONTROL, headers={"instance": self.instance},
+            )
+            await self.queue.bind(self.bus.names.gateway, cp)
+        except Exception as exc:  # noqa: BLE001 - RabbitMQ went away during the handshake
+            if self._arriving.get(cp, (None,))[0] == session:
+                del self._arriving[cp]
+            self._report(exc, f"handshake of {cp}")
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "gateway unavailable, try again\n")
+            response.headers["Retry-After"] = "5"
+            return response
         return None
+
+    def _report(self, exc: BaseException, what: str) -> None:
+        """One rate-limited line when a dependency is down, else the traceback."""
+        dependency = outage_of(exc)
+        if dependency is not None:
+            self.outages.failed(dependency, exc, what)
+        else:
+            log.error("%s failed", what, exc_info=exc)
 
     async def _authenticated(self, charge_point_id: str, request: Request) -> bool:
         """HTTP Basic auth (OCPP security profiles 1 and 2): user = charge point id, password = its
@@ -170,8 +265,15 @@ class Gateway:
 
     async def _handler(self, ws: ServerConnection) -> None:
         charge_point_id = unquote(PATH.match(ws.request.path.split("?", 1)[0]).group(1))
+        logs.bind(charge_point_id=charge_point_id)  # every log line of this connection names it
         link = Link(charge_point_id, ws, session=ws.csms_session)
-        await self._attach(link)
+        try:
+            await self._attach(link)
+        except Exception as exc:  # noqa: BLE001 - the connection could not be announced: let it come back
+            self._report(exc, f"registering {charge_point_id}")
+            await ws.close(CLOSE_TRY_AGAIN_LATER, "central system unavailable, try again")
+            await self._detach(link, CLOSE_TRY_AGAIN_LATER, "central system unavailable")
+            return
         worker = self._spawn(self._call_worker(link))
         code, reason = None, ""
         try:
@@ -197,6 +299,7 @@ class Gateway:
         if old is not None:
             old.close_reason = "replaced by a newer connection"
             await old.ws.close(CLOSE_REPLACED, old.close_reason)
+        self.metrics.connected(len(self.links))
         remote = link.ws.remote_address
         await self.bus.publish_event(StationConnected(
             charge_point_id=cp, gateway=self.instance, session=link.session,
@@ -211,6 +314,7 @@ class Gateway:
                 fut.set_exception(ConnectionError("charge point disconnected"))
         if self.links.get(cp) is link:
             del self.links[cp]
+            self.metrics.connected(len(self.links))
             if cp in self._arriving:  # a newer connection is taking over: keep its binding
                 return await self._publish_disconnected(link, code, reason)
             try:
@@ -236,6 +340,7 @@ class Gateway:
             pass
 
     async def _send_error(self, link: Link, message_id: str, error: OcppError) -> None:
+        log.warning("CALLERROR %s for message %s: %s", error.code, message_id, error.description)
         await self._send(link, [CALLERROR, message_id, error.code, error.description, error.details])
 
     async def _on_frame(self, link: Link, raw: str | bytes) -> None:
@@ -267,7 +372,7 @@ class Gateway:
                 await self._send_error(link, message_id, OcppError(
                     ErrorCode.GENERIC_ERROR, f"too many CALLs waiting (at most {MAX_QUEUED_CALLS}); send one at a time"))
                 return
-            link.inbound.put_nowait((message_id, frame[2], frame[3]))
+            link.inbound.put_nowait((message_id, frame[2], frame[3], time.perf_counter()))
         elif kind in (CALLRESULT, CALLERROR):
             fut = link.pending.get(message_id)
             if fut is None or fut.done():
@@ -281,15 +386,34 @@ class Gateway:
     async def _call_worker(self, link: Link) -> None:
         """Handle the charge point's CALLs one at a time, in the order they came."""
         while True:
-            message_id, action, payload = await link.inbound.get()
+            message_id, action, payload, received = await link.inbound.get()
+            link.busy = True
             try:
-                result = await self._handle_call(link, message_id, action, payload)
-                await self._send(link, [CALLRESULT, message_id, result])
-            except OcppError as error:
-                await self._send_error(link, message_id, error)
-            except Exception:  # noqa: BLE001 - never let one frame kill the connection
-                log.exception("%s: %s failed", link.charge_point_id, action)
-                await self._send_error(link, message_id, OcppError(ErrorCode.INTERNAL_ERROR, "internal error"))
+                with log_context(message_id=message_id, action=action, correlation_id=uuid.uuid4().hex[:16]), \
+                        tracing.tracer().start_as_current_span(
+                        f"ocpp.call {action if isinstance(action, str) else '?'}", kind=tracing.SpanKind.SERVER,
+                        attributes={"ocpp.charge_point_id": link.charge_point_id, "ocpp.message_id": message_id}):
+                    outcome = await self._answer(link, message_id, action, payload)
+                self.metrics.call(action, outcome, time.perf_counter() - received)
+            finally:
+                link.busy = False
+
+    async def _answer(self, link: Link, message_id: str, action: str, payload: Any) -> str:
+        """Answer one CALL; returns the outcome for the metrics (``result`` or the CALLERROR code)."""
+        try:
+            if link.draining:
+                raise OcppError(ErrorCode.GENERIC_ERROR, "gateway shutting down; send it again after reconnecting")
+            result = await self._handle_call(link, message_id, action, payload)
+            await self._send(link, [CALLRESULT, message_id, result])
+            return "result"
+        except OcppError as error:
+            await self._send_error(link, message_id, error)
+            return error.code
+        except Exception as exc:  # noqa: BLE001 - never let one frame kill the connection
+            self._report(exc, f"{action} from {link.charge_point_id}")
+            description = "central system temporarily unavailable" if outage_of(exc) else "internal error"
+            await self._send_error(link, message_id, OcppError(ErrorCode.INTERNAL_ERROR, description))
+            return ErrorCode.INTERNAL_ERROR
 
     async def _handle_call(self, link: Link, message_id: str, action: str, payload: Any) -> dict:
         if action not in ocpp16.ALL_CP_TO_CSMS:
@@ -324,7 +448,16 @@ class Gateway:
             return
         if message.type != KIND_COMMAND:
             return
-        self._spawn(self._run_command(cp, message))
+        headers = message.headers or {}
+        correlation = headers.get(CORRELATION_HEADER)
+        with log_context(charge_point_id=cp, correlation_id=correlation.decode() if isinstance(correlation, bytes)
+                         else correlation):
+            self._spawn(self._traced_command(cp, message, tracing.extract(headers)))
+
+    async def _traced_command(self, cp: str, message: AbstractIncomingMessage, context: Any) -> None:
+        with tracing.tracer().start_as_current_span("ocpp.command", context=context, kind=tracing.SpanKind.SERVER,
+                                                    attributes={"ocpp.charge_point_id": cp}):
+            await self._run_command(cp, message)
 
     async def _on_control(self, cp: str, message: AbstractIncomingMessage) -> None:
         if (message.headers or {}).get("instance") == self.instance:
@@ -354,7 +487,13 @@ class Gateway:
         except ValueError:
             log.warning("malformed command for %s dropped", cp)
             return
+        logs.bind(action=command.action)
         link = await self._link_for(cp)
+        if link is not None and link.draining:
+            await self.bus.reply(message, CommandResult(
+                status="offline", charge_point_id=cp, action=command.action,
+                error_description="gateway shutting down; the charge point reconnects to another instance"))
+            return
         if link is None:
             handed_over = self._handed_over.get(cp)
             if handed_over is not None and asyncio.get_running_loop().time() - handed_over < HAND_OVER_GRACE:
@@ -380,6 +519,7 @@ class Gateway:
                 async with link.call_lock:  # one outstanding CSMS->CP call per charge point
                     fut = asyncio.get_running_loop().create_future()
                     link.pending[message_id] = fut
+                    logs.bind(message_id=message_id)
                     try:
                         await link.ws.send(json.dumps([CALL, message_id, command.action, command.payload]))
                         frame = await fut
@@ -404,11 +544,3 @@ class Gateway:
                                  error_code=exc.code, error_description=exc.description, error_details=exc.details,
                                  **base)
         return CommandResult(status="answered", payload=frame[2], **base)
-
-
-async def main(settings: Settings | None = None) -> None:
-    gateway = await Gateway(settings).start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await gateway.stop()

@@ -15,6 +15,7 @@ from csms.bus import Names
 from csms.client import CsmsClient
 from csms.config import Settings
 from csms.db import dsn, migrate
+from csms.ops.logs import OutageLog
 from csms.service import Service
 from services.gateway.app import Gateway
 from tests.support.infra import Infrastructure
@@ -27,7 +28,8 @@ def make_settings(infra: Infrastructure, **overrides) -> Settings:
                   database_schema=f"test_{token}", db_pool_min=1, db_pool_max=4, namespace=namespace,
                   gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0,
                   files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0, ftp_port=0,
-                  files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"))  # made on first use
+                  files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"),  # made on first use
+                  ops_host="127.0.0.1", ops_port=0, backoff_initial=0.1, backoff_max=1.0, log_repeat_seconds=5.0)
     values.update(overrides)
     return Settings(**values)
 
@@ -47,9 +49,12 @@ async def drop_schema(settings: Settings) -> None:
 
 
 class System:
-    def __init__(self, settings: Settings, services: list[Service], gateways: int = 1):
+    def __init__(self, settings: Settings, services: list[Service], gateways: int = 1,
+                 outages: OutageLog | None = None):
         self.settings = settings
         self.services = services
+        # like one process: the parts share one outage log (one line per outage); else one each
+        self.outages = outages
         self.gateways: list[Gateway] = []
         self._gateway_count = gateways
         self.client: CsmsClient | None = None
@@ -59,10 +64,13 @@ class System:
         self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True)
         await create_schema(self.settings)
         for service in self.services:
+            service.outages = self.outages or OutageLog()
             await service.start(self.settings)
         for index in range(self._gateway_count):
             settings = self.settings.replace(gateway_instance=f"gw{index}-{uuid.uuid4().hex[:6]}")
-            self.gateways.append(await Gateway(settings).start())
+            gateway = Gateway(settings)
+            gateway.outages = self.outages or gateway.outages
+            self.gateways.append(await gateway.start())
         self.client = await CsmsClient(self.settings).__aenter__()
         return self
 
@@ -82,20 +90,30 @@ class System:
         await self.cleanup()
 
     async def cleanup(self) -> None:
-        if self.settings.files_root.startswith(tempfile.gettempdir()):
-            shutil.rmtree(self.settings.files_root, ignore_errors=True)
-        keys = [key async for key in self.redis.scan_iter(f"{self.settings.namespace}:*", count=1000)]
-        if keys:
-            await self.redis.delete(*keys)
         await self.redis.aclose()
-        await drop_schema(self.settings)
-        connection = await aio_pika.connect(self.settings.amqp_url)
-        async with connection:
-            channel = await connection.channel()
-            for service in self.services:
-                for suffix in ("", ".events"):
-                    await channel.queue_delete(self.settings.name(f"svc.{service.name}{suffix}"))
-            names = Names.of(self.settings)
-            await channel.queue_delete(names.dead_letter)
-            for name in vars(names).values():
-                await channel.exchange_delete(name)
+        await remove_test_system(self.settings, self.services)
+
+
+async def remove_test_system(settings: Settings, services: list[Service]) -> None:
+    """Remove what a test system (in this process or a subprocess) left: files, Redis keys, the PostgreSQL
+    schema, the RabbitMQ queues and exchanges of its namespace."""
+    if settings.files_root.startswith(tempfile.gettempdir()):
+        shutil.rmtree(settings.files_root, ignore_errors=True)
+    redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        keys = [key async for key in redis.scan_iter(f"{settings.namespace}:*", count=1000)]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()
+    await drop_schema(settings)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for service in services:
+            for suffix in ("", ".events"):
+                await channel.queue_delete(settings.name(f"svc.{service.name}{suffix}"))
+        names = Names.of(settings)
+        await channel.queue_delete(names.dead_letter)
+        for name in vars(names).values():
+            await channel.exchange_delete(name)

@@ -1,0 +1,61 @@
+"""Every entry point checks its settings first: a bad value is one line naming it and exit status 2; the
+effective security-relevant settings are logged at start, never a secret."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from csms.config import Settings, load_settings
+from csms.ops.lifecycle import security_summary
+from tests.support.process import ROOT
+
+
+def run(module: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("module", ["services.gateway", "services.stations", "services.all"])
+def test_a_bad_setting_exits_2_with_one_line_naming_it(module):
+    result = run(module, GATEWAY_AUTH="basci")
+    assert result.returncode == 2
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines == ["invalid setting GATEWAY_AUTH='basci': Input should be 'none' or 'basic'"]
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"OPS_PORT": "70000"}, "OPS_PORT='70000'"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
+    ({"GATEWAY_DRAIN_SECONDS": "soon"}, "GATEWAY_DRAIN_SECONDS='soon'"),
+    ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER='jaeger'"),
+    ({"RECONNECT_BACKOFF_INITIAL": "10", "RECONNECT_BACKOFF_MAX": "1"},
+     "RECONNECT_BACKOFF_INITIAL must not exceed RECONNECT_BACKOFF_MAX"),
+])
+def test_operations_settings_are_checked(env, named, monkeypatch, capsys):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("invalid setting ") and named in line
+
+
+def test_security_summary_says_what_is_open_and_never_a_secret():
+    settings = Settings(gateway_auth="none", files_operator_token="s3cret-token-value",
+                        amqp_url="amqp://csms:rabbit-pass@rabbitmq:5672/", redis_url="redis://:redis-pass@redis:6379/0",
+                        database_url="postgresql://csms:pg-pass@postgres:5432/csms")
+    lines = security_summary(settings)
+    text = "\n".join(line for _, line in lines)
+    for secret in ("s3cret-token-value", "rabbit-pass", "redis-pass", "pg-pass"):
+        assert secret not in text
+    assert "GATEWAY_AUTH=none" in text and "FILES_OPERATOR_TOKEN set" in text
+    assert any(level >= 30 and "NOT authenticated" in line for level, line in lines)
+    closed = security_summary(settings.replace(gateway_auth="basic"))
+    assert not any("NOT authenticated" in line for _, line in closed)
+    assert any("FILES_OPERATOR_TOKEN is not set" in line for _, line in
+               security_summary(settings.replace(files_operator_token="")))
