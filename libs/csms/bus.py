@@ -3,7 +3,7 @@
 Exchanges (all prefixed with the namespace, e.g. ``csms.``):
 
 * ``ocpp.calls``   topic  -- charge point CALLs, routing key ``call.<Action>``, to the owning service.
-* ``ocpp.gateway`` direct -- commands for a charge point, routing key ``<chargePointId>``; each gateway
+* ``ocpp.gateway`` direct -- commands for a charge point, routing key :func:`charge_point_route`; each gateway
                              instance binds its own queue once per connected charge point.
 * ``commands``     topic  -- CSMS->CP commands from any client, routing key ``command.<Action>``, to the
                              service that owns the action (it applies domain rules, then forwards).
@@ -19,6 +19,7 @@ fails at once instead of vanishing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -64,6 +65,21 @@ def call_key(action: str) -> str:
 
 def command_key(action: str) -> str:
     return f"command.{action}"
+
+
+MAX_ROUTING_KEY_BYTES = 255  # AMQP short string
+
+
+def charge_point_route(charge_point_id: str) -> str:
+    """The routing key of a charge point on the gateway exchange.
+
+    ``i:<id>`` when that fits AMQP's 255 bytes, else ``h:<sha256 of the id>``: any printable id works, and the
+    prefixes keep an id that looks like a digest from ever sharing another id's route.
+    """
+    raw = charge_point_id.encode("utf-8", "surrogatepass")
+    if len(raw) + 2 <= MAX_ROUTING_KEY_BYTES:
+        return "i:" + charge_point_id
+    return "h:" + hashlib.sha256(raw).hexdigest()
 
 
 def api_key(service: str, operation: str) -> str:

@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     gateway_auth: Literal["none", "basic"] = _env("GATEWAY_AUTH", "none")
     # longest charge point id accepted (the percent-decoded last path segment)
     max_charge_point_id_length: int = _env("CSMS_MAX_CHARGE_POINT_ID_LENGTH", 64, ge=1, le=255)
+    # seconds a charge point's presence key (gateway instance, session) lives without a refresh; the gateway
+    # refreshes its charge points every third of it, so a crashed gateway's charge points go offline by themselves
+    gateway_presence_ttl: float = _env("GATEWAY_PRESENCE_TTL", 90.0, ge=0.3, le=86400)
+    # same-id flapping: a take-over of a live charge point id beyond GATEWAY_FLAP_TAKEOVERS within
+    # GATEWAY_FLAP_WINDOW seconds refuses newcomers (HTTP 429, Retry-After) for GATEWAY_FLAP_BACKOFF seconds,
+    # doubling at each new episode up to GATEWAY_FLAP_BACKOFF_MAX; the current holder keeps the id
+    gateway_flap_window: float = _env("GATEWAY_FLAP_WINDOW", 60.0, gt=0, le=86400)
+    gateway_flap_takeovers: int = _env("GATEWAY_FLAP_TAKEOVERS", 5, ge=1, le=10000)
+    gateway_flap_backoff: float = _env("GATEWAY_FLAP_BACKOFF", 10.0, gt=0, le=86400)
+    gateway_flap_backoff_max: float = _env("GATEWAY_FLAP_BACKOFF_MAX", 600.0, gt=0, le=86400)
     # seconds the gateway waits for a service to answer a charge point's CALL
     call_timeout: float = _env("CSMS_CALL_TIMEOUT", 15.0, gt=0, le=600)
     # default seconds a CSMS->CP command waits for the charge point's answer

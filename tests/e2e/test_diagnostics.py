@@ -29,7 +29,7 @@ UTC = timezone.utc
 async def system(settings, tmp_path):
     """Gateway + stations and diagnostics; file servers on free ports, files under tmp_path."""
     from services.diagnostics.service import service as diagnostics_service
-    from services.stations.service import service as stations_service
+    from services.stations.handlers import service as stations_service
 
     settings = settings.replace(files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0,
                                    ftp_port=0, files_root=str(tmp_path / "files"), upload_ttl=60,

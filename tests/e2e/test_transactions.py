@@ -14,7 +14,7 @@ from ocpp.v16 import call
 
 from csms.client import ApiCallFailed
 from csms.contracts.base import format_utc
-from services.stations.service import service as stations_service
+from services.stations.handlers import service as stations_service
 from services.transactions.service import service as transactions_service
 from tests.support.chargepoint import connect
 from tests.support.system import System
