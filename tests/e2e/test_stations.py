@@ -84,6 +84,7 @@ async def test_firmware_status_notification(system, cp_id):
 @pytest.mark.ocpp("DataTransfer")
 async def test_data_transfer_from_charge_point(system, cp_id):
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
         result = await cp.call_ok(call.DataTransfer(vendor_id="com.example", message_id="x", data="{}"))
         assert result.status == "UnknownVendorId"
         await system.api("stations", "register_vendor", vendor_id="com.example")
@@ -107,7 +108,10 @@ async def test_commands_over_the_bus(system, cp_id):
         config = result.response(GetConfigurationResponse)
         assert {item.key for item in config.configuration_key} == {"HeartbeatInterval", "NumberOfConnectors"}
     station = await system.api("stations", "get_station", charge_point_id=cp_id)
-    assert station["configuration"]["NumberOfConnectors"] == {"value": "2", "readonly": True}
+    assert station["configuration"]["NumberOfConnectors"]["value"] == "2"
+    assert station["configuration"]["NumberOfConnectors"]["readonly"] is True
+    assert station["configuration"]["NumberOfConnectors"]["source"] == "GetConfiguration"
+    assert station["configuration"]["HeartbeatInterval"]["value"] == "300"  # as last reported
 
 
 async def test_concurrent_commands_to_many_charge_points(system):
@@ -183,6 +187,7 @@ async def test_clear_cache(system, cp_id):
 @pytest.mark.ocpp("TriggerMessage", "StatusNotification")
 async def test_trigger_message_makes_the_charge_point_report(system, cp_id):
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
         def trigger(kwargs):
             async def answer_then_report():
                 # the charge point answers first, then sends the triggered message
@@ -223,12 +228,18 @@ async def test_data_transfer_to_charge_point(system, cp_id):
 
 
 async def test_failed_event_handling_is_dead_lettered_not_lost(system, cp_id):
-    """If a service cannot handle an event (here: Redis refuses the write), the event is kept."""
+    """If a service cannot handle an event (here: its table is gone), the event is kept."""
     import aio_pika
+    import asyncpg
 
     from csms.contracts.events import StationConnected
+    from csms.db import dsn
 
-    await system.redis.set(system.settings.key("station", cp_id), "not-a-hash")  # HSET will fail
+    connection = await asyncpg.connect(dsn(system.settings))
+    try:  # the stations service records connections in st_stations: make that write fail
+        await connection.execute(f'ALTER TABLE "{system.settings.database_schema}".st_stations RENAME TO gone')
+    finally:
+        await connection.close()
     event = StationConnected(charge_point_id=cp_id, gateway="gw", session="s1")
     await system.client.bus.publish_event(event)
     connection = await aio_pika.connect(system.settings.amqp_url)
