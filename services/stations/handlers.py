@@ -156,7 +156,7 @@ async def unlock_connector(ctx: CommandContext, req: UnlockConnectorRequest) -> 
 async def change_configuration(ctx: CommandContext, req: ChangeConfigurationRequest) -> CommandResult:
     """Sent as asked. An accepted AuthorizationKey becomes the charge point's Basic-auth password (only its
     hash is kept); one whose answer never came is accepted next to the old one until the charge point uses
-    one of them, so a lost answer locks nobody out."""
+    it (or another key is set), so a lost answer locks nobody out."""
     cp = ctx.charge_point_id
     is_key = req.key == rules.AUTHORIZATION_KEY
     if is_key:
@@ -173,7 +173,7 @@ async def change_configuration(ctx: CommandContext, req: ChangeConfigurationRequ
             await store.set_password(cp, digest, "ChangeConfiguration")
         else:
             ctx.warn("the charge point did not answer: the old and the new AuthorizationKey are both accepted "
-                     "until it authenticates with one of them")
+                     "until it authenticates with the new one")
     if status in ("Accepted", "RebootRequired"):
         value = rules.stored_value(req.key, req.value)
         await store.save_configuration(cp, [ConfigEntry(req.key, value, False, "ChangeConfiguration", status)])
@@ -260,11 +260,9 @@ async def api_admit(ctx: ApiContext, params: AdmitParams) -> AdmitResult:
     if stored is not None:
         if await asyncio.to_thread(credentials.verify, presented, stored.password_hash):
             authenticated = True
-            if stored.pending_hash:
-                await store.settle_password(cp, used_pending=False)
         elif stored.pending_hash and await asyncio.to_thread(credentials.verify, presented, stored.pending_hash):
             authenticated = True
-            await store.settle_password(cp, used_pending=True)
+            await store.promote_pending_password(cp)
     return AdmitResult(authenticated=authenticated, boot_status=boot_status)
 
 

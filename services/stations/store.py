@@ -65,7 +65,7 @@ class StationRecords(Protocol):
     async def credentials(self, cp: str) -> Credentials | None: ...
     async def set_password(self, cp: str, password_hash: str, source: str) -> None: ...
     async def set_pending_password(self, cp: str, pending_hash: str) -> bool: ...
-    async def settle_password(self, cp: str, used_pending: bool) -> None: ...
+    async def promote_pending_password(self, cp: str) -> None: ...
     async def save_configuration(self, cp: str, entries: list[ConfigEntry]) -> None: ...
     async def station(self, cp: str) -> dict[str, Any] | None: ...
     async def configuration(self, cp: str) -> dict[str, dict[str, Any]]: ...
@@ -160,18 +160,13 @@ class PgStationRecords:
             "UPDATE st_credentials SET pending_hash = $2 WHERE charge_point_id = $1", cp, pending_hash)
         return status.endswith(" 1")
 
-    async def settle_password(self, cp: str, used_pending: bool) -> None:
-        """The charge point authenticated: keep the key it used, forget the other."""
-        if used_pending:
-            await self.pool.execute("""
-                UPDATE st_credentials SET password_hash = pending_hash, pending_hash = NULL,
-                    source = 'ChangeConfiguration', set_at = now()
-                WHERE charge_point_id = $1 AND pending_hash IS NOT NULL
-            """, cp)
-        else:
-            await self.pool.execute(
-                "UPDATE st_credentials SET pending_hash = NULL WHERE charge_point_id = $1 AND pending_hash IS NOT NULL",
-                cp)
+    async def promote_pending_password(self, cp: str) -> None:
+        """The charge point authenticated with the pending key: it is the password from now on."""
+        await self.pool.execute("""
+            UPDATE st_credentials SET password_hash = pending_hash, pending_hash = NULL,
+                source = 'ChangeConfiguration', set_at = now()
+            WHERE charge_point_id = $1 AND pending_hash IS NOT NULL
+        """, cp)
 
     async def save_configuration(self, cp: str, entries: list[ConfigEntry]) -> None:
         if not entries:

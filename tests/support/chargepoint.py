@@ -84,10 +84,11 @@ class ChargePoint(OcppChargePoint):
 
 
 @contextlib.asynccontextmanager
-async def connect(url: str, charge_point_id: str | None = None, **kwargs):
-    """Connect a test charge point to ``url`` and serve it until the block ends."""
+async def connect(url: str, charge_point_id: str | None = None, headers: dict[str, str] | None = None, **kwargs):
+    """Connect a test charge point to ``url`` (with extra HTTP ``headers``, e.g. Basic auth) and serve it
+    until the block ends."""
     charge_point_id = charge_point_id or url.rsplit("/", 1)[-1]
-    async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5) as ws:
+    async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5, additional_headers=headers) as ws:
         cp = ChargePoint(charge_point_id, ws, response_timeout=10, **kwargs)
         task = asyncio.create_task(cp.start())
         try:
