@@ -138,7 +138,9 @@ class Gateway:
         await self.bus.close()
 
     def _start_redis_parts(self) -> None:
-        self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True)
+        # short timeouts: Redis trouble must never hold up a handshake (presence and flapping degrade, logged)
+        self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True, socket_timeout=2,
+                                       socket_connect_timeout=2)
         self.presence = Presence(self.redis, self.settings, self.instance)
         self.flaps = FlapGuard(self.redis, self.settings)
         self.presence.start(lambda: [(cp, link.session, link.connected_at) for cp, link in self.links.items()])
