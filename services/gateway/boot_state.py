@@ -29,7 +29,8 @@ def refuse_command(boot_status: str | None, action: str) -> str | None:
     A station that never booted may be commanded (TriggerMessage BootNotification is how an operator brings
     one in after its records were lost)."""
     if boot_status == "Rejected":
-        return f"{action} not sent: the charge point's BootNotification was Rejected, it receives no command ({SECTION})"
+        return (f"{action} not sent: the charge point's BootNotification was Rejected, it receives no command "
+                f"({SECTION})")
     if boot_status == "Pending" and action in NOT_WHILE_PENDING:
         return (f"{action} not sent: the charge point is Pending (BootNotification); it may be queried and "
                 f"configured, but not started or stopped until Accepted ({SECTION})")

@@ -52,8 +52,8 @@ class FlapGuard:
     async def check(self, charge_point_id: str) -> Verdict:
         """Count this handshake if it would take the id over, and say whether to refuse it. Raises RedisError."""
         s = self.settings
-        keys = [s.key("presence", charge_point_id), s.key("gateway", "flap", charge_point_id, "count"),
-                s.key("gateway", "flap", charge_point_id, "backoff"), s.key("gateway", "flap", charge_point_id, "level")]
+        keys = [s.key("presence", charge_point_id)] + [
+            s.key("gateway", "flap", charge_point_id, part) for part in ("count", "backoff", "level")]
         args = [int(s.gateway_flap_window * 1000), s.gateway_flap_takeovers, int(s.gateway_flap_backoff * 1000),
                 int(s.gateway_flap_backoff_max * 1000)]
         refused, wait_ms, takeovers, level, started = await self._check(keys=keys, args=args)

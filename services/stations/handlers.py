@@ -112,7 +112,8 @@ async def status_notification(ctx: CallContext, req: StatusNotificationRequest) 
 
 
 @service.call("FirmwareStatusNotification")
-async def firmware_status(ctx: CallContext, req: FirmwareStatusNotificationRequest) -> FirmwareStatusNotificationResponse:
+async def firmware_status(ctx: CallContext,
+                          req: FirmwareStatusNotificationRequest) -> FirmwareStatusNotificationResponse:
     await records(ctx).save_firmware_status(ctx.charge_point_id, req.status, utc_now())
     await ctx.publish(FirmwareStatusChanged(charge_point_id=ctx.charge_point_id, status=req.status))
     return FirmwareStatusNotificationResponse()

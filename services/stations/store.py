@@ -311,4 +311,4 @@ class RedisLiveState:
             for cp in cps:
                 pipe.exists(self.settings.key("presence", cp))
             found = await pipe.execute()
-        return {cp: bool(n) for cp, n in zip(cps, found)}
+        return {cp: bool(n) for cp, n in zip(cps, found, strict=True)}

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from ocpp.v16 import call
 
 from csms import cli
 from tests.support.chargepoint import connect
@@ -89,14 +88,10 @@ def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
     (["send", "CP-1", "Reset", "{not json"], {}, 2, "payload is not valid JSON"),
     (["send", "CP-1", "Reboot", "{}"], {}, 2, "unknown action 'Reboot'"),
     (["api", "stations", "get_station"], {}, 2, "charge_point_id: Field required"),
-    (["api", "stations", "get_station", "charge_point_id=CP-1", "id=2"], {}, 2, "id: unknown parameter"),
     (["send", "CP-1", "Reset", '{"type": "Soft"}'], {"AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"}, 5,
-     "cannot reach RabbitMQ"),
-    (["api", "stations", "list_stations"], {"AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"}, 5,
      "cannot reach RabbitMQ"),
     (["db", "current"], {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/csms"}, 5, "cannot reach PostgreSQL"),
     (["send", "CP-1", "Reset", '{"type": "Soft"}'], {"GATEWAY_AUTH": "basci"}, 2, "GATEWAY_AUTH"),
-    (["nonsense"], {}, 2, "invalid choice"),
 ])
 def test_errors_are_one_line_never_a_traceback(argv, env, code, message):
     result = run_cli(*argv, env=env)
