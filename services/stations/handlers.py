@@ -25,12 +25,18 @@ from csms.contracts.ocpp16 import (
     StatusNotificationResponse, UnlockConnectorRequest,
 )
 from csms.service import ApiContext, ApiError, CallContext, CommandContext, Service, ServiceContext
-from services.stations import credentials, rules
+from services.stations import credentials, legacy, rules
 from services.stations.store import BootInfo, ConfigEntry, LiveState, PgStationRecords, RedisLiveState, StationRecords
 
 log = logging.getLogger(__name__)
 
 service = Service("stations")
+
+
+@service.on_startup
+async def import_legacy_records(svc: Service) -> None:
+    """Records the previous version kept in Redis only are copied into PostgreSQL once (legacy.py)."""
+    await legacy.import_legacy(svc.redis, svc.db.pool, svc.settings)
 
 
 def records(ctx: ServiceContext) -> StationRecords:

@@ -385,3 +385,52 @@ async def test_api_parameters_are_checked_and_named(system):
     with pytest.raises(ApiCallFailed) as info:
         await system.api("stations", "get_station", charge_point_id="CP-never")
     assert info.value.status == 404
+
+
+async def test_an_upgrade_imports_what_the_previous_version_kept_in_redis(infrastructure):
+    """Before PostgreSQL every station record lived in Redis; without them an upgraded system would answer
+    every charge point 401 (passwords) or SecurityError (boot state)."""
+    import base64
+
+    import redis.asyncio as aioredis
+
+    from services.registry import load_services
+    from services.stations import credentials
+    from tests.support.system import System, make_settings
+
+    settings = make_settings(infrastructure)
+    old = aioredis.from_url(settings.redis_url, decode_responses=True)
+    await old.hset(settings.key("station", "OLD:1"), mapping={
+        "vendor": "ACME", "model": "M1", "serial_number": "", "boot_status": "Accepted",
+        "booted_at": "2026-01-01T00:00:00Z", "connected": "1", "firmware_status": "Installed",
+        "password_hash": credentials.hash_secret(b"0123456789abcdef")})
+    await old.hset(settings.key("station", "OLD:1", "config"), mapping={
+        "HeartbeatInterval": json.dumps({"value": "60", "readonly": False}),
+        "AuthorizationKey": json.dumps({"value": "********", "readonly": False})})
+    await old.set(settings.key("station", "OLD:1", "boot"), "Pending")
+    await old.sadd(settings.key("stations", "registered"), "OLD:1", "NEVER-BOOTED")
+    await old.sadd(settings.key("datatransfer", "vendors"), "com.example")
+    await old.aclose()
+    sut = await System(settings, load_services()).start()
+    try:
+        station = await sut.api("stations", "get_station", charge_point_id="OLD:1")
+        assert (station["vendor"], station["boot_status"], station["boot_override"], station["registered"]) == (
+            "ACME", "Accepted", "Pending", True)
+        assert station["booted_at"] == "2026-01-01T00:00:00Z" and station["firmware_status"] == "Installed"
+        assert station["configuration"]["HeartbeatInterval"]["value"] == "60"
+        assert station["has_password"]
+        admitted = await sut.api("stations", "admit", charge_point_id="OLD:1",
+                                 password_b64=base64.b64encode(b"0123456789abcdef").decode())
+        assert admitted == {"authenticated": True, "boot_status": "Accepted"}
+        assert (await sut.api("stations", "get_station", charge_point_id="NEVER-BOOTED"))["registered"] is True
+        async with connect(sut.url("CP-x")) as cp:
+            await cp.boot()
+            assert (await cp.call_ok(call.DataTransfer(vendor_id="com.example"))).status == "Accepted"
+        # once: a record changed since is not overwritten by the next start
+        from services.stations.handlers import service as stations_service
+        await sut.api("stations", "set_boot_status", charge_point_id="OLD:1", status=None)
+        await stations_service.stop()
+        await stations_service.start(settings)
+        assert (await sut.api("stations", "get_station", charge_point_id="OLD:1"))["boot_override"] is None
+    finally:
+        await sut.stop()
