@@ -10,7 +10,8 @@ Publishes ``station.booted``, ``connector.status_changed``, ``firmware.status_ch
 ``datatransfer.received``, ``station.configuration_changed``; follows ``station.connected`` /
 ``station.disconnected``.
 
-Records in PostgreSQL (``st_*`` tables), hot state in Redis (connector status cache, last seen); presence is
+Records in PostgreSQL (``st_*`` tables; ``legacy.py`` imports what an older version kept in Redis), hot state in
+Redis (connector status cache, last seen); presence is
 the gateway's Redis key. Files: ``handlers.py`` (entry points), ``rules.py`` (decisions), ``credentials.py``
 (passwords), ``store.py`` (storage).
 """
