@@ -71,15 +71,13 @@ MAX_ROUTING_KEY_BYTES = 255  # AMQP short string
 
 
 def charge_point_route(charge_point_id: str) -> str:
-    """The routing key of a charge point on the gateway exchange.
-
-    ``i:<id>`` when that fits AMQP's 255 bytes, else ``h:<sha256 of the id>``: any printable id works, and the
-    prefixes keep an id that looks like a digest from ever sharing another id's route.
-    """
+    """The routing key of a charge point on the gateway exchange: the id itself, or ``#<sha256 of the id>`` for
+    an id longer than AMQP's 255 bytes or starting with ``#`` -- so any printable id works and no id can take
+    another one's digest as its route."""
     raw = charge_point_id.encode("utf-8", "surrogatepass")
-    if len(raw) + 2 <= MAX_ROUTING_KEY_BYTES:
-        return "i:" + charge_point_id
-    return "h:" + hashlib.sha256(raw).hexdigest()
+    if len(raw) <= MAX_ROUTING_KEY_BYTES and not charge_point_id.startswith("#"):
+        return charge_point_id
+    return "#" + hashlib.sha256(raw).hexdigest()
 
 
 def api_key(service: str, operation: str) -> str:

@@ -406,8 +406,9 @@ class Gateway:
             return  # our own take-over: the handler replaces the local link itself
         try:
             data = json.loads(message.body)
-            cp = data["charge_point_id"]
-        except (ValueError, KeyError, TypeError):
+            # (an instance of the previous version names the charge point by the routing key only)
+            cp = data.get("charge_point_id") or message.routing_key
+        except (ValueError, AttributeError):
             log.warning("malformed control message dropped")
             return
         link = self.links.get(cp)

@@ -105,10 +105,11 @@ def test_commands_by_boot_state(status, action, refused):
 
 
 def test_routes_are_unique_and_fit_amqp():
-    assert charge_point_route("CP-1") == "i:CP-1"
+    assert charge_point_route("CP-1") == "CP-1"  # unchanged for every ordinary id (rolling upgrades)
+    assert charge_point_route("DE*ABC*E1") == "DE*ABC*E1"  # a direct exchange has no wildcards
     long_id = "😀" * 64  # 256 bytes of UTF-8
     route = charge_point_route(long_id)
-    assert route.startswith("h:") and len(route.encode()) <= MAX_ROUTING_KEY_BYTES
+    assert route.startswith("#") and len(route.encode()) <= MAX_ROUTING_KEY_BYTES
     # an id that looks like a digest never shares a long id's route
     assert charge_point_route(route) != route
     assert charge_point_route(long_id[:-1]) != route
