@@ -9,7 +9,7 @@ import binascii
 import logging
 
 from csms.contracts.api.stations import (
-    AdmitParams, AdmitResult, ListStationsParams, RegisterParams, RegisterVendorParams, SetBootStatusParams,
+    AdmitParams, AdmitResult, AuthenticateParams, ListStationsParams, RegisterParams, RegisterVendorParams, SetBootStatusParams,
     SetPasswordParams, StationParams, StationSummary, StationView,
 )
 from csms.contracts.base import format_utc, utc_now
@@ -271,6 +271,16 @@ async def api_admit(ctx: ApiContext, params: AdmitParams) -> AdmitResult:
             authenticated = True
             await store.promote_pending_password(cp)
     return AdmitResult(authenticated=authenticated, boot_status=boot_status)
+
+
+@service.api("authenticate")
+async def api_authenticate(ctx: ApiContext, params: AuthenticateParams) -> bool:
+    """Deprecated, for gateways of the previous version during a rolling upgrade: use ``admit``."""
+    stored = await records(ctx).credentials(params.charge_point_id)
+    presented = params.password.encode("utf-8")
+    return stored is not None and any([
+        await asyncio.to_thread(credentials.verify, presented, digest)
+        for digest in (stored.password_hash, stored.pending_hash) if digest])
 
 
 @service.api("register_vendor")

@@ -271,3 +271,11 @@ async def test_a_key_whose_answer_was_lost_locks_nobody_out(basic_auth, cp_id):
     async with connect_ws(basic_auth.url(cp_id), basic(cp_id, key)):
         pass  # the new one, which the charge point uses from now on
     assert await refused(basic_auth, cp_id, b"old-password-123") == 401
+
+
+async def test_gateways_of_the_previous_version_still_authenticate(basic_auth, cp_id):
+    """During a rolling upgrade an old gateway asks ``authenticate`` with the password as text."""
+    await basic_auth.api("stations", "set_password", charge_point_id=cp_id, password="0123456789abcdef")
+    assert await basic_auth.api("stations", "authenticate", charge_point_id=cp_id, password="0123456789abcdef")
+    assert not await basic_auth.api("stations", "authenticate", charge_point_id=cp_id, password="wrong-password")
+    assert not await basic_auth.api("stations", "authenticate", charge_point_id="CP-none", password="x")

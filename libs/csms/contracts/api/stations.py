@@ -60,6 +60,12 @@ class AdmitParams(Params):
         "the Basic-auth password the charge point presented, base64 (any bytes); null: not checked"))
 
 
+class AuthenticateParams(Params):
+    """(Deprecated: gateways of the previous version ask this; ``admit`` replaces it.)"""
+    charge_point_id: ChargePointId
+    password: str = Field(..., max_length=512)
+
+
 class RegisterVendorParams(Params):
     vendor_id: str = Field(..., min_length=1, max_length=255)
 
