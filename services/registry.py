@@ -7,7 +7,7 @@ import importlib
 from csms.service import SERVICES, Service
 
 SERVICE_MODULES: tuple[str, ...] = (
-    "services.stations.service",
+    "services.stations.handlers",
     "services.transactions.service",
     "services.diagnostics.handlers",
     "services.smart_charging.handlers",

@@ -3,7 +3,7 @@
 Exchanges (all prefixed with the namespace, e.g. ``csms.``):
 
 * ``ocpp.calls``   topic  -- charge point CALLs, routing key ``call.<Action>``, to the owning service.
-* ``ocpp.gateway`` direct -- commands for a charge point, routing key ``<chargePointId>``; each gateway
+* ``ocpp.gateway`` direct -- commands for a charge point, routing key :func:`charge_point_route`; each gateway
                              instance binds its own queue once per connected charge point.
 * ``commands``     topic  -- CSMS->CP commands from any client, routing key ``command.<Action>``, to the
                              service that owns the action (it applies domain rules, then forwards).
@@ -19,6 +19,7 @@ fails at once instead of vanishing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -69,6 +70,19 @@ def call_key(action: str) -> str:
 
 def command_key(action: str) -> str:
     return f"command.{action}"
+
+
+MAX_ROUTING_KEY_BYTES = 255  # AMQP short string
+
+
+def charge_point_route(charge_point_id: str) -> str:
+    """The routing key of a charge point on the gateway exchange: the id itself, or ``#<sha256 of the id>`` for
+    an id longer than AMQP's 255 bytes or starting with ``#`` -- so any printable id works and no id can take
+    another one's digest as its route."""
+    raw = charge_point_id.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_ROUTING_KEY_BYTES and not charge_point_id.startswith("#"):
+        return charge_point_id
+    return "#" + hashlib.sha256(raw).hexdigest()
 
 
 def api_key(service: str, operation: str) -> str:

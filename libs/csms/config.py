@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     gateway_auth: Literal["none", "basic"] = _env("GATEWAY_AUTH", "none")
     # longest charge point id accepted (the percent-decoded last path segment)
     max_charge_point_id_length: int = _env("CSMS_MAX_CHARGE_POINT_ID_LENGTH", 64, ge=1, le=255)
+    # seconds a charge point's presence key (gateway instance, session) lives without a refresh; the gateway
+    # refreshes its charge points every third of it, so a crashed gateway's charge points go offline by themselves
+    gateway_presence_ttl: float = _env("GATEWAY_PRESENCE_TTL", 90.0, ge=0.3, le=86400)
+    # same-id flapping: a take-over of a live charge point id beyond GATEWAY_FLAP_TAKEOVERS within
+    # GATEWAY_FLAP_WINDOW seconds refuses newcomers (HTTP 429, Retry-After) for GATEWAY_FLAP_BACKOFF seconds,
+    # doubling at each new episode up to GATEWAY_FLAP_BACKOFF_MAX; the current holder keeps the id
+    gateway_flap_window: float = _env("GATEWAY_FLAP_WINDOW", 60.0, gt=0, le=86400)
+    gateway_flap_takeovers: int = _env("GATEWAY_FLAP_TAKEOVERS", 5, ge=1, le=10000)
+    gateway_flap_backoff: float = _env("GATEWAY_FLAP_BACKOFF", 10.0, gt=0, le=86400)
+    gateway_flap_backoff_max: float = _env("GATEWAY_FLAP_BACKOFF_MAX", 600.0, gt=0, le=86400)
     # seconds the gateway waits for a service to answer a charge point's CALL
     call_timeout: float = _env("CSMS_CALL_TIMEOUT", 15.0, gt=0, le=600)
     # default seconds a CSMS->CP command waits for the charge point's answer
@@ -117,6 +127,9 @@ class Settings(BaseSettings):
     sc_rebalance_interval: float = _env("SMART_CHARGING_REBALANCE_INTERVAL", 300.0, ge=0, le=86400)
     # smart charging: seconds a GetConfiguration sent to learn a charge point's limits waits for its answer
     sc_configuration_timeout: float = _env("SMART_CHARGING_CONFIGURATION_TIMEOUT", 5.0, gt=0, le=600)
+    # smart charging: when to read a charge point's limits (GetConfiguration): on_demand = before the first
+    # SetChargingProfile (no extra traffic in a boot storm), on_boot = also after every accepted BootNotification
+    sc_read_configuration: Literal["on_demand", "on_boot"] = _env("SMART_CHARGING_READ_CONFIGURATION", "on_demand")
 
     # ---- operations (issue 8): logs, health/metrics endpoint, drain, reconnects, traces ----------
     # log lines as one JSON object each (for log collectors) or as text (for people)

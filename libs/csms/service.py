@@ -43,6 +43,7 @@ from pydantic import BaseModel, ValidationError
 from csms import ocpp16
 from csms.bus import (
     CORRELATION_HEADER, KIND_API, KIND_CALL, KIND_COMMAND, Bus, RpcClient, Unroutable, api_key, call_key,
+    charge_point_route,
     command_key,
 )
 from csms.client import call_api
@@ -406,8 +407,8 @@ class Service:
             return CommandResult(status="invalid", charge_point_id=command.charge_point_id, action=command.action,
                                  error_code=exc.code, error_description=exc.description, error_details=exc.details)
         try:
-            body = await self.rpc.call(self.bus.names.gateway, command.charge_point_id, command.to_bytes(),
-                                       timeout=command.timeout + 1.0, kind=KIND_COMMAND)
+            body = await self.rpc.call(self.bus.names.gateway, charge_point_route(command.charge_point_id),
+                                       command.to_bytes(), timeout=command.timeout + 1.0, kind=KIND_COMMAND)
         except Unroutable:
             return CommandResult(status="offline", charge_point_id=command.charge_point_id, action=command.action,
                                  error_description="charge point is not connected")

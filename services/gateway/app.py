@@ -1,13 +1,18 @@
 """OCPP 1.6J websocket gateway.
 
-* ``ws://host:port/ocpp/{chargePointId}``, subprotocol ``ocpp1.6`` (others are refused with 400).
+* ``ws://host:port/ocpp/{chargePointId}``, subprotocol ``ocpp1.6`` (others are refused with 400). Any
+  printable id works (``admission.py``); the handshake asks the stations service, in one round trip, for the
+  station's last boot answer and (``GATEWAY_AUTH=basic``) whether its password is right.
 * OCPP-J framing checks and JSON-schema validation; bad frames get a CALLERROR with the right code.
 * A charge point CALL is forwarded to the owning service over RabbitMQ (RPC) and its answer sent back.
   CALLs of one charge point are handled one at a time, in order.
 * Commands for a charge point arrive on this instance's queue (bound per connected charge point);
   one outstanding CSMS->CP call per charge point, with a timeout.
 * The newest connection for a charge point id wins: the older one is closed, here or on any other
-  gateway instance (an ``evict`` control message routed by charge point id).
+  gateway instance (an ``evict`` control message routed by charge point id) -- unless the id flaps between
+  two live connections (``flapping.py``): then newcomers are refused for a growing back-off.
+* Boot states per OCPP 1.6 section 4.2 are enforced per connection (``boot_state.py``).
+* Presence of each connected charge point is kept in Redis with a TTL (``presence.py``).
 * Drain (SIGTERM, :meth:`Gateway.drain`): stop accepting, then close each socket with 1001 spread over
   ``GATEWAY_DRAIN_SECONDS``; before a socket closes, the CALL being handled is answered, queued CALLs
   and new commands fail fast, and the disconnect is published.
@@ -16,44 +21,51 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
-import re
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote
 
+import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from csms import ocpp16
-from csms.bus import CORRELATION_HEADER, KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key
+from csms.bus import (
+    CORRELATION_HEADER, KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key, charge_point_route,
+)
 from csms.client import ApiCallFailed, call_api
 from csms.config import Settings
+from csms.contracts.api.stations import AdmitResult
+from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import Command, CommandResult, OcppCall, OcppReply
-from csms.contracts.events import StationConnected, StationDisconnected
+from csms.contracts.events import StationConnected, StationDisconnected, StationFlapping
 from csms.ocpp16 import CALL, CALLERROR, CALLRESULT, ErrorCode, OcppError
 from csms.ops import logs, tracing
 from csms.ops.logs import OutageLog, log_context, outage_of
 from csms.ops.metrics import Metrics
 from csms.ops.retry import until_connected
+from services.gateway import admission, boot_state
+from services.gateway.admission import Refused
+from services.gateway.flapping import FlapGuard
+from services.gateway.presence import Presence
 
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "ocpp1.6"
-PATH = re.compile(r"^/ocpp/([^/?#]+)/?$")
-CHARGE_POINT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
-CLOSE_REPLACED = 4000
+CLOSE_REPLACED = 4000  # application close code: a newer connection took over this charge point id
 HAND_OVER_GRACE = 60.0  # seconds a stale binding stays silent after another instance took over
 MAX_QUEUED_CALLS = 64  # CALLs a charge point may have waiting (it should send one at a time)
 CLOSE_GOING_AWAY = 1001  # the gateway is shutting down (drain): reconnect, to another instance
 CLOSE_TRY_AGAIN_LATER = 1013  # the connection could not be registered (RabbitMQ unreachable)
+ADMIT_RETRY_AFTER = 10  # seconds a charge point is asked to wait when the handshake cannot be answered
 
 
 @dataclass
@@ -69,6 +81,20 @@ class Link:
     close_reason: str = ""
     draining: bool = False  # closing for a drain: queued CALLs and new commands fail fast
     busy: bool = False  # a CALL is being handled
+    # the last BootNotification answer (OCPP 1.6 section 4.2 state): from the stations service at the
+    # handshake, then from every BootNotification answer on this connection; None: never booted
+    boot_status: str | None = None
+    connected_at: str = field(default_factory=lambda: format_utc(utc_now()))
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What the handshake established, kept on the websocket connection until the Link exists."""
+
+    charge_point_id: str
+    boot_status: str | None
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)
+    connected_at: str = field(default_factory=lambda: format_utc(utc_now()))
 
 
 class Gateway:
@@ -90,6 +116,9 @@ class Gateway:
         self.queue: AbstractQueue | None = None
         self.server: Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        self.redis: aioredis.Redis | None = None  # presence and flapping (also checked by /readyz)
+        self.presence: Presence | None = None
+        self.flaps: FlapGuard | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self, settings: Settings | None = None) -> "Gateway":
@@ -101,6 +130,7 @@ class Gateway:
         await until_connected(self.bus.connect, dependency="rabbitmq", outages=self.outages, what="gateway starting",
                               initial=self.settings.backoff_initial, maximum=self.settings.backoff_max)
         await self.rpc.start()
+        self._start_redis_parts()
         self.queue = await self.bus.channel.declare_queue(
             self.settings.name(f"gateway.{self.instance}"), exclusive=True, auto_delete=True
         )
@@ -123,7 +153,7 @@ class Gateway:
         checks = {"started": self.started, "not_draining": not self.draining,
                   "listening": self.server is not None and self.server.is_serving(),
                   "rabbitmq": self.bus.connected, "consumers": self.queue is not None and self.bus.connected}
-        redis = getattr(self, "redis", None)  # presence keys, when the gateway keeps them
+        redis = self.redis  # presence keys and flapping counters
         if redis is not None:
             try:
                 checks["redis"] = bool(await asyncio.wait_for(redis.ping(), 2.0))
@@ -176,10 +206,26 @@ class Gateway:
             self.server = None
         for task in list(self._tasks):
             task.cancel()
+        await self._stop_redis_parts()
         await self.rpc.stop()
         await self.bus.close()
         if self.metrics.reconnected in self.outages.listeners:
             self.outages.listeners.remove(self.metrics.reconnected)
+
+    def _start_redis_parts(self) -> None:
+        # short timeouts: Redis trouble must never hold up a handshake (presence and flapping degrade, logged)
+        self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True, socket_timeout=2,
+                                       socket_connect_timeout=2)
+        self.presence = Presence(self.redis, self.settings, self.instance)
+        self.flaps = FlapGuard(self.redis, self.settings)
+        self.presence.start(lambda: [(cp, link.session, link.connected_at) for cp, link in self.links.items()])
+
+    async def _stop_redis_parts(self) -> None:
+        if self.presence is not None:
+            await self.presence.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -193,19 +239,67 @@ class Gateway:
             response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "gateway unavailable, try again\n")
             response.headers["Retry-After"] = "5"
             return response
-        match = PATH.match(request.path.split("?", 1)[0])
-        if not match:
-            return connection.respond(HTTPStatus.NOT_FOUND, "expected /ocpp/{chargePointId}\n")
-        charge_point_id = unquote(match.group(1))
-        if not CHARGE_POINT_ID.match(charge_point_id):
-            return connection.respond(HTTPStatus.BAD_REQUEST, "invalid charge point id\n")
-        if self.settings.gateway_auth == "basic" and not await self._authenticated(charge_point_id, request):
-            self.metrics.auth_failure("refused")
-            log.warning("%s: charge point authentication failed", charge_point_id)
-            response = connection.respond(HTTPStatus.UNAUTHORIZED, "charge point authentication failed\n")
-            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+        try:
+            connection.csms_admitted = await self._admit(connection, request)  # type: ignore[attr-defined]
+        except Refused as refused:
+            if refused.status == HTTPStatus.UNAUTHORIZED:
+                self.metrics.auth_failure("refused")
+                log.warning("charge point authentication failed for %s", request.path[:300])
+            response = connection.respond(refused.status, refused.message + "\n")
+            for name, value in refused.headers.items():
+                response.headers[name] = value
             return response
         return None
+
+    async def _admit(self, connection: ServerConnection, request: Request) -> Admitted:
+        """The id, then (one round trip to the stations service) credentials and boot state, then flapping.
+        Raises Refused."""
+        cp = admission.charge_point_id(request.path, self.settings.max_charge_point_id_length)
+        password = None
+        if self.settings.gateway_auth == "basic":
+            password = admission.basic_password(request.headers.get("Authorization"), cp)
+            if password is None:
+                raise _unauthorized()
+        try:
+            answer = AdmitResult.model_validate(await call_api(
+                self.rpc, "stations", "admit", timeout=self.settings.call_timeout, charge_point_id=cp,
+                password_b64=base64.b64encode(password).decode() if password is not None else None))
+        except (ApiCallFailed, ValueError) as exc:
+            log.error("cannot admit %s: %s", cp, exc)
+            raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "the central system cannot admit charge points now",
+                          {"Retry-After": str(ADMIT_RETRY_AFTER)}) from None
+        if password is not None and answer.authenticated is not True:
+            raise _unauthorized()
+        await self._check_flapping(cp, connection)
+        return Admitted(cp, answer.boot_status)
+
+    async def _check_flapping(self, cp: str, connection: ServerConnection) -> None:
+        """Refuse a newcomer (429 + Retry-After) while two live connections keep taking this id."""
+        try:
+            verdict = await self.flaps.check(cp)
+        except RedisError as exc:
+            log.warning("flapping check for %s skipped: %s", cp, exc)
+            return
+        if not verdict.refused:
+            return
+        retry_after = max(1, math.ceil(verdict.retry_after))
+        remote = _address(connection)
+        if verdict.started:
+            log.warning("%s is flapping: %d take-overs between live connections within %s s; newcomers are refused "
+                        "for %s s (back-off level %d), the current connection keeps the id; refused %s",
+                        cp, verdict.takeovers, self.settings.gateway_flap_window, retry_after, verdict.level, remote)
+            try:
+                await self.bus.publish_event(StationFlapping(
+                    charge_point_id=cp, gateway=self.instance, takeovers=verdict.takeovers,
+                    window=self.settings.gateway_flap_window, backoff=verdict.retry_after, level=verdict.level,
+                    remote_address=remote))
+            except Exception:  # noqa: BLE001 - the refusal stands without the event
+                log.warning("station.flapping for %s not published", cp, exc_info=True)
+        else:
+            log.info("%s: newcomer %s refused, id in flapping back-off for %s s more", cp, remote, retry_after)
+        raise Refused(HTTPStatus.TOO_MANY_REQUESTS,
+                      f"charge point id {cp!r} is held by another live connection and keeps changing hands "
+                      f"(two devices with one id?): retry after {retry_after} s", {"Retry-After": str(retry_after)})
 
     async def _process_response(self, connection: ServerConnection, request: Request,
                                 response: Response) -> Response | None:
@@ -213,18 +307,18 @@ class Gateway:
         the charge point sees itself connected is routed here."""
         if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
             return None
-        cp = unquote(PATH.match(request.path.split("?", 1)[0]).group(1))
-        session = uuid.uuid4().hex
-        connection.csms_session = session  # type: ignore[attr-defined]
+        admitted: Admitted = connection.csms_admitted  # type: ignore[attr-defined]
+        cp, session = admitted.charge_point_id, admitted.session
         self._arriving[cp] = (session, asyncio.Event())
         # Evict the charge point on any other gateway instance before binding our queue, so
         # every command published after the binding finds the old holder already gone.
         try:
             await self.bus.publish(
-                self.bus.names.gateway, cp, json.dumps({"op": "evict", "session": session}).encode(),
+                self.bus.names.gateway, charge_point_route(cp),
+                json.dumps({"op": "evict", "session": session, "charge_point_id": cp}).encode(),
                 type=KIND_CONTROL, headers={"instance": self.instance},
             )
-            await self.queue.bind(self.bus.names.gateway, cp)
+            await self.queue.bind(self.bus.names.gateway, charge_point_route(cp))
         except Exception as exc:  # noqa: BLE001 - RabbitMQ went away during the handshake
             if self._arriving.get(cp, (None,))[0] == session:
                 del self._arriving[cp]
@@ -232,6 +326,7 @@ class Gateway:
             response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "gateway unavailable, try again\n")
             response.headers["Retry-After"] = "5"
             return response
+        await self.presence.claim(cp, session, admitted.connected_at)
         return None
 
     def _report(self, exc: BaseException, what: str) -> None:
@@ -242,31 +337,12 @@ class Gateway:
         else:
             log.error("%s failed", what, exc_info=exc)
 
-    async def _authenticated(self, charge_point_id: str, request: Request) -> bool:
-        """HTTP Basic auth (OCPP security profiles 1 and 2): user = charge point id, password = its
-        AuthorizationKey; checked by the stations service, which keeps only a hash of the key."""
-        header = request.headers.get("Authorization", "")
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        if not sep or user != charge_point_id:
-            return False
-        try:
-            result = await call_api(self.rpc, "stations", "authenticate", timeout=self.settings.call_timeout,
-                                    charge_point_id=charge_point_id, password=password)
-        except ApiCallFailed as exc:
-            log.error("cannot authenticate %s: %s", charge_point_id, exc)
-            return False
-        return result is True
-
     async def _handler(self, ws: ServerConnection) -> None:
-        charge_point_id = unquote(PATH.match(ws.request.path.split("?", 1)[0]).group(1))
+        admitted: Admitted = ws.csms_admitted  # type: ignore[attr-defined]
+        charge_point_id = admitted.charge_point_id
         logs.bind(charge_point_id=charge_point_id)  # every log line of this connection names it
-        link = Link(charge_point_id, ws, session=ws.csms_session)
+        link = Link(charge_point_id, ws, session=admitted.session, boot_status=admitted.boot_status,
+                    connected_at=admitted.connected_at)
         try:
             await self._attach(link)
         except Exception as exc:  # noqa: BLE001 - the connection could not be announced: let it come back
@@ -300,15 +376,14 @@ class Gateway:
             old.close_reason = "replaced by a newer connection"
             await old.ws.close(CLOSE_REPLACED, old.close_reason)
         self.metrics.connected(len(self.links))
-        remote = link.ws.remote_address
         await self.bus.publish_event(StationConnected(
-            charge_point_id=cp, gateway=self.instance, session=link.session,
-            remote_address=f"{remote[0]}:{remote[1]}" if remote else "",
+            charge_point_id=cp, gateway=self.instance, session=link.session, remote_address=_address(link.ws),
         ))
         log.info("%s connected (session %s)", cp, link.session)
 
     async def _detach(self, link: Link, code: int | None, reason: str) -> None:
         cp = link.charge_point_id
+        await self.presence.release(cp, link.session)
         for fut in link.pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("charge point disconnected"))
@@ -318,7 +393,7 @@ class Gateway:
             if cp in self._arriving:  # a newer connection is taking over: keep its binding
                 return await self._publish_disconnected(link, code, reason)
             try:
-                await self.queue.unbind(self.bus.names.gateway, cp)
+                await self.queue.unbind(self.bus.names.gateway, charge_point_route(cp))
             except Exception:  # noqa: BLE001 - the channel may be closing with the gateway
                 log.debug("unbind %s failed", cp, exc_info=True)
         await self._publish_disconnected(link, code, reason)
@@ -421,6 +496,9 @@ class Gateway:
                 raise OcppError(ErrorCode.NOT_SUPPORTED, f"{action} is not sent by a charge point")
             raise OcppError(ErrorCode.NOT_IMPLEMENTED, f"unknown action {action!r}")
         ocpp16.validate(action, payload)
+        refusal = boot_state.refuse_call(link.boot_status, action)
+        if refusal:
+            raise OcppError(ErrorCode.SECURITY_ERROR, refusal)
         call = OcppCall(charge_point_id=link.charge_point_id, message_id=message_id, action=action,
                         payload=payload, gateway=self.instance)
         try:
@@ -438,31 +516,36 @@ class Gateway:
         except OcppError as exc:
             log.error("%s: service answered %s with an invalid payload: %s", link.charge_point_id, action, exc)
             raise OcppError(ErrorCode.INTERNAL_ERROR, "central system produced an invalid answer") from None
+        if action == "BootNotification":
+            link.boot_status = reply.payload.get("status")
         return reply.payload
 
     # ---- bus side: commands for our charge points -----------------------------------------
     async def _on_command(self, message: AbstractIncomingMessage) -> None:
-        cp = message.routing_key or ""
         if message.type == KIND_CONTROL:
-            await self._on_control(cp, message)
+            await self._on_control(message)
             return
         if message.type != KIND_COMMAND:
             return
         headers = message.headers or {}
         correlation = headers.get(CORRELATION_HEADER)
-        with log_context(charge_point_id=cp, correlation_id=correlation.decode() if isinstance(correlation, bytes)
-                         else correlation):
-            self._spawn(self._traced_command(cp, message, tracing.extract(headers)))
+        with log_context(correlation_id=correlation.decode() if isinstance(correlation, bytes) else correlation):
+            self._spawn(self._traced_command(message, tracing.extract(headers)))
 
-    async def _traced_command(self, cp: str, message: AbstractIncomingMessage, context: Any) -> None:
-        with tracing.tracer().start_as_current_span("ocpp.command", context=context, kind=tracing.SpanKind.SERVER,
-                                                    attributes={"ocpp.charge_point_id": cp}):
-            await self._run_command(cp, message)
+    async def _traced_command(self, message: AbstractIncomingMessage, context: Any) -> None:
+        with tracing.tracer().start_as_current_span("ocpp.command", context=context, kind=tracing.SpanKind.SERVER):
+            await self._run_command(message)
 
-    async def _on_control(self, cp: str, message: AbstractIncomingMessage) -> None:
+    async def _on_control(self, message: AbstractIncomingMessage) -> None:
         if (message.headers or {}).get("instance") == self.instance:
             return  # our own take-over: the handler replaces the local link itself
-        data = json.loads(message.body)
+        try:
+            data = json.loads(message.body)
+            # (an instance of the previous version names the charge point by the routing key only)
+            cp = data.get("charge_point_id") or message.routing_key
+        except (ValueError, AttributeError):
+            log.warning("malformed control message dropped")
+            return
         link = self.links.get(cp)
         if data.get("op") == "evict" and link is not None and link.session != data.get("session"):
             self._handed_over[cp] = asyncio.get_running_loop().time()
@@ -478,16 +561,17 @@ class Gateway:
                 if self._arriving.get(cp) is arriving:  # the handshake never completed
                     del self._arriving[cp]
                     if cp not in self.links:
-                        await self.queue.unbind(self.bus.names.gateway, cp)
+                        await self.queue.unbind(self.bus.names.gateway, charge_point_route(cp))
         return self.links.get(cp)
 
-    async def _run_command(self, cp: str, message: AbstractIncomingMessage) -> None:
+    async def _run_command(self, message: AbstractIncomingMessage) -> None:
         try:
             command = Command.model_validate_json(message.body)
         except ValueError:
-            log.warning("malformed command for %s dropped", cp)
+            log.warning("malformed command for %s dropped", message.routing_key)
             return
-        logs.bind(action=command.action)
+        cp = command.charge_point_id
+        logs.bind(charge_point_id=cp, action=command.action)
         link = await self._link_for(cp)
         if link is not None and link.draining:
             await self.bus.reply(message, CommandResult(
@@ -513,6 +597,10 @@ class Gateway:
         except OcppError as exc:
             return CommandResult(status="invalid", error_code=exc.code, error_description=exc.description,
                                  error_details=exc.details, **base)
+        refusal = boot_state.refuse_command(link.boot_status, command.action)
+        if refusal:
+            return CommandResult(status="refused", error_description=refusal,
+                                 error_details={"boot_status": link.boot_status}, **base)
         message_id = uuid.uuid4().hex
         try:
             async with asyncio.timeout(command.timeout):
@@ -544,3 +632,13 @@ class Gateway:
                                  error_code=exc.code, error_description=exc.description, error_details=exc.details,
                                  **base)
         return CommandResult(status="answered", payload=frame[2], **base)
+
+
+def _unauthorized() -> Refused:
+    return Refused(HTTPStatus.UNAUTHORIZED, "charge point authentication failed",
+                   {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'})
+
+
+def _address(ws: ServerConnection) -> str:
+    remote = ws.remote_address
+    return f"{remote[0]}:{remote[1]}" if remote else ""

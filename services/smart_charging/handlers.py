@@ -278,10 +278,11 @@ async def _report(ctx: ServiceContext, cp: str, req: GetCompositeScheduleRequest
 # ---- events ---------------------------------------------------------------------------------------
 @service.event(StationBooted)
 async def on_station_booted(ctx: ServiceContext, event: StationBooted) -> None:
-    """Remember what the charge point is (for the boot rules) and read its smart-charging limits."""
+    """Remember what the charge point is (for the boot rules); with SMART_CHARGING_READ_CONFIGURATION=on_boot
+    also read its smart-charging limits now (otherwise before its first SetChargingProfile)."""
     cp = event.charge_point_id
     await store(ctx).set_boot(cp, event.vendor, event.model, event.firmware_version)
-    if event.status != "Rejected":
+    if event.status != "Rejected" and ctx.settings.sc_read_configuration == "on_boot":
         await learn_configuration(ctx, cp, every=5.0)
 
 

@@ -1,2 +1,17 @@
-"""Stations service: boot, heartbeat, connector status, firmware status, DataTransfer, and the
-station-level commands (availability, configuration, reset, trigger, unlock ...)."""
+"""Stations service: what the system knows about each charge point.
+
+Owns: BootNotification (the boot answer: policy ``CSMS_BOOT_POLICY``, registration, per-station override),
+Heartbeat, StatusNotification (the newest status per connector, ordered by instants; resends ignored),
+FirmwareStatusNotification, DataTransfer from charge points; the station-level commands (ChangeAvailability,
+ChangeConfiguration, GetConfiguration, ClearCache, Reset, TriggerMessage, UnlockConnector, DataTransfer);
+charge point passwords (AuthorizationKey, Basic auth) and the gateway's handshake question (``admit``).
+
+Publishes ``station.booted``, ``connector.status_changed``, ``firmware.status_changed``,
+``datatransfer.received``, ``station.configuration_changed``; follows ``station.connected`` /
+``station.disconnected``.
+
+Records in PostgreSQL (``st_*`` tables; ``legacy.py`` imports what an older version kept in Redis), hot state in
+Redis (connector status cache, last seen); presence is
+the gateway's Redis key. Files: ``handlers.py`` (entry points), ``rules.py`` (decisions), ``credentials.py``
+(passwords), ``store.py`` (storage).
+"""

@@ -1,4 +1,4 @@
 from services.runner import run
-from services.stations.service import service
+from services.stations.handlers import service
 
 run(service)

@@ -29,7 +29,7 @@ UTC = timezone.utc
 async def system(settings, tmp_path):
     """Gateway + stations and diagnostics; file servers on free ports, files under tmp_path."""
     from services.diagnostics.handlers import service as diagnostics_service
-    from services.stations.service import service as stations_service
+    from services.stations.handlers import service as stations_service
 
     settings = settings.replace(files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0,
                                    ftp_port=0, files_root=str(tmp_path / "files"), upload_ttl=60,
@@ -451,7 +451,7 @@ def behind_ingress(url: str, port: int) -> str:
 async def public_system(settings, tmp_path):
     """Diagnostics listening on free local ports while configured to be reached at other public URLs."""
     from services.diagnostics.handlers import service as diagnostics_service
-    from services.stations.service import service as stations_service
+    from services.stations.handlers import service as stations_service
 
     settings = settings.replace(files_port=0, ftp_port=0, files_root=str(tmp_path / "files"),
                                 files_public_http_url="http://files.example.test",

@@ -16,6 +16,7 @@ from csms.contracts.ocpp16 import HeartbeatResponse
 from services.registry import load_services
 from tests.support.process import CsmsProcess, eventually_status
 from tests.support.system import System, remove_test_system
+from tests.support.chargepoint import boot_raw
 
 
 async def _recv(ws, timeout: float = 10.0) -> list:
@@ -64,6 +65,8 @@ async def test_sigterm_drains_the_gateway(settings, services_only, monkeypatch):
         ids = [f"DRAIN-{i}-{settings.namespace[-6:]}" for i in range(3)]
         sockets = [await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{cp}", subprotocols=["ocpp1.6"])
                    for cp in ids]
+        for ws in sockets:
+            await boot_raw(ws)
         busy = sockets[0]
         await busy.send(json.dumps([2, "in-flight", "Heartbeat", {}]))
         await asyncio.wait_for(entered.wait(), 5)

@@ -13,8 +13,16 @@ from services.gateway.app import CLOSE_REPLACED
 from tests.support.chargepoint import connect
 
 
-async def raw(url: str):
-    return await websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5)
+BOOT = [2, "boot", "BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"}]
+
+
+async def raw(url: str, *, boot: bool = True, **kwargs):
+    """A bare websocket; by default booted first (OCPP 1.6 section 4.2: BootNotification before anything)."""
+    ws = await websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5, **kwargs)
+    if boot:
+        answer = await exchange(ws, BOOT)
+        assert answer[:2] == [3, "boot"] and answer[2]["status"] == "Accepted", answer
+    return ws
 
 
 async def exchange(ws, frame) -> list:
@@ -34,12 +42,19 @@ async def test_other_subprotocols_are_refused(system, cp_id, offered):
     assert info.value.response.status_code == 400
 
 
-@pytest.mark.parametrize("path, status", [("/other/CP1", 404), ("/ocpp/", 404), ("/ocpp/bad%20id", 400)])
-async def test_bad_paths_are_refused(system, path, status):
-    url = system.url("x").rsplit("/ocpp/", 1)[0] + path
-    with pytest.raises(InvalidStatus) as info:
-        await websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5)
-    assert info.value.response.status_code == status
+async def test_bad_paths_are_refused(system):
+    """(Every id rule is unit-tested in tests/unit/test_gateway_rules.py; these go through the server.)"""
+    base = system.url("x").rsplit("/ocpp/", 1)[0]
+    for path, status in (
+        ("/other/CP1", 404), ("/ocpp/", 404), ("/ocpp/a/b", 404),
+        ("/ocpp/bad%00id", 400), ("/ocpp/bad%0Aid", 400),  # control characters
+        ("/ocpp/%FF%FE", 400),  # not UTF-8
+        ("/ocpp/" + "x" * 65, 400),  # longer than CSMS_MAX_CHARGE_POINT_ID_LENGTH (64)
+    ):
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(base + path, subprotocols=["ocpp1.6"], open_timeout=5)
+        assert info.value.response.status_code == status, path
+        assert info.value.response.body.strip()  # a reason, in one line
 
 
 @pytest.mark.parametrize("frame, message_id, code", [
@@ -174,17 +189,32 @@ async def test_newest_connection_wins_across_gateway_instances(settings, cp_id):
 
 
 async def test_service_down_is_an_error_not_a_hang(settings, cp_id):
-    """No service owns the calls: NotSupported at once rather than a timeout."""
+    """No service runs: the handshake is answered 503 with Retry-After at once rather than hanging, and a
+    command is 'unsupported'."""
     from tests.support.system import System
 
     sut = await System(settings, []).start()
     try:
-        async with await raw(sut.url(cp_id)) as ws:
-            answer = await exchange(ws, [2, "b", "BootNotification", {"chargePointVendor": "v",
-                                                                     "chargePointModel": "m"}])
-            assert answer[:3] == [4, "b", "NotSupported"]
+        with pytest.raises(InvalidStatus) as info:
+            await asyncio.wait_for(raw(sut.url(cp_id), boot=False), 5)
+        assert info.value.response.status_code == 503
+        assert int(info.value.response.headers["Retry-After"]) > 0
         result = await sut.client.send(cp_id, ResetRequest(type="Soft"))
         assert result.status == "unsupported"
+    finally:
+        await sut.stop()
+
+
+async def test_call_no_running_service_owns_is_not_supported(settings, cp_id):
+    """Only the stations service runs: a transactions CALL is NotSupported at once, not a timeout."""
+    from services.stations.handlers import service as stations_service
+    from tests.support.system import System
+
+    sut = await System(settings, [stations_service]).start()
+    try:
+        async with await raw(sut.url(cp_id)) as ws:
+            answer = await asyncio.wait_for(exchange(ws, [2, "a", "Authorize", {"idTag": "T"}]), 5)
+            assert answer[:3] == [4, "a", "NotSupported"]
     finally:
         await sut.stop()
 
@@ -202,26 +232,29 @@ async def test_basic_auth_security_profile_1(infrastructure, cp_id):
     try:
         await sut.api("stations", "set_password", charge_point_id=cp_id, password="0123456789abcdef")
         for headers in ({}, auth(cp_id, "wrong-password-000"), auth("someone-else", "0123456789abcdef"),
-                        {"Authorization": "Basic !!notbase64"}):
+                        {"Authorization": "Basic !!notbase64"}, auth(cp_id, "")):
             with pytest.raises(InvalidStatus) as info:
                 await websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"], additional_headers=headers)
             assert info.value.response.status_code == 401
-        async with websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"],
-                                      additional_headers=auth(cp_id, "0123456789abcdef")) as ws:
+        async with await raw(sut.url(cp_id), additional_headers=auth(cp_id, "0123456789abcdef")) as ws:
             task = asyncio.create_task(sut.client.send(cp_id, "ChangeConfiguration",
                                                        {"key": "AuthorizationKey", "value": "fedcba9876543210fe"}))
             frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
             await ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
-            assert (await task).ok
+            result = await task
+            assert result.ok
+            # sent as asked, with what the operator should know: 9 bytes is shorter than the whitepaper wants
+            assert any("9 bytes" in warning for warning in result.warnings)
         # the accepted AuthorizationKey is the new password; it is never stored in clear
         station = await sut.api("stations", "get_station", charge_point_id=cp_id)
         assert station["configuration"]["AuthorizationKey"]["value"] == "********"
-        assert "password_hash" not in station
+        assert "password_hash" not in station and station["has_password"] is True
         with pytest.raises(InvalidStatus):
             await websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"],
                                      additional_headers=auth(cp_id, "0123456789abcdef"))
-        async with websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"],
-                                      additional_headers=auth(cp_id, "fedcba9876543210fe")) as ws:
+        async with await raw(sut.url(cp_id), boot=False,
+                             additional_headers=auth(cp_id, "fedcba9876543210fe")) as ws:
+            # it booted before: a reconnect without a new BootNotification is served as usual
             await ws.send(json.dumps([2, "h", "Heartbeat", {}]))
             assert json.loads(await ws.recv())[0] == 3
     finally:

@@ -23,7 +23,7 @@ UTC = timezone.utc
 async def system(settings):
     """Gateway + stations, transactions and smart_charging, in a fresh namespace (overrides conftest's)."""
     from services.smart_charging.handlers import service as smart_charging_service
-    from services.stations.service import service as stations_service
+    from services.stations.handlers import service as stations_service
     from services.transactions.service import service as transactions_service
 
     sut = await System(settings, [stations_service, transactions_service, smart_charging_service]).start()
@@ -309,6 +309,7 @@ async def test_clear_rejected_or_unanswered_keeps_the_store(system, cp_id):
 @pytest.mark.ocpp("SetChargingProfile", "StartTransaction", "StopTransaction", "GetCompositeSchedule")
 async def test_tx_profile_needs_a_transaction_and_ends_with_it(system, cp_id):
     async with connect(system.url(cp_id)) as cp, Events(system.settings) as events:
+        await cp.boot()
         await set_profile(system, cp_id, 1, profile(1, 32))
         refused = await set_profile(system, cp_id, 1, profile(2, 10, purpose="TxProfile"))
         assert refused.status == "invalid"
@@ -346,6 +347,7 @@ async def test_tx_profile_needs_a_transaction_and_ends_with_it(system, cp_id):
 @pytest.mark.ocpp("SetChargingProfile", "StartTransaction", "StopTransaction")
 async def test_tx_profile_accepted_after_its_transaction_stopped_is_not_kept(system, cp_id):
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
         tx_id = await start_transaction(system, cp, connector_id=1)
 
         async def stop_first(kwargs):
@@ -367,6 +369,7 @@ async def test_tx_profile_accepted_after_its_transaction_stopped_is_not_kept(sys
 async def test_relative_tx_profile_runs_from_the_transaction_start(system, cp_id):
     started_at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
         tx_id = await start_transaction(system, cp, connector_id=1, when=started_at)
         prof = profile(3, 0, purpose="TxProfile", kind="Relative", periods=[(0, 16), (600, 8)], transactionId=tx_id)
         assert (await set_profile(system, cp_id, 1, prof)).payload == {"status": "Accepted"}

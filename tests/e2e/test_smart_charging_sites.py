@@ -4,6 +4,7 @@ reported composites, records that survive a restart and stored data that cannot 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -23,12 +24,23 @@ SITE_LIMIT = 32.0
 
 @pytest.fixture
 async def system(settings):
+    async with _system(settings.replace(sc_rebalance_interval=0)) as sut:
+        yield sut
+
+
+@pytest.fixture
+async def system_reading_on_boot(settings):
+    async with _system(settings.replace(sc_rebalance_interval=0, sc_read_configuration="on_boot")) as sut:
+        yield sut
+
+
+@contextlib.asynccontextmanager
+async def _system(settings):
     from services.smart_charging.handlers import service as smart_charging_service
-    from services.stations.service import service as stations_service
+    from services.stations.handlers import service as stations_service
     from services.transactions.service import service as transactions_service
 
-    sut = await System(settings.replace(sc_rebalance_interval=0),
-                       [stations_service, transactions_service, smart_charging_service]).start()
+    sut = await System(settings, [stations_service, transactions_service, smart_charging_service]).start()
     try:
         yield sut
     finally:
@@ -211,7 +223,8 @@ async def test_remote_start_profile_becomes_the_transactions_tx_profile(system, 
 
 # ---- presets, configuration keys ------------------------------------------------------------------------
 @pytest.mark.ocpp("BootNotification", "GetConfiguration", "SetChargingProfile")
-async def test_boot_rule_chooses_the_preset_and_configuration_keys_refuse_before_sending(system, cp_id):
+async def test_boot_rule_chooses_the_preset_and_configuration_keys_refuse_before_sending(system_reading_on_boot, cp_id):
+    system = system_reading_on_boot
     rule = await system.api("smart_charging", "add_preset_rule", preset="libocpp", vendor="test*", model="*model")
     async with connect(system.url(cp_id)) as cp:
         cp.responses["GetConfiguration"] = {"configuration_key": [

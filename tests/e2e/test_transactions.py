@@ -14,7 +14,7 @@ from ocpp.v16 import call
 
 from csms.client import ApiCallFailed
 from csms.contracts.base import format_utc
-from services.stations.service import service as stations_service
+from services.stations.handlers import service as stations_service
 from services.transactions.service import service as transactions_service
 from tests.support.chargepoint import connect
 from tests.support.system import System
@@ -110,6 +110,7 @@ async def api(system, operation: str, **params):
 async def test_authorize_follows_stored_id_tags(system, cp_id):
     future, past = in_(86400), in_(-60)
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
         async def info(tag: str) -> dict:
             return (await cp.call_ok(call.Authorize(id_tag=tag))).id_tag_info
 
@@ -259,6 +260,7 @@ async def test_ghost_transaction_is_closed_by_a_new_start_on_its_connector(syste
     await api(system, "set_id_tag", id_tag="TAG1")
     await api(system, "set_id_tag", id_tag="TAG2")
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
         old = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=100,
                                                       timestamp=T0))).transaction_id
         await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=old, meter_value=[energy("1500")]))
@@ -305,9 +307,11 @@ async def test_stop_for_unknown_transaction_is_answered_and_kept_as_orphan(syste
     await api(system, "set_id_tag", id_tag="TAG1")
     other_cp = f"{cp_id}-other"
     async with connect(system.url(other_cp)) as other:
+        await other.boot()
         foreign = (await other.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
                                                              timestamp=T0))).transaction_id
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
         answer = await cp.call_ok(call.StopTransaction(
             transaction_id=987654, meter_stop=4200, timestamp=T1, id_tag="TAG1", reason="Local",
             transaction_data=[energy("4200", "Wh", T1)]))
@@ -335,6 +339,8 @@ async def test_stop_for_unknown_transaction_is_answered_and_kept_as_orphan(syste
 async def test_tag_already_charging_elsewhere_gets_concurrent_tx(system, cp_id):
     await api(system, "set_id_tag", id_tag="TAG1")
     async with connect(system.url(cp_id)) as a, connect(system.url(f"{cp_id}-b")) as b:
+        await a.boot()
+        await b.boot()
         first = await a.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0, timestamp=T0))
         assert first.id_tag_info["status"] == "Accepted"
         elsewhere = await b.call_ok(call.StartTransaction(connector_id=1, id_tag="tag1", meter_start=0,
@@ -362,6 +368,7 @@ async def test_transactions_of_unauthorized_tags_are_recorded(system, events, cp
     await api(system, "set_id_tag", id_tag="BLOCKED", status="Blocked")
     await api(system, "set_id_tag", id_tag="OLD", expiry_date=past)
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
         answers = {}
         for connector, tag in ((1, "STRANGER"), (2, "BLOCKED"), (3, "OLD")):
             answers[tag] = await cp.call_ok(call.StartTransaction(connector_id=connector, id_tag=tag,
@@ -596,6 +603,7 @@ async def test_local_list_full_then_differential(system, cp_id):
 @pytest.mark.ocpp("StartTransaction", "MeterValues")
 async def test_bad_input_is_refused_not_crashed(system, cp_id):
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
         with pytest.raises(PropertyConstraintViolationError):
             await cp.call_ok(call.StartTransaction(connector_id=0, id_tag="TAG1", meter_start=0, timestamp=T0))
         with pytest.raises(PropertyConstraintViolationError):

@@ -84,10 +84,11 @@ class ChargePoint(OcppChargePoint):
 
 
 @contextlib.asynccontextmanager
-async def connect(url: str, charge_point_id: str | None = None, **kwargs):
-    """Connect a test charge point to ``url`` and serve it until the block ends."""
+async def connect(url: str, charge_point_id: str | None = None, headers: dict[str, str] | None = None, **kwargs):
+    """Connect a test charge point to ``url`` (with extra HTTP ``headers``, e.g. Basic auth) and serve it
+    until the block ends."""
     charge_point_id = charge_point_id or url.rsplit("/", 1)[-1]
-    async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5) as ws:
+    async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5, additional_headers=headers) as ws:
         cp = ChargePoint(charge_point_id, ws, response_timeout=10, **kwargs)
         task = asyncio.create_task(cp.start())
         try:
@@ -96,3 +97,15 @@ async def connect(url: str, charge_point_id: str | None = None, **kwargs):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def boot_raw(ws, message_id: str = "boot") -> dict:
+    """Send a BootNotification on a bare websocket and return its answer (OCPP 1.6 section 4.2: a charge point
+    boots before anything else); fails unless it is a CALLRESULT."""
+    import json
+
+    await ws.send(json.dumps([2, message_id, "BootNotification",
+                              {"chargePointVendor": "TestVendor", "chargePointModel": "TestModel"}]))
+    answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert answer[:2] == [3, message_id], answer
+    return answer[2]

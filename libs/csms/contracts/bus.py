@@ -45,6 +45,8 @@ CommandStatus = Literal[
     "offline",           # no gateway holds a connection to this charge point
     "timeout",           # the charge point did not answer in time
     "invalid",           # the command was refused before sending (schema or domain rules)
+    "refused",           # not sent: the charge point's protocol state forbids it now (a Pending or Rejected
+    #                      BootNotification answer, OCPP 1.6 section 4.2); see error_description
     "invalid_response",  # the charge point answered with a payload that breaks the schema
     "unsupported",       # no running service owns this action
 ]

@@ -31,6 +31,19 @@ class StationDisconnected(Event):
     reason: str = ""
 
 
+class StationFlapping(Event):
+    """Two live connections keep taking one charge point id from each other (two devices configured with
+    the same id, or a cloned one): the gateway refuses newcomers for ``backoff`` seconds and keeps the
+    current holder."""
+    EVENT_TYPE: ClassVar[str] = "station.flapping"
+    gateway: str                 # the gateway instance that refused the newcomer
+    takeovers: int               # take-overs of the id counted within ``window`` seconds
+    window: float
+    backoff: float               # seconds newcomers are refused (Retry-After)
+    level: int                   # 1 for the first back-off of an episode, +1 (double back-off) each repeat
+    remote_address: str = ""     # the refused newcomer
+
+
 class StationBooted(Event):
     EVENT_TYPE: ClassVar[str] = "station.booted"
     status: str
