@@ -27,7 +27,10 @@ def make_settings(infra: Infrastructure, **overrides) -> Settings:
                   database_schema=f"test_{token}", db_pool_min=1, db_pool_max=4, namespace=namespace,
                   gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0,
                   files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0, ftp_port=0,
-                  files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"))  # made on first use
+                  files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"),  # made on first use
+                  # development CA / firmware signing material of this test (generated at start, removed after)
+                  security_dev_dir=os.path.join(tempfile.gettempdir(), f"csms-{namespace}-security"),
+                  security_certificate_signed_delay=0.05)
     values.update(overrides)
     return Settings(**values)
 
@@ -82,8 +85,9 @@ class System:
         await self.cleanup()
 
     async def cleanup(self) -> None:
-        if self.settings.files_root.startswith(tempfile.gettempdir()):
-            shutil.rmtree(self.settings.files_root, ignore_errors=True)
+        for folder in (self.settings.files_root, self.settings.security_dev_dir):
+            if folder.startswith(tempfile.gettempdir()):
+                shutil.rmtree(folder, ignore_errors=True)
         keys = [key async for key in self.redis.scan_iter(f"{self.settings.namespace}:*", count=1000)]
         if keys:
             await self.redis.delete(*keys)
