@@ -44,6 +44,14 @@ def make_csr(key, common_name: str, organization: str | None = None, *, extra_cn
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def tamper_csr(csr_pem: str) -> str:
+    """The CSR with one bit of its signature flipped: it parses, but its signature does not verify."""
+    der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
+    der = der[:-1] + bytes([der[-1] ^ 1])
+    body = base64.encodebytes(der).decode()
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
+
+
 def make_ca(common_name: str = "Test Root CA", key_type: str = "ec-p256", days: float = 365):
     """A self-signed CA: (certificate, key)."""
     key = pki.generate_key(key_type)
