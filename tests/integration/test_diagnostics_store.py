@@ -16,7 +16,7 @@ from services.diagnostics.store import DuplicateUpload, Listing, PostgresStore
 from tests.support.system import create_schema, drop_schema
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-TABLES = {"diag_requests", "diag_firmware_updates", "diag_files", "diag_firmware"}
+TABLES = {"diag_requests", "diag_firmware_updates", "diag_files", "diag_firmware", "diag_log_requests"}
 
 
 def at(seconds: float) -> datetime:
@@ -63,14 +63,20 @@ async def tables(settings) -> set[str]:
         await connection.close()
 
 
+async def diag_tables(settings) -> set[str]:
+    return {name for name in await tables(settings) if name.startswith("diag_")}
+
+
 async def test_migrations_go_down_and_up_again(schema):
-    assert await tables(schema) == TABLES
-    assert "diagnostics_0001" in await migrate.current(schema)
+    assert await diag_tables(schema) == TABLES
+    assert "diagnostics_0002" in await migrate.current(schema)
+    await migrate.downgrade(schema, "diagnostics_0001")
+    assert await diag_tables(schema) == TABLES - {"diag_log_requests"}
     await migrate.downgrade(schema, "diagnostics@base")
-    assert await tables(schema) == set()
-    assert "diagnostics_0001" not in await migrate.current(schema)
+    assert await diag_tables(schema) == set()
+    assert not {"diagnostics_0001", "diagnostics_0002"} & await migrate.current(schema)
     await migrate.upgrade(schema)
-    assert await tables(schema) == TABLES
+    assert await diag_tables(schema) == TABLES
 
 
 async def test_requests_round_trip_and_list_newest_first(store):
