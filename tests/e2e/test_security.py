@@ -349,3 +349,20 @@ async def test_security_events_are_stored_published_and_critical_ones_logged(sys
         reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
     assert reply[:3] == [4, "m1", "TypeConstraintViolation"]
     assert len(await system.api("security", "list_security_events", charge_point_id=cp_id)) == 3
+
+
+async def test_without_the_security_service_its_calls_are_not_supported(settings, cp_id):
+    """A CALL no running service owns gets NotSupported from the gateway (and the connection stays up)."""
+    from services.stations.service import service as stations_service
+
+    sut = await System(settings, [stations_service]).start()
+    try:
+        async with websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"]) as ws:
+            await ws.send(json.dumps([2, "m8", "SecurityEventNotification",
+                                      {"type": "x", "timestamp": "2026-01-01T00:00:00Z"}]))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert reply[:3] == [4, "m8", "NotSupported"]
+            await ws.send(json.dumps([2, "ok", "Heartbeat", {}]))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))[:2] == [3, "ok"]
+    finally:
+        await sut.stop()
