@@ -39,8 +39,8 @@ class Signer(Protocol):
 
 
 class LocalCA:
-    """Signs with a CA key held in this process. Certificates: the CSR's subject and key, client-auth usage,
-    ``validity_days`` (never beyond the CA's own end), a random 159-bit serial."""
+    """Signs with a CA key held in this process. Certificates: subject CN = the charge point id (and the CSR's O),
+    the CSR's key, client-auth usage, ``validity_days`` (never beyond the CA's own end), a random 159-bit serial."""
 
     def __init__(self, material: pki.Material, validity_days: int, *, development: bool = False) -> None:
         ca = material.certificate
@@ -57,7 +57,10 @@ class LocalCA:
 
     async def sign(self, csr: x509.CertificateSigningRequest, charge_point_id: str) -> list[x509.Certificate]:
         ca = self._material.certificate
-        cert = pki.issue_certificate(subject=csr.subject, public_key=csr.public_key(), issuer_cert=ca,
+        # the subject is what was checked (CN = the charge point id, and its O); nothing else the CSR asked for
+        organizations = pki.organizations(csr.subject)
+        subject = pki.name(charge_point_id, organizations[0] if len(organizations) == 1 else None)
+        cert = pki.issue_certificate(subject=subject, public_key=csr.public_key(), issuer_cert=ca,
                                      issuer_key=self._material.key, days=self.validity_days, usage="client")
         return [cert, *self._material.chain]
 

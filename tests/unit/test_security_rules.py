@@ -226,6 +226,11 @@ async def test_the_ca_signs_a_client_certificate_within_its_own_validity():
     leaf, chain_root = await ca.sign(csr, "CP-1")
     assert chain_root == root and csms_pki.signed_by(leaf, root)
     assert leaf.subject == csr.subject and leaf.public_key() == key.public_key()
+    # only CN and O are carried over from the CSR
+    extra = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
+        x509.NameAttribute(x509.NameOID.COMMON_NAME, "CP-1"),
+        x509.NameAttribute(x509.NameOID.ORGANIZATIONAL_UNIT_NAME, "anything")])).sign(key, hashes.SHA256())
+    assert (await ca.sign(extra, "CP-1"))[0].subject.rfc4514_string() == "CN=CP-1"
     assert csms_pki.not_after(leaf) <= csms_pki.not_after(root)      # never beyond the CA
     assert not csms_pki.is_ca(leaf)
     usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
