@@ -357,7 +357,8 @@ async def api_get_certificate(ctx: ApiContext, params: CertificateRef) -> Certif
 
 @service.api("revoke_certificate")
 async def api_revoke_certificate(ctx: ApiContext, params: RevokeCertificateParams) -> CertificateView:
-    """Mark a certificate revoked (the gateway refuses it; renewal stops)."""
+    """Mark a certificate revoked: renewal stops; ``get_certificate`` reports it (for the gateway's client certificate
+    check)."""
     cert = await _resolve(ctx, params)
     now = now_ms()
     updated = await _store(ctx).update_certificate(cert.fingerprint, lambda c: rules.revoke(c, params.reason, now))
