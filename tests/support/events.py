@@ -1,4 +1,5 @@
-"""Watching the bus in end-to-end tests: the events published, and polling a condition."""
+"""Watching the bus in end-to-end tests: the events published, and polling a condition. The timeouts are upper
+bounds for a loaded machine (CI shares two cores): a condition that holds returns at once."""
 from __future__ import annotations
 
 import asyncio
@@ -34,7 +35,7 @@ class Events:
     def of(self, routing_key: str) -> list[dict]:
         return [event for key, event in self.items if key == routing_key]
 
-    async def wait(self, predicate, timeout: float = 3.0) -> list[tuple[str, dict]]:
+    async def wait(self, predicate, timeout: float = 10.0) -> list[tuple[str, dict]]:
         async with asyncio.timeout(timeout):
             while not predicate(self):
                 await asyncio.sleep(0.02)
@@ -44,7 +45,7 @@ class Events:
         await self.connection.close()
 
 
-async def eventually(fetch, predicate, timeout: float = 3.0):
+async def eventually(fetch, predicate, timeout: float = 10.0):
     """Poll ``await fetch()`` until ``predicate(value)``; return the value (fail with the last one)."""
     value = None
     try:
