@@ -11,6 +11,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "services.transactions.service",
     "services.diagnostics.handlers",
     "services.smart_charging.handlers",
+    "services.security.handlers",
 )
 
 

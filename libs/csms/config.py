@@ -90,6 +90,37 @@ class Settings(BaseSettings):
     # be https and carry a path prefix (the ingress strips it); the FTP URL is scheme, host and port only.
     files_public_http_url: str = _env("FILES_PUBLIC_HTTP_URL", "", max_length=512)
     files_public_ftp_url: str = _env("FILES_PUBLIC_FTP_URL", "", max_length=512)
+    # ---- security extension (services/security; firmware signing in services/diagnostics) ----
+    # the CA that signs charge point certificates (SignCertificate): PEM certificate (the issuing CA first,
+    # optionally followed by its parents) and PEM private key. Unset: a DEVELOPMENT CA is generated at first
+    # start under SECURITY_DEV_DIR (logged at WARNING).
+    security_ca_cert_file: str = _env("SECURITY_CA_CERT_FILE", "")
+    security_ca_key_file: str = _env("SECURITY_CA_KEY_FILE", "")
+    security_ca_key_password: str = _env("SECURITY_CA_KEY_PASSWORD", "")
+    # where development CA and firmware signing material are generated (keys are written mode 0600)
+    security_dev_dir: str = _env("SECURITY_DEV_DIR", "./var/security")
+    # key type of generated development material
+    security_key_type: Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"] = _env(
+        "SECURITY_KEY_TYPE", "ec-p256")
+    # days a charge point certificate signed by the CA is valid (never beyond the CA's own validity)
+    security_cert_validity_days: int = _env("SECURITY_CERT_VALIDITY_DAYS", 365, ge=1, le=3650)
+    # when set, a CSR's subject must carry exactly this organization (O) besides CN = charge point id
+    security_csr_organization: str = _env("SECURITY_CSR_ORGANIZATION", "", max_length=64)
+    # renewal: certificates expiring within this many days get ExtendedTriggerMessage(SignChargePointCertificate),
+    # at most once per SECURITY_RENEWAL_PERIOD seconds each; the check runs every SECURITY_EXPIRY_CHECK_INTERVAL
+    security_renew_before_days: int = _env("SECURITY_RENEW_BEFORE_DAYS", 30, ge=1, le=3650)
+    security_renewal_period: float = _env("SECURITY_RENEWAL_PERIOD", 86400.0, ge=1, le=86400 * 365)
+    security_expiry_check_interval: float = _env("SECURITY_EXPIRY_CHECK_INTERVAL", 3600.0, ge=0.05, le=86400 * 7)
+    # seconds between answering SignCertificate and sending CertificateSigned (the CALLRESULT goes out first)
+    security_certificate_signed_delay: float = _env("SECURITY_CERTIFICATE_SIGNED_DELAY", 1.0, ge=0, le=60)
+    # security events (SecurityEventNotification) older than this many days are deleted
+    security_events_retention_days: int = _env("SECURITY_EVENTS_RETENTION_DAYS", 365, ge=1, le=3650)
+    # the firmware signing certificate (PEM, signing certificate first) and key used for SignedUpdateFirmware
+    # with csms:firmware/<name>. Unset: a DEVELOPMENT signing certificate (and its root) is generated under
+    # SECURITY_DEV_DIR (logged at WARNING).
+    firmware_signing_cert_file: str = _env("FIRMWARE_SIGNING_CERT_FILE", "")
+    firmware_signing_key_file: str = _env("FIRMWARE_SIGNING_KEY_FILE", "")
+    firmware_signing_key_password: str = _env("FIRMWARE_SIGNING_KEY_PASSWORD", "")
 
     @field_validator("files_public_http_url")
     @classmethod
@@ -160,6 +191,17 @@ class Settings(BaseSettings):
             raise ValueError("RECONNECT_BACKOFF_INITIAL must not exceed RECONNECT_BACKOFF_MAX")
         return self
 
+    @model_validator(mode="after")
+    def _pem_file_pairs(self) -> "Settings":
+        # a certificate without its key (or the reverse) is a mistake, not a request for development material
+        for cert, key, names in (
+                (self.security_ca_cert_file, self.security_ca_key_file, "SECURITY_CA_CERT_FILE/SECURITY_CA_KEY_FILE"),
+                (self.firmware_signing_cert_file, self.firmware_signing_key_file,
+                 "FIRMWARE_SIGNING_CERT_FILE/FIRMWARE_SIGNING_KEY_FILE")):
+            if bool(cert) != bool(key):
+                raise ValueError(f"{names}: set both or neither")
+        return self
+
     def key(self, *parts: object) -> str:
         """Redis key inside this system's namespace: ``<ns>:part1:part2``; each part percent-encoded."""
         return ":".join([self.namespace, *(_key_part(p) for p in parts)])
@@ -210,8 +252,8 @@ def describe_error(exc: ValidationError) -> str:
     """One line naming every bad setting, e.g. ``GATEWAY_AUTH='basci': Input should be 'none' or 'basic'``."""
     parts = []
     for error in exc.errors():
-        if not error.get("loc"):  # a rule across settings: its message names them
-            parts.append(error["msg"].removeprefix("Value error, "))
+        if not error.get("loc"):  # a rule over several settings: its message names them (never echo the input)
+            parts.append(str(error["msg"]).removeprefix("Value error, "))
             continue
         parts.append(f"{_env_name(error)}={error.get('input')!r}: {error['msg']}")
     return "invalid setting " + "; ".join(parts)

@@ -8,12 +8,15 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, Field
 
 from csms.contracts.api.diagnostics import (
-    DiagnosticsRequestView, FileView, FirmwareUpdateView, FirmwareView, HistoryEntry,
+    DiagnosticsRequestView, FileView, FirmwareUpdateView, FirmwareView, HistoryEntry, LogRequestView,
 )
 from csms.contracts.base import UtcDatetime
 
-__all__ = ["DiagnosticsRequest", "FileRecord", "FirmwareRecord", "FirmwareUpdate", "HistoryEntry", "StoredFile",
-           "now_ms"]
+__all__ = ["DiagnosticsRequest", "FileRecord", "FirmwareRecord", "FirmwareUpdate", "HistoryEntry", "LOG_KINDS",
+           "LogRequest", "StoredFile", "now_ms"]
+
+# the kinds of uploaded files answering a GetLog (the others answer a GetDiagnostics)
+LOG_KINDS = {"DiagnosticsLog": "diagnostics-log", "SecurityLog": "security-log"}
 
 
 def now_ms() -> datetime:
@@ -68,9 +71,45 @@ class FirmwareUpdate(BaseModel):
     closed_reason: str | None = None
     error: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
+    # SignedUpdateFirmware (security extension)
+    signed: bool = False
+    ocpp_request_id: int | None = None
+    install_date: UtcDatetime | None = None
+    signing_fingerprint: str | None = None
 
     def view(self) -> FirmwareUpdateView:
         return FirmwareUpdateView(**self.model_dump(exclude={"history"}), history=self.history)
+
+
+class LogRequest(BaseModel):
+    """A GetLog sent by this system (table ``diag_log_requests``)."""
+
+    request_id: str
+    ocpp_request_id: int               # the GetLog requestId this system chose
+    charge_point_id: str
+    log_type: Literal["DiagnosticsLog", "SecurityLog"]
+    location: str                      # as sent, with passwords and upload tokens masked
+    protocol: str
+    target: Literal["csms", "external"]
+    requested_at: UtcDatetime
+    answered_at: UtcDatetime | None = None
+    updated_at: UtcDatetime
+    file_name: str | None = None
+    status: str
+    open: bool = True
+    closed_reason: str | None = None
+    file_id: str | None = None
+    oldest_timestamp: UtcDatetime | None = None
+    latest_timestamp: UtcDatetime | None = None
+    retries: int | None = None
+    retry_interval: int | None = None
+    error: str | None = None
+    grant_id: str | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+    def view(self, download_url: str | None) -> LogRequestView:
+        return LogRequestView(**self.model_dump(exclude={"grant_id", "history"}), history=self.history,
+                              download_url=download_url)
 
 
 class FileRecord(BaseModel):
@@ -104,8 +143,8 @@ class FirmwareRecord(BaseModel):
 
 
 class StoredFile(NamedTuple):
-    """An upload as recorded: the file, and the diagnostics request it answered (before and after)."""
+    """An upload as recorded: the file, and the diagnostics or log request it answered (before and after)."""
 
     file: FileRecord
-    request: DiagnosticsRequest | None = None
+    request: DiagnosticsRequest | LogRequest | None = None
     previous_status: str | None = None

@@ -19,6 +19,20 @@ Firmware updates
     Progress from FirmwareStatusNotification applies to the charge point's newest open update and never
     moves it back (a late, lower-ranked report is recorded with ``applied: false``); Installed,
     DownloadFailed and InstallationFailed close it; a newer accepted update supersedes older open ones.
+
+Logs (GetLog, security extension)
+    The CSMS chooses GetLog's requestId (a PostgreSQL sequence; whatever the operator put there is replaced), so
+    LogStatusNotification finds its request by it (without one: the charge point's newest open log request).
+    ``Requested``, then the answer: ``Accepted``/``AcceptedCanceled`` (open), ``Rejected`` or ``Failed`` (closed);
+    then ``Uploading``, ``Uploaded`` and the failures (UploadFailure, BadMessage, NotSupportedOperation,
+    PermissionDenied), which close it. A file arriving for the request links it and makes it ``Uploaded``; an
+    accepted GetLog supersedes the charge point's older open ones.
+Signed firmware (SignedUpdateFirmware, security extension)
+    Kept with the firmware updates (``signed``), matched by the requestId this system chose; progress from
+    SignedFirmwareStatusNotification only moves forward (SIGNED_FIRMWARE_RANK); Installed, DownloadFailed,
+    InvalidSignature, InstallationFailed and InstallVerificationFailed close it. An answer other than Accepted /
+    AcceptedCanceled (Rejected, InvalidCertificate, RevokedCertificate) is its final status. FirmwareStatusNotification
+    (unsigned) never applies to a signed update, nor the reverse.
 """
 from __future__ import annotations
 
@@ -28,8 +42,12 @@ from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from csms.contracts.bus import CommandResult
-from csms.contracts.ocpp16 import GetDiagnosticsRequest, UpdateFirmwareRequest
-from services.diagnostics.records import DiagnosticsRequest, FileRecord, FirmwareUpdate, HistoryEntry
+from csms.contracts.ocpp16 import (
+    GetDiagnosticsRequest, GetLogRequest, SignedUpdateFirmwareRequest, UpdateFirmwareRequest,
+)
+from services.diagnostics.records import (
+    LOG_KINDS, DiagnosticsRequest, FileRecord, FirmwareUpdate, HistoryEntry, LogRequest,
+)
 
 PLACEHOLDER_SCHEME = "csms"
 DIAGNOSTICS_KIND = "diagnostics"
@@ -45,6 +63,20 @@ FIRMWARE_RANK = {
     "Installed": 4, "InstallationFailed": 4,
 }
 FIRMWARE_FINAL = ("Installed", "DownloadFailed", "InstallationFailed")
+# SignedFirmwareStatusNotification (security extension): the same idea over its statuses; Idle moves nothing
+SIGNED_FIRMWARE_RANK = {
+    "Requested": 0, "Accepted": 0, "AcceptedCanceled": 0, "DownloadScheduled": 1, "Downloading": 2,
+    "DownloadPaused": 2, "Downloaded": 3, "DownloadFailed": 3, "SignatureVerified": 4, "InvalidSignature": 4,
+    "InstallScheduled": 5, "Installing": 6, "InstallRebooting": 7, "Installed": 8, "InstallationFailed": 8,
+    "InstallVerificationFailed": 8,
+}
+SIGNED_FIRMWARE_FINAL = ("Installed", "DownloadFailed", "InvalidSignature", "InstallationFailed",
+                         "InstallVerificationFailed")
+SIGNED_ACCEPTED = ("Accepted", "AcceptedCanceled")
+
+# GetLog (security extension): the answer, then LogStatusNotification
+LOG_ACCEPTED = ("Accepted", "AcceptedCanceled")
+LOG_FAILURES = ("UploadFailure", "BadMessage", "NotSupportedOperation", "PermissionDenied")
 SUPERSEDED = "Superseded"
 
 _SECRET_QUERY_HINTS = ("sig", "token", "key", "pass", "secret", "credential", "auth")
@@ -257,3 +289,121 @@ def record_firmware_status(rec: FirmwareUpdate, status: str, *, at: datetime) ->
 def firmware_changed(before: FirmwareUpdate, after: FirmwareUpdate) -> bool:
     """Whether an update moved (status or open/closed): worth a firmware.update_changed event."""
     return before.status != after.status or before.open != after.open
+
+
+# ---- GetLog (security extension) -----------------------------------------------------------------
+def log_kind(log_type: str) -> str:
+    """The kind of the uploaded file answering a GetLog of ``log_type``."""
+    return LOG_KINDS[log_type]
+
+
+def new_log_request(request_id: str, ocpp_request_id: int, charge_point_id: str, req: GetLogRequest, *,
+                    location: str, protocol: str, target: Literal["csms", "external"], grant_id: str | None,
+                    now: datetime) -> LogRequest:
+    return LogRequest(
+        request_id=request_id, ocpp_request_id=ocpp_request_id, charge_point_id=charge_point_id,
+        log_type=req.log_type, location=location, protocol=protocol, target=target, requested_at=now, updated_at=now,
+        status=REQUESTED, oldest_timestamp=req.log.oldest_timestamp, latest_timestamp=req.log.latest_timestamp,
+        retries=req.retries, retry_interval=req.retry_interval, grant_id=grant_id,
+        history=[HistoryEntry(status=REQUESTED, at=now, source="command")],
+    )
+
+
+def record_log_answer(rec: LogRequest, *, status: str | None, error: str | None, file_name: str | None,
+                      now: datetime) -> bool:
+    """The charge point's answer to GetLog: its status, or ``error`` when it did not answer. A file that already
+    arrived keeps the request Uploaded."""
+    rec.answered_at = now
+    if error is not None or status not in LOG_ACCEPTED:
+        final = FAILED if error is not None else str(status)
+        rec.error = error
+        if not rec.file_id:
+            rec.status = final
+        rec.open, rec.closed_reason = False, "failed" if error is not None else "rejected"
+        _add(rec, HistoryEntry(status=final, at=now, source="command", error=error))
+        return True
+    rec.file_name = file_name
+    if rec.status == REQUESTED:
+        rec.status = str(status)
+    _add(rec, HistoryEntry(status=str(status), at=now, source="command", file_name=file_name))
+    return True
+
+
+def record_log_notification(rec: LogRequest, reported: str, *, at: datetime) -> bool:
+    """A LogStatusNotification for this request."""
+    has_file = bool(rec.file_id)
+    _add(rec, HistoryEntry(status=reported, at=at, source="charge_point"))
+    if reported == UPLOADING:
+        if not has_file and rec.status in (REQUESTED, *LOG_ACCEPTED):
+            rec.status = UPLOADING
+    elif reported == UPLOADED:
+        rec.status = UPLOADED
+        rec.open, rec.closed_reason = False, "reported"
+    elif reported in LOG_FAILURES:
+        if not has_file:
+            rec.status = reported
+        rec.open, rec.closed_reason = False, "reported"
+    elif reported == IDLE and (has_file or rec.status == UPLOADED or rec.status in LOG_FAILURES):
+        rec.open, rec.closed_reason = False, "idle"
+    return True
+
+
+def link_log_upload(rec: LogRequest, file: FileRecord) -> bool:
+    rec.file_id = file.file_id
+    rec.status = UPLOADED
+    _add(rec, HistoryEntry(status=UPLOADED, at=file.uploaded_at, source="upload", file_id=file.file_id,
+                           size=file.size))
+    return True
+
+
+def link_any(rec: DiagnosticsRequest | LogRequest, file: FileRecord) -> bool:
+    """The upload rule for whichever request an upload answers."""
+    return link_log_upload(rec, file) if isinstance(rec, LogRequest) else link_upload(rec, file)
+
+
+def supersede_log(rec: LogRequest, *, now: datetime) -> bool:
+    if not rec.open:
+        return False
+    rec.open, rec.closed_reason = False, "superseded"
+    rec.updated_at = max(rec.updated_at, now)
+    return True
+
+
+# ---- SignedUpdateFirmware (security extension) ---------------------------------------------------
+def new_signed_update(request_id: str, ocpp_request_id: int, charge_point_id: str, req: SignedUpdateFirmwareRequest,
+                      *, location: str, firmware: str | None, signing_fingerprint: str | None,
+                      now: datetime) -> FirmwareUpdate:
+    return FirmwareUpdate(
+        request_id=request_id, charge_point_id=charge_point_id, location=location, firmware=firmware,
+        retrieve_date=req.firmware.retrieve_date_time, install_date=req.firmware.install_date_time,
+        retries=req.retries, retry_interval=req.retry_interval, requested_at=now, updated_at=now, status="Requested",
+        signed=True, ocpp_request_id=ocpp_request_id, signing_fingerprint=signing_fingerprint,
+        history=[HistoryEntry(status="Requested", at=now, source="command")],
+    )
+
+
+def record_signed_answer(rec: FirmwareUpdate, *, status: str | None, error: str | None, now: datetime) -> bool:
+    """The answer to SignedUpdateFirmware: Accepted/AcceptedCanceled keep it open; any other status (or no
+    answer: ``error``) is final."""
+    if error is None and status in SIGNED_ACCEPTED:
+        _add(rec, HistoryEntry(status=str(status), at=now, source="command"))
+        return True
+    final = "Failed" if error is not None else str(status)
+    rec.error = error
+    rec.status = final
+    rec.open, rec.closed_reason = False, "failed" if error is not None else "rejected"
+    _add(rec, HistoryEntry(status=final, at=now, source="command", error=error))
+    return True
+
+
+def record_signed_firmware_status(rec: FirmwareUpdate, status: str, *, at: datetime) -> bool:
+    """A SignedFirmwareStatusNotification: recorded; moves an open update's status only forward; a final status
+    closes it."""
+    rank = SIGNED_FIRMWARE_RANK.get(status)
+    applies = rec.open and rank is not None and rank >= SIGNED_FIRMWARE_RANK.get(rec.status, 0)
+    if applies:
+        rec.status = status
+        if status in SIGNED_FIRMWARE_FINAL:
+            rec.open, rec.closed_reason = False, "reported"
+    _add(rec, HistoryEntry(status=status, at=at, source="charge_point", applied=None if applies else False))
+    return True

@@ -2,7 +2,8 @@
 ``libs/csms/db/migrations/versions``); the file bytes stay on disk under FILES_ROOT.
 
     diag_requests           GetDiagnostics requests, with their history (jsonb, newest HISTORY_LIMIT)
-    diag_firmware_updates   UpdateFirmware requests, with their history
+    diag_firmware_updates   UpdateFirmware and SignedUpdateFirmware requests, with their history
+    diag_log_requests       GetLog requests, with their history
     diag_files              uploaded files' metadata; ``grant_id`` is UNIQUE: one file per one-time grant
     diag_firmware           hosted firmware images
 
@@ -17,10 +18,12 @@ from typing import Any, Callable, Generic, NamedTuple, Protocol, TypeVar
 import asyncpg
 from pydantic import BaseModel
 
-from services.diagnostics.records import DiagnosticsRequest, FileRecord, FirmwareRecord, FirmwareUpdate, StoredFile
+from services.diagnostics.records import (
+    LOG_KINDS, DiagnosticsRequest, FileRecord, FirmwareRecord, FirmwareUpdate, LogRequest, StoredFile,
+)
 
 MAX_FIRMWARE_LISTED = 1000
-T = TypeVar("T", DiagnosticsRequest, FirmwareUpdate)
+T = TypeVar("T", DiagnosticsRequest, FirmwareUpdate, LogRequest)
 Change = Callable[[T], bool]
 
 
@@ -60,9 +63,24 @@ class DiagnosticsStore(Protocol):
     async def update_newest_open_update(self, charge_point_id: str,
                                         change: Change[FirmwareUpdate]) -> Updated[FirmwareUpdate] | None: ...
     async def open_update_ids(self, charge_point_id: str) -> list[str]: ...
+    async def update_update_by_ocpp_id(self, charge_point_id: str, ocpp_request_id: int,
+                                       change: Change[FirmwareUpdate]) -> Updated[FirmwareUpdate] | None: ...
+    async def update_newest_open_signed_update(self, charge_point_id: str,
+                                               change: Change[FirmwareUpdate]) -> Updated[FirmwareUpdate] | None: ...
+    # GetLog requests
+    async def next_ocpp_request_id(self) -> int: ...
+    async def add_log(self, request: LogRequest) -> None: ...
+    async def get_log(self, request_id: str) -> LogRequest | None: ...
+    async def list_logs(self, listing: Listing, log_type: str | None = None) -> list[LogRequest]: ...
+    async def update_log(self, request_id: str, change: Change[LogRequest]) -> Updated[LogRequest] | None: ...
+    async def update_log_by_ocpp_id(self, charge_point_id: str, ocpp_request_id: int,
+                                    change: Change[LogRequest]) -> Updated[LogRequest] | None: ...
+    async def update_newest_open_log(self, charge_point_id: str,
+                                     change: Change[LogRequest]) -> Updated[LogRequest] | None: ...
+    async def open_log_ids(self, charge_point_id: str) -> list[str]: ...
     # uploaded files
     async def add_file(self, file: FileRecord, *, grant_id: str,
-                       link: Callable[[DiagnosticsRequest, FileRecord], bool] | None = None) -> StoredFile: ...
+                       link: Callable[[Any, FileRecord], bool] | None = None) -> StoredFile: ...
     async def get_file(self, file_id: str) -> FileRecord | None: ...
     async def list_files(self, listing: Listing, kind: str | None = None) -> list[FileRecord]: ...
     # hosted firmware
@@ -111,8 +129,8 @@ class _Requests(Generic[T]):
         row = await db.fetchrow(f"{self.sql_select} WHERE request_id = $1", request_id)
         return self._record(row) if row else None
 
-    async def list(self, db: asyncpg.Pool, listing: Listing) -> list[T]:
-        where, args = _listing_filter(listing, "requested_at")
+    async def list(self, db: asyncpg.Pool, listing: Listing, extra: dict[str, Any] | None = None) -> list[T]:
+        where, args = _listing_filter(listing, "requested_at", extra)
         rows = await db.fetch(f"{self.sql_select}{where} ORDER BY requested_at DESC, seq DESC LIMIT ${len(args) + 1}",
                               *args, listing.limit)
         return [self._record(row) for row in rows]
@@ -138,11 +156,16 @@ class _Requests(Generic[T]):
             row = await connection.fetchrow(f"{self.sql_select} WHERE request_id = $1 FOR UPDATE", request_id)
             return await self.change(connection, row, change)
 
-    async def update_newest_open(self, db: asyncpg.Pool, charge_point_id: str, change: Change[T]) -> Updated[T] | None:
+    async def update_newest_open(self, db: asyncpg.Pool, charge_point_id: str, change: Change[T],
+                                 where: str = "") -> Updated[T] | None:
+        return await self.update_newest(db, f'charge_point_id = $1 AND "open"{where}', [charge_point_id], change)
+
+    async def update_newest(self, db: asyncpg.Pool, condition: str, args: list[Any],
+                            change: Change[T]) -> Updated[T] | None:
+        """``change`` the newest row matching ``condition`` (SQL over the table's columns, with ``args``)."""
         async with db.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
-                f'{self.sql_select} WHERE charge_point_id = $1 AND "open" ORDER BY requested_at DESC, seq DESC '
-                "LIMIT 1 FOR UPDATE", charge_point_id)
+                f"{self.sql_select} WHERE {condition} ORDER BY requested_at DESC, seq DESC LIMIT 1 FOR UPDATE", *args)
             return await self.change(connection, row, change)
 
 
@@ -170,6 +193,7 @@ class PostgresStore:
         self.db = db
         self.requests = _Requests("diag_requests", DiagnosticsRequest)
         self.updates = _Requests("diag_firmware_updates", FirmwareUpdate)
+        self.logs = _Requests("diag_log_requests", LogRequest)
 
     # ---- GetDiagnostics requests
     async def add_request(self, request: DiagnosticsRequest) -> None:
@@ -207,16 +231,56 @@ class PostgresStore:
 
     async def update_newest_open_update(self, charge_point_id: str,
                                         change: Change[FirmwareUpdate]) -> Updated[FirmwareUpdate] | None:
-        return await self.updates.update_newest_open(self.db, charge_point_id, change)
+        """The newest open UpdateFirmware (FirmwareStatusNotification reports on those, not on signed ones)."""
+        return await self.updates.update_newest_open(self.db, charge_point_id, change, " AND NOT signed")
 
     async def open_update_ids(self, charge_point_id: str) -> list[str]:
         return await self.updates.open_ids(self.db, charge_point_id)
 
+    async def update_update_by_ocpp_id(self, charge_point_id: str, ocpp_request_id: int,
+                                       change: Change[FirmwareUpdate]) -> Updated[FirmwareUpdate] | None:
+        return await self.updates.update_newest(self.db, "charge_point_id = $1 AND ocpp_request_id = $2 AND signed",
+                                                [charge_point_id, ocpp_request_id], change)
+
+    async def update_newest_open_signed_update(self, charge_point_id: str,
+                                               change: Change[FirmwareUpdate]) -> Updated[FirmwareUpdate] | None:
+        return await self.updates.update_newest_open(self.db, charge_point_id, change, " AND signed")
+
+    # ---- GetLog requests
+    async def next_ocpp_request_id(self) -> int:
+        """A requestId for GetLog / SignedUpdateFirmware (a sequence: unique until it wraps at 2^31)."""
+        return await self.db.fetchval("SELECT nextval('diag_ocpp_request_ids')")
+
+    async def add_log(self, request: LogRequest) -> None:
+        await self.logs.add(self.db, request)
+
+    async def get_log(self, request_id: str) -> LogRequest | None:
+        return await self.logs.get(self.db, request_id)
+
+    async def list_logs(self, listing: Listing, log_type: str | None = None) -> list[LogRequest]:
+        return await self.logs.list(self.db, listing, {"log_type": log_type})
+
+    async def update_log(self, request_id: str, change: Change[LogRequest]) -> Updated[LogRequest] | None:
+        return await self.logs.update(self.db, request_id, change)
+
+    async def update_log_by_ocpp_id(self, charge_point_id: str, ocpp_request_id: int,
+                                    change: Change[LogRequest]) -> Updated[LogRequest] | None:
+        return await self.logs.update_newest(self.db, "charge_point_id = $1 AND ocpp_request_id = $2",
+                                             [charge_point_id, ocpp_request_id], change)
+
+    async def update_newest_open_log(self, charge_point_id: str,
+                                     change: Change[LogRequest]) -> Updated[LogRequest] | None:
+        return await self.logs.update_newest_open(self.db, charge_point_id, change)
+
+    async def open_log_ids(self, charge_point_id: str) -> list[str]:
+        return await self.logs.open_ids(self.db, charge_point_id)
+
     # ---- uploaded files
     async def add_file(self, file: FileRecord, *, grant_id: str,
-                       link: Callable[[DiagnosticsRequest, FileRecord], bool] | None = None) -> StoredFile:
-        """Record an upload and, in the same transaction, apply ``link`` to the diagnostics request it was
-        made for (if that request exists). Raises DuplicateUpload when the grant already has its file."""
+                       link: Callable[[Any, FileRecord], bool] | None = None) -> StoredFile:
+        """Record an upload and, in the same transaction, apply ``link`` to the request it was made for (a
+        diagnostics request, or a log request for the GetLog kinds), if that request exists. Raises
+        DuplicateUpload when the grant already has its file."""
         async with self.db.acquire() as connection, connection.transaction():
             try:
                 await connection.execute(
@@ -227,9 +291,9 @@ class PostgresStore:
                 raise DuplicateUpload(f"grant {grant_id} already has its file") from None
             if link is None or not file.request_id:
                 return StoredFile(file)
-            row = await connection.fetchrow(f"{self.requests.sql_select} WHERE request_id = $1 FOR UPDATE",
-                                            file.request_id)
-            updated = await self.requests.change(connection, row, lambda request: link(request, file))
+            table = self.logs if file.kind in LOG_KINDS.values() else self.requests
+            row = await connection.fetchrow(f"{table.sql_select} WHERE request_id = $1 FOR UPDATE", file.request_id)
+            updated = await table.change(connection, row, lambda request: link(request, file))
         if updated is None:
             return StoredFile(file)
         return StoredFile(file, updated.after, updated.before.status)

@@ -11,15 +11,14 @@ import os
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-import aio_pika
 import aiohttp
 import pytest
 from ocpp.exceptions import NotSupportedError
 from ocpp.v16 import call
 
-from csms.bus import Names
 from csms.client import ApiCallFailed
 from tests.support.chargepoint import connect
+from tests.support.events import Events, eventually
 from tests.support.system import System
 
 UTC = timezone.utc
@@ -39,54 +38,6 @@ async def system(settings, tmp_path):
         yield sut
     finally:
         await sut.stop()
-
-
-class Events:
-    """Collects the events published under the given routing keys."""
-
-    def __init__(self, settings, *routing_keys: str):
-        self.settings = settings
-        self.routing_keys = routing_keys
-        self.items: list[tuple[str, dict]] = []
-
-    async def __aenter__(self) -> "Events":
-        self.connection = await aio_pika.connect(self.settings.amqp_url)
-        channel = await self.connection.channel()
-        exchange = await channel.get_exchange(Names.of(self.settings).events)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in self.routing_keys:
-            await queue.bind(exchange, key)
-        await queue.consume(self._on_message, no_ack=True)
-        return self
-
-    async def _on_message(self, message) -> None:
-        self.items.append((message.routing_key, json.loads(message.body)))
-
-    def of(self, routing_key: str) -> list[dict]:
-        return [event for key, event in self.items if key == routing_key]
-
-    async def wait(self, predicate, timeout: float = 3.0) -> list[tuple[str, dict]]:
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                await asyncio.sleep(0.02)
-        return self.items
-
-    async def __aexit__(self, *exc) -> None:
-        await self.connection.close()
-
-
-async def eventually(fetch, predicate, timeout: float = 3.0):
-    """Poll ``await fetch()`` until ``predicate(value)``; return the value (fail with the last one)."""
-    value = None
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                value = await fetch()
-                if predicate(value):
-                    return value
-                await asyncio.sleep(0.03)
-    except TimeoutError:
-        pytest.fail(f"condition not met in {timeout}s; last value: {value!r}")
 
 
 def ftp_store(url: str, name: str, data: bytes) -> str:

@@ -69,8 +69,6 @@ async def test_bad_paths_are_refused(system):
     ([2, "m5", "Heartbeat", []], "m5", "FormationViolation"),
     ([2, "m6", "NoSuchAction", {}], "m6", "NotImplemented"),
     ([2, "m7", "Reset", {"type": "Hard"}], "m7", "NotSupported"),  # a CSMS->CP operation
-    ([2, "m8", "SecurityEventNotification", {"type": "x", "timestamp": "2026-01-01T00:00:00Z"}], "m8",
-     "NotSupported"),  # known, but no service owns it
     ([2, "m9", "BootNotification", {"chargePointVendor": "v"}], "m9", "OccurenceConstraintViolation"),
     ([2, "m10", "BootNotification", {"chargePointVendor": 5, "chargePointModel": "m"}], "m10",
      "TypeConstraintViolation"),

@@ -16,7 +16,7 @@ from services.diagnostics.store import DuplicateUpload, Listing, PostgresStore
 from tests.support.system import create_schema, drop_schema
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-TABLES = {"diag_requests", "diag_firmware_updates", "diag_files", "diag_firmware"}
+TABLES = {"diag_requests", "diag_firmware_updates", "diag_files", "diag_firmware", "diag_log_requests"}
 
 
 def at(seconds: float) -> datetime:
@@ -63,14 +63,20 @@ async def tables(settings) -> set[str]:
         await connection.close()
 
 
+async def diag_tables(settings) -> set[str]:
+    return {name for name in await tables(settings) if name.startswith("diag_")}
+
+
 async def test_migrations_go_down_and_up_again(schema):
-    assert await tables(schema) == TABLES
-    assert "diagnostics_0001" in await migrate.current(schema)
+    assert await diag_tables(schema) == TABLES
+    assert "diagnostics_0002" in await migrate.current(schema)
+    await migrate.downgrade(schema, "diagnostics_0001")
+    assert await diag_tables(schema) == TABLES - {"diag_log_requests"}
     await migrate.downgrade(schema, "diagnostics@base")
-    assert await tables(schema) == set()
-    assert "diagnostics_0001" not in await migrate.current(schema)
+    assert await diag_tables(schema) == set()
+    assert not {"diagnostics_0001", "diagnostics_0002"} & await migrate.current(schema)
     await migrate.upgrade(schema)
-    assert await tables(schema) == TABLES
+    assert await diag_tables(schema) == TABLES
 
 
 async def test_requests_round_trip_and_list_newest_first(store):
@@ -173,3 +179,45 @@ async def test_records_outlive_the_pool(schema):
         assert await PostgresStore(db.pool).get_request("r1") == diagnostics("r1")
     finally:
         await db.close()
+
+
+async def test_signed_and_unsigned_updates_and_logs_are_found_by_what_reports_them(store):
+    from csms.contracts.ocpp16 import Firmware, GetLogRequest, LogParameters, SignedUpdateFirmwareRequest
+
+    plain = firmware_update("plain", when=at(0))
+    await store.add_update(plain)
+    first_id, second_id = await store.next_ocpp_request_id(), await store.next_ocpp_request_id()
+    assert second_id == first_id + 1
+    req = SignedUpdateFirmwareRequest(request_id=0, firmware=Firmware(
+        location="csms:firmware/a.bin", retrieve_date_time=T0, signing_certificate="c", signature="s"))
+    signed = rules.new_signed_update("signed", first_id, "CP-1", req, location="http://fw/a.bin", firmware="a.bin",
+                                     signing_fingerprint="f" * 64, now=at(1))
+    await store.add_update(signed)
+    assert await store.get_update("signed") == signed
+
+    def mark(status):
+        return lambda r: rules.record_signed_firmware_status(r, status, at=at(5)) if r.signed else \
+            rules.record_firmware_status(r, status, at=at(5))
+
+    # FirmwareStatusNotification (unsigned) never lands on the newer signed update, nor the reverse
+    assert (await store.update_newest_open_update("CP-1", mark("Downloading"))).after.request_id == "plain"
+    assert (await store.update_newest_open_signed_update("CP-1", mark("Downloaded"))).after.request_id == "signed"
+    assert (await store.update_update_by_ocpp_id("CP-1", first_id, mark("SignatureVerified"))).after.status == \
+        "SignatureVerified"
+    assert await store.update_update_by_ocpp_id("CP-2", first_id, mark("Installed")) is None
+    assert await store.update_update_by_ocpp_id("CP-1", second_id, mark("Installed")) is None
+
+    log_req = GetLogRequest(log=LogParameters(remote_location="csms:ftp"), log_type="DiagnosticsLog", request_id=0)
+    log = rules.new_log_request("log1", second_id, "CP-1", log_req, location="ftp://u:****@h/", protocol="ftp",
+                                target="csms", grant_id="g-log1", now=at(2))
+    await store.add_log(log)
+    updated = await store.update_log_by_ocpp_id("CP-1", second_id,
+                                                lambda r: rules.record_log_notification(r, "Uploading", at=at(3)))
+    assert updated.after.status == "Uploading"
+    # an upload for the log request links it, in the log table
+    stored = await store.add_file(file("f-log", request_id="log1", kind="diagnostics-log", when=at(4)),
+                                  grant_id="g-log1", link=rules.link_any)
+    assert stored.request.request_id == "log1" and stored.request.file_id == "f-log"
+    assert (await store.get_log("log1")).status == "Uploaded"
+    assert [r.request_id for r in await store.list_logs(Listing(), "DiagnosticsLog")] == ["log1"]
+    assert await store.list_logs(Listing(), "SecurityLog") == []

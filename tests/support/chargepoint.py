@@ -1,6 +1,7 @@
 """A scriptable OCPP 1.6 charge point for tests, built on the ocpp package's ChargePoint.
 
-It answers every CSMS->CP operation with a configurable response and records what it received.
+It answers every CSMS->CP operation (the 1.6 security extension's too) with a configurable response and records
+what it received. tests/support/pki.py gives it keys, CSRs and certificate checks.
 """
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ DEFAULT_RESPONSES: dict[str, dict[str, Any]] = {
     "TriggerMessage": {"status": "Accepted"},
     "UnlockConnector": {"status": "Unlocked"},
     "UpdateFirmware": {},
+    # security extension
+    "CertificateSigned": {"status": "Accepted"},
+    "DeleteCertificate": {"status": "Accepted"},
+    "ExtendedTriggerMessage": {"status": "Accepted"},
+    "GetInstalledCertificateIds": {"status": "NotFound"},
+    "GetLog": {"status": "Accepted", "filename": "log.txt"},
+    "InstallCertificate": {"status": "Accepted"},
+    "SignedUpdateFirmware": {"status": "Accepted"},
 }
 
 Responder = dict[str, Any] | Callable[[dict[str, Any]], Any]
@@ -52,7 +61,7 @@ class ChargePoint(OcppChargePoint):
         self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.responses: dict[str, Responder] = dict(DEFAULT_RESPONSES)
         self.on_received: asyncio.Event = asyncio.Event()
-        for action in ocpp16.CSMS_TO_CP:
+        for action in ocpp16.ALL_CSMS_TO_CP:
             self.route_map[action] = {"_on_action": self._make_handler(action), "_skip_schema_validation": False}
 
     def _make_handler(self, action: str):

@@ -29,7 +29,10 @@ def make_settings(infra: Infrastructure, **overrides) -> Settings:
                   gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0,
                   files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0, ftp_port=0,
                   files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"),  # made on first use
-                  ops_host="127.0.0.1", ops_port=0, backoff_initial=0.1, backoff_max=1.0, log_repeat_seconds=5.0)
+                  ops_host="127.0.0.1", ops_port=0, backoff_initial=0.1, backoff_max=1.0, log_repeat_seconds=5.0,
+                  # development CA / firmware signing material of this test (generated at start, removed after)
+                  security_dev_dir=os.path.join(tempfile.gettempdir(), f"csms-{namespace}-security"),
+                  security_certificate_signed_delay=0.05)
     values.update(overrides)
     return Settings(**values)
 
@@ -97,8 +100,9 @@ class System:
 async def remove_test_system(settings: Settings, services: list[Service]) -> None:
     """Remove what a test system (in this process or a subprocess) left: files, Redis keys, the PostgreSQL
     schema, the RabbitMQ queues and exchanges of its namespace."""
-    if settings.files_root.startswith(tempfile.gettempdir()):
-        shutil.rmtree(settings.files_root, ignore_errors=True)
+    for folder in (settings.files_root, settings.security_dev_dir):
+        if folder.startswith(tempfile.gettempdir()):
+            shutil.rmtree(folder, ignore_errors=True)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     try:
         keys = [key async for key in redis.scan_iter(f"{settings.namespace}:*", count=1000)]

@@ -185,3 +185,119 @@ def test_public_urls_from_configuration():
     assert urls.file("f1") == "https://cs.example.com/intake/files/f1"
     assert urls.upload_ftp("u1", "pw") == "ftp://u1:pw@ftp.example.com/"
     assert (urls.ftp_host, urls.ftp_port) == ("ftp.example.com", 21)
+
+
+# ---- GetLog (security extension) ---------------------------------------------------------------------------
+def log_request(status: str = rules.REQUESTED, *, file_id: str | None = None):
+    from csms.contracts.ocpp16 import GetLogRequest, LogParameters
+
+    req = GetLogRequest(log=LogParameters(remote_location="csms:http"), log_type="SecurityLog", request_id=0)
+    rec = rules.new_log_request("l1", 42, "CP-1", req, location="http://x/upload/abcd****/", protocol="http",
+                                target="csms", grant_id="g1", now=T0)
+    rec.status, rec.file_id = status, file_id
+    return rec
+
+
+def test_log_kinds():
+    assert (rules.log_kind("SecurityLog"), rules.log_kind("DiagnosticsLog")) == ("security-log", "diagnostics-log")
+
+
+@pytest.mark.parametrize("status, error, expected, open_, reason", [
+    ("Accepted", None, "Accepted", True, None),
+    ("AcceptedCanceled", None, "AcceptedCanceled", True, None),
+    ("Rejected", None, "Rejected", False, "rejected"),
+    (None, "timeout: no answer", "Failed", False, "failed"),
+])
+def test_log_answers(status, error, expected, open_, reason):
+    rec = log_request()
+    rules.record_log_answer(rec, status=status, error=error, file_name="s.log", now=at(1))
+    assert (rec.status, rec.open, rec.closed_reason, rec.error) == (expected, open_, reason, error)
+    assert rec.history[-1].status == expected and rec.answered_at == at(1)
+
+
+def test_log_answer_after_the_file_keeps_it_uploaded():
+    rec = log_request(rules.UPLOADED, file_id="f")
+    rules.record_log_answer(rec, status="Accepted", error=None, file_name="s.log", now=at(1))
+    assert rec.status == rules.UPLOADED
+
+
+@pytest.mark.parametrize("start, reported, status, open_", [
+    ("Accepted", "Uploading", "Uploading", True),
+    ("Accepted", "Uploaded", "Uploaded", False),
+    ("Accepted", "UploadFailure", "UploadFailure", False),
+    ("Accepted", "PermissionDenied", "PermissionDenied", False),
+    ("Accepted", "BadMessage", "BadMessage", False),
+    ("Accepted", "NotSupportedOperation", "NotSupportedOperation", False),
+    ("Accepted", "Idle", "Accepted", True),           # nothing happened yet
+    ("Uploaded", "Idle", "Uploaded", False),          # done: Idle closes it
+])
+def test_log_notifications(start, reported, status, open_):
+    rec = log_request(start)
+    rules.record_log_notification(rec, reported, at=at(2))
+    assert (rec.status, rec.open) == (status, open_)
+    assert rec.history[-1].status == reported and rec.history[-1].source == "charge_point"
+
+
+def test_a_log_file_links_its_request_and_a_failure_report_does_not_undo_it():
+    rec = log_request("Accepted")
+    file = upload().model_copy(update={"kind": "security-log", "request_id": "l1"})
+    assert rules.link_any(rec, file) and (rec.status, rec.file_id) == (rules.UPLOADED, file.file_id)
+    rules.record_log_notification(rec, "UploadFailure", at=at(6))
+    assert (rec.status, rec.open) == (rules.UPLOADED, False)
+    diagnostics = request()
+    assert rules.link_any(diagnostics, upload()) and diagnostics.status == rules.UPLOADED
+    closed = log_request()
+    assert rules.supersede_log(closed, now=at(9)) and closed.closed_reason == "superseded"
+    assert not rules.supersede_log(closed, now=at(10))
+
+
+# ---- SignedUpdateFirmware (security extension) -------------------------------------------------------------
+def signed(status: str = "Requested"):
+    from csms.contracts.ocpp16 import Firmware, SignedUpdateFirmwareRequest
+
+    req = SignedUpdateFirmwareRequest(request_id=0, firmware=Firmware(
+        location="csms:firmware/a.bin", retrieve_date_time=T0, install_date_time=at(60), signing_certificate="c",
+        signature="s"))
+    rec = rules.new_signed_update("s1", 7, "CP-1", req, location="http://x/firmware/a.bin", firmware="a.bin",
+                                  signing_fingerprint="ab" * 32, now=T0)
+    rec.status = status
+    return rec
+
+
+@pytest.mark.parametrize("answer, error, status, open_", [
+    ("Accepted", None, "Requested", True),
+    ("AcceptedCanceled", None, "Requested", True),
+    ("Rejected", None, "Rejected", False),
+    ("InvalidCertificate", None, "InvalidCertificate", False),
+    ("RevokedCertificate", None, "RevokedCertificate", False),
+    (None, "offline: not connected", "Failed", False),
+])
+def test_signed_update_answers(answer, error, status, open_):
+    rec = signed()
+    assert (rec.signed, rec.ocpp_request_id, rec.install_date) == (True, 7, at(60))
+    rules.record_signed_answer(rec, status=answer, error=error, now=at(1))
+    assert (rec.status, rec.open) == (status, open_)
+
+
+def test_signed_firmware_progress_moves_forward_only_and_final_states_close():
+    rec = signed()
+    for step in ("DownloadScheduled", "Downloading", "Downloaded", "SignatureVerified", "InstallScheduled",
+                 "Installing", "InstallRebooting"):
+        rules.record_signed_firmware_status(rec, step, at=at(1))
+        assert rec.status == step and rec.open
+    rules.record_signed_firmware_status(rec, "Downloading", at=at(2))   # late
+    assert rec.status == "InstallRebooting" and rec.history[-1].applied is False
+    rules.record_signed_firmware_status(rec, "Idle", at=at(3))          # moves nothing
+    assert rec.status == "InstallRebooting"
+    rules.record_signed_firmware_status(rec, "Installed", at=at(4))
+    assert (rec.status, rec.open, rec.closed_reason) == ("Installed", False, "reported")
+    rules.record_signed_firmware_status(rec, "InstallationFailed", at=at(5))   # closed: recorded only
+    assert rec.status == "Installed" and rec.history[-1].applied is False
+
+
+@pytest.mark.parametrize("final", ["DownloadFailed", "InvalidSignature", "InstallationFailed",
+                                   "InstallVerificationFailed"])
+def test_signed_firmware_failures_close_it(final):
+    rec = signed("Downloaded")
+    rules.record_signed_firmware_status(rec, final, at=at(1))
+    assert (rec.status, rec.open) == (final, False)

@@ -40,3 +40,13 @@ def test_every_supported_operation_is_backed_by_an_end_to_end_test():
     document = json.loads((ROOT / "ocpp" / "coverage.json").read_text())
     untested = [e["operation"] for e in document["operations"] if e["supported"] and not e["tests"]]
     assert untested == []
+
+
+def test_coverage_reports_the_security_extension_apart_and_every_supported_one_is_tested():
+    document = json.loads((ROOT / "ocpp" / "coverage.json").read_text())
+    security = {e["operation"]: e for e in document["security_extension"]}
+    assert set(security) == set(ocpp16.SECURITY_CP_TO_CSMS) | set(ocpp16.SECURITY_CSMS_TO_CP)
+    assert len(security) == 11 == document["summary"]["security_extension_operations"]
+    assert document["summary"]["security_extension_supported"] == sum(e["supported"] for e in security.values())
+    assert not set(security) & {e["operation"] for e in document["operations"]}
+    assert [op for op, e in security.items() if e["supported"] and not e["tests"]] == []

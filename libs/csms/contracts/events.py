@@ -201,3 +201,44 @@ class FirmwareUpdateChanged(Event):
     open: bool = True
     location: str | None = None
     firmware: str | None = None
+    # added for the security extension: True for a SignedUpdateFirmware, with the requestId the CSMS chose
+    signed: bool = False
+    ocpp_request_id: int | None = None
+
+
+class LogStatusChanged(Event):
+    """A GetLog request (security extension) changed state (diagnostics service)."""
+    EVENT_TYPE: ClassVar[str] = "diagnostics.log_status_changed"
+    request_id: str
+    ocpp_request_id: int        # the GetLog requestId the CSMS chose
+    log_type: str               # DiagnosticsLog | SecurityLog
+    status: str                 # Requested | Accepted | AcceptedCanceled | Rejected | Failed | Uploading | Uploaded
+    #                             | UploadFailure | BadMessage | NotSupportedOperation | PermissionDenied | Superseded
+    previous_status: str | None = None
+    source: str | None = None   # command | charge_point | upload
+    file_id: str | None = None
+    open: bool = True
+
+
+class SecurityEventReceived(Event):
+    """A SecurityEventNotification from a charge point, as stored (security service)."""
+    EVENT_TYPE: ClassVar[str] = "security.event_received"
+    type: str                   # e.g. FirmwareUpdated, TamperDetectionActivated (the whitepaper's list, or vendor's)
+    timestamp: UtcDatetime      # the charge point's time of the event
+    tech_info: str | None = None
+    critical: bool              # one of the whitepaper's critical security events
+    record_id: int              # the stored event's id (security list_security_events)
+
+
+class CertificateChanged(Event):
+    """A charge point certificate this system tracks changed state (security service): issued by the CA after a
+    SignCertificate, accepted or rejected by the charge point (CertificateSigned), superseded by a newer one,
+    revoked or forgotten by an operator."""
+    EVENT_TYPE: ClassVar[str] = "security.certificate_changed"
+    serial_number: str          # hex, lowercase, no leading zeros (as in OCPP CertificateHashData)
+    fingerprint: str            # SHA-256 of the DER certificate, hex
+    status: str                 # issued | accepted | rejected | undelivered | superseded | revoked | forgotten
+    previous_status: str | None = None
+    subject: str
+    not_after: UtcDatetime
+    issued_by_csms: bool = True

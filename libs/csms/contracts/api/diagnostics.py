@@ -77,6 +77,32 @@ class RequestDiagnosticsParams(_Params):
     command_timeout: float | None = Field(None, gt=0, le=300)
 
 
+class ListLogsParams(_Listing):
+    log_type: Literal["DiagnosticsLog", "SecurityLog"] | None = None
+
+
+class GetLogParams(_Params):
+    request_id: Id
+
+
+class RequestLogParams(_Params):
+    """Ask a charge point to upload a log to this system (GetLog with ``csms:<protocol>``; the requestId is chosen
+    by the service)."""
+
+    charge_point_id: Id
+    log_type: Literal["DiagnosticsLog", "SecurityLog"] = "SecurityLog"
+    protocol: Literal["ftp", "http"] = "http"
+    oldest_timestamp: UtcDatetime | None = None
+    latest_timestamp: UtcDatetime | None = None
+    retries: int | None = Field(None, ge=0, le=2 ** 31 - 1, strict=True)
+    retry_interval: int | None = Field(None, ge=0, le=2 ** 31 - 1, strict=True)
+    command_timeout: float | None = Field(None, gt=0, le=300)
+
+
+class FirmwareSigningParams(_Params):
+    pass
+
+
 # ---- results -------------------------------------------------------------------------------------
 class HistoryEntry(BaseModel):
     """One step of a request's history; only the fields that apply are set (and serialised)."""
@@ -136,9 +162,55 @@ class FirmwareUpdateView(BaseModel):
     # | InstallationFailed | Superseded
     status: str
     open: bool
-    closed_reason: str | None = None  # failed | reported | superseded
+    closed_reason: str | None = None  # failed | reported | superseded | rejected
     error: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
+    # SignedUpdateFirmware (security extension): the requestId the CSMS chose, installDateTime, and the
+    # SHA-256 fingerprint of the signing certificate sent
+    signed: bool = False
+    ocpp_request_id: int | None = None
+    install_date: UtcDatetime | None = None
+    signing_fingerprint: str | None = None
+
+
+class LogRequestView(BaseModel):
+    """A GetLog sent by this system (security extension), tracked by the requestId it chose."""
+
+    request_id: str
+    ocpp_request_id: int
+    charge_point_id: str
+    log_type: Literal["DiagnosticsLog", "SecurityLog"]
+    location: str                  # passwords and upload tokens masked
+    protocol: str
+    target: Literal["csms", "external"]
+    requested_at: UtcDatetime
+    answered_at: UtcDatetime | None = None
+    updated_at: UtcDatetime
+    file_name: str | None = None   # GetLog.conf filename
+    # Requested | Accepted | AcceptedCanceled | Rejected | Failed | Uploading | Uploaded | UploadFailure
+    # | BadMessage | NotSupportedOperation | PermissionDenied
+    status: str
+    open: bool
+    closed_reason: str | None = None  # failed | rejected | reported | idle | superseded
+    file_id: str | None = None
+    oldest_timestamp: UtcDatetime | None = None
+    latest_timestamp: UtcDatetime | None = None
+    retries: int | None = None
+    retry_interval: int | None = None
+    error: str | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+    download_url: str | None = None
+
+
+class FirmwareSigningView(BaseModel):
+    """The certificate SignedUpdateFirmware of hosted firmware carries, and how signatures are made."""
+
+    certificate: str               # the signing certificate (PEM): the signingCertificate sent
+    chain: str                     # it and its parents (PEM); the last is the root to install as
+    #                                ManufacturerRootCertificate on charge points
+    fingerprint: str
+    algorithm: str                 # RSA-SHA256 | ECDSA-SHA256 (base64 signature over the whole file)
+    development: bool              # generated at first start (not for production)
 
 
 class FileView(BaseModel):

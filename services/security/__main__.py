@@ -1,0 +1,4 @@
+from services.security.handlers import service
+from services.runner import run
+
+run(service)

@@ -1,0 +1,227 @@
+"""The security extension's diagnostics messages end to end: GetLog with an upload through the file intake and
+LogStatusNotification, and signed firmware (SignedUpdateFirmware with the hosting's signature, verified by the test
+charge point, then SignedFirmwareStatusNotification). Test charge point -> gateway -> RabbitMQ -> diagnostics (+
+stations, security) on real RabbitMQ, Redis and PostgreSQL, with the service's real HTTP server."""
+from __future__ import annotations
+
+import base64
+import os
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from ocpp.v16 import call
+
+from csms import pki as csms_pki
+from tests.support import pki
+from tests.support.chargepoint import connect
+from tests.support.events import Events, eventually
+from tests.support.system import System
+
+
+@pytest.fixture
+async def system(settings, tmp_path):
+    """Gateway + stations, diagnostics and security; file servers on free ports, files under tmp_path."""
+    from services.diagnostics.handlers import service as diagnostics_service
+    from services.security.handlers import service as security_service
+    from services.stations.handlers import service as stations_service
+
+    settings = settings.replace(files_root=str(tmp_path / "files"), upload_ttl=60)
+    sut = await System(settings, [stations_service, diagnostics_service, security_service]).start()
+    try:
+        yield sut
+    finally:
+        await sut.stop()
+
+
+async def http(method: str, url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as session, session.request(method, url, data=data) as resp:
+        return resp.status, await resp.read()
+
+
+def statuses(record: dict) -> list[str]:
+    return [entry["status"] for entry in record["history"]]
+
+
+# ---- GetLog ---------------------------------------------------------------------------------------------------
+@pytest.mark.ocpp("GetLog", "LogStatusNotification")
+async def test_get_log_uploaded_through_the_intake(system, cp_id):
+    async with Events(system.settings, "diagnostics.#") as events, connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        cp.responses["GetLog"] = {"status": "Accepted", "filename": "security.log"}
+        result = await system.api("diagnostics", "request_log", charge_point_id=cp_id, log_type="SecurityLog",
+                                  protocol="http", oldest_timestamp="2026-01-01T00:00:00Z", retries=1)
+        assert (result["status"], result["payload"]) == ("answered", {"status": "Accepted", "filename": "security.log"})
+        server = result["server"]
+        sent = cp.received["GetLog"][0]
+        # the requestId is the one the CSMS chose; the location a one-time upload URL of this system
+        assert (sent["request_id"], sent["log_type"], sent["retries"]) == (server["ocpp_request_id"], "SecurityLog", 1)
+        location = sent["log"]["remote_location"]
+        assert location.startswith("http://127.0.0.1:") and "/upload/" in location
+        assert sent["log"]["oldest_timestamp"] == "2026-01-01T00:00:00Z"
+        token = urlsplit(location).path.split("/")[2]
+        assert token not in server["upload_url"]
+
+        data = os.urandom(5000) + b"\nsecurity log end\n"
+        await cp.call_ok(call.LogStatusNotification(status="Uploading", request_id=server["ocpp_request_id"]))
+        status, _ = await http("PUT", location + "security.log", data)
+        assert status == 201
+        await cp.call_ok(call.LogStatusNotification(status="Uploaded", request_id=server["ocpp_request_id"]))
+        await events.wait(lambda e: len(e.of("diagnostics.log_status_changed")) >= 4)
+
+    record = await system.api("diagnostics", "get_log", request_id=server["request_id"])
+    assert (record["status"], record["open"], record["log_type"], record["file_name"]) == (
+        "Uploaded", False, "SecurityLog", "security.log")
+    assert statuses(record) == ["Requested", "Accepted", "Uploading", "Uploaded", "Uploaded"]
+    files = await system.api("diagnostics", "list_files", charge_point_id=cp_id, kind="security-log")
+    assert [f["file_id"] for f in files] == [record["file_id"]]
+    assert await http("GET", record["download_url"]) == (200, data)
+    changes = [(e["status"], e["source"]) for e in events.of("diagnostics.log_status_changed")]
+    assert changes == [("Accepted", "command"), ("Uploading", "charge_point"), ("Uploaded", "upload"),
+                       ("Uploaded", "charge_point")]
+    assert [e["kind"] for e in events.of("diagnostics.uploaded")] == ["security-log"]
+    # the one-time URL is spent
+    assert (await http("PUT", location + "again.log", b"more"))[0] == 410
+
+
+@pytest.mark.ocpp("GetLog", "LogStatusNotification")
+async def test_get_log_rejected_and_requests_matched_by_their_request_id(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        # the operator's requestId is replaced by one the CSMS chose
+        first = await system.client.send(cp_id, "GetLog", {
+            "log": {"remoteLocation": "csms:ftp"}, "logType": "DiagnosticsLog", "requestId": 7})
+        second = await system.client.send(cp_id, "GetLog", {
+            "log": {"remoteLocation": "ftp://logs.example.com/in/"}, "logType": "DiagnosticsLog", "requestId": 7})
+        ids = [r["request_id"] for r in cp.received["GetLog"]]
+        assert ids == [first.server["ocpp_request_id"], second.server["ocpp_request_id"]] and ids[0] != ids[1]
+        assert cp.received["GetLog"][1]["log"]["remote_location"] == "ftp://logs.example.com/in/"
+        # the newer accepted request supersedes the older one; a notification names its request
+        older = await system.api("diagnostics", "get_log", request_id=first.server["request_id"])
+        assert (older["open"], older["closed_reason"]) == (False, "superseded")
+        await cp.call_ok(call.LogStatusNotification(status="UploadFailure", request_id=ids[1]))
+        newer = await system.api("diagnostics", "get_log", request_id=second.server["request_id"])
+        assert (newer["status"], newer["open"], newer["target"]) == ("UploadFailure", False, "external")
+
+        cp.responses["GetLog"] = {"status": "Rejected"}
+        rejected = await system.api("diagnostics", "request_log", charge_point_id=cp_id, protocol="ftp",
+                                    log_type="DiagnosticsLog")
+        assert rejected["payload"] == {"status": "Rejected"}
+        record = await system.api("diagnostics", "get_log", request_id=rejected["server"]["request_id"])
+        assert (record["status"], record["open"], record["closed_reason"]) == ("Rejected", False, "rejected")
+        # unknown placeholders are refused before sending
+        result = await system.client.send(cp_id, "GetLog", {
+            "log": {"remoteLocation": "csms:gopher"}, "logType": "SecurityLog", "requestId": 1})
+        assert result.status == "invalid" and len(cp.received["GetLog"]) == 3
+    listed = await system.api("diagnostics", "list_logs", charge_point_id=cp_id, log_type="DiagnosticsLog")
+    assert [r["request_id"] for r in listed] == [rejected["server"]["request_id"], second.server["request_id"],
+                                                 first.server["request_id"]]
+
+
+# ---- signed firmware ------------------------------------------------------------------------------------------
+async def _host(system, name: str, data: bytes) -> dict:
+    endpoints = await system.api("diagnostics", "endpoints")
+    status, _ = await http("PUT", endpoints["firmware_upload_url"].replace("{name}", name), data)
+    assert status == 201
+    return endpoints
+
+
+@pytest.mark.ocpp("SignedUpdateFirmware", "SignedFirmwareStatusNotification", "InstallCertificate")
+async def test_signed_firmware_end_to_end(system, cp_id):
+    image = os.urandom(300_000)
+    await _host(system, "fw-2.0.bin", image)
+    signing = await system.api("diagnostics", "firmware_signing")
+    assert signing["development"] is True and signing["algorithm"] == "ECDSA-SHA256"
+    root_pem = csms_pki.to_pem(csms_pki.load_certificates(signing["chain"])[-1])
+    async with Events(system.settings, "firmware.update_changed") as events, connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        # the charge point trusts the firmware signing root (installed as ManufacturerRootCertificate)
+        result = await system.client.send(cp_id, "InstallCertificate", {
+            "certificateType": "ManufacturerRootCertificate", "certificate": root_pem})
+        assert result.payload == {"status": "Accepted"} and result.warnings == []
+
+        result = await system.client.send(cp_id, "SignedUpdateFirmware", {
+            "requestId": 1, "retries": 2, "firmware": {
+                "location": "csms:firmware/fw-2.0.bin", "retrieveDateTime": "2026-05-01T00:00:00Z",
+                "installDateTime": "2026-05-01T02:00:00Z", "signingCertificate": "", "signature": ""}})
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
+        request_id, ocpp_request_id = result.server["request_id"], result.server["ocpp_request_id"]
+        sent = cp.received["SignedUpdateFirmware"][0]
+        assert sent["request_id"] == ocpp_request_id and sent["retries"] == 2
+        firmware = sent["firmware"]
+        assert firmware["install_date_time"] == "2026-05-01T02:00:00Z"
+        assert firmware["signing_certificate"] == signing["certificate"]
+
+        # what a charge point does: download, check the certificate chains to its root, verify the signature
+        status, downloaded = await http("GET", firmware["location"])
+        assert (status, downloaded) == (200, image)
+        assert pki.verify_chain(firmware["signing_certificate"], root_pem)
+        assert pki.verify_firmware(downloaded, firmware["signing_certificate"], firmware["signature"])
+        assert not pki.verify_firmware(downloaded + b"x", firmware["signing_certificate"], firmware["signature"])
+        for step in ("Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallRebooting", "Installed"):
+            await cp.call_ok(call.SignedFirmwareStatusNotification(status=step, request_id=ocpp_request_id))
+        # a late, lower report is recorded but moves nothing
+        await cp.call_ok(call.SignedFirmwareStatusNotification(status="Downloading", request_id=ocpp_request_id))
+        await events.wait(lambda e: any(x["status"] == "Installed" for x in e.of("firmware.update_changed")))
+
+    update = await system.api("diagnostics", "get_firmware_update", request_id=request_id)
+    assert (update["status"], update["open"], update["signed"], update["ocpp_request_id"], update["firmware"]) == (
+        "Installed", False, True, ocpp_request_id, "fw-2.0.bin")
+    assert update["signing_fingerprint"] == signing["fingerprint"]
+    assert statuses(update) == ["Requested", "Accepted", "Downloading", "Downloaded", "SignatureVerified",
+                                "Installing", "InstallRebooting", "Installed", "Downloading"]
+    assert update["history"][-1]["applied"] is False
+    published = [(e["status"], e["signed"], e["ocpp_request_id"]) for e in events.of("firmware.update_changed")]
+    assert published[0] == ("Requested", True, ocpp_request_id) and published[-1][0] == "Installed"
+    installed = await system.api("security", "installed_certificates", charge_point_id=cp_id,
+                                 certificate_type="ManufacturerRootCertificate")
+    assert [i["pem"] for i in installed] == [root_pem]
+
+
+@pytest.mark.ocpp("SignedUpdateFirmware", "SignedFirmwareStatusNotification")
+async def test_signed_firmware_with_a_bad_signature_is_sent_and_reported_invalid(system, cp_id):
+    image = b"firmware image " * 1000
+    await _host(system, "fw-bad.bin", image)
+    other_ca, other_key = pki.make_ca("Other vendor")
+    foreign_cert, _ = pki.issue(other_ca, other_key, "Other vendor signing", usage="code_signing")
+    bogus = base64.b64encode(b"\x30" * 70).decode()
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        result = await system.client.send(cp_id, "SignedUpdateFirmware", {"requestId": 5, "firmware": {
+            "location": "csms:firmware/fw-bad.bin", "retrieveDateTime": "2026-05-01T00:00:00Z",
+            "signingCertificate": pki.pem(foreign_cert), "signature": bogus}})
+        # the operator's own certificate and signature are kept: sent with a warning, the charge point decides
+        assert result.ok and result.warnings == ["the signature does not verify against the hosted image 'fw-bad.bin'"]
+        firmware = cp.received["SignedUpdateFirmware"][0]["firmware"]
+        assert (firmware["signature"], firmware["signing_certificate"]) == (bogus, pki.pem(foreign_cert))
+        _, downloaded = await http("GET", firmware["location"])
+        assert not pki.verify_firmware(downloaded, firmware["signing_certificate"], firmware["signature"])
+        await cp.call_ok(call.SignedFirmwareStatusNotification(status="Downloaded", request_id=None))  # newest open
+        await cp.call_ok(call.SignedFirmwareStatusNotification(status="InvalidSignature",
+                                                               request_id=result.server["ocpp_request_id"]))
+        update = await eventually(
+            lambda: system.api("diagnostics", "get_firmware_update", request_id=result.server["request_id"]),
+            lambda u: not u["open"])
+        assert (update["status"], update["closed_reason"]) == ("InvalidSignature", "reported")
+        assert statuses(update) == ["Requested", "Accepted", "Downloaded", "InvalidSignature"]
+
+        # refused before sending: what OCPP says cannot be a certificate or a signature, an unknown image
+        for firmware, problem in (
+                ({"location": "http://fw.example.com/a.bin", "signingCertificate": "nope", "signature": bogus},
+                 "signingCertificate"),
+                ({"location": "http://fw.example.com/a.bin", "signingCertificate": pki.pem(foreign_cert),
+                  "signature": "not base64!"}, "signature"),
+                ({"location": "csms:firmware/missing.bin", "signingCertificate": "", "signature": ""},
+                 "not hosted")):
+            result = await system.client.send(cp_id, "SignedUpdateFirmware", {"requestId": 6, "firmware": {
+                "retrieveDateTime": "2026-05-01T00:00:00Z", **firmware}})
+            assert result.status == "invalid" and problem in result.error_description
+        # the charge point refuses one: a final state
+        cp.responses["SignedUpdateFirmware"] = {"status": "InvalidCertificate"}
+        result = await system.client.send(cp_id, "SignedUpdateFirmware", {"requestId": 7, "firmware": {
+            "location": "csms:firmware/fw-bad.bin", "retrieveDateTime": "2026-05-01T00:00:00Z",
+            "signingCertificate": "", "signature": ""}})
+        assert result.payload == {"status": "InvalidCertificate"}
+        update = await system.api("diagnostics", "get_firmware_update", request_id=result.server["request_id"])
+        assert (update["status"], update["open"], update["closed_reason"]) == ("InvalidCertificate", False, "rejected")
+        assert len(cp.received["SignedUpdateFirmware"]) == 2
