@@ -8,7 +8,7 @@ from csms.service import SERVICES, Service
 
 SERVICE_MODULES: tuple[str, ...] = (
     "services.stations.service",
-    "services.transactions.service",
+    "services.transactions.handlers",
     "services.diagnostics.service",
     "services.smart_charging.service",
 )

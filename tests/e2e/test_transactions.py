@@ -15,7 +15,7 @@ from ocpp.v16 import call
 from csms.client import ApiCallFailed
 from csms.contracts.base import format_utc
 from services.stations.service import service as stations_service
-from services.transactions.service import service as transactions_service
+from services.transactions.handlers import service as transactions_service
 from tests.support.chargepoint import connect
 from tests.support.system import System
 
@@ -216,7 +216,9 @@ async def test_transaction_lifecycle(system, events, cp_id):
     assert [v["source"] for v in values] == ["MeterValues"] * 4 + ["StopTransaction"]
     assert values[-1]["sampled_value"][0]["context"] == "Transaction.End"
     connector = await api(system, "connector_meter_values", charge_point_id=cp_id, connector_id=1)
-    assert len(connector) == 4 and {v["transaction_id"] for v in connector} == {tx}
+    # the connector's readings include the StopTransaction's transactionData
+    assert [v["source"] for v in connector] == ["MeterValues"] * 4 + ["StopTransaction"]
+    assert {v["transaction_id"] for v in connector} == {tx} and all(v["known_transaction"] for v in connector)
     assert await api(system, "active_transactions", charge_point_id=cp_id) == []
     assert await api(system, "list_transactions", charge_point_id=cp_id, active_only=True) == []
     assert [t["transaction_id"] for t in await api(system, "list_transactions", charge_point_id=cp_id)] == [tx]
@@ -229,9 +231,9 @@ async def test_start_transaction_resent_after_reconnect_is_the_same_transaction(
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
         first = await cp.call_ok(call.StartTransaction(**request))
-    # the charge point lost the answer with its connection: it reconnects and sends the same request
+    # the charge point lost the answer with its connection: it reconnects (no reboot, so no BootNotification)
+    # and sends the same request
     async with connect(system.url(cp_id)) as cp:
-        await cp.boot()
         second = await cp.call_ok(call.StartTransaction(**request))
         assert second.transaction_id == first.transaction_id
         assert second.id_tag_info == first.id_tag_info == {"status": "Accepted"}
@@ -256,8 +258,8 @@ async def test_start_transaction_resent_after_reconnect_is_the_same_transaction(
 
 @pytest.mark.ocpp("StartTransaction", "MeterValues", "StopTransaction")
 async def test_ghost_transaction_is_closed_by_a_new_start_on_its_connector(system, events, cp_id):
-    await api(system, "set_id_tag", id_tag="TAG1")
-    await api(system, "set_id_tag", id_tag="TAG2")
+    for tag in ("TAG1", "TAG2", "TAG3"):
+        await api(system, "set_id_tag", id_tag=tag)
     async with connect(system.url(cp_id)) as cp:
         old = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=100,
                                                       timestamp=T0))).transaction_id
@@ -266,18 +268,21 @@ async def test_ghost_transaction_is_closed_by_a_new_start_on_its_connector(syste
                                                         timestamp=T0))).transaction_id
 
         # the charge point never sent StopTransaction for them: new transactions start on both connectors
-        new = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG2", meter_start=1600,
+        new = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG3", meter_start=1600,
                                                       timestamp=T2))).transaction_id
         new2 = await cp.call_ok(call.StartTransaction(connector_id=2, id_tag="TAG1", meter_start=50, timestamp=T2))
         # the tags' old transactions were closed first: no ConcurrentTx
         assert new2.id_tag_info == {"status": "Accepted"}
+        assert new != old and new2.transaction_id != quiet
 
         ghost = await api(system, "get_transaction", transaction_id=old)
         assert (ghost["status"], ghost["reason"], ghost["closed_by"]) == ("stopped", "Other", "superseded")
         assert (ghost["meter_stop"], ghost["energy_wh"], ghost["stop"], ghost["superseded_by"]) == (1500, 1400, T2,
                                                                                                     new)
+        assert (ghost["reconcile_reason"], ghost["cp_stopped"]) == ("superseded", False)
         (event,) = await events.wait_for("transaction.stopped", transaction_id=old)
         assert (event["closed_by"], event["reason"], event["meter_stop"]) == ("superseded", "Other", 1500)
+        assert (event["reconciled"], event["reconcile_reason"], event["correction"]) == (True, "superseded", False)
         quiet_record = await api(system, "get_transaction", transaction_id=quiet)
         assert (quiet_record["closed_by"], quiet_record["meter_stop"], quiet_record["energy_wh"]) == (
             "superseded", 40, 0)
@@ -288,10 +293,12 @@ async def test_ghost_transaction_is_closed_by_a_new_start_on_its_connector(syste
         await cp.call_ok(call.StopTransaction(transaction_id=old, meter_stop=1550, timestamp=T1, reason="PowerLoss"))
         corrected = await api(system, "get_transaction", transaction_id=old)
         assert (corrected["meter_stop"], corrected["energy_wh"], corrected["reason"]) == (1550, 1450, "PowerLoss")
-        assert corrected["closed_by"] == "superseded"
-        assert corrected["superseded_estimate"]["meter_stop"] == 1500
+        assert (corrected["closed_by"], corrected["cp_stopped"]) == ("superseded", True)
+        assert (corrected["estimate"]["meter_stop"], corrected["estimate"]["reason"]) == (1500, "Other")
+        assert corrected["corrected_at"] is not None
         stops = await events.wait_for("transaction.stopped", 2, transaction_id=old)
         assert stops[1]["correction"] is True and stops[1]["meter_stop"] == 1550
+        assert (stops[1]["closed_by"], stops[1]["reconciled"], stops[1]["energy_wh"]) == ("charge_point", False, 1450)
         # and the new transaction on that connector is untouched
         assert (await api(system, "get_transaction", transaction_id=new))["status"] == "active"
         # a repeat of that late stop changes nothing more
@@ -346,22 +353,25 @@ async def test_tag_already_charging_elsewhere_gets_concurrent_tx(system, cp_id):
         for tx in (elsewhere.transaction_id, same_cp.transaction_id):
             record = await api(system, "get_transaction", transaction_id=tx)
             assert (record["status"], record["authorization_status"]) == ("active", "ConcurrentTx")
-        assert (await api(system, "get_transaction", transaction_id=elsewhere.transaction_id))["concurrent_with"] == [
+        # the oldest open, accepted transaction of the tag elsewhere (a ConcurrentTx one holds nothing)
+        for tx in (elsewhere, same_cp):
+            record = await api(system, "get_transaction", transaction_id=tx.transaction_id)
+            assert record["concurrent_with"] == first.transaction_id
+        assert [a["transaction_id"] for a in await api(system, "active_transactions", charge_point_id=cp_id)] == [
             first.transaction_id]
-        assert (await api(system, "get_transaction", transaction_id=same_cp.transaction_id))["concurrent_with"] == [
-            first.transaction_id, elsewhere.transaction_id]
         for cp, tx in ((a, first), (b, elsewhere), (a, same_cp)):
             await cp.call_ok(call.StopTransaction(transaction_id=tx.transaction_id, meter_stop=1, timestamp=T2))
         again = await b.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=1, timestamp=T2))
         assert again.id_tag_info == {"status": "Accepted"}
 
 
-@pytest.mark.ocpp("StartTransaction", "StopTransaction")
-async def test_transactions_of_unauthorized_tags_are_recorded(system, events, cp_id):
+@pytest.mark.ocpp("StartTransaction", "StopTransaction", "RemoteStartTransaction")
+async def test_transactions_of_unauthorized_tags_are_recorded_and_hold_no_connector(system, events, cp_id):
     past = in_(-3600)
     await api(system, "set_id_tag", id_tag="BLOCKED", status="Blocked")
     await api(system, "set_id_tag", id_tag="OLD", expiry_date=past)
     async with connect(system.url(cp_id)) as cp:
+        await cp.boot()  # the gateway routes commands once a charge point has talked
         answers = {}
         for connector, tag in ((1, "STRANGER"), (2, "BLOCKED"), (3, "OLD")):
             answers[tag] = await cp.call_ok(call.StartTransaction(connector_id=connector, id_tag=tag,
@@ -371,8 +381,14 @@ async def test_transactions_of_unauthorized_tags_are_recorded(system, events, cp
         assert answers["OLD"].id_tag_info == {"status": "Expired", "expiry_date": past}
         started = await events.wait_for("transaction.started", 3)
         assert {e["authorization_status"] for e in started} == {"Invalid", "Blocked", "Expired"}
-        active = await api(system, "active_transactions", charge_point_id=cp_id)
-        assert [a["id_tag"] for a in active] == ["STRANGER", "BLOCKED", "OLD"]
+        # recorded with the status answered (the charge point may run them) ...
+        recorded = await api(system, "list_transactions", charge_point_id=cp_id, active_only=True)
+        assert [(t["id_tag"], t["authorization_status"]) for t in recorded] == [
+            ("STRANGER", "Invalid"), ("BLOCKED", "Blocked"), ("OLD", "Expired")]
+        # ... but they hold no connector: nothing is listed as running, a RemoteStart there has nothing to warn of
+        assert await api(system, "active_transactions", charge_point_id=cp_id) == []
+        result = await system.client.send(cp_id, "RemoteStartTransaction", {"idTag": "TAG1", "connectorId": 2})
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
         # the charge point stops it (DeAuthorized): the energy delivered is kept
         stop = await cp.call_ok(call.StopTransaction(transaction_id=answers["BLOCKED"].transaction_id,
                                                      meter_stop=25, timestamp=T1, id_tag="BLOCKED",
@@ -394,7 +410,8 @@ def tx_profile(**overrides) -> dict:
 
 
 @pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
-async def test_remote_start_refusals_and_success(system, cp_id):
+async def test_remote_start_refused_only_by_ocpp_rules_and_sent_whatever_the_records_say(system, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()  # the gateway routes commands once a charge point has talked
         async def remote_start(**payload):
@@ -413,48 +430,51 @@ async def test_remote_start_refusals_and_success(system, cp_id):
         assert (schema.status, schema.error_code) == ("invalid", "TypeConstraintViolation")
         assert cp.received["RemoteStartTransaction"] == []
 
-        result = await remote_start(idTag="TAG1", connectorId=1, chargingProfile=tx_profile())
-        assert (result.status, result.payload) == ("answered", {"status": "Accepted"})
-        (received,) = cp.received["RemoteStartTransaction"]
-        assert received["connector_id"] == 1
-        assert received["charging_profile"]["charging_profile_purpose"] == "TxProfile"
-
-        # the charge point starts it; the connector is then busy
+        result = await remote_start(idTag="TAG1", connectorId=1)
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
         tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
                                                      timestamp=T0))).transaction_id
+
+        # the records say connector 1 is busy: the command is sent all the same, with a warning
         busy = await remote_start(idTag="TAG2", connectorId=1)
-        assert busy.status == "invalid" and busy.error_details == {"transaction_id": tx}
-        assert len(cp.received["RemoteStartTransaction"]) == 1
-        # without a connector the charge point chooses; its Rejected is passed on
+        assert (busy.status, busy.payload) == ("answered", {"status": "Accepted"})
+        assert busy.warnings == [f"connector 1 has open transaction {tx} in the records"]
+        assert len(cp.received["RemoteStartTransaction"]) == 2
+        # the charge point's answer counts: its Rejected is passed on
         cp.responses["RemoteStartTransaction"] = {"status": "Rejected"}
         result = await remote_start(idTag="TAG2")
-        assert (result.status, result.payload) == ("answered", {"status": "Rejected"})
-        free = await remote_start(idTag="TAG2", connectorId=2)
-        assert free.status == "answered"
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Rejected"}, [])
 
 
 @pytest.mark.ocpp("RemoteStopTransaction", "StartTransaction", "StopTransaction")
-async def test_remote_stop_only_for_open_transactions_of_that_charge_point(system, cp_id):
+async def test_remote_stop_is_sent_whatever_the_records_say(system, cp_id):
     other_cp = f"{cp_id}-b"
+    await api(system, "set_id_tag", id_tag="TAG1")
     async with connect(system.url(cp_id)) as cp, connect(system.url(other_cp)) as other:
         await cp.boot()
         await other.boot()  # the gateway routes commands once a charge point has talked
         tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
                                                      timestamp=T0))).transaction_id
-        for target, transaction_id in ((cp_id, tx + 1000), (other_cp, tx)):
+        cp.responses["RemoteStopTransaction"] = other.responses["RemoteStopTransaction"] = {"status": "Rejected"}
+        for target, transaction_id, warning in (
+            (cp_id, tx + 1000, f"transaction {tx + 1000} is not in the records"),
+            (other_cp, tx, f"transaction {tx} belongs to {cp_id} in the records"),
+        ):
             result = await system.client.send(target, "RemoteStopTransaction", {"transactionId": transaction_id})
-            assert result.status == "invalid"
-            assert "not open" in result.error_description
-        assert other.received["RemoteStopTransaction"] == []
+            assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Rejected"},
+                                                                        [warning])
+        assert cp.received["RemoteStopTransaction"] == [{"transaction_id": tx + 1000}]
+        assert other.received["RemoteStopTransaction"] == [{"transaction_id": tx}]
 
+        cp.responses["RemoteStopTransaction"] = {"status": "Accepted"}
         result = await system.client.send(cp_id, "RemoteStopTransaction", {"transactionId": tx})
-        assert (result.status, result.payload) == ("answered", {"status": "Accepted"})
-        assert cp.received["RemoteStopTransaction"] == [{"transaction_id": tx}]
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
         await cp.call_ok(call.StopTransaction(transaction_id=tx, meter_stop=10, timestamp=T1, reason="Remote"))
 
         result = await system.client.send(cp_id, "RemoteStopTransaction", {"transactionId": tx})
-        assert result.status == "invalid"
-        assert len(cp.received["RemoteStopTransaction"]) == 1
+        assert result.status == "answered"
+        assert result.warnings == [f"transaction {tx} is closed in the records (by charge_point)"]
+        assert len(cp.received["RemoteStopTransaction"]) == 3
     assert (await api(system, "get_transaction", transaction_id=tx))["reason"] == "Remote"
 
 
@@ -488,13 +508,20 @@ async def test_reservation_lifecycle(system, events, cp_id):
         assert (created["reservation_id"], created["charge_point_id"]) == (1, cp_id)
 
         # the id is taken on this charge point: another charge point may not use it
+        # the id is held by this charge point in the records: ReserveNow to another is sent, with a warning
+        other.responses["ReserveNow"] = {"status": "Rejected"}
         taken = await reserve(other_cp, 1, in_(3600))
-        assert taken.status == "invalid" and other.received["ReserveNow"] == []
+        assert (taken.status, taken.payload) == ("answered", {"status": "Rejected"})
+        assert taken.warnings == [f"reservation 1 is held by {cp_id} in the records"]
+        assert len(other.received["ReserveNow"]) == 1
+        other.responses["ReserveNow"] = {"status": "Accepted"}
 
+        # CancelReservation for what the records do not hold is sent too (the charge point decides)
         unknown = await system.client.send(cp_id, "CancelReservation", {"reservationId": 99})
-        assert unknown.status == "invalid" and cp.received["CancelReservation"] == []
+        assert (unknown.status, unknown.warnings) == ("answered", [f"no reservation 99 on {cp_id} in the records"])
         not_theirs = await system.client.send(other_cp, "CancelReservation", {"reservationId": 1})
-        assert not_theirs.status == "invalid"
+        assert not_theirs.warnings == [f"no reservation 1 on {other_cp} in the records"]
+        assert len(await api(system, "list_reservations", charge_point_id=cp_id)) == 1
         cp.responses["CancelReservation"] = {"status": "Rejected"}
         rejected = await system.client.send(cp_id, "CancelReservation", {"reservationId": 1})
         assert rejected.payload == {"status": "Rejected"}
