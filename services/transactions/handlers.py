@@ -96,6 +96,24 @@ def _sampled(values) -> list[dict]:
     return [sample.model_dump(mode="json", exclude_none=True) for sample in values]
 
 
+def _check_call(ctx: CallContext, int32: dict[str, int | None], int64: dict[str, int | None] | None = None) -> None:
+    """What the records cannot hold is refused with a CALLERROR the charge point can read, not an internal
+    error it would retry for ever."""
+    if rules.unstorable_text(ctx.call.payload):
+        raise OcppError(ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+                        "text with NUL characters or unpaired surrogates cannot be stored")
+    name = rules.out_of_range(int32, int64)
+    if name is not None:
+        raise OcppError(ErrorCode.PROPERTY_CONSTRAINT_VIOLATION, f"{name} is out of range")
+
+
+def _command_refusal(ctx: CommandContext, int32: dict[str, int | None]) -> CommandResult | None:
+    if rules.unstorable_text(ctx.command.payload):
+        return ctx.refuse("text with NUL characters or unpaired surrogates cannot be recorded")
+    name = rules.out_of_range(int32)
+    return ctx.refuse(f"{name} is out of range") if name is not None else None
+
+
 async def authorize_tag(ctx: ServiceContext, id_tag: str) -> IdTagInfo:
     return rules.authorize(id_tag, await _stores(ctx).id_tags.chain(id_tag), utc_now())
 
@@ -103,6 +121,7 @@ async def authorize_tag(ctx: ServiceContext, id_tag: str) -> IdTagInfo:
 # ---- Authorize ------------------------------------------------------------------------------------------
 @service.call("Authorize")
 async def authorize(ctx: CallContext, req: AuthorizeRequest) -> AuthorizeResponse:
+    _check_call(ctx, {})
     return AuthorizeResponse(id_tag_info=await authorize_tag(ctx, req.id_tag))
 
 
@@ -124,6 +143,8 @@ async def start_transaction(ctx: CallContext, req: StartTransactionRequest) -> S
     cp = ctx.charge_point_id
     if req.connector_id <= 0:
         raise OcppError(ErrorCode.PROPERTY_CONSTRAINT_VIOLATION, "connectorId must be > 0")
+    _check_call(ctx, {"connectorId": req.connector_id, "reservationId": req.reservation_id},
+                {"meterStart": req.meter_start})
     transactions = _stores(ctx).transactions
     start_at = as_utc(req.timestamp)
     facts = await transactions.start_facts(cp, req.connector_id, req.id_tag, req.meter_start, start_at,
@@ -165,6 +186,7 @@ async def start_transaction(ctx: CallContext, req: StartTransactionRequest) -> S
 @service.call("StopTransaction")
 async def stop_transaction(ctx: CallContext, req: StopTransactionRequest) -> StopTransactionResponse:
     cp = ctx.charge_point_id
+    _check_call(ctx, {"transactionId": req.transaction_id}, {"meterStop": req.meter_stop})
     info = await authorize_tag(ctx, req.id_tag) if req.id_tag else None
     reason = req.reason or "Local"  # OCPP 1.6: a missing reason means Local
     data = req.transaction_data or []
@@ -196,6 +218,7 @@ async def meter_values(ctx: CallContext, req: MeterValuesRequest) -> MeterValues
     cp = ctx.charge_point_id
     if req.connector_id < 0:
         raise OcppError(ErrorCode.PROPERTY_CONSTRAINT_VIOLATION, "connectorId must be >= 0")
+    _check_call(ctx, {"connectorId": req.connector_id, "transactionId": req.transaction_id})
     values = [mv.model_dump(mode="json", exclude_none=True) for mv in req.meter_value]
     event = MeterValuesReceived(charge_point_id=cp, connector_id=req.connector_id,
                                 transaction_id=req.transaction_id, meter_value=values)
@@ -256,6 +279,8 @@ async def remote_start(ctx: CommandContext, req: RemoteStartTransactionRequest) 
     cp = ctx.charge_point_id
     if req.connector_id is not None and req.connector_id <= 0:
         return ctx.refuse("connectorId must be > 0")
+    if (refusal := _command_refusal(ctx, {"connectorId": req.connector_id})) is not None:
+        return refusal
     profile = req.charging_profile
     if profile is not None:
         if profile.charging_profile_purpose != "TxProfile":
@@ -280,7 +305,8 @@ async def remote_start(ctx: CommandContext, req: RemoteStartTransactionRequest) 
 
 @service.command("RemoteStopTransaction")
 async def remote_stop(ctx: CommandContext, req: RemoteStopTransactionRequest) -> CommandResult:
-    view = await _stores(ctx).transactions.get(req.transaction_id)
+    in_range = rules.out_of_range({"transactionId": req.transaction_id}) is None
+    view = await _stores(ctx).transactions.get(req.transaction_id) if in_range else None
     if view is None:
         ctx.warn(f"transaction {req.transaction_id} is not in the records")
     elif view.charge_point_id != ctx.charge_point_id:
@@ -297,6 +323,9 @@ async def reserve_now(ctx: CommandContext, req: ReserveNowRequest) -> CommandRes
         return ctx.refuse("expiryDate is in the past")
     if req.connector_id < 0:
         return ctx.refuse("connectorId must be >= 0")
+    refusal = _command_refusal(ctx, {"connectorId": req.connector_id, "reservationId": req.reservation_id})
+    if refusal is not None:
+        return refusal
     reservations = _stores(ctx).reservations
     for holder in await reservations.holders(req.reservation_id):
         if holder.charge_point_id != cp:
@@ -317,10 +346,11 @@ async def reserve_now(ctx: CommandContext, req: ReserveNowRequest) -> CommandRes
 async def cancel_reservation(ctx: CommandContext, req: CancelReservationRequest) -> CommandResult:
     cp = ctx.charge_point_id
     reservations = _stores(ctx).reservations
-    if await reservations.get(cp, req.reservation_id) is None:
+    in_range = rules.out_of_range({"reservationId": req.reservation_id}) is None
+    if not in_range or await reservations.get(cp, req.reservation_id) is None:
         ctx.warn(f"no reservation {req.reservation_id} on {cp} in the records")
     result = await ctx.forward()
-    if result.ok and (result.payload or {}).get("status") == "Accepted":
+    if in_range and result.ok and (result.payload or {}).get("status") == "Accepted":
         cancelled = ReservationChanged(charge_point_id=cp, reservation_id=req.reservation_id, change="cancelled")
         await _publish(ctx, await reservations.drop(cp, req.reservation_id,
                                                     cancelled.model_dump(mode="json", exclude_none=True)))
@@ -329,6 +359,8 @@ async def cancel_reservation(ctx: CommandContext, req: CancelReservationRequest)
 
 @service.command("SendLocalList")
 async def send_local_list(ctx: CommandContext, req: SendLocalListRequest) -> CommandResult:
+    if (refusal := _command_refusal(ctx, {"listVersion": req.list_version})) is not None:
+        return refusal
     entries = req.local_authorization_list or []
     folded = [rules.fold(entry.id_tag) for entry in entries]
     if len(set(folded)) != len(folded):
@@ -348,7 +380,7 @@ async def send_local_list(ctx: CommandContext, req: SendLocalListRequest) -> Com
 async def get_local_list_version(ctx: CommandContext, req: GetLocalListVersionRequest) -> CommandResult:
     result = await ctx.forward()
     version = (result.payload or {}).get("listVersion") if result.ok else None
-    if isinstance(version, int) and not isinstance(version, bool):
+    if isinstance(version, int) and not isinstance(version, bool) and rules.out_of_range({"v": version}) is None:
         await _stores(ctx).local_lists.reported_version(ctx.charge_point_id, version, utc_now())
     return result
 

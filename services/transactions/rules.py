@@ -5,6 +5,7 @@ Every function here works on plain data and is unit-tested directly (tests/unit/
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Iterable, Sequence
@@ -22,6 +23,38 @@ FREE_STATUSES = {"Available": "connector_available", "Unavailable": "connector_u
 
 # stop reason recorded when the system (not the charge point) closes a transaction
 ESTIMATED_STOP_REASON = "Other"
+
+
+INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+def out_of_range(int32: dict[str, int | None], int64: dict[str, int | None] | None = None) -> str | None:
+    """The name of the first value that does not fit what is stored (ids in 32 bits, meter readings in 64).
+    OCPP's JSON schemas bound neither, but no charge point needs more."""
+    for name, value in int32.items():
+        if value is not None and not INT32_MIN <= value <= INT32_MAX:
+            return name
+    for name, value in (int64 or {}).items():
+        if value is not None and not INT64_MIN <= value <= INT64_MAX:
+            return name
+    return None
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_text(value: object, depth: int = 0) -> bool:
+    """Whether a JSON value holds text PostgreSQL cannot store (NUL characters, unpaired surrogates)."""
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if depth > 64:
+        return False
+    if isinstance(value, dict):
+        return any(unstorable_text(k, depth + 1) or unstorable_text(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(unstorable_text(item, depth + 1) for item in value)
+    return False
 
 
 def fold(id_tag: str) -> str:

@@ -5,9 +5,10 @@
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from csms.contracts.base import UtcDatetime
 
@@ -31,10 +32,20 @@ def _blank_is_none(value: Any) -> Any:
     return None if value == "" else value
 
 
+def _storable(value: str) -> str:
+    if _UNSTORABLE.search(value):
+        raise ValueError("must not contain NUL characters or unpaired surrogates")
+    return value
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 Int = Annotated[int, BeforeValidator(_integer)]
-IdTag = Annotated[str, Field(min_length=1, max_length=20)]
+Int32 = Annotated[int, BeforeValidator(_integer), Field(ge=-2 ** 31, le=2 ** 31 - 1)]
+Int64 = Annotated[int, BeforeValidator(_integer), Field(ge=-2 ** 63, le=2 ** 63 - 1)]
+Text = Annotated[str, AfterValidator(_storable)]
+IdTag = Annotated[Text, Field(min_length=1, max_length=20)]
 OptionalIdTag = Annotated[IdTag | None, BeforeValidator(_blank_is_none)]
-ChargePointId = Annotated[str, Field(min_length=1, max_length=MAX_CHARGE_POINT_ID)]
+ChargePointId = Annotated[Text, Field(min_length=1, max_length=MAX_CHARGE_POINT_ID)]
 OptionalTime = Annotated[UtcDatetime | None, BeforeValidator(_blank_is_none)]
 
 
@@ -61,7 +72,7 @@ class SetIdTagParams(Params):
 
 
 class TransactionParams(Params):
-    transaction_id: Int
+    transaction_id: Int32
 
 
 class ChargePointParams(Params):
@@ -76,36 +87,36 @@ class ListTransactionsParams(Params):
     since: OptionalTime = None   # started at or after
     until: OptionalTime = None   # started before
     limit: Int = Field(100, ge=1, le=MAX_TRANSACTIONS_PAGE)
-    after: Int | None = None
+    after: Int32 | None = None
 
 
 class MeterValuesParams(Params):
     """Meter values of one transaction in arrival order; ``after`` = the last ``id`` of the previous page."""
-    transaction_id: Int
+    transaction_id: Int32
     limit: Int = Field(1000, ge=1, le=MAX_METER_VALUES_PAGE)
-    after: Int | None = None
+    after: Int64 | None = None
 
 
 class ConnectorMeterValuesParams(Params):
     charge_point_id: ChargePointId
-    connector_id: Int = Field(ge=0)
+    connector_id: Int32 = Field(ge=0)
     since: OptionalTime = None   # the reading's own timestamp, at or after
     until: OptionalTime = None   # ... before
     limit: Int = Field(1000, ge=1, le=MAX_METER_VALUES_PAGE)
-    after: Int | None = None
+    after: Int64 | None = None
 
 
 class QueryMeterValuesParams(Params):
     """Meter values by charge point (and connector), transaction or id tag, within a time range of the
     readings' own timestamps; arrival order, ``after`` = the last ``id`` of the previous page."""
     charge_point_id: ChargePointId | None = None
-    connector_id: Int | None = Field(None, ge=0)
-    transaction_id: Int | None = None
+    connector_id: Int32 | None = Field(None, ge=0)
+    transaction_id: Int32 | None = None
     id_tag: OptionalIdTag = None
     since: OptionalTime = None
     until: OptionalTime = None
     limit: Int = Field(1000, ge=1, le=MAX_METER_VALUES_PAGE)
-    after: Int | None = None
+    after: Int64 | None = None
 
     @model_validator(mode="after")
     def _selective(self) -> "QueryMeterValuesParams":
@@ -120,7 +131,7 @@ class OrphanStopsParams(Params):
     """Orphan stops by charge point, then transaction id; ``after`` (a transactionId) needs charge_point_id."""
     charge_point_id: ChargePointId | None = None
     limit: Int = Field(100, ge=1, le=MAX_TRANSACTIONS_PAGE)
-    after: Int | None = None
+    after: Int32 | None = None
 
     @model_validator(mode="after")
     def _after_needs_cp(self) -> "OrphanStopsParams":
@@ -132,15 +143,15 @@ class OrphanStopsParams(Params):
 class CloseTransactionParams(Params):
     """An operator closes a transaction the charge point will not stop (a ghost). meter_stop defaults to
     the last energy register reading (or meterStart)."""
-    transaction_id: Int
-    meter_stop: Int | None = Field(None, ge=0)
+    transaction_id: Int32
+    meter_stop: Int64 | None = Field(None, ge=0)
     reason: StopReason = "Other"
-    note: Annotated[str, Field(max_length=200)] | None = None
+    note: Annotated[Text, Field(max_length=200)] | None = None
 
 
 class DropReservationParams(Params):
     """An operator forgets a reservation (the charge point is not told: send CancelReservation for that)."""
-    reservation_id: Int
+    reservation_id: Int32
     charge_point_id: ChargePointId | None = None
 
 
