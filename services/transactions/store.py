@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence
 import asyncpg
 
 from csms.contracts.api.transactions import (
-    ActiveTransaction, IdTagView, LocalListView, MeterValueView, OrphanStopView, ReservationView, TransactionView,
+    ActiveTransaction, LocalListView, MeterValueView, OrphanStopView, ReservationView, TransactionView,
 )
 from csms.contracts.base import as_utc
 from services.transactions import rules
@@ -476,7 +476,7 @@ _RECORD_METER_VALUES = """
            coalesce((SELECT status = 'stopped' AND NOT cp_stopped FROM tx), false) AS after_close
 """
 
-_CLOSE_SET = f"""
+_CLOSE_SET = """
             status = 'stopped', closed_by = $2, reconcile_reason = $3,
             meter_stop = coalesce($4::bigint, t.meter_last, t.meter_start),
             energy_wh = coalesce($4::bigint, t.meter_last, t.meter_start) - t.meter_start,

@@ -3,11 +3,8 @@ on real RabbitMQ and Redis."""
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 from datetime import datetime, timedelta, timezone
 
-import aio_pika
 import pytest
 from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.v16 import call
@@ -17,6 +14,7 @@ from csms.contracts.base import format_utc
 from services.stations.service import service as stations_service
 from services.transactions.handlers import service as transactions_service
 from tests.support.chargepoint import connect
+from tests.support.events import Events
 from tests.support.system import System
 
 T0 = "2026-11-25T10:00:00Z"
@@ -32,55 +30,6 @@ def in_(seconds: float) -> str:
 def energy(value: str, unit: str = "Wh", timestamp: str = T1, **extra) -> dict:
     sample = {"value": value, "measurand": "Energy.Active.Import.Register", "unit": unit, **extra}
     return {"timestamp": timestamp, "sampled_value": [sample]}
-
-
-class Events:
-    """Every event of the system under test, as published on its events exchange."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.items: list[dict] = []
-        self._changed = asyncio.Event()
-        self._connection = None
-
-    async def start(self) -> "Events":
-        self._connection = await aio_pika.connect(self.settings.amqp_url)
-        channel = await self._connection.channel()
-        exchange = await channel.declare_exchange(self.settings.name("events"), aio_pika.ExchangeType.TOPIC,
-                                                  durable=True)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, "#")
-        await queue.consume(self._on_message, no_ack=True)
-        return self
-
-    async def close(self) -> None:
-        await self._connection.close()
-
-    async def _on_message(self, message) -> None:
-        self.items.append({"type": message.routing_key, **json.loads(message.body)})
-        self._changed.set()
-
-    def of(self, event_type: str, **match) -> list[dict]:
-        return [e for e in self.items if e["type"] == event_type and all(e.get(k) == v for k, v in match.items())]
-
-    async def wait_for(self, event_type: str, count: int = 1, timeout: float = 5.0, **match) -> list[dict]:
-        async with asyncio.timeout(timeout):
-            while len(self.of(event_type, **match)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.of(event_type, **match)
-
-    async def flush(self, cp) -> None:
-        """Wait until every event published so far has arrived: the service publishes on one channel,
-        so a marker event published after them arrives after them."""
-        marker = uuid.uuid4().hex[:12]
-        await cp.call_ok(call.MeterValues(connector_id=0, meter_value=[
-            {"timestamp": T0, "sampled_value": [{"value": marker, "measurand": "Temperature", "unit": "Celsius"}]}]))
-        async with asyncio.timeout(5):
-            while not any(e["type"] == "meter.values" and e["meter_value"][0]["sampled_value"][0]["value"] == marker
-                          for e in self.items):
-                self._changed.clear()
-                await self._changed.wait()
 
 
 @pytest.fixture
