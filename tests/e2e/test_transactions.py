@@ -3,6 +3,7 @@ on real RabbitMQ and Redis."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -599,3 +600,137 @@ async def test_bad_input_is_refused_not_crashed(system, cp_id):
         with pytest.raises(ApiCallFailed) as failed:
             await api(system, operation, **params)
         assert failed.value.status == status, operation
+
+
+# ---- RemoteStartTransaction with a charging profile --------------------------------------------------
+@pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
+async def test_remote_start_profile_becomes_the_txprofile_of_the_transaction_it_starts(system, events, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
+    await api(system, "set_id_tag", id_tag="TAG2")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        result = await system.client.send(cp_id, "RemoteStartTransaction", {
+            "idTag": "tag1", "connectorId": 2, "chargingProfile": tx_profile(chargingProfileId=11)})
+        assert result.payload == {"status": "Accepted"}
+        # another tag, another connector: not this profile's transaction
+        other = await cp.call_ok(call.StartTransaction(connector_id=2, id_tag="TAG2", meter_start=0, timestamp=T0))
+        wrong_connector = await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
+                                                                 timestamp=T0))
+        started = await cp.call_ok(call.StartTransaction(connector_id=2, id_tag="TAG1", meter_start=7, timestamp=T1))
+        tx = started.transaction_id
+        (event,) = await events.wait_for("transaction.started", transaction_id=tx)
+        assert event["charging_profile"] == {**tx_profile(chargingProfileId=11), "transactionId": tx}
+        assert (await api(system, "get_transaction", transaction_id=tx))["charging_profile"]["transactionId"] == tx
+        for unrelated in (other.transaction_id, wrong_connector.transaction_id):
+            assert (await events.wait_for("transaction.started", transaction_id=unrelated))[0][
+                "charging_profile"] is None
+        # consumed: the next transaction of the tag starts without it
+        again = await cp.call_ok(call.StartTransaction(connector_id=2, id_tag="TAG1", meter_start=9, timestamp=T2))
+        assert (await api(system, "get_transaction", transaction_id=again.transaction_id))["charging_profile"] is None
+
+        # without a connector, the profile goes with the tag's start on any connector of that charge point
+        await system.client.send(cp_id, "RemoteStartTransaction", {"idTag": "TAG2", "chargingProfile": tx_profile()})
+        anywhere = await cp.call_ok(call.StartTransaction(connector_id=3, id_tag="TAG2", meter_start=0, timestamp=T2))
+        assert (await api(system, "get_transaction", transaction_id=anywhere.transaction_id))[
+            "charging_profile"]["chargingProfileId"] == 7
+
+
+@pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
+async def test_remote_start_profile_is_forgotten_when_the_charge_point_does_not_accept(system, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        cp.responses["RemoteStartTransaction"] = {"status": "Rejected"}
+        result = await system.client.send(cp_id, "RemoteStartTransaction", {
+            "idTag": "TAG1", "connectorId": 1, "chargingProfile": tx_profile()})
+        assert result.payload == {"status": "Rejected"}
+        tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
+                                                     timestamp=T0))).transaction_id
+        assert (await api(system, "get_transaction", transaction_id=tx))["charging_profile"] is None
+
+
+@pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
+async def test_remote_start_profile_survives_a_start_that_comes_before_the_answer(system, events, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+
+        async def start_first(request):
+            # the charge point starts the transaction before it answers RemoteStartTransaction
+            await cp._send(json.dumps([2, "start-1", "StartTransaction", {
+                "connectorId": 1, "idTag": "TAG1", "meterStart": 0, "timestamp": T0}]))
+            await asyncio.sleep(0.5)
+            return {"status": "Accepted"}
+        cp.responses["RemoteStartTransaction"] = start_first
+        result = await system.client.send(cp_id, "RemoteStartTransaction", {
+            "idTag": "TAG1", "connectorId": 1, "chargingProfile": tx_profile(chargingProfileId=3)})
+        assert result.payload == {"status": "Accepted"}
+        (event,) = await events.wait_for("transaction.started")
+        assert event["charging_profile"]["chargingProfileId"] == 3
+        assert event["charging_profile"]["transactionId"] == event["transaction_id"]
+
+
+@pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
+async def test_remote_start_profile_waits_a_bounded_time(settings, cp_id):
+    sut = await System(settings.replace(remote_start_profile_ttl=0.3),
+                       [stations_service, transactions_service]).start()
+    try:
+        await sut.api("transactions", "set_id_tag", id_tag="TAG1")
+        async with connect(sut.url(cp_id)) as cp:
+            await cp.boot()
+            await sut.client.send(cp_id, "RemoteStartTransaction", {"idTag": "TAG1", "chargingProfile": tx_profile()})
+            await asyncio.sleep(0.5)
+            tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
+                                                         timestamp=T0))).transaction_id
+            assert (await sut.api("transactions", "get_transaction", transaction_id=tx))["charging_profile"] is None
+    finally:
+        await sut.stop()
+
+
+# ---- queries from PostgreSQL -------------------------------------------------------------------------
+@pytest.mark.ocpp("StartTransaction", "MeterValues", "StopTransaction")
+async def test_query_transactions_and_meter_values_by_charge_point_time_and_id_tag(system, cp_id):
+    other_cp = f"{cp_id}-b"
+    day = datetime(2026, 11, 25, tzinfo=timezone.utc)
+    async with connect(system.url(cp_id)) as cp, connect(system.url(other_cp)) as other:
+        ids = []
+        for hour in range(6):
+            charge_point, tag = (cp, "DRIVER") if hour % 2 == 0 else (other, "driver") if hour == 1 else (cp, "X")
+            started = await charge_point.call_ok(call.StartTransaction(
+                connector_id=1, id_tag=tag, meter_start=hour, timestamp=format_utc(day + timedelta(hours=hour))))
+            ids.append(started.transaction_id)
+            await charge_point.call_ok(call.MeterValues(connector_id=1, transaction_id=started.transaction_id,
+                                                        meter_value=[energy(str(hour * 10 + m), "Wh", format_utc(
+                                                            day + timedelta(hours=hour, minutes=m)))
+                                                            for m in range(3)]))
+    by_cp = await api(system, "list_transactions", charge_point_id=cp_id)
+    assert [t["transaction_id"] for t in by_cp] == [ids[0], ids[2], ids[3], ids[4], ids[5]]
+    page1 = await api(system, "list_transactions", charge_point_id=cp_id, limit=2)
+    page2 = await api(system, "list_transactions", charge_point_id=cp_id, limit=2,
+                      after=page1[-1]["transaction_id"])
+    assert [t["transaction_id"] for t in page1 + page2] == [ids[0], ids[2], ids[3], ids[4]]
+    ranged = await api(system, "list_transactions", charge_point_id=cp_id, since=format_utc(day + timedelta(hours=2)),
+                       until=format_utc(day + timedelta(hours=4)))
+    assert [t["transaction_id"] for t in ranged] == [ids[2], ids[3]]
+    by_tag = await api(system, "list_transactions", id_tag="Driver")
+    assert [t["transaction_id"] for t in by_tag] == [ids[0], ids[1], ids[2], ids[4]]
+
+    values = await api(system, "meter_values", transaction_id=ids[2])
+    assert [v["sampled_value"][0]["value"] for v in values] == ["20", "21", "22"]
+    first, rest = (await api(system, "meter_values", transaction_id=ids[2], limit=1),
+                   await api(system, "meter_values", transaction_id=ids[2], after=values[0]["id"]))
+    assert first + rest == values
+    window = await api(system, "connector_meter_values", charge_point_id=cp_id, connector_id=1,
+                       since=format_utc(day + timedelta(hours=2, minutes=1)), until=format_utc(day + timedelta(hours=3)))
+    assert [v["sampled_value"][0]["value"] for v in window] == ["21", "22"]
+    tagged = await api(system, "query_meter_values", id_tag="DRIVER", since=format_utc(day + timedelta(hours=1)))
+    assert [v["transaction_id"] for v in tagged] == [ids[1]] * 3 + [ids[2]] * 3 + [ids[4]] * 3
+    assert len(await api(system, "query_meter_values", charge_point_id=other_cp)) == 3
+    for operation, params in (("list_transactions", {"limit": 0}), ("list_transactions", {"limit": 5000}),
+                              ("list_transactions", {"since": "yesterday"}), ("meter_values", {"transaction_id": 1,
+                                                                                               "limit": 10 ** 6}),
+                              ("query_meter_values", {}), ("query_meter_values", {"connector_id": 1}),
+                              ("list_orphan_stops", {"after": 3}), ("get_transaction", {"transaction_id": True})):
+        with pytest.raises(ApiCallFailed) as refused:
+            await api(system, operation, **params)
+        assert refused.value.status == 400, (operation, params)
