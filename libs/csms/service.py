@@ -191,6 +191,8 @@ class Service:
 
     # open a PostgreSQL pool on start (every service that keeps records does)
     database: bool = True
+    # reset the session of a pooled connection between uses (False: one round trip per query; see csms.db)
+    database_reset_session: bool = True
     # typed parameters / events of the registered handlers (see api() and event())
     api_params: dict[str, type[BaseModel]] = field(default_factory=dict)
     event_models: dict[str, type[Event]] = field(default_factory=dict)
@@ -262,7 +264,7 @@ class Service:
         self.settings = settings or Settings()
         self.redis = aioredis.from_url(self.settings.redis_url, decode_responses=True)
         if self.database:
-            self.db = await Database(self.settings).connect()
+            self.db = await Database(self.settings, reset_session=self.database_reset_session).connect()
         self.bus = await Bus(self.settings).connect()
         self.rpc = await RpcClient(self.bus).start()
         names = self.bus.names

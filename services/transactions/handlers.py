@@ -37,7 +37,8 @@ from services.transactions.store import (
 
 log = logging.getLogger(__name__)
 
-service = Service("transactions")
+# the store changes no session state (SET LOCAL, transaction-level advisory locks only): no reset per query
+service = Service("transactions", database_reset_session=False)
 
 
 # ---- runtime: the stores and background tasks of a running service instance ----------------------------
