@@ -261,7 +261,7 @@ async def on_connector_status(ctx: ServiceContext, event: ConnectorStatusChanged
     """A connector reported free (Available, Unavailable): transactions started on it before that status,
     and received before it was reported, are over."""
     reason = rules.free_status_reason(event.status, event.connector_id)
-    if reason is None:
+    if reason is None or rules.out_of_range({"connector_id": event.connector_id}) is not None:
         return
     at = rules.status_instant(event.ordered_at, event.timestamp, event.occurred_at, ctx.settings.clock_skew)
     closure = Closure(closed_by="reconciled", reconcile_reason=reason, evidence_at=at, now=utc_now())
