@@ -53,14 +53,15 @@ _RUNTIMES: dict[int, Runtime] = {}
 
 
 def _runtime(ctx: ServiceContext) -> Runtime:
-    """The runtime of the service instance handling ``ctx`` (made on first use: messages may arrive before
-    the start-up hook ran)."""
+    """The runtime of the service instance handling ``ctx``, on its current pool (made on first use: messages
+    may arrive before the start-up hook ran; a service started again gets a new one)."""
     svc = ctx.service
+    pool = svc.db.pool
     runtime = _RUNTIMES.get(id(svc))
-    if runtime is None:
-        stores = Stores(svc.db.pool)
+    if runtime is None or runtime.stores.pool is not pool:
+        stores = Stores(pool)
         runtime = Runtime(stores, EventRelay(stores.outbox, svc.bus.publish_event, svc.settings.tx_event_retry),
-                          Maintenance(svc.db.pool, svc.settings.meter_values_retention_days))
+                          Maintenance(pool, svc.settings.meter_values_retention_days))
         _RUNTIMES[id(svc)] = runtime
     return runtime
 
@@ -427,7 +428,7 @@ async def api_get_transaction(ctx: ApiContext, params: TransactionParams) -> Tra
 @service.api("list_transactions")
 async def api_list_transactions(ctx: ApiContext, params: ListTransactionsParams) -> list[TransactionView]:
     """By charge point and/or id tag, started in [since, until), oldest first, ``limit`` at a time."""
-    return await _stores(ctx).transactions.list(
+    return await _stores(ctx).transactions.find(
         charge_point_id=params.charge_point_id, id_tag=params.id_tag, active_only=params.active_only,
         since=params.since, until=params.until, limit=params.limit, after=params.after)
 
@@ -493,7 +494,7 @@ async def api_get_local_list(ctx: ApiContext, params: ChargePointParams) -> Loca
 
 @service.api("list_reservations")
 async def api_list_reservations(ctx: ApiContext, params: ChargePointParams) -> list[ReservationView]:
-    return await _stores(ctx).reservations.list(params.charge_point_id)
+    return await _stores(ctx).reservations.unexpired(params.charge_point_id)
 
 
 @service.api("drop_reservation")

@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 from pydantic import ValidationError
 
 from csms.contracts.events import Event, MeterValuesReceived, ReservationChanged, TransactionStarted, TransactionStopped
-from services.transactions.store import OutboxEvent, PgOutbox
+from services.transactions.store import Outbox, OutboxEvent
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def to_event(item: OutboxEvent) -> Event:
 
 
 class EventRelay:
-    def __init__(self, outbox: PgOutbox, publish: Callable[[Event], Awaitable[None]], retry_seconds: float):
+    def __init__(self, outbox: Outbox, publish: Callable[[Event], Awaitable[None]], retry_seconds: float):
         self.outbox = outbox
         self._publish = publish
         self.retry_seconds = retry_seconds

@@ -185,11 +185,21 @@ class TransactionStore(Protocol):
                          connector_id: int | None = None, started_before: datetime | None = None
                          ) -> list[OutboxEvent]: ...
     async def close_one(self, transaction_id: int, closure: Closure) -> tuple[TransactionView, list[OutboxEvent]]: ...
-    async def get(self, transaction_id: int) -> TransactionView | None: ...
     async def holding_connector(self, charge_point_id: str, connector_id: int) -> int | None: ...
     async def add_pending_profile(self, charge_point_id: str, id_tag: str, connector_id: int | None,
                                   profile: dict[str, Any], now: datetime, ttl: float) -> int: ...
     async def drop_pending_profile(self, pending_id: int) -> bool: ...
+    async def get(self, transaction_id: int) -> TransactionView | None: ...
+    async def find(self, *, charge_point_id: str | None, id_tag: str | None, active_only: bool,
+                   since: datetime | None, until: datetime | None, limit: int, after: int | None
+                   ) -> list[TransactionView]: ...
+    async def active(self, charge_point_id: str) -> list[ActiveTransaction]: ...
+    async def meter_values(self, *, charge_point_id: str | None = None, connector_id: int | None = None,
+                           transaction_id: int | None = None, id_tag: str | None = None,
+                           since: datetime | None = None, until: datetime | None = None, limit: int,
+                           after: int | None = None) -> list[MeterValueView]: ...
+    async def orphan_stops(self, charge_point_id: str | None, limit: int, after: int | None
+                           ) -> list[OrphanStopView]: ...
 
 
 class ReservationStore(Protocol):
@@ -197,7 +207,7 @@ class ReservationStore(Protocol):
     async def holders(self, reservation_id: int) -> list[ReservationView]: ...
     async def save(self, view: ReservationView, event: dict) -> list[OutboxEvent]: ...
     async def drop(self, charge_point_id: str, reservation_id: int, event: dict) -> list[OutboxEvent]: ...
-    async def list(self, charge_point_id: str) -> list[ReservationView]: ...
+    async def unexpired(self, charge_point_id: str) -> list[ReservationView]: ...
 
 
 class LocalListStore(Protocol):
@@ -211,6 +221,7 @@ class Outbox(Protocol):
     async def delete(self, ids: Sequence[int]) -> None: ...
     async def relay_stuck(self, older_than: float, limit: int,
                           publish: Callable[[OutboxEvent], Awaitable[None]]) -> int: ...
+    async def pending(self) -> int: ...
 
 
 # ---- SQL helpers ----------------------------------------------------------------------------------------
@@ -276,6 +287,21 @@ def _meter_value_view(row: asyncpg.Record) -> MeterValueView:
                           known_transaction=row["transaction_id"] is not None, source=row["source"],
                           timestamp=row["sampled_at"], sampled_value=row["sampled_value"],
                           received_at=row["received_at"])
+
+
+def _filters(conditions: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:
+    """The conditions whose value is given, numbered as parameters: only those reach the SQL, so each query
+    shape gets a plan that uses its index (and prunes meter value partitions)."""
+    where, args = [], []
+    for template, value in conditions:
+        if value is not None:
+            args.append(value)
+            where.append(template.format(f"${len(args)}"))
+    return where, args
+
+
+def _where(conditions: list[str]) -> str:
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""
 
 
 def _tag_records(chain: Any) -> dict[str, TagRecord]:
@@ -615,16 +641,16 @@ class PgTransactions:
         row = await self.pool.fetchrow("SELECT * FROM tx_transactions WHERE transaction_id = $1", transaction_id)
         return _transaction_view(row) if row else None
 
-    async def list(self, *, charge_point_id: str | None, id_tag: str | None, active_only: bool,
+    async def find(self, *, charge_point_id: str | None, id_tag: str | None, active_only: bool,
                    since: datetime | None, until: datetime | None, limit: int, after: int | None
                    ) -> list[TransactionView]:
-        rows = await self.pool.fetch("""
-            SELECT * FROM tx_transactions
-            WHERE ($1::text IS NULL OR charge_point_id = $1) AND ($2::text IS NULL OR id_tag_folded = $2)
-              AND (NOT $3 OR status = 'active') AND ($4::timestamptz IS NULL OR start_at >= $4)
-              AND ($5::timestamptz IS NULL OR start_at < $5) AND ($6::integer IS NULL OR transaction_id > $6)
-            ORDER BY transaction_id LIMIT $7
-            """, charge_point_id, fold(id_tag) if id_tag else None, active_only, since, until, after, limit)
+        where, args = _filters([("charge_point_id = {}", charge_point_id),
+                                ("id_tag_folded = {}", fold(id_tag) if id_tag else None),
+                                ("start_at >= {}", since), ("start_at < {}", until), ("transaction_id > {}", after)])
+        if active_only:
+            where.append("status = 'active'")
+        rows = await self.pool.fetch(f"SELECT * FROM tx_transactions {_where(where)} ORDER BY transaction_id"
+                                     f" LIMIT {int(limit)}", *args)
         return [_transaction_view(row) for row in rows]
 
     async def active(self, charge_point_id: str) -> list[ActiveTransaction]:
@@ -641,23 +667,18 @@ class PgTransactions:
                            transaction_id: int | None = None, id_tag: str | None = None,
                            since: datetime | None = None, until: datetime | None = None, limit: int,
                            after: int | None = None) -> list[MeterValueView]:
-        rows = await self.pool.fetch("""
-            SELECT * FROM tx_meter_values
-            WHERE ($1::text IS NULL OR charge_point_id = $1) AND ($2::integer IS NULL OR connector_id = $2)
-              AND ($3::integer IS NULL OR transaction_id = $3) AND ($4::text IS NULL OR id_tag_folded = $4)
-              AND ($5::timestamptz IS NULL OR sampled_at >= $5) AND ($6::timestamptz IS NULL OR sampled_at < $6)
-              AND ($7::bigint IS NULL OR id > $7)
-            ORDER BY id LIMIT $8
-            """, charge_point_id, connector_id, transaction_id, fold(id_tag) if id_tag else None, since, until,
-            after, limit)
+        where, args = _filters([("charge_point_id = {}", charge_point_id), ("connector_id = {}", connector_id),
+                                ("transaction_id = {}", transaction_id),
+                                ("id_tag_folded = {}", fold(id_tag) if id_tag else None),
+                                ("sampled_at >= {}", since), ("sampled_at < {}", until), ("id > {}", after)])
+        rows = await self.pool.fetch(f"SELECT * FROM tx_meter_values {_where(where)} ORDER BY id LIMIT {int(limit)}",
+                                     *args)
         return [_meter_value_view(row) for row in rows]
 
     async def orphan_stops(self, charge_point_id: str | None, limit: int, after: int | None) -> list[OrphanStopView]:
-        rows = await self.pool.fetch("""
-            SELECT * FROM tx_orphan_stops
-            WHERE ($1::text IS NULL OR charge_point_id = $1) AND ($2::integer IS NULL OR transaction_id > $2)
-            ORDER BY charge_point_id, transaction_id LIMIT $3
-            """, charge_point_id, after, limit)
+        where, args = _filters([("charge_point_id = {}", charge_point_id), ("transaction_id > {}", after)])
+        rows = await self.pool.fetch(f"SELECT * FROM tx_orphan_stops {_where(where)}"
+                                     f" ORDER BY charge_point_id, transaction_id LIMIT {int(limit)}", *args)
         return [OrphanStopView(charge_point_id=r["charge_point_id"], transaction_id=r["transaction_id"],
                                meter_stop=r["meter_stop"], stop=r["stop_at"], reason=r["reason"], id_tag=r["id_tag"],
                                id_tag_info=r["id_tag_info"], transaction_data=r["transaction_data"],
@@ -716,7 +737,7 @@ class PgReservations:
             """, charge_point_id, reservation_id, event)
         return _events(row["events"])
 
-    async def list(self, charge_point_id: str) -> list[ReservationView]:
+    async def unexpired(self, charge_point_id: str) -> list[ReservationView]:
         rows = await self.pool.fetch(
             "SELECT * FROM tx_reservations WHERE charge_point_id = $1 AND expiry_date > now()"
             " ORDER BY reservation_id LIMIT 1000", charge_point_id)
@@ -810,13 +831,13 @@ class PgOutbox:
 
 @dataclass
 class Stores:
-    """Every store of the service, on one pool."""
+    """Every store of the service (the PostgreSQL implementations), on one pool."""
     pool: asyncpg.Pool
-    id_tags: PgIdTags = field(init=False)
-    transactions: PgTransactions = field(init=False)
-    reservations: PgReservations = field(init=False)
-    local_lists: PgLocalLists = field(init=False)
-    outbox: PgOutbox = field(init=False)
+    id_tags: IdTagStore = field(init=False)
+    transactions: TransactionStore = field(init=False)
+    reservations: ReservationStore = field(init=False)
+    local_lists: LocalListStore = field(init=False)
+    outbox: Outbox = field(init=False)
 
     def __post_init__(self) -> None:
         self.id_tags = PgIdTags(self.pool)
