@@ -49,6 +49,7 @@ class EventRelay:
         self._done: list[int] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._stopped = False
 
     def start(self) -> None:
         if not self._tasks:
@@ -56,6 +57,7 @@ class EventRelay:
                            asyncio.create_task(self._relay_stuck(), name="tx-outbox-relay")]
 
     async def stop(self) -> None:
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -77,6 +79,8 @@ class EventRelay:
                 return False
             self._done.append(item.id)
         self._wake.set()
+        if self._stopped:  # a handler finishing during shutdown: delete now, not after a restart's relay
+            await self._flush()
         return True
 
     async def relay_now(self, older_than: float = 0.0) -> int:

@@ -1,5 +1,5 @@
 """Transactions service end to end: test charge point -> gateway -> RabbitMQ -> transactions service,
-on real RabbitMQ and Redis."""
+on real RabbitMQ, Redis and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
@@ -372,6 +372,8 @@ async def test_remote_start_refused_only_by_ocpp_rules_and_sent_whatever_the_rec
             ({"idTag": "TAG1", "connectorId": -1}, "connectorId"),
             ({"idTag": "TAG1", "chargingProfile": tx_profile(chargingProfilePurpose="TxDefaultProfile")}, "TxProfile"),
             ({"idTag": "TAG1", "chargingProfile": tx_profile(transactionId=5)}, "transactionId"),
+            ({"idTag": "TAG1", "connectorId": 2 ** 31}, "connectorId"),   # more than the records can hold
+            ({"idTag": "TAG\x00"}, "NUL"),
         ):
             result = await remote_start(**payload)
             assert result.status == "invalid", payload
@@ -577,6 +579,20 @@ async def test_bad_input_is_refused_not_crashed(system, cp_id):
             await cp.call_ok(call.StartTransaction(connector_id=0, id_tag="TAG1", meter_start=0, timestamp=T0))
         with pytest.raises(PropertyConstraintViolationError):
             await cp.call_ok(call.MeterValues(connector_id=-1, meter_value=[energy("1")]))
+        # what the records cannot hold gets a CALLERROR naming it, not an internal error retried for ever
+        for payload, words in (
+            (call.StartTransaction(connector_id=2 ** 31, id_tag="TAG1", meter_start=0, timestamp=T0), "connectorId"),
+            (call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=2 ** 64, timestamp=T0), "meterStart"),
+            (call.StartTransaction(connector_id=1, id_tag="TA\x00G", meter_start=0, timestamp=T0), "NUL"),
+            (call.MeterValues(connector_id=1, transaction_id=-2 ** 40, meter_value=[energy("1")]), "transactionId"),
+            (call.MeterValues(connector_id=1, meter_value=[energy("1\x00")]), "NUL"),
+            (call.StopTransaction(transaction_id=2 ** 33, meter_stop=0, timestamp=T0), "transactionId"),
+            (call.Authorize(id_tag="\x00"), "NUL"),
+        ):
+            with pytest.raises(PropertyConstraintViolationError) as refused:
+                await cp.call_ok(payload)
+            assert words in refused.value.description, payload
+        assert await api(system, "list_transactions", charge_point_id=cp_id) == []
         tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
                                                      timestamp=T0))).transaction_id
         # a reading that is not a number is kept but is not a meter reading
@@ -592,6 +608,8 @@ async def test_bad_input_is_refused_not_crashed(system, cp_id):
         assert (await cp.call_ok(call.Authorize(id_tag="TAG1"))).id_tag_info == {"status": "Invalid"}
     for operation, params, status in (
         ("get_transaction", {"transaction_id": "abc"}, 400),
+        ("get_transaction", {"transaction_id": 2 ** 31}, 400),
+        ("set_id_tag", {"id_tag": "A\x00"}, 400),
         ("get_transaction", {}, 400),
         ("meter_values", {"transaction_id": 424242}, 404),
         ("active_transactions", {}, 400),
