@@ -166,10 +166,15 @@ async def start_transaction(ctx: CallContext, req: StartTransactionRequest) -> S
         charge_point_id=cp, reservation_id=reservation.reservation_id, change="consumed",
         connector_id=reservation.connector_id, id_tag=reservation.id_tag,
         expiry_date=facts.reservation_expiry.get(reservation.reservation_id), transaction_id=tx_id)
+    received = ctx.call.received_at
+    ordered = rules.ordered_instant(start_at, received, ctx.settings.clock_skew)
+    if ordered != start_at:
+        log.warning("%s: StartTransaction dated %s, further ahead than CSMS_CLOCK_SKEW allows: ordered by the "
+                    "time it was received", cp, start_at.isoformat())
     start = NewStart(
         transaction_id=tx_id, charge_point_id=cp, connector_id=req.connector_id, id_tag=req.id_tag,
         id_tag_info=_info_dict(info), authorization_status=info.status, meter_start=req.meter_start,
-        start_at=start_at, received_at=ctx.call.received_at, reservation_id=req.reservation_id,
+        start_at=start_at, received_at=received, start_ordered_at=ordered, reservation_id=req.reservation_id,
         consume_reservation=reservation.reservation_id if reservation else None,
         concurrent_with=facts.concurrent_with, pending_profile_id=facts.pending_profile_id, now=now)
     try:

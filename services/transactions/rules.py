@@ -163,16 +163,21 @@ def estimated_stop_time(start: datetime, evidence: datetime) -> datetime:
     return max(as_utc(start), as_utc(evidence))
 
 
-def status_instant(ordered_at: datetime | None, timestamp: datetime | None, received: datetime,
-                   skew_seconds: float) -> datetime:
-    """The instant a StatusNotification is ordered by: the stations service's ``ordered_at`` when it gives one;
-    else the charge point's timestamp, unless it lies further in the future than CSMS_CLOCK_SKEW allows; else
-    the time it was received."""
-    if ordered_at is not None:
-        return as_utc(ordered_at)
+def ordered_instant(timestamp: datetime | None, received: datetime, skew_seconds: float) -> datetime:
+    """The instant something the charge point dated is ordered by: its own timestamp, unless it lies further in
+    the future than CSMS_CLOCK_SKEW allows (a clock in 2099); then the time it was received."""
     if timestamp is not None and as_utc(timestamp) <= as_utc(received) + timedelta(seconds=skew_seconds):
         return as_utc(timestamp)
     return as_utc(received)
+
+
+def status_instant(ordered_at: datetime | None, timestamp: datetime | None, received: datetime,
+                   skew_seconds: float) -> datetime:
+    """The instant a StatusNotification is ordered by: the stations service's ``ordered_at`` when it gives one,
+    else as :func:`ordered_instant`."""
+    if ordered_at is not None:
+        return as_utc(ordered_at)
+    return ordered_instant(timestamp, received, skew_seconds)
 
 
 def free_status_reason(status: str, connector_id: int) -> str | None:

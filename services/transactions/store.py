@@ -70,6 +70,7 @@ class NewStart:
     meter_start: int
     start_at: datetime
     received_at: datetime
+    start_ordered_at: datetime          # start_at, unless beyond the clock skew: then received_at
     reservation_id: int | None          # as the charge point sent it
     consume_reservation: int | None     # the reservation this start ends
     concurrent_with: int | None
@@ -262,7 +263,7 @@ def _transaction_view(row: asyncpg.Record) -> TransactionView:
         transaction_id=row["transaction_id"], charge_point_id=row["charge_point_id"],
         connector_id=row["connector_id"], id_tag=row["id_tag"], id_tag_info=row["id_tag_info"],
         authorization_status=row["authorization_status"], meter_start=row["meter_start"], start=row["start_at"],
-        received_at=row["received_at"], reservation_id=row["reservation_id"],
+        received_at=row["received_at"], start_ordered_at=row["start_ordered_at"], reservation_id=row["reservation_id"],
         reservation_consumed=row["reservation_consumed"], concurrent_with=row["concurrent_with"],
         charging_profile=row["charging_profile"], status=row["status"], meter_last=row["meter_last"],
         meter_last_at=row["meter_last_at"], meter_stop=row["meter_stop"], stop=row["stop_at"], reason=row["reason"],
@@ -398,9 +399,9 @@ _RECORD_START = f"""
         RETURNING reservation_id
     ), ins AS (
         INSERT INTO tx_transactions (transaction_id, charge_point_id, connector_id, id_tag, id_tag_folded,
-            id_tag_info, authorization_status, meter_start, start_at, received_at, reservation_id,
+            id_tag_info, authorization_status, meter_start, start_at, received_at, start_ordered_at, reservation_id,
             reservation_consumed, concurrent_with, charging_profile)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, (SELECT reservation_id FROM res), $13,
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $18, $11, (SELECT reservation_id FROM res), $13,
                 (SELECT profile FROM prof))
         RETURNING transaction_id
     ), events AS (
@@ -506,7 +507,7 @@ _CLOSE_SET = """
             status = 'stopped', closed_by = $2, reconcile_reason = $3,
             meter_stop = coalesce($4::bigint, t.meter_last, t.meter_start),
             energy_wh = coalesce($4::bigint, t.meter_last, t.meter_start) - t.meter_start,
-            stop_at = greatest($5, t.start_at), reason = $6, stopped_at = $7, operator_note = $8"""
+            stop_at = greatest($5, t.start_ordered_at), reason = $6, stopped_at = $7, operator_note = $8"""
 
 _CLOSE_EVENTS = f"""events AS (
         INSERT INTO tx_outbox (event_type, body)
@@ -520,7 +521,8 @@ _CLOSE_OPEN = f"""
     WITH closed AS (
         UPDATE tx_transactions t SET {_CLOSE_SET}
         WHERE t.charge_point_id = $1 AND t.status = 'active' AND t.received_at < $9
-          AND ($10::integer IS NULL OR t.connector_id = $10) AND ($11::timestamptz IS NULL OR t.start_at < $11)
+          AND ($10::integer IS NULL OR t.connector_id = $10)
+          AND ($11::timestamptz IS NULL OR t.start_ordered_at < $11)
         RETURNING t.*
     ), {_CLOSE_EVENTS}
     SELECT {_EVENTS_OUT} AS events
@@ -561,7 +563,7 @@ class PgTransactions:
                 _RECORD_START, start.transaction_id, start.charge_point_id, start.connector_id, start.id_tag,
                 fold(start.id_tag), start.id_tag_info, start.authorization_status, start.meter_start, start.start_at,
                 start.received_at, start.reservation_id, start.consume_reservation, start.concurrent_with,
-                start.pending_profile_id, start.now, reservation_event or {}, started_event)
+                start.pending_profile_id, start.now, reservation_event or {}, started_event, start.start_ordered_at)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "tx_transactions_start_once":
                 raise DuplicateStart() from None

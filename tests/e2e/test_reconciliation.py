@@ -172,6 +172,20 @@ async def test_a_free_connector_closes_its_transaction(system, events, cp_id):
         assert (await api(system, "get_transaction", transaction_id=three))["status"] == "active"
 
 
+@pytest.mark.ocpp("StatusNotification", "StartTransaction")
+async def test_a_start_dated_in_2099_is_ordered_by_when_it_was_received(system, events, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        wild = await start(cp, 1, "TAG1", 0, datetime(2099, 1, 1, tzinfo=utc_now().tzinfo))
+        record = await api(system, "get_transaction", transaction_id=wild)
+        assert record["start"] == "2099-01-01T00:00:00Z"   # recorded as the charge point said
+        assert record["start_ordered_at"] == record["received_at"]
+        await status(cp, 1, "Available")                   # no timestamp: the time it was received
+        (closed,) = await events.wait_for("transaction.stopped", transaction_id=wild)
+        assert closed["reconcile_reason"] == "connector_available"
+        assert closed["timestamp"] < "2099"                 # the estimate is not dated in 2099 either
+
+
 @pytest.mark.ocpp("StartTransaction", "StopTransaction")
 async def test_an_operator_closes_a_ghost_through_the_api_and_the_cli(system, events, cp_id, monkeypatch, capsys):
     await api(system, "set_id_tag", id_tag="TAG1")

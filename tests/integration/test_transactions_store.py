@@ -58,13 +58,13 @@ async def test_upgrading_a_database_with_data_keeps_every_record(schema):
         await connection.execute("""
             INSERT INTO tx_id_tags (id_tag_folded, id_tag, status, updated_at) VALUES ('tag1', 'TAG1', 'Accepted', now());
             INSERT INTO tx_transactions (charge_point_id, connector_id, id_tag, id_tag_folded, id_tag_info,
-                authorization_status, meter_start, start_at, received_at, status, meter_stop, stop_at, reason,
-                energy_wh, closed_by, cp_stopped)
+                authorization_status, meter_start, start_at, received_at, start_ordered_at, status, meter_stop,
+                stop_at, reason, energy_wh, closed_by, cp_stopped)
             VALUES ('CP-1', 1, 'TAG1', 'tag1', '{"status": "Accepted"}', 'Accepted', 100,
-                    '2026-11-25T10:00:00Z', now(), 'stopped', 400, '2026-11-25T11:00:00Z', 'Local', 300,
-                    'charge_point', true),
+                    '2026-11-25T10:00:00Z', now(), '2026-11-25T10:00:00Z', 'stopped', 400, '2026-11-25T11:00:00Z',
+                    'Local', 300, 'charge_point', true),
                    ('CP-1', 2, 'TAG1', 'tag1', '{"status": "Accepted"}', 'Accepted', 5, '2026-11-25T10:30:00Z',
-                    now(), 'active', NULL, NULL, NULL, NULL, NULL, false);
+                    now(), '2026-11-25T10:30:00Z', 'active', NULL, NULL, NULL, NULL, NULL, false);
             INSERT INTO tx_meter_values (charge_point_id, connector_id, transaction_id, reported_transaction_id,
                 id_tag_folded, source, sampled_at, sampled_value, received_at, call_digest, seq)
             SELECT 'CP-1', 1, 1, 1, 'tag1', 'MeterValues', '2026-11-25T10:00:00Z'::timestamptz + n * interval '1 minute',
@@ -158,10 +158,10 @@ async def cost_of_a_start(settings, open_of_tag: int, rows: int) -> dict:
                                  "'Accepted')")
         await connection.execute("""
             INSERT INTO tx_transactions (charge_point_id, connector_id, id_tag, id_tag_folded, id_tag_info,
-                authorization_status, meter_start, start_at, received_at, status)
+                authorization_status, meter_start, start_at, received_at, start_ordered_at, status)
             SELECT 'CP-' || n, 1, CASE WHEN n <= $1 THEN 'FLEET' ELSE 'OTHER' || n END,
                    CASE WHEN n <= $1 THEN 'fleet' ELSE 'other' || n END, '{"status": "Accepted"}', 'Accepted', 0,
-                   now(), now(), CASE WHEN n <= $1 THEN 'active' ELSE 'stopped' END
+                   now(), now(), now(), CASE WHEN n <= $1 THEN 'active' ELSE 'stopped' END
             FROM generate_series(1, $2) AS n""", open_of_tag, rows)
         await connection.execute("ANALYZE tx_transactions")
         counted = OneConnection(connection)
@@ -328,7 +328,8 @@ async def test_a_resent_start_racing_the_first_is_one_transaction(pool):
     def start(new_id: int) -> handlers.NewStart:
         return handlers.NewStart(
             transaction_id=new_id, charge_point_id="CP-1", connector_id=1, id_tag="TAG", id_tag_info={"status": "Invalid"},
-            authorization_status="Invalid", meter_start=10, start_at=T0, received_at=utc_now(), reservation_id=None,
+            authorization_status="Invalid", meter_start=10, start_at=T0, received_at=utc_now(), start_ordered_at=T0,
+            reservation_id=None,
             consume_reservation=None, concurrent_with=None, pending_profile_id=None, now=utc_now())
     event = {"charge_point_id": "CP-1", "transaction_id": 0, "connector_id": 1, "id_tag": "TAG", "meter_start": 10,
              "timestamp": "2026-11-25T10:00:00Z", "authorization_status": "Invalid"}

@@ -116,6 +116,13 @@ def test_only_a_free_connector_closes_transactions(status, connector, reason):
     assert rules.free_status_reason(status, connector) == reason
 
 
+def test_ordered_instant_ignores_a_clock_too_far_ahead():
+    assert rules.ordered_instant(PAST, NOW, 300) == PAST
+    assert rules.ordered_instant(NOW + timedelta(seconds=300), NOW, 300) == NOW + timedelta(seconds=300)
+    assert rules.ordered_instant(NOW + timedelta(seconds=301), NOW, 300) == NOW
+    assert rules.ordered_instant(None, NOW, 300) == NOW
+
+
 def test_status_instant():
     received = NOW
     assert rules.status_instant(PAST, FUTURE, received, 300) == PAST                 # the stations service's

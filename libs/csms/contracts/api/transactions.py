@@ -184,6 +184,7 @@ class TransactionView(View):
     meter_start: int
     start: UtcDatetime                   # the charge point's timestamp
     received_at: UtcDatetime             # when the central system received the StartTransaction
+    start_ordered_at: UtcDatetime        # start, or received_at when start is beyond CSMS_CLOCK_SKEW ahead
     reservation_id: int | None = None
     reservation_consumed: int | None = None
     concurrent_with: int | None = None   # the open transaction of the tag that made this one ConcurrentTx

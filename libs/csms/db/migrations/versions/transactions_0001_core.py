@@ -39,6 +39,8 @@ STATEMENTS = [
         meter_start           bigint NOT NULL,
         start_at              timestamptz NOT NULL,
         received_at           timestamptz NOT NULL,
+        -- start_at, or received_at when start_at is further in the future than the clock skew allows
+        start_ordered_at      timestamptz NOT NULL,
         reservation_id        integer,
         reservation_consumed  integer,
         concurrent_with       integer,
