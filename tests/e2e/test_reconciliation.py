@@ -196,7 +196,8 @@ async def test_an_operator_closes_a_ghost_through_the_api_and_the_cli(system, ev
                                           meter_value=[energy(900, utc_now() - timedelta(minutes=30))]))
 
         closed = await api(system, "close_transaction", transaction_id=ghost, note="charger replaced")
-        assert (closed["status"], closed["closed_by"], closed["reconcile_reason"]) == ("stopped", "operator", "operator")
+        assert (closed["status"], closed["closed_by"], closed["reconcile_reason"]) == (
+            "stopped", "operator", "operator")
         assert (closed["meter_stop"], closed["energy_wh"], closed["reason"], closed["operator_note"]) == (
             900, 400, "Other", "charger replaced")
         (event,) = await events.wait_for("transaction.stopped", transaction_id=ghost)

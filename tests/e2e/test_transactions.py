@@ -739,7 +739,8 @@ async def test_query_transactions_and_meter_values_by_charge_point_time_and_id_t
                    await api(system, "meter_values", transaction_id=ids[2], after=values[0]["id"]))
     assert first + rest == values
     window = await api(system, "connector_meter_values", charge_point_id=cp_id, connector_id=1,
-                       since=format_utc(day + timedelta(hours=2, minutes=1)), until=format_utc(day + timedelta(hours=3)))
+                       since=format_utc(day + timedelta(hours=2, minutes=1)),
+                       until=format_utc(day + timedelta(hours=3)))
     assert [v["sampled_value"][0]["value"] for v in window] == ["21", "22"]
     tagged = await api(system, "query_meter_values", id_tag="DRIVER", since=format_utc(day + timedelta(hours=1)))
     assert [v["transaction_id"] for v in tagged] == [ids[1]] * 3 + [ids[2]] * 3 + [ids[4]] * 3

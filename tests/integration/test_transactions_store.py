@@ -56,7 +56,8 @@ async def test_upgrading_a_database_with_data_keeps_every_record(schema):
     connection = await connect(schema)
     try:
         await connection.execute("""
-            INSERT INTO tx_id_tags (id_tag_folded, id_tag, status, updated_at) VALUES ('tag1', 'TAG1', 'Accepted', now());
+            INSERT INTO tx_id_tags (id_tag_folded, id_tag, status, updated_at)
+            VALUES ('tag1', 'TAG1', 'Accepted', now());
             INSERT INTO tx_transactions (charge_point_id, connector_id, id_tag, id_tag_folded, id_tag_info,
                 authorization_status, meter_start, start_at, received_at, start_ordered_at, status, meter_stop,
                 stop_at, reason, energy_wh, closed_by, cp_stopped)
@@ -67,7 +68,8 @@ async def test_upgrading_a_database_with_data_keeps_every_record(schema):
                     now(), '2026-11-25T10:30:00Z', 'active', NULL, NULL, NULL, NULL, NULL, false);
             INSERT INTO tx_meter_values (charge_point_id, connector_id, transaction_id, reported_transaction_id,
                 id_tag_folded, source, sampled_at, sampled_value, received_at, call_digest, seq)
-            SELECT 'CP-1', 1, 1, 1, 'tag1', 'MeterValues', '2026-11-25T10:00:00Z'::timestamptz + n * interval '1 minute',
+            SELECT 'CP-1', 1, 1, 1, 'tag1', 'MeterValues',
+                   '2026-11-25T10:00:00Z'::timestamptz + n * interval '1 minute',
                    jsonb_build_array(jsonb_build_object('value', (100 + n)::text)), now(), 'digest', n
             FROM generate_series(1, 60) AS n;
             INSERT INTO tx_orphan_stops (charge_point_id, transaction_id, meter_stop, stop_at, reason, received_at)
@@ -256,7 +258,8 @@ async def test_maintenance_forgets_expired_reservations_and_profiles(pool, setti
             INSERT INTO tx_reservations VALUES ('CP-1', 1, 1, 'T', NULL, now() - interval '1 s', now()),
                                                ('CP-1', 2, 1, 'T', NULL, now() + interval '1 h', now());
             INSERT INTO tx_pending_profiles (charge_point_id, id_tag_folded, profile, created_at, expires_at)
-            VALUES ('CP-1', 't', '{}', now(), now() - interval '1 s'), ('CP-1', 't', '{}', now(), now() + interval '1 h');
+            VALUES ('CP-1', 't', '{}', now(), now() - interval '1 s'),
+                   ('CP-1', 't', '{}', now(), now() + interval '1 h');
         """)
         report = await maintenance.run_once(pool, 0)
         assert (report.expired_reservations, report.expired_profiles) == (1, 1)
@@ -327,7 +330,8 @@ async def test_a_resent_start_racing_the_first_is_one_transaction(pool):
 
     def start(new_id: int) -> handlers.NewStart:
         return handlers.NewStart(
-            transaction_id=new_id, charge_point_id="CP-1", connector_id=1, id_tag="TAG", id_tag_info={"status": "Invalid"},
+            transaction_id=new_id, charge_point_id="CP-1", connector_id=1, id_tag="TAG",
+            id_tag_info={"status": "Invalid"},
             authorization_status="Invalid", meter_start=10, start_at=T0, received_at=utc_now(), start_ordered_at=T0,
             reservation_id=None,
             consume_reservation=None, concurrent_with=None, pending_profile_id=None, now=utc_now())
