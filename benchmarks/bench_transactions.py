@@ -12,6 +12,7 @@ and prints calls/s and latencies of each, with the ratios. Uses the local Rabbit
 run in a namespace and schema of its own (removed afterwards).
 
     python benchmarks/bench_transactions.py --charge-points 20 --transactions 5 --meter-calls 10
+    python benchmarks/bench_transactions.py --shared-tag-open 913 --meter-calls 0   # starts with a busy fleet tag
 """
 from __future__ import annotations
 
@@ -65,12 +66,15 @@ def load_baseline(rev: str) -> Service:
 class Frames:
     """A bare OCPP-J client: CALLs one at a time, latency per CALL."""
 
+    errors: list[str] = []
+
     def __init__(self, ws, latencies: list[float]):
         self.ws = ws
         self.latencies = latencies
         self.next_id = 0
 
-    async def call(self, action: str, payload: dict) -> dict:
+    async def call(self, action: str, payload: dict) -> dict | None:
+        """The CALLRESULT payload; None (counted in ``errors``) for a CALLERROR, e.g. a service too slow."""
         self.next_id += 1
         started = time.perf_counter()
         await self.ws.send(json.dumps([2, str(self.next_id), action, payload]))
@@ -79,8 +83,22 @@ class Frames:
             if frame[0] == 3 and frame[1] == str(self.next_id):
                 self.latencies.append(time.perf_counter() - started)
                 return frame[2]
-            if frame[0] == 4:
-                raise RuntimeError(f"{action}: {frame}")
+            if frame[0] == 4 and frame[1] == str(self.next_id):
+                Frames.errors.append(f"{action}: {frame[2]} {frame[3]}")
+                return None
+
+
+def id_tag(args, index: int) -> str:
+    return "FLEET" if args.shared_tag_open else f"TAG{index}"
+
+
+async def seed(url: str, count: int) -> None:
+    """``count`` open transactions of the shared tag, on the connectors of one charge point."""
+    async with websockets.connect(url, subprotocols=["ocpp1.6"]) as ws:
+        cp = Frames(ws, [])
+        for connector in range(1, count + 1):
+            await cp.call("StartTransaction", {"connectorId": connector, "idTag": "FLEET", "meterStart": 0,
+                                               "timestamp": iso(DAY)})
 
 
 async def transactions(url: str, index: int, args, latencies: list[float]) -> None:
@@ -88,8 +106,10 @@ async def transactions(url: str, index: int, args, latencies: list[float]) -> No
         cp = Frames(ws, latencies)
         for number in range(args.transactions):
             begin = DAY + timedelta(hours=number, minutes=index)
-            started = await cp.call("StartTransaction", {"connectorId": 1, "idTag": f"TAG{index}",
+            started = await cp.call("StartTransaction", {"connectorId": 1, "idTag": id_tag(args, index),
                                                          "meterStart": 0, "timestamp": iso(begin)})
+            if started is None:
+                continue
             tx = started["transactionId"]
             for m in range(args.meter_calls):
                 await cp.call("MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [
@@ -111,17 +131,22 @@ async def heartbeats(url: str, index: int, args, latencies: list[float]) -> None
 async def run(name: str, services: list[Service], client, args, infra: Infrastructure) -> dict:
     sut = await System(make_settings(infra), services).start()
     try:
+        if args.shared_tag_open and client is transactions:
+            await seed(sut.url("BENCH-SEED"), args.shared_tag_open)
         latencies: list[float] = []
+        Frames.errors.clear()
         started = time.perf_counter()
         await asyncio.gather(*(client(sut.url(f"BENCH-{i}"), i, args, latencies) for i in range(args.charge_points)))
         elapsed = time.perf_counter() - started
     finally:
         await sut.stop()
+    errors = list(Frames.errors)
     result = {"name": name, "calls": len(latencies), "seconds": elapsed, "per_second": len(latencies) / elapsed,
               "p50_ms": statistics.median(latencies) * 1000,
               "p95_ms": sorted(latencies)[int(0.95 * (len(latencies) - 1))] * 1000}
     print(f"{name:>11}: {result['calls']} calls in {elapsed:.2f} s = {result['per_second']:.0f}/s;"
-          f" latency p50 {result['p50_ms']:.2f} ms, p95 {result['p95_ms']:.2f} ms", flush=True)
+          f" latency p50 {result['p50_ms']:.2f} ms, p95 {result['p95_ms']:.2f} ms"
+          + (f"; {len(errors)} CALLERRORs, e.g. {errors[0]}" if errors else ""), flush=True)
     return result
 
 
@@ -131,6 +156,8 @@ async def main() -> None:
     parser.add_argument("--transactions", type=int, default=5, help="per charge point")
     parser.add_argument("--meter-calls", type=int, default=10, help="MeterValues CALLs per transaction")
     parser.add_argument("--readings", type=int, default=4, help="meter values per MeterValues CALL")
+    parser.add_argument("--shared-tag-open", type=int, default=0, metavar="N",
+                        help="every charge point uses one id tag that already has N open transactions (a fleet card)")
     parser.add_argument("--baseline-rev", default=BASELINE_REV)
     args = parser.parse_args()
     ocpp16.warm_up()

@@ -68,6 +68,8 @@ async def _create_partition(connection: asyncpg.Connection, day: date) -> int | 
             return None
         name = rules.partition_name(day)
         low, high = _midnight(day), _midnight(day + timedelta(days=1))
+        # no reading may land in DEFAULT for that day between the move and the new partition (reads go on)
+        await connection.execute(f"LOCK TABLE {DEFAULT_PARTITION} IN EXCLUSIVE MODE")
         await connection.execute(f"CREATE TEMP TABLE tx_mv_moving (LIKE {PARENT}) ON COMMIT DROP")
         moved = await connection.fetchval(f"""
             WITH moved AS (

@@ -2,8 +2,8 @@
 
 Daily partitions are created ahead (and dropped after METER_VALUES_RETENTION_DAYS) by the transactions
 service's maintenance task; a DEFAULT partition takes any reading no daily partition covers (a charge
-point clock in 2099 never fails an insert). Rows of the unpartitioned table are kept (they land in the
-DEFAULT partition and are moved into a daily one when the service creates that day's partition).
+point clock in 2099 never fails an insert). Rows of the unpartitioned table are kept: they land in the
+DEFAULT partition (and move into a daily one if the service creates that day's partition later).
 
 Revision ID: transactions_0002
 Revises: transactions_0001
