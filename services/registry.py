@@ -8,7 +8,7 @@ from csms.service import SERVICES, Service
 
 SERVICE_MODULES: tuple[str, ...] = (
     "services.stations.handlers",
-    "services.transactions.service",
+    "services.transactions.handlers",
     "services.diagnostics.handlers",
     "services.smart_charging.handlers",
     "services.security.handlers",

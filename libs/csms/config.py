@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     command_timeout: float = _env("CSMS_COMMAND_TIMEOUT", 30.0, gt=0, le=3600)
     # a charge point timestamp further than this many seconds in the future is not trusted for ordering
     clock_skew: float = _env("CSMS_CLOCK_SKEW", 300.0, ge=0, le=86400 * 365)
+    # transactions: days of meter values kept (partitions dropped after; 0 = keep everything)
+    meter_values_retention_days: int = _env("METER_VALUES_RETENTION_DAYS", 0, ge=0, le=36500)
+    # seconds a RemoteStartTransaction's chargingProfile waits for its StartTransaction (like ConnectionTimeOut)
+    remote_start_profile_ttl: float = _env("CSMS_REMOTE_START_PROFILE_TTL", 300.0, gt=0, le=86400)
+    # seconds after which an event recorded but not yet published is published by the relay (and its period)
+    tx_event_retry: float = _env("TRANSACTIONS_EVENT_RETRY_SECONDS", 10.0, gt=0, le=3600)
     # stations
     heartbeat_interval: int = _env("CSMS_HEARTBEAT_INTERVAL", 300, ge=1, le=86400)
     boot_policy: Literal["accept", "registered"] = _env("CSMS_BOOT_POLICY", "accept")

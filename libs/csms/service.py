@@ -199,6 +199,8 @@ class Service:
 
     # open a PostgreSQL pool on start (every service that keeps records does)
     database: bool = True
+    # reset the session of a pooled connection between uses (False: one round trip per query; see csms.db)
+    database_reset_session: bool = True
     # typed parameters / events of the registered handlers (see api() and event())
     api_params: dict[str, type[BaseModel]] = field(default_factory=dict)
     event_models: dict[str, type[Event]] = field(default_factory=dict)
@@ -285,8 +287,8 @@ class Service:
         self.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
         await until_connected(self.redis.ping, dependency="redis", what=f"{self.name} starting", **retry)
         if self.database:
-            self.db = await until_connected(Database(settings).connect, dependency="postgresql",
-                                            what=f"{self.name} starting", **retry)
+            self.db = await until_connected(Database(settings, reset_session=self.database_reset_session).connect,
+                                            dependency="postgresql", what=f"{self.name} starting", **retry)
         self.bus = await until_connected(self._connect_bus, dependency="rabbitmq", what=f"{self.name} starting",
                                          **retry)
         self.rpc = await RpcClient(self.bus).start()

@@ -1,4 +1,4 @@
 from services.runner import run
-from services.transactions.service import service
+from services.transactions.handlers import service
 
 run(service)

@@ -24,7 +24,7 @@ async def system(settings):
     """Gateway + stations, transactions and smart_charging, in a fresh namespace (overrides conftest's)."""
     from services.smart_charging.handlers import service as smart_charging_service
     from services.stations.handlers import service as stations_service
-    from services.transactions.service import service as transactions_service
+    from services.transactions.handlers import service as transactions_service
 
     sut = await System(settings, [stations_service, transactions_service, smart_charging_service]).start()
     try:

@@ -38,7 +38,7 @@ async def system_reading_on_boot(settings):
 async def _system(settings):
     from services.smart_charging.handlers import service as smart_charging_service
     from services.stations.handlers import service as stations_service
-    from services.transactions.service import service as transactions_service
+    from services.transactions.handlers import service as transactions_service
 
     sut = await System(settings, [stations_service, transactions_service, smart_charging_service]).start()
     try:

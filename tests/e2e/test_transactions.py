@@ -1,13 +1,11 @@
 """Transactions service end to end: test charge point -> gateway -> RabbitMQ -> transactions service,
-on real RabbitMQ and Redis."""
+on real RabbitMQ, Redis and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from datetime import datetime, timedelta, timezone
 
-import aio_pika
 import pytest
 from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.v16 import call
@@ -15,8 +13,9 @@ from ocpp.v16 import call
 from csms.client import ApiCallFailed
 from csms.contracts.base import format_utc
 from services.stations.handlers import service as stations_service
-from services.transactions.service import service as transactions_service
+from services.transactions.handlers import service as transactions_service
 from tests.support.chargepoint import connect
+from tests.support.bus_events import Events
 from tests.support.system import System
 
 T0 = "2026-11-25T10:00:00Z"
@@ -32,55 +31,6 @@ def in_(seconds: float) -> str:
 def energy(value: str, unit: str = "Wh", timestamp: str = T1, **extra) -> dict:
     sample = {"value": value, "measurand": "Energy.Active.Import.Register", "unit": unit, **extra}
     return {"timestamp": timestamp, "sampled_value": [sample]}
-
-
-class Events:
-    """Every event of the system under test, as published on its events exchange."""
-
-    def __init__(self, settings):
-        self.settings = settings
-        self.items: list[dict] = []
-        self._changed = asyncio.Event()
-        self._connection = None
-
-    async def start(self) -> "Events":
-        self._connection = await aio_pika.connect(self.settings.amqp_url)
-        channel = await self._connection.channel()
-        exchange = await channel.declare_exchange(self.settings.name("events"), aio_pika.ExchangeType.TOPIC,
-                                                  durable=True)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, "#")
-        await queue.consume(self._on_message, no_ack=True)
-        return self
-
-    async def close(self) -> None:
-        await self._connection.close()
-
-    async def _on_message(self, message) -> None:
-        self.items.append({"type": message.routing_key, **json.loads(message.body)})
-        self._changed.set()
-
-    def of(self, event_type: str, **match) -> list[dict]:
-        return [e for e in self.items if e["type"] == event_type and all(e.get(k) == v for k, v in match.items())]
-
-    async def wait_for(self, event_type: str, count: int = 1, timeout: float = 5.0, **match) -> list[dict]:
-        async with asyncio.timeout(timeout):
-            while len(self.of(event_type, **match)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.of(event_type, **match)
-
-    async def flush(self, cp) -> None:
-        """Wait until every event published so far has arrived: the service publishes on one channel,
-        so a marker event published after them arrives after them."""
-        marker = uuid.uuid4().hex[:12]
-        await cp.call_ok(call.MeterValues(connector_id=0, meter_value=[
-            {"timestamp": T0, "sampled_value": [{"value": marker, "measurand": "Temperature", "unit": "Celsius"}]}]))
-        async with asyncio.timeout(5):
-            while not any(e["type"] == "meter.values" and e["meter_value"][0]["sampled_value"][0]["value"] == marker
-                          for e in self.items):
-                self._changed.clear()
-                await self._changed.wait()
 
 
 @pytest.fixture
@@ -217,7 +167,9 @@ async def test_transaction_lifecycle(system, events, cp_id):
     assert [v["source"] for v in values] == ["MeterValues"] * 4 + ["StopTransaction"]
     assert values[-1]["sampled_value"][0]["context"] == "Transaction.End"
     connector = await api(system, "connector_meter_values", charge_point_id=cp_id, connector_id=1)
-    assert len(connector) == 4 and {v["transaction_id"] for v in connector} == {tx}
+    # the connector's readings include the StopTransaction's transactionData
+    assert [v["source"] for v in connector] == ["MeterValues"] * 4 + ["StopTransaction"]
+    assert {v["transaction_id"] for v in connector} == {tx} and all(v["known_transaction"] for v in connector)
     assert await api(system, "active_transactions", charge_point_id=cp_id) == []
     assert await api(system, "list_transactions", charge_point_id=cp_id, active_only=True) == []
     assert [t["transaction_id"] for t in await api(system, "list_transactions", charge_point_id=cp_id)] == [tx]
@@ -230,9 +182,9 @@ async def test_start_transaction_resent_after_reconnect_is_the_same_transaction(
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
         first = await cp.call_ok(call.StartTransaction(**request))
-    # the charge point lost the answer with its connection: it reconnects and sends the same request
+    # the charge point lost the answer with its connection: it reconnects (no reboot, so no BootNotification)
+    # and sends the same request
     async with connect(system.url(cp_id)) as cp:
-        await cp.boot()
         second = await cp.call_ok(call.StartTransaction(**request))
         assert second.transaction_id == first.transaction_id
         assert second.id_tag_info == first.id_tag_info == {"status": "Accepted"}
@@ -257,8 +209,8 @@ async def test_start_transaction_resent_after_reconnect_is_the_same_transaction(
 
 @pytest.mark.ocpp("StartTransaction", "MeterValues", "StopTransaction")
 async def test_ghost_transaction_is_closed_by_a_new_start_on_its_connector(system, events, cp_id):
-    await api(system, "set_id_tag", id_tag="TAG1")
-    await api(system, "set_id_tag", id_tag="TAG2")
+    for tag in ("TAG1", "TAG2", "TAG3"):
+        await api(system, "set_id_tag", id_tag=tag)
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
         old = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=100,
@@ -268,18 +220,21 @@ async def test_ghost_transaction_is_closed_by_a_new_start_on_its_connector(syste
                                                         timestamp=T0))).transaction_id
 
         # the charge point never sent StopTransaction for them: new transactions start on both connectors
-        new = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG2", meter_start=1600,
+        new = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG3", meter_start=1600,
                                                       timestamp=T2))).transaction_id
         new2 = await cp.call_ok(call.StartTransaction(connector_id=2, id_tag="TAG1", meter_start=50, timestamp=T2))
         # the tags' old transactions were closed first: no ConcurrentTx
         assert new2.id_tag_info == {"status": "Accepted"}
+        assert new != old and new2.transaction_id != quiet
 
         ghost = await api(system, "get_transaction", transaction_id=old)
         assert (ghost["status"], ghost["reason"], ghost["closed_by"]) == ("stopped", "Other", "superseded")
         assert (ghost["meter_stop"], ghost["energy_wh"], ghost["stop"], ghost["superseded_by"]) == (1500, 1400, T2,
                                                                                                     new)
+        assert (ghost["reconcile_reason"], ghost["cp_stopped"]) == ("superseded", False)
         (event,) = await events.wait_for("transaction.stopped", transaction_id=old)
         assert (event["closed_by"], event["reason"], event["meter_stop"]) == ("superseded", "Other", 1500)
+        assert (event["reconciled"], event["reconcile_reason"], event["correction"]) == (True, "superseded", False)
         quiet_record = await api(system, "get_transaction", transaction_id=quiet)
         assert (quiet_record["closed_by"], quiet_record["meter_stop"], quiet_record["energy_wh"]) == (
             "superseded", 40, 0)
@@ -290,10 +245,12 @@ async def test_ghost_transaction_is_closed_by_a_new_start_on_its_connector(syste
         await cp.call_ok(call.StopTransaction(transaction_id=old, meter_stop=1550, timestamp=T1, reason="PowerLoss"))
         corrected = await api(system, "get_transaction", transaction_id=old)
         assert (corrected["meter_stop"], corrected["energy_wh"], corrected["reason"]) == (1550, 1450, "PowerLoss")
-        assert corrected["closed_by"] == "superseded"
-        assert corrected["superseded_estimate"]["meter_stop"] == 1500
+        assert (corrected["closed_by"], corrected["cp_stopped"]) == ("superseded", True)
+        assert (corrected["estimate"]["meter_stop"], corrected["estimate"]["reason"]) == (1500, "Other")
+        assert corrected["corrected_at"] is not None
         stops = await events.wait_for("transaction.stopped", 2, transaction_id=old)
         assert stops[1]["correction"] is True and stops[1]["meter_stop"] == 1550
+        assert (stops[1]["closed_by"], stops[1]["reconciled"], stops[1]["energy_wh"]) == ("charge_point", False, 1450)
         # and the new transaction on that connector is untouched
         assert (await api(system, "get_transaction", transaction_id=new))["status"] == "active"
         # a repeat of that late stop changes nothing more
@@ -352,18 +309,20 @@ async def test_tag_already_charging_elsewhere_gets_concurrent_tx(system, cp_id):
         for tx in (elsewhere.transaction_id, same_cp.transaction_id):
             record = await api(system, "get_transaction", transaction_id=tx)
             assert (record["status"], record["authorization_status"]) == ("active", "ConcurrentTx")
-        assert (await api(system, "get_transaction", transaction_id=elsewhere.transaction_id))["concurrent_with"] == [
+        # the oldest open, accepted transaction of the tag elsewhere (a ConcurrentTx one holds nothing)
+        for tx in (elsewhere, same_cp):
+            record = await api(system, "get_transaction", transaction_id=tx.transaction_id)
+            assert record["concurrent_with"] == first.transaction_id
+        assert [a["transaction_id"] for a in await api(system, "active_transactions", charge_point_id=cp_id)] == [
             first.transaction_id]
-        assert (await api(system, "get_transaction", transaction_id=same_cp.transaction_id))["concurrent_with"] == [
-            first.transaction_id, elsewhere.transaction_id]
         for cp, tx in ((a, first), (b, elsewhere), (a, same_cp)):
             await cp.call_ok(call.StopTransaction(transaction_id=tx.transaction_id, meter_stop=1, timestamp=T2))
         again = await b.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=1, timestamp=T2))
         assert again.id_tag_info == {"status": "Accepted"}
 
 
-@pytest.mark.ocpp("StartTransaction", "StopTransaction")
-async def test_transactions_of_unauthorized_tags_are_recorded(system, events, cp_id):
+@pytest.mark.ocpp("StartTransaction", "StopTransaction", "RemoteStartTransaction")
+async def test_transactions_of_unauthorized_tags_are_recorded_and_hold_no_connector(system, events, cp_id):
     past = in_(-3600)
     await api(system, "set_id_tag", id_tag="BLOCKED", status="Blocked")
     await api(system, "set_id_tag", id_tag="OLD", expiry_date=past)
@@ -378,8 +337,14 @@ async def test_transactions_of_unauthorized_tags_are_recorded(system, events, cp
         assert answers["OLD"].id_tag_info == {"status": "Expired", "expiry_date": past}
         started = await events.wait_for("transaction.started", 3)
         assert {e["authorization_status"] for e in started} == {"Invalid", "Blocked", "Expired"}
-        active = await api(system, "active_transactions", charge_point_id=cp_id)
-        assert [a["id_tag"] for a in active] == ["STRANGER", "BLOCKED", "OLD"]
+        # recorded with the status answered (the charge point may run them) ...
+        recorded = await api(system, "list_transactions", charge_point_id=cp_id, active_only=True)
+        assert [(t["id_tag"], t["authorization_status"]) for t in recorded] == [
+            ("STRANGER", "Invalid"), ("BLOCKED", "Blocked"), ("OLD", "Expired")]
+        # ... but they hold no connector: nothing is listed as running, a RemoteStart there has nothing to warn of
+        assert await api(system, "active_transactions", charge_point_id=cp_id) == []
+        result = await system.client.send(cp_id, "RemoteStartTransaction", {"idTag": "TAG1", "connectorId": 2})
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
         # the charge point stops it (DeAuthorized): the energy delivered is kept
         stop = await cp.call_ok(call.StopTransaction(transaction_id=answers["BLOCKED"].transaction_id,
                                                      meter_stop=25, timestamp=T1, id_tag="BLOCKED",
@@ -401,7 +366,8 @@ def tx_profile(**overrides) -> dict:
 
 
 @pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
-async def test_remote_start_refusals_and_success(system, cp_id):
+async def test_remote_start_refused_only_by_ocpp_rules_and_sent_whatever_the_records_say(system, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()  # the gateway routes commands once a charge point has talked
         async def remote_start(**payload):
@@ -412,6 +378,8 @@ async def test_remote_start_refusals_and_success(system, cp_id):
             ({"idTag": "TAG1", "connectorId": -1}, "connectorId"),
             ({"idTag": "TAG1", "chargingProfile": tx_profile(chargingProfilePurpose="TxDefaultProfile")}, "TxProfile"),
             ({"idTag": "TAG1", "chargingProfile": tx_profile(transactionId=5)}, "transactionId"),
+            ({"idTag": "TAG1", "connectorId": 2 ** 31}, "connectorId"),   # more than the records can hold
+            ({"idTag": "TAG\x00"}, "NUL"),
         ):
             result = await remote_start(**payload)
             assert result.status == "invalid", payload
@@ -420,48 +388,51 @@ async def test_remote_start_refusals_and_success(system, cp_id):
         assert (schema.status, schema.error_code) == ("invalid", "TypeConstraintViolation")
         assert cp.received["RemoteStartTransaction"] == []
 
-        result = await remote_start(idTag="TAG1", connectorId=1, chargingProfile=tx_profile())
-        assert (result.status, result.payload) == ("answered", {"status": "Accepted"})
-        (received,) = cp.received["RemoteStartTransaction"]
-        assert received["connector_id"] == 1
-        assert received["charging_profile"]["charging_profile_purpose"] == "TxProfile"
-
-        # the charge point starts it; the connector is then busy
+        result = await remote_start(idTag="TAG1", connectorId=1)
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
         tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
                                                      timestamp=T0))).transaction_id
+
+        # the records say connector 1 is busy: the command is sent all the same, with a warning
         busy = await remote_start(idTag="TAG2", connectorId=1)
-        assert busy.status == "invalid" and busy.error_details == {"transaction_id": tx}
-        assert len(cp.received["RemoteStartTransaction"]) == 1
-        # without a connector the charge point chooses; its Rejected is passed on
+        assert (busy.status, busy.payload) == ("answered", {"status": "Accepted"})
+        assert busy.warnings == [f"connector 1 has open transaction {tx} in the records"]
+        assert len(cp.received["RemoteStartTransaction"]) == 2
+        # the charge point's answer counts: its Rejected is passed on
         cp.responses["RemoteStartTransaction"] = {"status": "Rejected"}
         result = await remote_start(idTag="TAG2")
-        assert (result.status, result.payload) == ("answered", {"status": "Rejected"})
-        free = await remote_start(idTag="TAG2", connectorId=2)
-        assert free.status == "answered"
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Rejected"}, [])
 
 
 @pytest.mark.ocpp("RemoteStopTransaction", "StartTransaction", "StopTransaction")
-async def test_remote_stop_only_for_open_transactions_of_that_charge_point(system, cp_id):
+async def test_remote_stop_is_sent_whatever_the_records_say(system, cp_id):
     other_cp = f"{cp_id}-b"
+    await api(system, "set_id_tag", id_tag="TAG1")
     async with connect(system.url(cp_id)) as cp, connect(system.url(other_cp)) as other:
         await cp.boot()
         await other.boot()  # the gateway routes commands once a charge point has talked
         tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
                                                      timestamp=T0))).transaction_id
-        for target, transaction_id in ((cp_id, tx + 1000), (other_cp, tx)):
+        cp.responses["RemoteStopTransaction"] = other.responses["RemoteStopTransaction"] = {"status": "Rejected"}
+        for target, transaction_id, warning in (
+            (cp_id, tx + 1000, f"transaction {tx + 1000} is not in the records"),
+            (other_cp, tx, f"transaction {tx} belongs to {cp_id} in the records"),
+        ):
             result = await system.client.send(target, "RemoteStopTransaction", {"transactionId": transaction_id})
-            assert result.status == "invalid"
-            assert "not open" in result.error_description
-        assert other.received["RemoteStopTransaction"] == []
+            assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Rejected"},
+                                                                        [warning])
+        assert cp.received["RemoteStopTransaction"] == [{"transaction_id": tx + 1000}]
+        assert other.received["RemoteStopTransaction"] == [{"transaction_id": tx}]
 
+        cp.responses["RemoteStopTransaction"] = {"status": "Accepted"}
         result = await system.client.send(cp_id, "RemoteStopTransaction", {"transactionId": tx})
-        assert (result.status, result.payload) == ("answered", {"status": "Accepted"})
-        assert cp.received["RemoteStopTransaction"] == [{"transaction_id": tx}]
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
         await cp.call_ok(call.StopTransaction(transaction_id=tx, meter_stop=10, timestamp=T1, reason="Remote"))
 
         result = await system.client.send(cp_id, "RemoteStopTransaction", {"transactionId": tx})
-        assert result.status == "invalid"
-        assert len(cp.received["RemoteStopTransaction"]) == 1
+        assert result.status == "answered"
+        assert result.warnings == [f"transaction {tx} is closed in the records (by charge_point)"]
+        assert len(cp.received["RemoteStopTransaction"]) == 3
     assert (await api(system, "get_transaction", transaction_id=tx))["reason"] == "Remote"
 
 
@@ -495,13 +466,20 @@ async def test_reservation_lifecycle(system, events, cp_id):
         assert (created["reservation_id"], created["charge_point_id"]) == (1, cp_id)
 
         # the id is taken on this charge point: another charge point may not use it
+        # the id is held by this charge point in the records: ReserveNow to another is sent, with a warning
+        other.responses["ReserveNow"] = {"status": "Rejected"}
         taken = await reserve(other_cp, 1, in_(3600))
-        assert taken.status == "invalid" and other.received["ReserveNow"] == []
+        assert (taken.status, taken.payload) == ("answered", {"status": "Rejected"})
+        assert taken.warnings == [f"reservation 1 is held by {cp_id} in the records"]
+        assert len(other.received["ReserveNow"]) == 1
+        other.responses["ReserveNow"] = {"status": "Accepted"}
 
+        # CancelReservation for what the records do not hold is sent too (the charge point decides)
         unknown = await system.client.send(cp_id, "CancelReservation", {"reservationId": 99})
-        assert unknown.status == "invalid" and cp.received["CancelReservation"] == []
+        assert (unknown.status, unknown.warnings) == ("answered", [f"no reservation 99 on {cp_id} in the records"])
         not_theirs = await system.client.send(other_cp, "CancelReservation", {"reservationId": 1})
-        assert not_theirs.status == "invalid"
+        assert not_theirs.warnings == [f"no reservation 1 on {other_cp} in the records"]
+        assert len(await api(system, "list_reservations", charge_point_id=cp_id)) == 1
         cp.responses["CancelReservation"] = {"status": "Rejected"}
         rejected = await system.client.send(cp_id, "CancelReservation", {"reservationId": 1})
         assert rejected.payload == {"status": "Rejected"}
@@ -608,6 +586,20 @@ async def test_bad_input_is_refused_not_crashed(system, cp_id):
             await cp.call_ok(call.StartTransaction(connector_id=0, id_tag="TAG1", meter_start=0, timestamp=T0))
         with pytest.raises(PropertyConstraintViolationError):
             await cp.call_ok(call.MeterValues(connector_id=-1, meter_value=[energy("1")]))
+        # what the records cannot hold gets a CALLERROR naming it, not an internal error retried for ever
+        for payload, words in (
+            (call.StartTransaction(connector_id=2 ** 31, id_tag="TAG1", meter_start=0, timestamp=T0), "connectorId"),
+            (call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=2 ** 64, timestamp=T0), "meterStart"),
+            (call.StartTransaction(connector_id=1, id_tag="TA\x00G", meter_start=0, timestamp=T0), "NUL"),
+            (call.MeterValues(connector_id=1, transaction_id=-2 ** 40, meter_value=[energy("1")]), "transactionId"),
+            (call.MeterValues(connector_id=1, meter_value=[energy("1\x00")]), "NUL"),
+            (call.StopTransaction(transaction_id=2 ** 33, meter_stop=0, timestamp=T0), "transactionId"),
+            (call.Authorize(id_tag="\x00"), "NUL"),
+        ):
+            with pytest.raises(PropertyConstraintViolationError) as refused:
+                await cp.call_ok(payload)
+            assert words in refused.value.description, payload
+        assert await api(system, "list_transactions", charge_point_id=cp_id) == []
         tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
                                                      timestamp=T0))).transaction_id
         # a reading that is not a number is kept but is not a meter reading
@@ -623,6 +615,8 @@ async def test_bad_input_is_refused_not_crashed(system, cp_id):
         assert (await cp.call_ok(call.Authorize(id_tag="TAG1"))).id_tag_info == {"status": "Invalid"}
     for operation, params, status in (
         ("get_transaction", {"transaction_id": "abc"}, 400),
+        ("get_transaction", {"transaction_id": 2 ** 31}, 400),
+        ("set_id_tag", {"id_tag": "A\x00"}, 400),
         ("get_transaction", {}, 400),
         ("meter_values", {"transaction_id": 424242}, 404),
         ("active_transactions", {}, 400),
@@ -631,3 +625,140 @@ async def test_bad_input_is_refused_not_crashed(system, cp_id):
         with pytest.raises(ApiCallFailed) as failed:
             await api(system, operation, **params)
         assert failed.value.status == status, operation
+
+
+# ---- RemoteStartTransaction with a charging profile --------------------------------------------------
+@pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
+async def test_remote_start_profile_becomes_the_txprofile_of_the_transaction_it_starts(system, events, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
+    await api(system, "set_id_tag", id_tag="TAG2")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        result = await system.client.send(cp_id, "RemoteStartTransaction", {
+            "idTag": "tag1", "connectorId": 2, "chargingProfile": tx_profile(chargingProfileId=11)})
+        assert result.payload == {"status": "Accepted"}
+        # another tag, another connector: not this profile's transaction
+        other = await cp.call_ok(call.StartTransaction(connector_id=2, id_tag="TAG2", meter_start=0, timestamp=T0))
+        wrong_connector = await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
+                                                                 timestamp=T0))
+        started = await cp.call_ok(call.StartTransaction(connector_id=2, id_tag="TAG1", meter_start=7, timestamp=T1))
+        tx = started.transaction_id
+        (event,) = await events.wait_for("transaction.started", transaction_id=tx)
+        assert event["charging_profile"] == {**tx_profile(chargingProfileId=11), "transactionId": tx}
+        assert (await api(system, "get_transaction", transaction_id=tx))["charging_profile"]["transactionId"] == tx
+        for unrelated in (other.transaction_id, wrong_connector.transaction_id):
+            assert (await events.wait_for("transaction.started", transaction_id=unrelated))[0][
+                "charging_profile"] is None
+        # consumed: the next transaction of the tag starts without it
+        again = await cp.call_ok(call.StartTransaction(connector_id=2, id_tag="TAG1", meter_start=9, timestamp=T2))
+        assert (await api(system, "get_transaction", transaction_id=again.transaction_id))["charging_profile"] is None
+
+        # without a connector, the profile goes with the tag's start on any connector of that charge point
+        await system.client.send(cp_id, "RemoteStartTransaction", {"idTag": "TAG2", "chargingProfile": tx_profile()})
+        anywhere = await cp.call_ok(call.StartTransaction(connector_id=3, id_tag="TAG2", meter_start=0, timestamp=T2))
+        assert (await api(system, "get_transaction", transaction_id=anywhere.transaction_id))[
+            "charging_profile"]["chargingProfileId"] == 7
+
+
+@pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
+async def test_remote_start_profile_is_forgotten_when_the_charge_point_does_not_accept(system, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        cp.responses["RemoteStartTransaction"] = {"status": "Rejected"}
+        result = await system.client.send(cp_id, "RemoteStartTransaction", {
+            "idTag": "TAG1", "connectorId": 1, "chargingProfile": tx_profile()})
+        assert result.payload == {"status": "Rejected"}
+        tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
+                                                     timestamp=T0))).transaction_id
+        assert (await api(system, "get_transaction", transaction_id=tx))["charging_profile"] is None
+
+
+@pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
+async def test_remote_start_profile_survives_a_start_that_comes_before_the_answer(system, events, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+
+        async def start_first(request):
+            # the charge point starts the transaction before it answers RemoteStartTransaction
+            await cp._send(json.dumps([2, "start-1", "StartTransaction", {
+                "connectorId": 1, "idTag": "TAG1", "meterStart": 0, "timestamp": T0}]))
+            await asyncio.sleep(0.5)
+            return {"status": "Accepted"}
+        cp.responses["RemoteStartTransaction"] = start_first
+        result = await system.client.send(cp_id, "RemoteStartTransaction", {
+            "idTag": "TAG1", "connectorId": 1, "chargingProfile": tx_profile(chargingProfileId=3)})
+        assert result.payload == {"status": "Accepted"}
+        (event,) = await events.wait_for("transaction.started")
+        assert event["charging_profile"]["chargingProfileId"] == 3
+        assert event["charging_profile"]["transactionId"] == event["transaction_id"]
+
+
+@pytest.mark.ocpp("RemoteStartTransaction", "StartTransaction")
+async def test_remote_start_profile_waits_a_bounded_time(settings, cp_id):
+    sut = await System(settings.replace(remote_start_profile_ttl=0.3),
+                       [stations_service, transactions_service]).start()
+    try:
+        await sut.api("transactions", "set_id_tag", id_tag="TAG1")
+        async with connect(sut.url(cp_id)) as cp:
+            await cp.boot()
+            await sut.client.send(cp_id, "RemoteStartTransaction", {"idTag": "TAG1", "chargingProfile": tx_profile()})
+            await asyncio.sleep(0.5)
+            tx = (await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=0,
+                                                         timestamp=T0))).transaction_id
+            assert (await sut.api("transactions", "get_transaction", transaction_id=tx))["charging_profile"] is None
+    finally:
+        await sut.stop()
+
+
+# ---- queries from PostgreSQL -------------------------------------------------------------------------
+@pytest.mark.ocpp("StartTransaction", "MeterValues", "StopTransaction")
+async def test_query_transactions_and_meter_values_by_charge_point_time_and_id_tag(system, cp_id):
+    other_cp = f"{cp_id}-b"
+    day = datetime(2026, 11, 25, tzinfo=timezone.utc)
+    async with connect(system.url(cp_id)) as cp, connect(system.url(other_cp)) as other:
+        await cp.boot()
+        await other.boot()
+        ids = []
+        for hour in range(6):
+            charge_point, tag = (cp, "DRIVER") if hour % 2 == 0 else (other, "driver") if hour == 1 else (cp, "X")
+            started = await charge_point.call_ok(call.StartTransaction(
+                connector_id=1, id_tag=tag, meter_start=hour, timestamp=format_utc(day + timedelta(hours=hour))))
+            ids.append(started.transaction_id)
+            await charge_point.call_ok(call.MeterValues(connector_id=1, transaction_id=started.transaction_id,
+                                                        meter_value=[energy(str(hour * 10 + m), "Wh", format_utc(
+                                                            day + timedelta(hours=hour, minutes=m)))
+                                                            for m in range(3)]))
+    by_cp = await api(system, "list_transactions", charge_point_id=cp_id)
+    assert [t["transaction_id"] for t in by_cp] == [ids[0], ids[2], ids[3], ids[4], ids[5]]
+    page1 = await api(system, "list_transactions", charge_point_id=cp_id, limit=2)
+    page2 = await api(system, "list_transactions", charge_point_id=cp_id, limit=2,
+                      after=page1[-1]["transaction_id"])
+    assert [t["transaction_id"] for t in page1 + page2] == [ids[0], ids[2], ids[3], ids[4]]
+    ranged = await api(system, "list_transactions", charge_point_id=cp_id, since=format_utc(day + timedelta(hours=2)),
+                       until=format_utc(day + timedelta(hours=4)))
+    assert [t["transaction_id"] for t in ranged] == [ids[2], ids[3]]
+    by_tag = await api(system, "list_transactions", id_tag="Driver")
+    assert [t["transaction_id"] for t in by_tag] == [ids[0], ids[1], ids[2], ids[4]]
+
+    values = await api(system, "meter_values", transaction_id=ids[2])
+    assert [v["sampled_value"][0]["value"] for v in values] == ["20", "21", "22"]
+    first, rest = (await api(system, "meter_values", transaction_id=ids[2], limit=1),
+                   await api(system, "meter_values", transaction_id=ids[2], after=values[0]["id"]))
+    assert first + rest == values
+    window = await api(system, "connector_meter_values", charge_point_id=cp_id, connector_id=1,
+                       since=format_utc(day + timedelta(hours=2, minutes=1)),
+                       until=format_utc(day + timedelta(hours=3)))
+    assert [v["sampled_value"][0]["value"] for v in window] == ["21", "22"]
+    tagged = await api(system, "query_meter_values", id_tag="DRIVER", since=format_utc(day + timedelta(hours=1)))
+    assert [v["transaction_id"] for v in tagged] == [ids[1]] * 3 + [ids[2]] * 3 + [ids[4]] * 3
+    assert len(await api(system, "query_meter_values", charge_point_id=other_cp)) == 3
+    for operation, params in (("list_transactions", {"limit": 0}), ("list_transactions", {"limit": 5000}),
+                              ("list_transactions", {"since": "yesterday"}), ("meter_values", {"transaction_id": 1,
+                                                                                               "limit": 10 ** 6}),
+                              ("query_meter_values", {}), ("query_meter_values", {"connector_id": 1}),
+                              ("list_orphan_stops", {"after": 3}), ("get_transaction", {"transaction_id": True})):
+        with pytest.raises(ApiCallFailed) as refused:
+            await api(system, operation, **params)
+        assert refused.value.status == 400, (operation, params)

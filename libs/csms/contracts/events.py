@@ -52,6 +52,8 @@ class StationBooted(Event):
     serial_number: str | None = None
     firmware_version: str | None = None
     interval: int
+    # the BootNotification answered a TriggerMessage (no reboot): the transactions service then closes nothing
+    triggered: bool = False
 
 
 class ConnectorStatusChanged(Event):
@@ -184,7 +186,7 @@ class SiteRebalanced(Event):
 class ReservationChanged(Event):
     EVENT_TYPE: ClassVar[str] = "reservation.changed"
     reservation_id: int
-    change: str  # created | cancelled | consumed
+    change: str  # created | cancelled | consumed | dropped (an operator forgot it: transactions.drop_reservation)
     connector_id: int | None = None
     id_tag: str | None = None
     expiry_date: UtcDatetime | None = None

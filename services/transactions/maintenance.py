@@ -1,0 +1,151 @@
+"""Housekeeping of the transactions service's tables, run at start-up and every MAINTENANCE_INTERVAL seconds:
+
+* daily partitions of ``tx_meter_values`` created ahead (yesterday, today and PARTITIONS_AHEAD days); rows the
+  DEFAULT partition holds for such a day are moved into it in the same transaction;
+* partitions older than ``METER_VALUES_RETENTION_DAYS`` dropped, and DEFAULT rows older than that deleted
+  (0 keeps everything);
+* expired reservations and RemoteStart profiles nobody started with deleted.
+
+Several replicas may run it: each step holds a transaction-level advisory lock.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+
+import asyncpg
+
+from csms.contracts.base import utc_now
+from services.transactions import rules
+
+log = logging.getLogger(__name__)
+
+PARTITIONS_AHEAD = 7
+MAINTENANCE_INTERVAL = 3600.0
+LOCK_KEY = 0x7478_6D76  # "txmv"
+PARENT = "tx_meter_values"
+DEFAULT_PARTITION = "tx_meter_values_default"
+
+
+@dataclass
+class Report:
+    created: list[str] = field(default_factory=list)
+    moved: int = 0
+    dropped: list[str] = field(default_factory=list)
+    default_deleted: int = 0
+    expired_reservations: int = 0
+    expired_profiles: int = 0
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=timezone.utc)
+
+
+def _literal(day: date) -> str:
+    """A partition bound; DDL takes no parameters, and this text comes from a date, never from input."""
+    return f"'{day.isoformat()} 00:00:00+00'"
+
+
+async def partitions(connection: asyncpg.Connection) -> dict[date, str]:
+    rows = await connection.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        f" WHERE i.inhparent = '{PARENT}'::regclass")
+    found = {}
+    for row in rows:
+        day = rules.partition_day(row["relname"])
+        if day is not None:
+            found[day] = row["relname"]
+    return found
+
+
+async def _create_partition(connection: asyncpg.Connection, day: date) -> int | None:
+    """Create the partition of ``day`` (moving its rows out of DEFAULT); None if it exists already."""
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+        if day in await partitions(connection):
+            return None
+        name = rules.partition_name(day)
+        low, high = _midnight(day), _midnight(day + timedelta(days=1))
+        # no reading may land in DEFAULT for that day between the move and the new partition (reads go on)
+        await connection.execute(f"LOCK TABLE {DEFAULT_PARTITION} IN EXCLUSIVE MODE")
+        await connection.execute(f"CREATE TEMP TABLE tx_mv_moving (LIKE {PARENT}) ON COMMIT DROP")
+        moved = await connection.fetchval(f"""
+            WITH moved AS (
+                DELETE FROM {DEFAULT_PARTITION} WHERE sampled_at >= $1 AND sampled_at < $2 RETURNING *
+            ), kept AS (INSERT INTO tx_mv_moving SELECT * FROM moved RETURNING 1)
+            SELECT count(*) FROM kept""", low, high)
+        await connection.execute(f"CREATE TABLE {name} PARTITION OF {PARENT}"
+                                 f" FOR VALUES FROM ({_literal(day)}) TO ({_literal(day + timedelta(days=1))})")
+        if moved:
+            await connection.execute(f"INSERT INTO {PARENT} SELECT * FROM tx_mv_moving")
+        return moved
+
+
+async def run_once(pool: asyncpg.Pool, retention_days: int, today: date | None = None,
+                   ahead: int = PARTITIONS_AHEAD) -> Report:
+    today = today or utc_now().date()
+    report = Report()
+    async with pool.acquire() as connection:
+        existing = await partitions(connection)
+        for day in rules.partitions_wanted(today, ahead):
+            if day in existing:
+                continue
+            moved = await _create_partition(connection, day)
+            if moved is not None:
+                report.created.append(rules.partition_name(day))
+                report.moved += moved
+        cutoff = rules.retention_cutoff(today, retention_days)
+        if cutoff is not None:
+            for day in rules.partitions_to_drop((await partitions(connection)).keys(), cutoff):
+                async with connection.transaction():
+                    await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+                    name = rules.partition_name(day)
+                    await connection.execute(f"DROP TABLE IF EXISTS {name}")
+                    report.dropped.append(name)
+            report.default_deleted = int((await connection.execute(
+                f"DELETE FROM {DEFAULT_PARTITION} WHERE sampled_at < $1", _midnight(cutoff))).split()[-1])
+        report.expired_reservations = int((await connection.execute(
+            "DELETE FROM tx_reservations WHERE expiry_date <= now()")).split()[-1])
+        report.expired_profiles = int((await connection.execute(
+            "DELETE FROM tx_pending_profiles WHERE expires_at <= now()")).split()[-1])
+    if report.created or report.dropped or report.moved or report.default_deleted:
+        log.info("meter value partitions: created %s (%d rows moved from DEFAULT), dropped %s, %d old DEFAULT rows "
+                 "deleted", report.created, report.moved, report.dropped, report.default_deleted)
+    return report
+
+
+class Maintenance:
+    def __init__(self, pool: asyncpg.Pool, retention_days: int, interval: float = MAINTENANCE_INTERVAL):
+        self.pool = pool
+        self.retention_days = retention_days
+        self.interval = interval
+        self._task: asyncio.Task | None = None
+
+    async def run(self) -> Report | None:
+        try:
+            return await run_once(self.pool, self.retention_days)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - readings still land in DEFAULT; try again next round
+            log.exception("meter value maintenance failed")
+            return None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="tx-maintenance")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.run()

@@ -1,0 +1,351 @@
+"""The transactions service's PostgreSQL records: migrations, the cost of StartTransaction, meter value
+partitions, the event outbox (real PostgreSQL, a schema per test)."""
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import asyncpg
+import pytest
+
+from csms.contracts.base import utc_now
+from csms.contracts.bus import OcppCall
+from csms.contracts.events import MeterValuesReceived
+from csms.contracts.ocpp16 import StartTransactionRequest
+from csms.db import Database, _init_connection, dsn, migrate
+from csms.service import CallContext
+from services.transactions import handlers, maintenance, rules
+from services.transactions.outbox import EventRelay
+from services.transactions.store import OutboxEvent, Stores
+from tests.support.system import drop_schema
+
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+async def schema(settings):
+    await migrate.ensure_database(settings)
+    try:
+        yield settings
+    finally:
+        await drop_schema(settings)
+
+
+@pytest.fixture
+async def pool(schema):
+    await migrate.upgrade(schema)
+    database = await Database(schema).connect()
+    try:
+        yield database.pool
+    finally:
+        await database.close()
+
+
+async def connect(settings) -> asyncpg.Connection:
+    connection = await asyncpg.connect(dsn(settings), server_settings={"search_path": settings.database_schema,
+                                                                       "timezone": "UTC"})
+    await _init_connection(connection)  # json/jsonb as Python, like the service's pool
+    return connection
+
+
+# ---- migrations ---------------------------------------------------------------------------------------
+async def test_upgrading_a_database_with_data_keeps_every_record(schema):
+    await migrate.upgrade(schema, "transactions@transactions_0001")
+    assert await migrate.current(schema) >= {"transactions_0001"}
+    connection = await connect(schema)
+    try:
+        await connection.execute("""
+            INSERT INTO tx_id_tags (id_tag_folded, id_tag, status, updated_at)
+            VALUES ('tag1', 'TAG1', 'Accepted', now());
+            INSERT INTO tx_transactions (charge_point_id, connector_id, id_tag, id_tag_folded, id_tag_info,
+                authorization_status, meter_start, start_at, received_at, start_ordered_at, status, meter_stop,
+                stop_at, reason, energy_wh, closed_by, cp_stopped)
+            VALUES ('CP-1', 1, 'TAG1', 'tag1', '{"status": "Accepted"}', 'Accepted', 100,
+                    '2026-11-25T10:00:00Z', now(), '2026-11-25T10:00:00Z', 'stopped', 400, '2026-11-25T11:00:00Z',
+                    'Local', 300, 'charge_point', true),
+                   ('CP-1', 2, 'TAG1', 'tag1', '{"status": "Accepted"}', 'Accepted', 5, '2026-11-25T10:30:00Z',
+                    now(), '2026-11-25T10:30:00Z', 'active', NULL, NULL, NULL, NULL, NULL, false);
+            INSERT INTO tx_meter_values (charge_point_id, connector_id, transaction_id, reported_transaction_id,
+                id_tag_folded, source, sampled_at, sampled_value, received_at, call_digest, seq)
+            SELECT 'CP-1', 1, 1, 1, 'tag1', 'MeterValues',
+                   '2026-11-25T10:00:00Z'::timestamptz + n * interval '1 minute',
+                   jsonb_build_array(jsonb_build_object('value', (100 + n)::text)), now(), 'digest', n
+            FROM generate_series(1, 60) AS n;
+            INSERT INTO tx_orphan_stops (charge_point_id, transaction_id, meter_stop, stop_at, reason, received_at)
+            VALUES ('CP-1', 999, 10, now(), 'Local', now());
+            INSERT INTO tx_reservations VALUES ('CP-1', 7, 1, 'TAG1', NULL, now() + interval '1 hour', now());
+            INSERT INTO tx_local_lists VALUES ('CP-1', 3, 3, now(), NULL);
+            INSERT INTO tx_local_list_entries VALUES ('CP-1', 'tag1', 'TAG1', '{"status": "Accepted"}');
+        """)
+        before = {table: await connection.fetch(f"SELECT * FROM {table} ORDER BY 1, 2") for table in (
+            "tx_id_tags", "tx_transactions", "tx_orphan_stops", "tx_reservations", "tx_local_lists",
+            "tx_local_list_entries")}
+        readings_before = await connection.fetch(
+            "SELECT id, transaction_id, sampled_at, sampled_value FROM tx_meter_values ORDER BY id")
+
+        await migrate.upgrade(schema)
+        assert "transactions_0002" in await migrate.current(schema)
+        for table, rows in before.items():
+            assert await connection.fetch(f"SELECT * FROM {table} ORDER BY 1, 2") == rows, table
+        assert await connection.fetch(
+            "SELECT id, transaction_id, sampled_at, sampled_value FROM tx_meter_values ORDER BY id") == readings_before
+        assert await connection.fetchval(
+            "SELECT relkind FROM pg_class WHERE relname = 'tx_meter_values'"
+            " AND relnamespace = current_schema()::regnamespace") == b"p"
+
+        # the service works on it: new ids continue, old readings move into their day's partition
+        database = await Database(schema).connect()
+        try:
+            report = await maintenance.run_once(database.pool, 0, today=date(2026, 11, 25))
+            assert report.moved == 60 and "tx_meter_values_p20261125" in report.created
+            assert await connection.fetchval("SELECT count(*) FROM tx_meter_values_p20261125") == 60
+            transactions = Stores(database.pool).transactions
+            facts = await transactions.start_facts("CP-1", 3, "TAG1", 0, T0, None)
+            assert facts.new_id == 3 and facts.concurrent_with == 2
+            assert len(await transactions.meter_values(transaction_id=1, limit=1000)) == 60
+        finally:
+            await database.close()
+    finally:
+        await connection.close()
+
+
+# ---- StartTransaction costs the same whatever the id tag has open ------------------------------------
+class OneConnection:
+    """The pool interface the store uses, on one connection inside a transaction: every statement is
+    counted, and PostgreSQL's per-transaction statistics tell the rows it touched."""
+
+    def __init__(self, connection: asyncpg.Connection):
+        self.connection = connection
+        self.statements = 0
+        self.rows_returned = 0
+
+    async def fetch(self, query, *args):
+        self.statements += 1
+        rows = await self.connection.fetch(query, *args)
+        self.rows_returned += len(rows)
+        return rows
+
+    async def fetchrow(self, query, *args):
+        self.statements += 1
+        row = await self.connection.fetchrow(query, *args)
+        self.rows_returned += row is not None
+        return row
+
+    async def fetchval(self, query, *args):
+        self.statements += 1
+        self.rows_returned += 1
+        return await self.connection.fetchval(query, *args)
+
+    async def execute(self, query, *args):
+        self.statements += 1
+        return await self.connection.execute(query, *args)
+
+
+# rows this transaction read (sequential scans, heap fetches of index scans) and wrote, in the service's schema
+STATS = """
+    SELECT coalesce(sum(seq_tup_read), 0) AS seq_read, coalesce(sum(idx_tup_fetch), 0) AS idx_fetched,
+           coalesce(sum(n_tup_ins), 0) AS inserted, coalesce(sum(n_tup_upd), 0) AS updated,
+           coalesce(sum(n_tup_del), 0) AS deleted
+    FROM pg_stat_xact_user_tables WHERE schemaname = current_schema()"""
+
+
+async def cost_of_a_start(settings, open_of_tag: int, rows: int) -> dict:
+    """Start a transaction for FLEET on a fresh charge point while FLEET has ``open_of_tag`` open
+    transactions elsewhere (and the table holds ``rows`` transactions in all)."""
+    connection = await connect(settings)
+    try:
+        await connection.execute("TRUNCATE tx_transactions, tx_outbox, tx_id_tags")
+        await connection.execute("INSERT INTO tx_id_tags (id_tag_folded, id_tag, status) VALUES ('fleet', 'FLEET', "
+                                 "'Accepted')")
+        await connection.execute("""
+            INSERT INTO tx_transactions (charge_point_id, connector_id, id_tag, id_tag_folded, id_tag_info,
+                authorization_status, meter_start, start_at, received_at, start_ordered_at, status)
+            SELECT 'CP-' || n, 1, CASE WHEN n <= $1 THEN 'FLEET' ELSE 'OTHER' || n END,
+                   CASE WHEN n <= $1 THEN 'fleet' ELSE 'other' || n END, '{"status": "Accepted"}', 'Accepted', 0,
+                   now(), now(), now(), CASE WHEN n <= $1 THEN 'active' ELSE 'stopped' END
+            FROM generate_series(1, $2) AS n""", open_of_tag, rows)
+        await connection.execute("ANALYZE tx_transactions")
+        counted = OneConnection(connection)
+        published: list = []
+
+        async def publish(event):
+            published.append(event)
+
+        stub = SimpleNamespace(db=SimpleNamespace(pool=counted), settings=settings,
+                               bus=SimpleNamespace(publish_event=publish))
+        request = StartTransactionRequest(connector_id=1, id_tag="FLEET", meter_start=0, timestamp=T0)
+        call = OcppCall(charge_point_id="CP-NEW", message_id="1", action="StartTransaction",
+                        payload=request.to_ocpp())
+        try:
+            async with connection.transaction():
+                await connection.execute("SET LOCAL enable_seqscan = off")  # what the planner does at scale
+                before = await connection.fetchrow(STATS)
+                answer = await handlers.start_transaction(CallContext(stub, call=call), request)
+                after = await connection.fetchrow(STATS)
+        finally:
+            handlers._RUNTIMES.pop(id(stub), None)
+        assert answer.id_tag_info.status == "ConcurrentTx"
+        assert [type(event).__name__ for event in published] == ["TransactionStarted"]
+        touched = {name: int(after[name] - before[name]) for name in after.keys()}
+        return {"statements": counted.statements, "rows_returned": counted.rows_returned, **touched}
+    finally:
+        await connection.close()
+
+
+async def test_start_transaction_costs_the_same_whatever_the_tag_has_open(pool, settings):
+    one = await cost_of_a_start(settings, open_of_tag=1, rows=600)
+    many = await cost_of_a_start(settings, open_of_tag=500, rows=600)
+    assert one == many
+    # read the facts, write everything: 2 statements, 2 rows back; the transaction and its event written
+    assert (one["statements"], one["rows_returned"], one["inserted"]) == (2, 2, 2)
+
+
+# ---- meter value partitions ---------------------------------------------------------------------------
+async def partition_rows(connection) -> dict[str, int]:
+    rows = await connection.fetch("""
+        SELECT tableoid::regclass::text AS part, count(*) FROM tx_meter_values GROUP BY 1""")
+    return {row["part"]: row["count"] for row in rows}
+
+
+async def insert_reading(connection, at: datetime, seq: int) -> None:
+    await connection.execute("""
+        INSERT INTO tx_meter_values (charge_point_id, connector_id, source, sampled_at, sampled_value, received_at,
+                                     call_digest, seq)
+        VALUES ('CP-1', 1, 'MeterValues', $1, '[]', now(), 'd', $2)""", at, seq)
+
+
+async def test_meter_values_are_partitioned_by_day_with_retention(pool, settings):
+    today = date(2026, 11, 25)
+    report = await maintenance.run_once(pool, 0, today=today, ahead=2)
+    assert report.created == [rules.partition_name(today + timedelta(days=d)) for d in (-1, 0, 1, 2)]
+    assert (await maintenance.run_once(pool, 0, today=today, ahead=2)).created == []  # idempotent
+    connection = await connect(settings)
+    try:
+        await insert_reading(connection, datetime(2026, 11, 25, 9, tzinfo=timezone.utc), 1)
+        await insert_reading(connection, datetime(2099, 1, 1, tzinfo=timezone.utc), 2)      # a wild clock
+        await insert_reading(connection, datetime(2026, 11, 28, 1, tzinfo=timezone.utc), 3)  # beyond the window
+        await insert_reading(connection, datetime(2026, 10, 1, tzinfo=timezone.utc), 4)      # old
+        assert await partition_rows(connection) == {"tx_meter_values_p20261125": 1, "tx_meter_values_default": 3}
+        # a reading's own timestamp decides; a unique key still holds across partitions
+        await connection.execute("""
+            INSERT INTO tx_meter_values (charge_point_id, connector_id, source, sampled_at, sampled_value,
+                                         received_at, call_digest, seq)
+            VALUES ('CP-1', 1, 'MeterValues', '2026-11-25T09:00:00Z', '[]', now(), 'd', 1) ON CONFLICT DO NOTHING""")
+        assert (await partition_rows(connection))["tx_meter_values_p20261125"] == 1
+
+        # a day later: the 28th gets its partition (the reading moves out of DEFAULT); 60 days of retention
+        # drops nothing of November but deletes the October reading from DEFAULT
+        report = await maintenance.run_once(pool, 60, today=today + timedelta(days=1), ahead=2)
+        assert report.created == ["tx_meter_values_p20261128"] and report.moved == 1
+        assert (report.dropped, report.default_deleted) == ([], 0)
+        report = await maintenance.run_once(pool, 30, today=today + timedelta(days=1), ahead=2)
+        assert (report.dropped, report.default_deleted) == ([], 1)
+        assert await partition_rows(connection) == {"tx_meter_values_p20261125": 1, "tx_meter_values_p20261128": 1,
+                                                    "tx_meter_values_default": 1}
+        # much later, with one day of retention, the old days' partitions go
+        report = await maintenance.run_once(pool, 1, today=date(2026, 12, 31), ahead=0)
+        assert report.dropped == [rules.partition_name(today + timedelta(days=d)) for d in (-1, 0, 1, 2, 3)]
+        assert await partition_rows(connection) == {"tx_meter_values_default": 1}  # 2099 stays until then
+    finally:
+        await connection.close()
+
+
+async def test_maintenance_forgets_expired_reservations_and_profiles(pool, settings):
+    connection = await connect(settings)
+    try:
+        await connection.execute("""
+            INSERT INTO tx_reservations VALUES ('CP-1', 1, 1, 'T', NULL, now() - interval '1 s', now()),
+                                               ('CP-1', 2, 1, 'T', NULL, now() + interval '1 h', now());
+            INSERT INTO tx_pending_profiles (charge_point_id, id_tag_folded, profile, created_at, expires_at)
+            VALUES ('CP-1', 't', '{}', now(), now() - interval '1 s'),
+                   ('CP-1', 't', '{}', now(), now() + interval '1 h');
+        """)
+        report = await maintenance.run_once(pool, 0)
+        assert (report.expired_reservations, report.expired_profiles) == (1, 1)
+        assert await connection.fetchval("SELECT count(*) FROM tx_reservations") == 1
+    finally:
+        await connection.close()
+
+
+# ---- the event outbox -----------------------------------------------------------------------------------
+async def test_events_not_published_are_relayed_later_and_never_lost(pool):
+    stores = Stores(pool)
+    published: list = []
+    broker_up = False
+
+    async def publish(event):
+        if not broker_up:
+            raise ConnectionError("broker away")
+        published.append(event)
+
+    relay = EventRelay(stores.outbox, publish, retry_seconds=0.2)
+    readings = await stores.transactions.record_meter_values(
+        handlers.MeterReadings(charge_point_id="CP-1", connector_id=1, transaction_id=None,
+                               readings=[(T0, [{"value": "1"}])], digest="x", received_at=utc_now(),
+                               newest_register=None),
+        MeterValuesReceived(charge_point_id="CP-1", connector_id=1, meter_value=[
+            {"timestamp": "2026-11-25T10:00:00Z", "sampled_value": [{"value": "1"}]}]).model_dump(mode="json"))
+    assert [e.event_type for e in readings.events] == ["meter.values"]
+    assert await relay.publish(readings.events) is False       # the broker is away: kept
+    assert await stores.outbox.pending() == 1
+    relay.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert published == [] and await stores.outbox.pending() == 1
+        broker_up = True
+        for _ in range(50):
+            if published and not await stores.outbox.pending():
+                break
+            await asyncio.sleep(0.1)
+        (event,) = published
+        assert event.EVENT_TYPE == "meter.values" and event.meter_value[0]["sampled_value"] == [{"value": "1"}]
+        assert event.event_id == readings.events[0].body["event_id"]  # the same event, not a new one
+        assert await stores.outbox.pending() == 0
+    finally:
+        await relay.stop()
+
+
+async def test_a_row_that_is_no_valid_event_is_dropped_not_retried_for_ever(pool):
+    stores = Stores(pool)
+    row_id = await pool.fetchval("INSERT INTO tx_outbox (event_type, body) VALUES ('transaction.started', '{}')"
+                                 " RETURNING id")
+    published: list = []
+
+    async def publish(event):
+        published.append(event)
+
+    relay = EventRelay(stores.outbox, publish, retry_seconds=60)
+    assert await relay.relay_now() == 1
+    assert published == [] and await stores.outbox.pending() == 0
+    assert row_id > 0
+
+
+async def test_a_resent_start_racing_the_first_is_one_transaction(pool):
+    """Two identical StartTransactions written at once (the first answered late, the charge point resent it):
+    one transaction, the other write fails on the unique key and answers the same id."""
+    transactions = Stores(pool).transactions
+    facts = [await transactions.start_facts("CP-1", 1, "TAG", 10, T0, None) for _ in range(2)]
+    assert facts[0].new_id != facts[1].new_id and facts[0].existing_id is None
+
+    def start(new_id: int) -> handlers.NewStart:
+        return handlers.NewStart(
+            transaction_id=new_id, charge_point_id="CP-1", connector_id=1, id_tag="TAG",
+            id_tag_info={"status": "Invalid"},
+            authorization_status="Invalid", meter_start=10, start_at=T0, received_at=utc_now(), start_ordered_at=T0,
+            reservation_id=None,
+            consume_reservation=None, concurrent_with=None, pending_profile_id=None, now=utc_now())
+    event = {"charge_point_id": "CP-1", "transaction_id": 0, "connector_id": 1, "id_tag": "TAG", "meter_start": 10,
+             "timestamp": "2026-11-25T10:00:00Z", "authorization_status": "Invalid"}
+    results = await asyncio.gather(*(transactions.record_start(start(f.new_id), event, None) for f in facts),
+                                   return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["DuplicateStart", "StartOutcome"]
+    assert await pool.fetchval("SELECT count(*) FROM tx_transactions") == 1
+    assert await pool.fetchval("SELECT count(*) FROM tx_outbox WHERE event_type = 'transaction.started'") == 1
+    assert (await transactions.existing_start("CP-1", 1, "TAG", 10, T0)).transaction_id in {f.new_id for f in facts}
+
+
+def test_outbox_event_shape():
+    item = OutboxEvent(1, "reservation.changed", {"charge_point_id": "CP", "reservation_id": 1, "change": "created"})
+    from services.transactions.outbox import to_event
+    assert to_event(item).reservation_id == 1
