@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, ValidationError
 
-from csms import ocpp16
+from csms import envelopes, ocpp16
 from csms.bus import (
     KIND_API, KIND_CALL, KIND_COMMAND, Bus, RpcClient, Unroutable, api_key, call_key, command_key,
 )
@@ -318,26 +318,54 @@ class Service:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         async with message.process(requeue=False, ignore_processed=True):
-            try:
-                if message.type == KIND_CALL:
-                    reply = await self._handle_call(OcppCall.model_validate_json(message.body))
-                elif message.type == KIND_COMMAND:
-                    reply = await self._handle_command(Command.model_validate_json(message.body))
-                elif message.type == KIND_API:
-                    reply = await self._handle_api(message.routing_key or "", message.body)
-                else:
-                    log.warning("%s: dropping message of unknown type %r", self.name, message.type)
-                    return
-            except ValidationError as exc:
-                log.warning("%s: malformed %s message: %s", self.name, message.type, exc)
+            reply = await self._answer(message)
+            if not message.reply_to:
+                log.warning("%s: request on %s/%s has no reply_to; its answer is dropped", self.name,
+                            message.exchange, message.routing_key)
                 return
             await self.bus.reply(message, reply)
+
+    async def _answer(self, message: AbstractIncomingMessage) -> OcppReply | CommandResult | ApiReply:
+        """The reply to any request on the service queue; a malformed one gets an error naming the problem."""
+        key = message.routing_key or ""
+        # what the request is follows from the exchange it was published to; ``type`` only for a
+        # request put straight on the queue through the default exchange
+        routed = self.bus.names.kind_of(message.exchange or "")
+        kind = routed or message.type
+        try:
+            if kind == KIND_CALL:
+                call = envelopes.read_request(OcppCall, message.body)
+                if routed:
+                    envelopes.expect("action", call.action, key.removeprefix("call."), key)
+                return await self._handle_call(call)
+            if kind == KIND_COMMAND:
+                command = envelopes.read_request(Command, message.body)
+                if routed:
+                    envelopes.expect("action", command.action, key.removeprefix("command."), key)
+                return await self._handle_command(command)
+            if kind == KIND_API:
+                request = envelopes.read_request(ApiRequest, message.body)
+                if routed:
+                    envelopes.expect("operation", request.operation, key.removeprefix(f"{self.name}."), key)
+                return await self._handle_api(request)
+        except envelopes.MalformedRequest as exc:
+            log.warning("%s: malformed %s request (%s): %s", self.name, kind, key, exc)
+            if kind == KIND_CALL:
+                return envelopes.call_error(str(exc))
+            if kind == KIND_COMMAND:
+                return envelopes.command_error(str(exc), envelopes.peek(message.body, "charge_point_id"),
+                                              envelopes.peek(message.body, "action") or key.removeprefix("command."))
+            return envelopes.api_error(str(exc))
+        log.warning("%s: request of unknown kind on %r/%r", self.name, message.exchange, key)
+        return envelopes.api_error("unknown kind of request: publish to the calls, commands or api exchange")
 
     async def _handle_call(self, call: OcppCall) -> OcppReply:
         handler = self.calls.get(call.action)
         if handler is None:
             return OcppReply(error_code=ErrorCode.NOT_SUPPORTED, error_description=f"{call.action} not supported")
         try:
+            # the gateway has checked the payload already; a CALL published on the bus directly has not
+            ocpp16.validate(call.action, call.payload)
             request = REQUESTS[call.action].model_validate(call.payload)
             result = await handler(CallContext(self, call=call), request)
             payload = result.to_ocpp() if isinstance(result, OcppModel) else RESPONSES[call.action].model_validate(
@@ -373,11 +401,7 @@ class Service:
             return CommandResult(status="invalid", charge_point_id=command.charge_point_id, action=command.action,
                                  error_code=ErrorCode.INTERNAL_ERROR, error_description="internal error")
 
-    async def _handle_api(self, routing_key: str, body: bytes) -> ApiReply:
-        try:
-            request = ApiRequest.model_validate_json(body)
-        except ValidationError as exc:
-            return ApiReply(ok=False, status=400, error=str(exc)[:500])
+    async def _handle_api(self, request: ApiRequest) -> ApiReply:
         handler = self.apis.get(request.operation)
         if handler is None:
             return ApiReply(ok=False, status=404, error=f"unknown operation {request.operation!r}")

@@ -28,8 +28,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from csms import ocpp16
-from csms.bus import KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key
+from csms import envelopes, ocpp16
+from csms.bus import KIND_CALL, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key
 from csms.client import ApiCallFailed, call_api
 from csms.config import Settings
 from csms.contracts.bus import Command, CommandResult, OcppCall, OcppReply
@@ -322,14 +322,19 @@ class Gateway:
         if message.type == KIND_CONTROL:
             await self._on_control(cp, message)
             return
-        if message.type != KIND_COMMAND:
-            return
+        # anything else on this queue is a command (the ``type`` property is not required)
         self._spawn(self._run_command(cp, message))
 
     async def _on_control(self, cp: str, message: AbstractIncomingMessage) -> None:
         if (message.headers or {}).get("instance") == self.instance:
             return  # our own take-over: the handler replaces the local link itself
-        data = json.loads(message.body)
+        try:
+            data = json.loads(message.body)
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            log.warning("malformed control message for %s ignored", cp)
+            return
         link = self.links.get(cp)
         if data.get("op") == "evict" and link is not None and link.session != data.get("session"):
             self._handed_over[cp] = asyncio.get_running_loop().time()
@@ -350,14 +355,17 @@ class Gateway:
 
     async def _run_command(self, cp: str, message: AbstractIncomingMessage) -> None:
         try:
-            command = Command.model_validate_json(message.body)
-        except ValueError:
-            log.warning("malformed command for %s dropped", cp)
+            command = envelopes.read_request(Command, message.body)
+            envelopes.expect("charge_point_id", command.charge_point_id, cp, cp)
+        except envelopes.MalformedRequest as exc:
+            if not self._answers_for(cp):
+                return  # the instance holding the charge point answers
+            log.warning("malformed command for %s: %s", cp, exc)
+            await self.bus.reply(message, envelopes.command_error(str(exc), cp, envelopes.peek(message.body, "action")))
             return
         link = await self._link_for(cp)
         if link is None:
-            handed_over = self._handed_over.get(cp)
-            if handed_over is not None and asyncio.get_running_loop().time() - handed_over < HAND_OVER_GRACE:
+            if not self._answers_for(cp):
                 return  # a stale binding during a hand-over: the instance holding the charge point answers
             # the charge point just disconnected and our binding is on its way out
             await self.bus.reply(message, CommandResult(
@@ -366,6 +374,13 @@ class Gateway:
             return
         result = await self.execute(link, command)
         await self.bus.reply(message, result)
+
+    def _answers_for(self, cp: str) -> bool:
+        """False while another instance took this charge point over recently (our binding is stale)."""
+        if cp in self.links:
+            return True
+        handed_over = self._handed_over.get(cp)
+        return handed_over is None or asyncio.get_running_loop().time() - handed_over >= HAND_OVER_GRACE
 
     async def execute(self, link: Link, command: Command) -> CommandResult:
         base = {"charge_point_id": command.charge_point_id, "action": command.action}

@@ -1,9 +1,15 @@
-"""Envelopes that travel on the bus between the gateway, the services and their clients."""
+"""Envelopes that travel on the bus between the gateway, the services and their clients.
+
+Field names are snake_case. The requests (OcppCall, Command, ApiRequest) refuse unknown fields, so a
+misspelt or camelCase field is an error reply naming it rather than a silent default; the replies and
+events ignore fields they do not know, so new fields can be added to them without breaking readers.
+See docs/adr/bus-envelopes.md.
+"""
 from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from csms.contracts.base import BusModel, OcppModel, UtcDatetime, utc_now
 
@@ -13,11 +19,13 @@ M = TypeVar("M", bound=OcppModel)
 class OcppCall(BusModel):
     """A charge point's CALL, forwarded by the gateway to the service that owns the action."""
 
-    charge_point_id: str
-    message_id: str
-    action: str
+    model_config = ConfigDict(extra="forbid")
+
+    charge_point_id: str = Field(min_length=1, max_length=255)
+    message_id: str = Field(min_length=1, max_length=36)
+    action: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any]
-    gateway: str = ""
+    gateway: str = Field("", max_length=255)
     received_at: UtcDatetime = Field(default_factory=utc_now)
 
 
@@ -33,10 +41,13 @@ class OcppReply(BusModel):
 class Command(BusModel):
     """A CSMS -> charge point command (any of the 19 CSMS-initiated operations)."""
 
-    charge_point_id: str
-    action: str
+    model_config = ConfigDict(extra="forbid")
+
+    charge_point_id: str = Field(min_length=1, max_length=255)
+    action: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)
-    timeout: float = 30.0
+    # seconds to wait for the charge point's answer
+    timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
 
 
 CommandStatus = Literal[
@@ -87,7 +98,9 @@ class CommandFailed(Exception):
 class ApiRequest(BusModel):
     """A request to a service's own API (not an OCPP message), e.g. transactions.set_id_tag."""
 
-    operation: str
+    model_config = ConfigDict(extra="forbid")
+
+    operation: str = Field(min_length=1, max_length=100)
     params: dict[str, Any] = Field(default_factory=dict)
 
 
