@@ -353,8 +353,8 @@ class Service:
             if kind == KIND_CALL:
                 return envelopes.call_error(str(exc))
             if kind == KIND_COMMAND:
-                return envelopes.command_error(str(exc), envelopes.peek(message.body, "charge_point_id"),
-                                              envelopes.peek(message.body, "action") or key.removeprefix("command."))
+                action = key.removeprefix("command.") if routed else envelopes.peek(message.body, "action")
+                return envelopes.command_error(str(exc), envelopes.peek(message.body, "charge_point_id"), action)
             return envelopes.api_error(str(exc))
         log.warning("%s: request of unknown kind on %r/%r", self.name, message.exchange, key)
         return envelopes.api_error("unknown kind of request: publish to the calls, commands or api exchange")

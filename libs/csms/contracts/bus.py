@@ -21,21 +21,24 @@ class OcppCall(BusModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    charge_point_id: str = Field(min_length=1, max_length=255)
-    message_id: str = Field(min_length=1, max_length=36)
-    action: str = Field(min_length=1, max_length=64)
-    payload: dict[str, Any]
-    gateway: str = Field("", max_length=255)
-    received_at: UtcDatetime = Field(default_factory=utc_now)
+    charge_point_id: str = Field(min_length=1, max_length=255, description="The charge point that sent the CALL.")
+    message_id: str = Field(min_length=1, max_length=36, description="The CALL's UniqueId.")
+    action: str = Field(min_length=1, max_length=64,
+                        description="The OCPP action; must match the routing key call.<action>.")
+    payload: dict[str, Any] = Field(description="The CALL payload as the charge point sent it (OCPP, camelCase).")
+    gateway: str = Field("", max_length=255, description="The gateway instance holding the connection.")
+    received_at: UtcDatetime = Field(default_factory=utc_now, description="When the gateway received the CALL.")
 
 
 class OcppReply(BusModel):
     """The owning service's answer: a CALLRESULT payload, or a CALLERROR."""
 
-    payload: dict[str, Any] | None = None
-    error_code: str | None = None
-    error_description: str = ""
-    error_details: dict[str, Any] = Field(default_factory=dict)
+    payload: dict[str, Any] | None = Field(
+        None, description="The CALLRESULT payload (OCPP, camelCase); null when error_code is set.")
+    error_code: str | None = Field(
+        None, description="An OCPP-J CALLERROR code (FormationViolation for a malformed request); null on success.")
+    error_description: str = Field("", description="What went wrong, for people.")
+    error_details: dict[str, Any] = Field(default_factory=dict, description="CALLERROR details.")
 
 
 class Command(BusModel):
@@ -43,11 +46,13 @@ class Command(BusModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    charge_point_id: str = Field(min_length=1, max_length=255)
-    action: str = Field(min_length=1, max_length=64)
-    payload: dict[str, Any] = Field(default_factory=dict)
-    # seconds to wait for the charge point's answer
-    timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
+    charge_point_id: str = Field(min_length=1, max_length=255, description="The charge point to command.")
+    action: str = Field(min_length=1, max_length=64,
+                        description="The OCPP action; must match the routing key command.<action>.")
+    payload: dict[str, Any] = Field(default_factory=dict,
+                                    description="The OCPP request payload (camelCase, as on the wire).")
+    timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False,
+                           description="Seconds to wait for the charge point's answer.")
 
 
 CommandStatus = Literal[
@@ -55,25 +60,33 @@ CommandStatus = Literal[
     "call_error",        # the charge point sent a CALLERROR: see error_code
     "offline",           # no gateway holds a connection to this charge point
     "timeout",           # the charge point did not answer in time
-    "invalid",           # the command was refused before sending (schema or domain rules)
+    "invalid",           # the command was refused before sending (malformed, schema or domain rules)
     "invalid_response",  # the charge point answered with a payload that breaks the schema
     "unsupported",       # no running service owns this action
 ]
 
 
 class CommandResult(BusModel):
-    status: CommandStatus
-    charge_point_id: str = ""
-    action: str = ""
-    payload: dict[str, Any] | None = None
-    error_code: str | None = None
-    error_description: str = ""
-    error_details: dict[str, Any] = Field(default_factory=dict)
-    # the central system's own view where it has one, e.g. the composite schedule it computed
-    server: dict[str, Any] | None = None
-    # where the central system's records disagreed with the command (it was sent all the same)
-    warnings: list[str] = Field(default_factory=list)
-    completed_at: UtcDatetime = Field(default_factory=utc_now)
+    """The outcome of a command: the charge point's answer, or why there is none."""
+
+    status: CommandStatus = Field(description=(
+        "answered: the charge point sent a CALLRESULT (see payload); call_error: it sent a CALLERROR (see "
+        "error_code); offline: no gateway holds a connection to it; timeout: it did not answer in time; "
+        "invalid: refused before sending (a malformed request has error_code FormationViolation; also the "
+        "OCPP schema or domain rules); invalid_response: its answer breaks the schema; unsupported: no "
+        "running service owns the action."))
+    charge_point_id: str = Field("", description="The charge point commanded.")
+    action: str = Field("", description="The OCPP action.")
+    payload: dict[str, Any] | None = Field(
+        None, description="The charge point's CALLRESULT payload (OCPP, camelCase) when answered.")
+    error_code: str | None = Field(None, description="OCPP-J error code (call_error, invalid, invalid_response).")
+    error_description: str = Field("", description="What went wrong, for people.")
+    error_details: dict[str, Any] = Field(default_factory=dict, description="Error details.")
+    server: dict[str, Any] | None = Field(None, description=(
+        "The central system's own view where it has one, e.g. the composite schedule it computed."))
+    warnings: list[str] = Field(default_factory=list, description=(
+        "Where the central system's records disagreed with the command (it was sent all the same)."))
+    completed_at: UtcDatetime = Field(default_factory=utc_now, description="When the outcome was known.")
 
     @property
     def ok(self) -> bool:
@@ -100,12 +113,16 @@ class ApiRequest(BusModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    operation: str = Field(min_length=1, max_length=100)
-    params: dict[str, Any] = Field(default_factory=dict)
+    operation: str = Field(min_length=1, max_length=100,
+                           description="The operation; must match the routing key <service>.<operation>.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The operation's parameters (snake_case).")
 
 
 class ApiReply(BusModel):
-    ok: bool
-    result: Any = None
-    error: str = ""
-    status: int = 200  # HTTP-like: 400 bad input, 404 unknown, 409 conflict, 500 internal
+    """A service API's answer."""
+
+    ok: bool = Field(description="true: see result; false: see status and error.")
+    result: Any = Field(None, description="The operation's result when ok.")
+    error: str = Field("", description="What went wrong, for people, when not ok.")
+    status: int = Field(200, description=(
+        "HTTP-like: 200 ok, 400 bad input (a malformed request too), 404 unknown, 409 conflict, 500 internal."))
