@@ -41,11 +41,16 @@ def _snake(name: str) -> str:
 
 def describe(exc: ValidationError, model: type[BaseModel]) -> str:
     """``field: problem; other: problem`` for a caller to fix the request (camelCase names get a hint)."""
+    errors = exc.errors(include_url=False)
+    # a camelCase field explains its snake_case field's absence: say it once
+    renamed = {_snake(str(e["loc"][0])) for e in errors if e.get("type") == "extra_forbidden" and len(e["loc"]) == 1}
     parts = []
-    for error in exc.errors(include_url=False):
+    for error in errors:
         kind = error.get("type")
         loc = [str(part) for part in error.get("loc", ())]
         where = ".".join(loc)
+        if kind == "missing" and len(loc) == 1 and loc[0] in renamed:
+            continue
         if kind == "json_invalid":
             parts.append(f"body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
         elif kind == "model_type" and not loc:
