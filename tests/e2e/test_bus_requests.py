@@ -72,7 +72,7 @@ async def test_requests_without_the_type_property_are_answered(system, raw, cp_i
     assert reply["error_code"] is None and reply["payload"]["currentTime"].endswith("Z")
 
 
-@pytest.mark.parametrize("body, problem", [
+MALFORMED_COMMANDS = [
     (b"not json", "body is not valid JSON"),
     (b"[1, 2]", "body must be a JSON object"),
     (b"[" * 100_000, "body is not valid JSON"),
@@ -82,13 +82,17 @@ async def test_requests_without_the_type_property_are_answered(system, raw, cp_i
     ({"charge_point_id": "CP-1", "action": "Reset", "payload": "Soft"}, "payload: Input should be an object"),
     ({"charge_point_id": "CP-1", "action": "Reset", "timeout": 1e9}, "timeout: Input should be less than or equal"),
     ({"charge_point_id": "CP-1", "action": "ClearCache"}, "action 'ClearCache' does not match routing key 'command.Reset'"),
-])
-async def test_a_malformed_command_gets_an_invalid_result_naming_the_problem(raw, body, problem):
-    reply = await raw.request("commands", "command.Reset", body)
-    assert reply["status"] == "invalid" and reply["error_code"] == "FormationViolation"
-    assert problem in reply["error_description"]
-    if isinstance(body, dict) and isinstance(body.get("charge_point_id"), str):
-        assert reply["charge_point_id"] == body["charge_point_id"]
+]
+
+
+async def test_a_malformed_command_gets_an_invalid_result_naming_the_problem(raw):
+    # one system for every case (each is an independent request)
+    for body, problem in MALFORMED_COMMANDS:
+        reply = await raw.request("commands", "command.Reset", body)
+        assert (reply["status"], reply["error_code"], reply["action"]) == ("invalid", "FormationViolation", "Reset"), body
+        assert problem in reply["error_description"], body
+        if isinstance(body, dict) and isinstance(body.get("charge_point_id"), str):
+            assert reply["charge_point_id"] == body["charge_point_id"]
 
 
 async def test_an_oversized_request_is_refused_without_being_parsed(raw):
@@ -98,33 +102,37 @@ async def test_an_oversized_request_is_refused_without_being_parsed(raw):
                      "error": f"body is {len(body)} bytes; at most {MAX_REQUEST_BYTES} are read"}
 
 
-@pytest.mark.parametrize("routing_key, body, problem", [
-    ("stations.get_station", b"{", "body is not valid JSON"),
-    ("stations.get_station", {"op": "get_station"}, "operation: Field required; op: unknown field"),
-    ("stations.get_station", {"operation": "list_stations"},
-     "operation 'list_stations' does not match routing key 'stations.get_station'"),
-    ("stations.get_station", {"operation": "get_station", "params": []}, "params: Input should be an object"),
-])
-async def test_a_malformed_api_request_gets_a_400(raw, routing_key, body, problem):
-    reply = await raw.request("api", routing_key, body)
-    assert reply["ok"] is False and reply["status"] == 400
-    assert problem in reply["error"]
+MALFORMED_API_REQUESTS = [
+    (b"{", "body is not valid JSON"),
+    ({"op": "get_station"}, "operation: Field required; op: unknown field"),
+    ({"operation": "list_stations"}, "operation 'list_stations' does not match routing key 'stations.get_station'"),
+    ({"operation": "get_station", "params": []}, "params: Input should be an object"),
+]
 
 
-@pytest.mark.parametrize("body, code, problem", [
-    (b"\xff", "FormationViolation", "body is not valid JSON"),
-    ({"charge_point_id": "CP-1", "messageId": "1", "action": "Heartbeat", "payload": {}}, "FormationViolation",
+async def test_a_malformed_api_request_gets_a_400(raw):
+    for body, problem in MALFORMED_API_REQUESTS:
+        reply = await raw.request("api", "stations.get_station", body)
+        assert reply["ok"] is False and reply["status"] == 400, body
+        assert problem in reply["error"], body
+
+
+MALFORMED_CALLS = [
+    (b"\xff", "body is not valid JSON"),
+    ({"charge_point_id": "CP-1", "messageId": "1", "action": "Heartbeat", "payload": {}},
      "messageId: unknown field (envelope fields are snake_case: message_id)"),
-    ({"charge_point_id": "CP-1", "message_id": "1", "action": "Authorize", "payload": {}}, "FormationViolation",
+    ({"charge_point_id": "CP-1", "message_id": "1", "action": "Authorize", "payload": {}},
      "does not match routing key 'call.Heartbeat'"),
     # a CALL published on the bus straight away is checked like one from the gateway
-    ({"charge_point_id": "CP-1", "message_id": "1", "action": "Heartbeat", "payload": {"x": 1}},
-     "FormationViolation", ""),
-])
-async def test_a_malformed_call_gets_a_callerror(raw, body, code, problem):
-    reply = await raw.request("ocpp.calls", "call.Heartbeat", body)
-    assert reply["payload"] is None and reply["error_code"] == code
-    assert problem in reply["error_description"]
+    ({"charge_point_id": "CP-1", "message_id": "1", "action": "Heartbeat", "payload": {"x": 1}}, ""),
+]
+
+
+async def test_a_malformed_call_gets_a_callerror(raw):
+    for body, problem in MALFORMED_CALLS:
+        reply = await raw.request("ocpp.calls", "call.Heartbeat", body)
+        assert reply["payload"] is None and reply["error_code"] == "FormationViolation", body
+        assert problem in reply["error_description"], body
 
 
 async def test_a_call_with_a_bad_payload_gets_the_ocpp_error_code(raw):
