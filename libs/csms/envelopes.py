@@ -39,8 +39,9 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def describe(exc: ValidationError, model: type[BaseModel]) -> str:
-    """``field: problem; other: problem`` for a caller to fix the request (camelCase names get a hint)."""
+def describe(exc: ValidationError, model: type[BaseModel], fields: str = "envelope fields") -> str:
+    """``field: problem; other: problem`` for a caller to fix the request (camelCase names get a hint;
+    ``fields`` says what the names are, e.g. "parameters")."""
     errors = exc.errors(include_url=False)
     # a camelCase field explains its snake_case field's absence: say it once
     renamed = {_snake(str(e["loc"][0])) for e in errors if e.get("type") == "extra_forbidden" and len(e["loc"]) == 1}
@@ -58,7 +59,7 @@ def describe(exc: ValidationError, model: type[BaseModel]) -> str:
         elif kind == "extra_forbidden" and len(loc) == 1:
             hint = _snake(loc[0])
             if hint != loc[0] and hint in model.model_fields:
-                parts.append(f"{where}: unknown field (envelope fields are snake_case: {hint})")
+                parts.append(f"{where}: unknown field ({fields} are snake_case: {hint})")
             else:
                 parts.append(f"{where}: unknown field")
         else:

@@ -409,7 +409,7 @@ class Service:
         try:
             params = request.params if model is None else model.model_validate(request.params)
         except ValidationError as exc:
-            return ApiReply(ok=False, status=400, error=describe_validation_error(exc))
+            return ApiReply(ok=False, status=400, error=envelopes.describe(exc, model, "parameters"))
         try:
             result = await handler(ApiContext(self, operation=request.operation), params)
             return ApiReply(ok=True, result=_jsonable(result))

@@ -156,3 +156,10 @@ async def test_a_malformed_command_at_the_gateway_is_answered(system, raw, cp_id
             aio_pika.Message(b"[" * 50_000, type="control"), cp_id)
         reply = await raw.request("ocpp.gateway", cp_id, {"charge_point_id": cp_id, "action": "ClearCache"})
         assert reply["status"] == "answered"
+
+
+async def test_camelcase_api_parameters_are_named_with_their_snake_case_spelling(raw):
+    reply = await raw.request("api", "diagnostics.list_requests",
+                              {"operation": "list_requests", "params": {"chargePointId": "CP-1"}})
+    assert reply == {"ok": False, "result": None, "status": 400,
+                     "error": "chargePointId: unknown field (parameters are snake_case: charge_point_id)"}
