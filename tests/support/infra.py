@@ -1,4 +1,6 @@
 """Where the tests find RabbitMQ, Redis and PostgreSQL: the testing kit's discovery (csms.testing)."""
-from csms.testing.infra import Infrastructure, start_infrastructure
+from csms.testing.infra import (
+    DEFAULT_AMQP, DEFAULT_DATABASE, DEFAULT_REDIS, Infrastructure, start_infrastructure,
+)
 
-__all__ = ["Infrastructure", "start_infrastructure"]
+__all__ = ["DEFAULT_AMQP", "DEFAULT_DATABASE", "DEFAULT_REDIS", "Infrastructure", "start_infrastructure"]
