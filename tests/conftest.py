@@ -1,34 +1,26 @@
+"""The project's tests use the testing kit's pytest plugin (csms.testing.plugin, registered as a pytest11
+entry point by installing the package); these are the names the tests have always used for its fixtures."""
 from __future__ import annotations
 
 import uuid
-from contextlib import ExitStack
 
 import pytest
 
-from services.registry import load_services
-from tests.support.infra import start_infrastructure
-from tests.support.system import System, make_settings
-
 
 @pytest.fixture(scope="session")
-def infrastructure():
-    with ExitStack() as stack:
-        yield start_infrastructure(stack)
+def infrastructure(csms_infrastructure):
+    return csms_infrastructure
 
 
 @pytest.fixture
-def settings(infrastructure):
-    return make_settings(infrastructure)
+def settings(csms_settings):
+    return csms_settings
 
 
 @pytest.fixture
-async def system(settings):
+def system(csms_system):
     """Gateway + every service, in a fresh namespace."""
-    sut = await System(settings, load_services()).start()
-    try:
-        yield sut
-    finally:
-        await sut.stop()
+    return csms_system
 
 
 @pytest.fixture

@@ -63,6 +63,11 @@ class Names:
             dead_letter=settings.name("dead-letter"),
         )
 
+    def kind_of(self, exchange: str) -> str | None:
+        """What a request delivered from ``exchange`` is: the exchange says it, not the ``type`` property."""
+        return {self.calls: KIND_CALL, self.commands: KIND_COMMAND, self.api: KIND_API,
+                self.gateway: KIND_COMMAND}.get(exchange)
+
 
 def call_key(action: str) -> str:
     return f"call.{action}"
@@ -89,7 +94,9 @@ def api_key(service: str, operation: str) -> str:
     return f"{service}.{operation}"
 
 
-# AMQP ``type`` property of each kind of message, so one service queue can carry all of them.
+# Kinds of request. A service queue carries all three; the kind follows from the exchange a request was
+# published to (Names.kind_of). The AMQP ``type`` property is still set on what this code publishes (older
+# services read it) but never required; ``control`` marks the gateways' own control messages.
 KIND_CALL, KIND_COMMAND, KIND_API, KIND_CONTROL = "ocpp.call", "ocpp.command", "api", "control"
 
 
@@ -238,7 +245,8 @@ class Bus:
         message = aio_pika.Message(
             body=body.to_bytes(), content_type="application/json", correlation_id=request.correlation_id
         )
-        await self.channel.default_exchange.publish(message, request.reply_to)
+        # not mandatory: a caller that gave up and closed its reply queue is no error of ours
+        await self.channel.default_exchange.publish(message, request.reply_to, mandatory=False)
 
 
 class RpcClient:

@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, ValidationError
 
-from csms import ocpp16
+from csms import envelopes, ocpp16
 from csms.bus import (
     CORRELATION_HEADER, KIND_API, KIND_CALL, KIND_COMMAND, Bus, RpcClient, Unroutable, api_key, call_key,
     charge_point_route,
@@ -433,26 +433,48 @@ class Service:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         async with message.process(requeue=False, ignore_processed=True):
-            try:
-                if message.type == KIND_CALL:
-                    reply = await self._handle_call(OcppCall.model_validate_json(message.body))
-                    outcome = "ok" if reply.error_code is None else "callerror"
-                elif message.type == KIND_COMMAND:
-                    reply = await self._handle_command(Command.model_validate_json(message.body))
-                    outcome = reply.status
-                elif message.type == KIND_API:
-                    reply = await self._handle_api(message.routing_key or "", message.body)
-                    outcome = "ok" if reply.ok else str(reply.status)
-                else:
-                    log.warning("%s: dropping message of unknown type %r", self.name, message.type)
-                    self.metrics.message("unknown", "dropped")
-                    return
-            except ValidationError as exc:
-                log.warning("%s: malformed %s message: %s", self.name, message.type, exc)
-                self.metrics.message(str(message.type), "malformed")
+            reply = await self._answer(message)
+            kind, outcome = _outcome(reply)
+            self.metrics.message(kind, outcome)
+            if not message.reply_to:
+                log.warning("%s: request on %s/%s has no reply_to; its answer is dropped", self.name,
+                            message.exchange, message.routing_key)
                 return
-            self.metrics.message(str(message.type), outcome)
             await self.bus.reply(message, reply)
+
+    async def _answer(self, message: AbstractIncomingMessage) -> OcppReply | CommandResult | ApiReply:
+        """The reply to any request on the service queue; a malformed one gets an error naming the problem."""
+        key = message.routing_key or ""
+        # what the request is follows from the exchange it was published to; ``type`` only for a
+        # request put straight on the queue through the default exchange
+        routed = self.bus.names.kind_of(message.exchange or "")
+        kind = routed or message.type
+        try:
+            if kind == KIND_CALL:
+                call = envelopes.read_request(OcppCall, message.body)
+                if routed:
+                    envelopes.expect("action", call.action, key.removeprefix("call."), key)
+                return await self._handle_call(call)
+            if kind == KIND_COMMAND:
+                command = envelopes.read_request(Command, message.body)
+                if routed:
+                    envelopes.expect("action", command.action, key.removeprefix("command."), key)
+                return await self._handle_command(command)
+            if kind == KIND_API:
+                request = envelopes.read_request(ApiRequest, message.body)
+                if routed:
+                    envelopes.expect("operation", request.operation, key.removeprefix(f"{self.name}."), key)
+                return await self._handle_api(request)
+        except envelopes.MalformedRequest as exc:
+            log.warning("%s: malformed %s request (%s): %s", self.name, kind, key, exc)
+            if kind == KIND_CALL:
+                return envelopes.call_error(str(exc))
+            if kind == KIND_COMMAND:
+                action = key.removeprefix("command.") if routed else envelopes.peek(message.body, "action")
+                return envelopes.command_error(str(exc), envelopes.peek(message.body, "charge_point_id"), action)
+            return envelopes.api_error(str(exc))
+        log.warning("%s: request of unknown kind on %r/%r", self.name, message.exchange, key)
+        return envelopes.api_error("unknown kind of request: publish to the calls, commands or api exchange")
 
     async def _handle_call(self, call: OcppCall) -> OcppReply:
         with log_context(charge_point_id=call.charge_point_id, message_id=call.message_id, action=call.action):
@@ -463,6 +485,8 @@ class Service:
         if handler is None:
             return OcppReply(error_code=ErrorCode.NOT_SUPPORTED, error_description=f"{call.action} not supported")
         try:
+            # the gateway has checked the payload already; a CALL published on the bus directly has not
+            ocpp16.validate(call.action, call.payload)
             request = REQUESTS[call.action].model_validate(call.payload)
             result = await handler(CallContext(self, call=call), request)
             payload = result.to_ocpp() if isinstance(result, OcppModel) else RESPONSES[call.action].model_validate(
@@ -506,11 +530,7 @@ class Service:
             return CommandResult(status="invalid", charge_point_id=command.charge_point_id, action=command.action,
                                  error_code=ErrorCode.INTERNAL_ERROR, error_description="internal error")
 
-    async def _handle_api(self, routing_key: str, body: bytes) -> ApiReply:
-        try:
-            request = ApiRequest.model_validate_json(body)
-        except ValidationError as exc:
-            return ApiReply(ok=False, status=400, error=str(exc)[:500])
+    async def _handle_api(self, request: ApiRequest) -> ApiReply:
         handler = self.apis.get(request.operation)
         if handler is None:
             return ApiReply(ok=False, status=404, error=f"unknown operation {request.operation!r}")
@@ -518,7 +538,7 @@ class Service:
         try:
             params = request.params if model is None else model.model_validate(request.params)
         except ValidationError as exc:
-            return ApiReply(ok=False, status=400, error=describe_validation_error(exc))
+            return ApiReply(ok=False, status=400, error=envelopes.describe(exc, model, "parameters"))
         try:
             result = await handler(ApiContext(self, operation=request.operation), params)
             return ApiReply(ok=True, result=_jsonable(result))
@@ -579,6 +599,15 @@ async def _settle(settlement: Awaitable[Any]) -> None:
     except (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPConnectionError,
             aiormq.exceptions.ChannelClosed, ConnectionError):
         log.debug("delivery not settled: its channel closed (it will be redelivered)")
+
+
+def _outcome(reply: OcppReply | CommandResult | ApiReply) -> tuple[str, str]:
+    """(kind, outcome) of a reply, for the messages metric."""
+    if isinstance(reply, OcppReply):
+        return KIND_CALL, "ok" if reply.error_code is None else "callerror"
+    if isinstance(reply, CommandResult):
+        return KIND_COMMAND, reply.status
+    return KIND_API, "ok" if reply.ok else str(reply.status)
 
 
 def _text(value: Any) -> str | None:

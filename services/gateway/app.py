@@ -37,9 +37,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from csms import ocpp16
+from csms import envelopes, ocpp16
 from csms.bus import (
-    CORRELATION_HEADER, KIND_CALL, KIND_COMMAND, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key, charge_point_route,
+    CORRELATION_HEADER, KIND_CALL, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key, charge_point_route,
 )
 from csms.client import ApiCallFailed, call_api
 from csms.config import Settings
@@ -525,8 +525,7 @@ class Gateway:
         if message.type == KIND_CONTROL:
             await self._on_control(message)
             return
-        if message.type != KIND_COMMAND:
-            return
+        # anything else on this queue is a command (the ``type`` property is not required)
         headers = message.headers or {}
         correlation = headers.get(CORRELATION_HEADER)
         with log_context(correlation_id=correlation.decode() if isinstance(correlation, bytes) else correlation):
@@ -541,10 +540,15 @@ class Gateway:
             return  # our own take-over: the handler replaces the local link itself
         try:
             data = json.loads(message.body)
-            # (an instance of the previous version names the charge point by the routing key only)
-            cp = data.get("charge_point_id") or message.routing_key
-        except (ValueError, AttributeError):
-            log.warning("malformed control message dropped")
+        except (ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict):
+            log.warning("malformed control message for %s ignored", message.routing_key)
+            return
+        # (an instance of the previous version names the charge point by the routing key only)
+        cp = data.get("charge_point_id") or message.routing_key
+        if not isinstance(cp, str):
+            log.warning("malformed control message for %s ignored", message.routing_key)
             return
         link = self.links.get(cp)
         if data.get("op") == "evict" and link is not None and link.session != data.get("session"):
@@ -566,9 +570,15 @@ class Gateway:
 
     async def _run_command(self, message: AbstractIncomingMessage) -> None:
         try:
-            command = Command.model_validate_json(message.body)
-        except ValueError:
-            log.warning("malformed command for %s dropped", message.routing_key)
+            command = envelopes.read_request(Command, message.body)
+            envelopes.expect("charge_point_id", charge_point_route(command.charge_point_id), message.routing_key or "",
+                             message.routing_key or "")
+        except envelopes.MalformedRequest as exc:
+            cp = envelopes.peek(message.body, "charge_point_id") or message.routing_key or ""
+            if not self._answers_for(cp):
+                return  # the instance holding the charge point answers
+            log.warning("malformed command for %s: %s", cp, exc)
+            await self.bus.reply(message, envelopes.command_error(str(exc), cp, envelopes.peek(message.body, "action")))
             return
         cp = command.charge_point_id
         logs.bind(charge_point_id=cp, action=command.action)
@@ -579,8 +589,7 @@ class Gateway:
                 error_description="gateway shutting down; the charge point reconnects to another instance"))
             return
         if link is None:
-            handed_over = self._handed_over.get(cp)
-            if handed_over is not None and asyncio.get_running_loop().time() - handed_over < HAND_OVER_GRACE:
+            if not self._answers_for(cp):
                 return  # a stale binding during a hand-over: the instance holding the charge point answers
             # the charge point just disconnected and our binding is on its way out
             await self.bus.reply(message, CommandResult(
@@ -589,6 +598,13 @@ class Gateway:
             return
         result = await self.execute(link, command)
         await self.bus.reply(message, result)
+
+    def _answers_for(self, cp: str) -> bool:
+        """False while another instance took this charge point over recently (our binding is stale)."""
+        if cp in self.links:
+            return True
+        handed_over = self._handed_over.get(cp)
+        return handed_over is None or asyncio.get_running_loop().time() - handed_over >= HAND_OVER_GRACE
 
     async def execute(self, link: Link, command: Command) -> CommandResult:
         base = {"charge_point_id": command.charge_point_id, "action": command.action}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, PlainSerializer, WithJsonSchema
 
 
 def as_utc(value: datetime) -> datetime:
@@ -27,7 +27,8 @@ def utc_now() -> datetime:
 
 
 UtcDatetime = Annotated[
-    datetime, AfterValidator(as_utc), PlainSerializer(format_utc, return_type=str, when_used="json")
+    datetime, AfterValidator(as_utc), PlainSerializer(format_utc, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 
 
@@ -43,7 +44,9 @@ class OcppModel(BaseModel):
 class BusModel(BaseModel):
     """A bus message (envelope or domain event): snake_case everywhere, JSON on the wire."""
 
-    model_config = ConfigDict(extra="ignore")
+    # serialisation-mode JSON schemas (tools/gen_asyncapi.py) list every field as required: the JSON
+    # always carries them all
+    model_config = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
