@@ -22,7 +22,7 @@ from csms.contracts.ocpp16 import (
     BootNotificationRequest, BootNotificationResponse, ChangeConfigurationRequest, DataTransferRequest,
     DataTransferResponse, FirmwareStatusNotificationRequest, FirmwareStatusNotificationResponse,
     GetConfigurationRequest, HeartbeatRequest, HeartbeatResponse, StatusNotificationRequest,
-    StatusNotificationResponse, UnlockConnectorRequest,
+    StatusNotificationResponse, TriggerMessageRequest, UnlockConnectorRequest,
 )
 from csms.service import ApiContext, ApiError, CallContext, CommandContext, Service, ServiceContext
 from services.stations import credentials, legacy, rules
@@ -62,12 +62,15 @@ async def boot_notification(ctx: CallContext, req: BootNotificationRequest) -> B
         meter_serial_number=req.meter_serial_number,
     )
     await store.save_boot(cp, info, status, now)
-    await live(ctx).touch(cp, format_utc(now))
+    state = live(ctx)
+    await state.touch(cp, format_utc(now))
+    # a boot that answers TriggerMessage(BootNotification) is no reboot: the transactions stay open
+    triggered = await state.take_triggered_boot(cp)
     interval = ctx.settings.heartbeat_interval
     await ctx.publish(StationBooted(
         charge_point_id=cp, status=status, vendor=req.charge_point_vendor, model=req.charge_point_model,
         serial_number=req.charge_point_serial_number or req.charge_box_serial_number,
-        firmware_version=req.firmware_version, interval=interval,
+        firmware_version=req.firmware_version, interval=interval, triggered=triggered,
     ))
     return BootNotificationResponse(status=status, current_time=now, interval=interval)
 
@@ -149,7 +152,21 @@ async def on_disconnected(ctx: ServiceContext, event: StationDisconnected) -> No
 
 
 # ---- commands owned by this service ------------------------------------------------------------
-service.passthrough("ChangeAvailability", "ClearCache", "Reset", "TriggerMessage", "DataTransfer")
+service.passthrough("ChangeAvailability", "ClearCache", "Reset", "DataTransfer")
+
+
+@service.command("TriggerMessage")
+async def trigger_message(ctx: CommandContext, req: TriggerMessageRequest) -> CommandResult:
+    """Sent as asked. A BootNotification it asks for is marked as triggered (no reboot, so the transactions
+    service closes nothing); marked before sending, as the boot may arrive before the answer does."""
+    if req.requested_message != "BootNotification":
+        return await ctx.forward()
+    state = live(ctx)
+    await state.expect_triggered_boot(ctx.charge_point_id, ctx.command.timeout + ctx.settings.call_timeout)
+    result = await ctx.forward()
+    if not (result.ok and (result.payload or {}).get("status") == "Accepted"):
+        await state.forget_triggered_boot(ctx.charge_point_id)
+    return result
 
 
 @service.command("UnlockConnector")

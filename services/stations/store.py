@@ -221,6 +221,9 @@ class LiveState(Protocol):
     async def connectors(self, cp: str) -> dict[int, dict[str, Any]]: ...
     async def presence(self, cp: str) -> dict[str, str]: ...
     async def connected(self, cps: list[str]) -> dict[str, bool]: ...
+    async def expect_triggered_boot(self, cp: str, ttl: float) -> None: ...
+    async def forget_triggered_boot(self, cp: str) -> None: ...
+    async def take_triggered_boot(self, cp: str) -> bool: ...
 
 
 # compare-and-set: put ``previous`` back only while the field still holds what we wrote
@@ -260,6 +263,17 @@ class RedisLiveState:
 
     async def touch(self, cp: str, at: str) -> None:
         await self.redis.set(self.settings.key("station", cp, "seen"), at)
+
+    # a BootNotification asked for with TriggerMessage (no reboot): noted before the command is sent, since the
+    # charge point may boot before its answer to the command is back here; short-lived by nature
+    async def expect_triggered_boot(self, cp: str, ttl: float) -> None:
+        await self.redis.set(self.settings.key("station", cp, "boot_triggered"), "1", px=max(1, int(ttl * 1000)))
+
+    async def forget_triggered_boot(self, cp: str) -> None:
+        await self.redis.delete(self.settings.key("station", cp, "boot_triggered"))
+
+    async def take_triggered_boot(self, cp: str) -> bool:
+        return await self.redis.getdel(self.settings.key("station", cp, "boot_triggered")) is not None
 
     async def last_seen(self, cp: str) -> str | None:
         return await self.redis.get(self.settings.key("station", cp, "seen"))

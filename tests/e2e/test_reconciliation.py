@@ -108,6 +108,34 @@ async def test_a_boot_closes_the_transactions_the_charge_point_had_open(system, 
         assert (record["estimate"]["meter_stop"], record["estimate"]["energy_wh"]) == (1800, 800)
 
 
+@pytest.mark.ocpp("TriggerMessage", "BootNotification", "StartTransaction")
+async def test_a_boot_asked_for_with_trigger_message_closes_nothing(system, events, cp_id):
+    """TriggerMessage(BootNotification) makes a charge point send a BootNotification without rebooting: its
+    transactions are still running, so nothing is closed; the next real boot does close them."""
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        running = await start(cp, 1, "TAG1", 1000, utc_now().replace(microsecond=0))
+
+        async def boot_when_asked(request):
+            # the charge point answers Accepted, then boots (possibly before its answer is processed)
+            asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(cp.boot()))
+            return {"status": "Accepted"}
+        cp.responses["TriggerMessage"] = boot_when_asked
+        result = await system.client.send(cp_id, "TriggerMessage", {"requestedMessage": "BootNotification"})
+        assert result.ok and result.payload == {"status": "Accepted"}
+        booted = await events.wait_for("station.booted", 2)
+        assert [e["triggered"] for e in booted] == [False, True]
+        await events.flush(cp)
+        assert events.of("transaction.stopped") == []
+        record = await api(system, "get_transaction", transaction_id=running)
+        assert record["status"] == "active"
+
+        await cp.boot()  # a real reboot this time
+        (stopped,) = await events.wait_for("transaction.stopped", 1)
+        assert (stopped["transaction_id"], stopped["reconcile_reason"]) == (running, "boot")
+
+
 @pytest.mark.ocpp("StartTransaction")
 async def test_a_boot_processed_late_never_closes_what_started_after_it(system, events, cp_id):
     await api(system, "set_id_tag", id_tag="TAG1")
