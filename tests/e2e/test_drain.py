@@ -141,3 +141,31 @@ async def test_sigterm_stops_the_whole_system_with_status_0(settings):
     finally:
         await process.stop()
         await remove_test_system(settings, load_services())
+
+
+async def test_a_sigkilled_gateways_charge_points_go_offline_within_the_presence_ttl(settings, services_only):
+    """No drain, no disconnect events: the process is killed. Presence has a TTL the gateway refreshes, so
+    its charge points turn offline by themselves once it lapses."""
+    ttl = 2.0
+    gateway = await CsmsProcess("services.gateway", settings, GATEWAY_PRESENCE_TTL=str(ttl)).start()
+    try:
+        port = int((await gateway.wait_for_message(r"listening on [^:]+:(\d+)")).group(1))
+        cp = f"KILLED-{settings.namespace[-6:]}"
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{cp}", subprotocols=["ocpp1.6"])
+        await boot_raw(ws)
+
+        async def connected() -> bool:
+            return (await services_only.api("stations", "get_station", charge_point_id=cp))["connected"]
+        assert await connected()
+        await asyncio.sleep(ttl)  # outlives one TTL while alive: the gateway refreshes presence
+        assert await connected()
+
+        gateway.signal(signal.SIGKILL)
+        assert await gateway.wait(timeout=10) == -signal.SIGKILL
+        async with asyncio.timeout(ttl + 3):  # within the TTL (plus slack for a loaded machine)
+            while await connected():
+                await asyncio.sleep(0.1)
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+    finally:
+        await gateway.stop()
