@@ -7,12 +7,15 @@ the charge point no longer has.
 """
 from __future__ import annotations
 
+import asyncio
+
 from datetime import timedelta
 
 import pytest
 from ocpp.v16 import call
 
 from csms.contracts.base import format_utc, utc_now
+from services.smart_charging.handlers import service as smart_charging_service
 from services.stations.handlers import service as stations_service
 from services.transactions.handlers import service as transactions_service
 from tests.support.chargepoint import connect
@@ -25,7 +28,7 @@ CONNECTOR = 1
 
 @pytest.fixture
 async def system(settings):
-    sut = await System(settings, [stations_service, transactions_service]).start()
+    sut = await System(settings, [stations_service, transactions_service, smart_charging_service]).start()
     try:
         await sut.api("transactions", "set_id_tag", id_tag=VALID_ID_TAG)
         yield sut
@@ -167,3 +170,16 @@ async def test_tc_059_remote_start_with_a_charging_profile(system, events, cp_id
     # the transaction's TxProfile is that profile, with its transactionId (smart charging installs it)
     (event,) = await events.wait_for("transaction.started", transaction_id=started.transaction_id)
     assert event["charging_profile"] == {**profile, "transactionId": started.transaction_id}
+
+    async def installed() -> list[dict]:
+        return await system.api("smart_charging", "list_profiles", charge_point_id=cp_id, connector_id=CONNECTOR)
+    async with asyncio.timeout(10):
+        while not await installed():
+            await asyncio.sleep(0.05)
+    (stored,) = await installed()
+    assert stored["profile"] == {**profile, "transactionId": started.transaction_id}
+    # ... and the server-side composite of that transaction follows it (Relative: from the start)
+    composite = await system.api("smart_charging", "composite_schedule", charge_point_id=cp_id,
+                                 connector_id=CONNECTOR, duration=1200, charging_rate_unit="W")
+    periods = composite["chargingSchedule"]["chargingSchedulePeriod"]
+    assert [p["limit"] for p in periods][:2] == [6000.0, 3000.0], composite
