@@ -98,3 +98,24 @@ def test_errors_are_one_line_never_a_traceback(argv, env, code, message):
     assert result.returncode == code, result
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+async def test_api_keys_are_created_listed_and_revoked_for_the_http_api(system, csms):
+    from tests.support.http_api import http_api
+
+    code, out, err = await csms("api-keys", "create", "--name", "ops", "--scope", "admin")
+    created = json.loads(out)
+    assert code == 0 and created["scopes"] == ["admin"] and created["key"].startswith("csms_")
+    assert "not shown again" in err and created["key"] not in err
+    async with http_api(system) as (_, api):
+        status, me = await api.get("/me", key=created["key"])
+        assert status == 200 and me["key_id"] == created["key_id"]
+        code, out, _ = await csms("api-keys", "list")
+        listed = json.loads(out)
+        assert code == 0 and created["key_id"] in [k["key_id"] for k in listed]
+        assert all("key" not in k for k in listed)
+        code, out, _ = await csms("api-keys", "revoke", created["key_id"])
+        assert code == 0 and json.loads(out)["revoked_at"] is not None
+        assert (await api.get("/me", key=created["key"]))[0] == 401
+    code, out, err = await csms("api-keys", "revoke", "nosuchkey")
+    assert (code, out) == (3, "") and err == "csms: api revoke_key: 404 unknown key 'nosuchkey'\n"
