@@ -154,6 +154,8 @@ class HttpApi:
         """No new requests; event streams end; asynchronous commands in flight finish (at most
         SERVICE_DRAIN_SECONDS)."""
         self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.service_drain_seconds
         if self.hub is not None:
             self.hub.close_all()
         if self._server is not None:
@@ -161,7 +163,7 @@ class HttpApi:
         if self.commands is not None:
             await self.commands.drain(self.settings.service_drain_seconds)
         if self._serving is not None:
-            await asyncio.wait({self._serving}, timeout=self.settings.service_drain_seconds + 1)
+            await asyncio.wait({self._serving}, timeout=max(0.1, deadline - loop.time()))
         log.info("%s drained", self.name)
 
     async def stop(self) -> None:
