@@ -38,6 +38,7 @@ from csms.contracts.api.smart_charging import PutSiteParams, SiteLimitStep
 from csms.contracts.base import UtcDatetime, format_utc
 from csms.contracts.bus import CommandResult
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES
+from csms.ops.logs import outage_of
 from csms.service import ApiError
 from services.api import auth, rules
 from services.api.auth import Caller, Problem
@@ -695,6 +696,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if outage_of(exc) is not None:  # PostgreSQL or RabbitMQ away: not the request's fault, and not a bug
+        log.warning("%s %s: %s unavailable", request.method, request.url.path, outage_of(exc))
+        return error(503, "temporarily unavailable", headers={"Retry-After": "5"})
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error(500, "internal error")
 
