@@ -118,10 +118,15 @@ class HttpApi:
         key = self.settings.api_bootstrap_admin_key
         if not key:
             return
-        created = await self.keys.ensure(BOOTSTRAP_KEY_ID, "bootstrap (API_BOOTSTRAP_ADMIN_KEY)", rules.key_hash(key),
-                                         ["admin"])
-        log.info("API_BOOTSTRAP_ADMIN_KEY: admin key %r %s", BOOTSTRAP_KEY_ID,
-                 "created" if created else "already there (or revoked: revoking it is final)")
+        outcome = await self.keys.ensure(BOOTSTRAP_KEY_ID, "bootstrap (API_BOOTSTRAP_ADMIN_KEY)",
+                                         rules.key_hash(key), ["admin"])
+        if outcome == "revoked":
+            log.warning("API_BOOTSTRAP_ADMIN_KEY: admin key %r was revoked; revoking it is final, the setting is "
+                        "ignored (create keys with csms api-keys create)", BOOTSTRAP_KEY_ID)
+        else:
+            log.info("API_BOOTSTRAP_ADMIN_KEY: admin key %r %s", BOOTSTRAP_KEY_ID, {
+                "created": "created", "rotated": "changed to the new value (the old one no longer works)",
+                "unchanged": "already there"}[outcome])
 
     async def _ping_db(self) -> bool:
         return self.db is not None and self.db.pool is not None and bool(

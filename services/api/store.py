@@ -29,7 +29,7 @@ class KeyStore(Protocol):
     async def create(self, key_id: str, name: str, key_hash: str, scopes: list[str], created_by: str | None,
                      webhook_url: str | None, webhook_secret: str | None) -> KeyView: ...
 
-    async def ensure(self, key_id: str, name: str, key_hash: str, scopes: list[str]) -> bool: ...
+    async def ensure(self, key_id: str, name: str, key_hash: str, scopes: list[str]) -> str: ...
 
     async def by_hash(self, key_hash: str) -> StoredKey | None: ...
 
@@ -65,13 +65,18 @@ class PgKeyStore:
             key_id, name, key_hash, sorted(set(scopes)), utc_now(), created_by, webhook_url, webhook_secret)
         return _key_view(row)
 
-    async def ensure(self, key_id, name, key_hash, scopes) -> bool:
-        """The key with this hash exists (created if missing, un-revoked never); True when created."""
-        status = await self.pool.execute(
+    async def ensure(self, key_id, name, key_hash, scopes) -> str:
+        """Key ``key_id`` has this hash: "created", "rotated" (it had another: the old value stops working),
+        "unchanged", or "revoked" (revoking is final: it is not brought back)."""
+        row = await self.pool.fetchrow(
             "INSERT INTO api_keys (key_id, name, key_hash, scopes, created_at, created_by) "
-            "VALUES ($1, $2, $3, $4, $5, 'bootstrap') ON CONFLICT DO NOTHING",
-            key_id, name, key_hash, scopes, utc_now())
-        return status.endswith(" 1")
+            "VALUES ($1, $2, $3, $4, $5, 'bootstrap') ON CONFLICT (key_id) DO UPDATE SET key_hash = EXCLUDED.key_hash "
+            "WHERE api_keys.revoked_at IS NULL AND api_keys.key_hash <> EXCLUDED.key_hash "
+            "RETURNING (xmax = 0) AS inserted", key_id, name, key_hash, scopes, utc_now())
+        if row is not None:
+            return "created" if row["inserted"] else "rotated"
+        revoked = await self.pool.fetchval("SELECT revoked_at IS NOT NULL FROM api_keys WHERE key_id = $1", key_id)
+        return "revoked" if revoked else "unchanged"
 
     async def by_hash(self, key_hash: str) -> StoredKey | None:
         row = await self.pool.fetchrow(

@@ -214,7 +214,16 @@ async def test_the_bootstrap_admin_key_works_and_is_never_logged(system, caplog)
     async with http_api(system, api_bootstrap_admin_key=key) as (_, api):
         status, me = await api.get("/me", key=key)
         assert status == 200 and me["key_id"] == "bootstrap" and me["scopes"] == ["admin"]
-    assert key not in caplog.text and "API_BOOTSTRAP_ADMIN_KEY" in caplog.text
+    assert "admin key 'bootstrap' created" in caplog.text
+    rotated = "bootstrap-" + "r" * 30
+    async with http_api(system, api_bootstrap_admin_key=rotated) as (_, api):
+        assert (await api.get("/me", key=rotated))[0] == 200
+        assert (await api.get("/me", key=key))[0] == 401  # the old value no longer works
+        assert (await api.delete("/api-keys/bootstrap", key=rotated))[0] == 200
+    async with http_api(system, api_bootstrap_admin_key=rotated) as (_, api):
+        assert (await api.get("/me", key=rotated))[0] == 401  # revoking it is final
+    assert "changed to the new value" in caplog.text and "revoking it is final" in caplog.text
+    assert key not in caplog.text and rotated not in caplog.text
 
 
 async def test_pages_are_bounded_and_continue_with_after(system):
