@@ -32,10 +32,10 @@ from csms.contracts.api import stations as st
 from csms.contracts.api import transactions as tx
 from csms.contracts.api.api import (
     CloseTransactionBody, CommandAccepted, CommandRecord, Connectivity, CreatedKey, CreateKeyBody, CreateKeyParams,
-    ErrorBody, IdTagBody, KeyView, WebhookBody, WhoAmI, check_webhook_url,
+    ErrorBody, IdTagBody, IsoTime, KeyView, WebhookBody, WhoAmI, check_webhook_url,
 )
-from csms.contracts.api.smart_charging import PutSiteParams, SiteLimitStep
-from csms.contracts.base import UtcDatetime, format_utc
+from csms.contracts.api.smart_charging import PutSiteParams
+from csms.contracts.base import format_utc
 from csms.contracts.bus import CommandResult
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES
 from csms.ops.logs import outage_of
@@ -118,6 +118,18 @@ def page(request: Request, items: list, limit: int, cursor: str | None) -> JSONR
     return Json(items, headers=headers)
 
 
+class TransactionsQuery(tx.ListTransactionsParams):
+    __doc__ = tx.ListTransactionsParams.__doc__
+    since: IsoTime | None = None   # started at or after
+    until: IsoTime | None = None   # started before
+
+
+class MeterValuesQuery(tx.QueryMeterValuesParams):
+    __doc__ = tx.QueryMeterValuesParams.__doc__
+    since: IsoTime | None = None
+    until: IsoTime | None = None
+
+
 def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
 
@@ -160,7 +172,7 @@ transactions = APIRouter(tags=["transactions"])
 
 
 @transactions.get("/transactions", response_model=list[tx.TransactionView], summary="List transactions")
-async def list_transactions(request: Request, query: Annotated[tx.ListTransactionsParams, Query()],
+async def list_transactions(request: Request, query: Annotated[TransactionsQuery, Query()],
                             _: Caller = Depends(auth.read)) -> Any:
     """By charge point and/or id tag, started in [since, until), oldest first; ``after`` = the last
     transaction_id of the previous page."""
@@ -187,7 +199,7 @@ async def transaction_meter_values(
 
 
 @transactions.get("/meter-values", response_model=list[tx.MeterValueView], summary="Query meter values")
-async def query_meter_values(request: Request, query: Annotated[tx.QueryMeterValuesParams, Query()],
+async def query_meter_values(request: Request, query: Annotated[MeterValuesQuery, Query()],
                              _: Caller = Depends(auth.read)) -> Any:
     """By charge point (and connector), transaction or id tag, within a time range of the readings' own
     timestamps."""
@@ -267,7 +279,7 @@ async def composite_schedule(
         request: Request, charge_point_id: CpId, connector_id: int = Query(ge=0, le=1000),
         duration: int = Query(ge=1, le=2 ** 31 - 1, description="seconds"),
         charging_rate_unit: Literal["A", "W"] | None = Query(None),
-        start: UtcDatetime | None = Query(None, description="UTC ISO-8601; default now"),
+        start: IsoTime | None = Query(None, description="UTC ISO-8601; default now"),
         preset: str | None = Query(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"),
         _: Caller = Depends(auth.read)) -> Any:
     """What the central system computes from the profiles it stored (GetCompositeSchedule.conf shape), without
@@ -291,12 +303,18 @@ async def composite_reports(request: Request, charge_point_id: CpId, limit: int 
 SiteId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$", examples=["site-1"])]
 
 
+class SiteStep(BaseModel):
+    model_config = PutSiteParams.model_config
+    start: IsoTime
+    limit: float = Field(ge=0, le=1e9, allow_inf_nan=False)
+
+
 class SiteBody(BaseModel):
     model_config = PutSiteParams.model_config
     name: str = Field("", max_length=200)
     unit: Literal["A", "W"]
     limit: float = Field(ge=0, le=1e9, allow_inf_nan=False)
-    schedule: list[SiteLimitStep] = Field(default_factory=list, max_length=96)
+    schedule: list[SiteStep] = Field(default_factory=list, max_length=96)
     strategy: Literal["fair", "priority"] = "fair"
     stack_level: int | None = Field(None, ge=0, le=2 ** 31 - 1)
 
@@ -362,7 +380,7 @@ def _listing(charge_point_id: str | None, since: Any, until: Any, limit: int, **
 
 @files.get("/diagnostics", response_model=list[diag.DiagnosticsRequestView], summary="GetDiagnostics requests")
 async def list_diagnostics(request: Request, charge_point_id: str | None = OptionalCp,
-                           since: UtcDatetime | None = Since, until: UtcDatetime | None = Until,
+                           since: IsoTime | None = Since, until: IsoTime | None = Until,
                            limit: int = Limit, _: Caller = Depends(auth.read)) -> Any:
     return Json(await call(request, "diagnostics", "list_requests", **_listing(charge_point_id, since, until, limit)))
 
@@ -374,7 +392,7 @@ async def get_diagnostics(request: Request, request_id: RecordId, _: Caller = De
 
 @files.get("/files", response_model=list[diag.FileView], summary="Uploaded diagnostics and log files")
 async def list_files(request: Request, charge_point_id: str | None = OptionalCp,
-                     since: UtcDatetime | None = Since, until: UtcDatetime | None = Until,
+                     since: IsoTime | None = Since, until: IsoTime | None = Until,
                      limit: int = Limit, kind: str | None = Query(None, min_length=1, max_length=32),
                      _: Caller = Depends(auth.read)) -> Any:
     """Metadata and the download URL (on the files server, with its own operator token)."""
@@ -389,7 +407,7 @@ async def get_file(request: Request, file_id: RecordId, _: Caller = Depends(auth
 
 @files.get("/logs", response_model=list[diag.LogRequestView], summary="GetLog requests (security extension)")
 async def list_logs(request: Request, charge_point_id: str | None = OptionalCp,
-                    since: UtcDatetime | None = Since, until: UtcDatetime | None = Until,
+                    since: IsoTime | None = Since, until: IsoTime | None = Until,
                     limit: int = Limit, log_type: Literal["DiagnosticsLog", "SecurityLog"] | None = Query(None),
                     _: Caller = Depends(auth.read)) -> Any:
     return Json(await call(request, "diagnostics", "list_logs",
@@ -408,7 +426,7 @@ async def list_firmware(request: Request, _: Caller = Depends(auth.read)) -> Any
 
 @files.get("/firmware-updates", response_model=list[diag.FirmwareUpdateView], summary="Firmware updates")
 async def firmware_updates(request: Request, charge_point_id: str | None = OptionalCp,
-                           since: UtcDatetime | None = Since, until: UtcDatetime | None = Until,
+                           since: IsoTime | None = Since, until: IsoTime | None = Until,
                            limit: int = Limit, _: Caller = Depends(auth.read)) -> Any:
     """UpdateFirmware and SignedUpdateFirmware requests and their progress."""
     return Json(await call(request, "diagnostics", "firmware_updates",
@@ -458,7 +476,7 @@ async def installed_certificates(request: Request, charge_point_id: CpId,
 
 @security.get("/security-events", response_model=list[sec.SecurityEventView], summary="Security events")
 async def security_events(request: Request, charge_point_id: str | None = OptionalCp,
-                          since: UtcDatetime | None = Since, until: UtcDatetime | None = Until,
+                          since: IsoTime | None = Since, until: IsoTime | None = Until,
                           critical: bool | None = Query(None),
                           type: str | None = Query(None, min_length=1, max_length=50),  # noqa: A002
                           limit: int = Limit, _: Caller = Depends(auth.read)) -> Any:

@@ -113,3 +113,20 @@ def test_json_bodies_must_be_storable(body, problem):
     else:
         with pytest.raises(BadBody, match=problem):
             check_json(body)
+
+
+@pytest.mark.parametrize("value, ok", [
+    ("2025-05-01T12:00:00Z", True), ("2025-05-01T12:00:00+02:00", True), ("2025-05-01T12:00:00", True),
+    (12, False), (-5.1e-259, False), ("1700000000", False), ("-1.5", False), (True, False), ("soon", False),
+])
+def test_client_date_times_are_iso_text(value, ok):
+    from pydantic import TypeAdapter, ValidationError
+
+    from csms.contracts.api.api import IsoTime
+
+    adapter = TypeAdapter(IsoTime)
+    if ok:
+        assert adapter.validate_python(value).tzinfo is not None
+    else:
+        with pytest.raises(ValidationError):
+            adapter.validate_python(value)

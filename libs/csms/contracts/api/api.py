@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from csms.contracts.base import UtcDatetime
 from csms.contracts.bus import CommandResult
@@ -45,6 +45,21 @@ def check_webhook_url(value: str) -> str:
     return value
 
 
+def _iso_text(value: Any) -> Any:
+    """A date-time from outside must be ISO-8601 text: pydantic would also read a number (or a numeric string) as
+    seconds since 1970, which turns a client's mistake into a silently wrong instant."""
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("must be an ISO-8601 date-time, e.g. 2025-05-01T12:00:00Z")
+    if not isinstance(value, str) and value is not None:
+        from datetime import datetime
+
+        if not isinstance(value, datetime):
+            raise ValueError("must be an ISO-8601 date-time, e.g. 2025-05-01T12:00:00Z")
+    return value
+
+
+# a date-time given by a client of the HTTP API: ISO-8601 text only, read as UTC when it has no offset
+IsoTime = Annotated[UtcDatetime, BeforeValidator(_iso_text)]
 Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_printable)]
 WebhookUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_LENGTH), AfterValidator(check_webhook_url)]
 WebhookSecret = Annotated[str, Field(min_length=16, max_length=128), AfterValidator(_printable)]
@@ -118,7 +133,7 @@ class WebhookBody(Params):
 
 class IdTagBody(Params):
     status: Literal["Accepted", "Blocked", "Expired", "Invalid"] = "Accepted"
-    expiry_date: UtcDatetime | None = None
+    expiry_date: IsoTime | None = None
     parent_id_tag: Annotated[str, Field(min_length=1, max_length=20)] | None = None
 
 
