@@ -115,7 +115,8 @@ async def main() -> None:
             http_a = await measure("POST .../Reset?mode=async -> event", n, c, http_async_reset)
         median = statistics.median
         print(f"ratios (HTTP / bus, median latency): get_station {median(http_g) / median(bus_g):.2f}, "
-              f"Reset {median(http_r) / median(bus_r):.2f}, async Reset to its event {median(http_a) / median(bus_r):.2f}")
+              f"Reset {median(http_r) / median(bus_r):.2f}, "
+              f"async Reset to its event {median(http_a) / median(bus_r):.2f}")
     finally:
         await api.stop()
         await system.stop()

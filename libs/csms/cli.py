@@ -317,7 +317,8 @@ class ApiGroup(click.Group):
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Operations (csms api SERVICE OPERATION --help for the parameters)"):
-            formatter.write_dl([(name, ", ".join(sorted(service.apis))) for name, service in sorted(registry().items())])
+            formatter.write_dl([(name, ", ".join(sorted(service.apis)))
+                                for name, service in sorted(registry().items())])
 
 
 cli.add_command(ApiGroup("api", help="Call a service API operation: csms api SERVICE OPERATION name=value ... "

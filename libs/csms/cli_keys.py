@@ -1,5 +1,6 @@
-"""``csms api-keys`` (helpers from csms.cli are imported where used: csms.cli imports this module): keys of the HTTP API, managed over the bus (the api service's ``create_key``, ``list_keys``,
-``revoke_key``; the ``python -m services.api`` process must be running).
+"""``csms api-keys``: keys of the HTTP API, managed over the bus (the api service's ``create_key``, ``list_keys``,
+``revoke_key``; the ``python -m services.api`` process must be running). Helpers of csms.cli are imported where
+they are used: csms.cli imports this module.
 
     csms api-keys create --name ops --scope admin      # prints the key: shown this once, only its hash is kept
     csms api-keys list [--all]

@@ -141,7 +141,8 @@ class PgCommandStore:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
-    async def create(self, command_id, key_id, charge_point_id, action, timeout, callback_url, webhook) -> CommandRecord:
+    async def create(self, command_id, key_id, charge_point_id, action, timeout, callback_url,
+                     webhook) -> CommandRecord:
         now = utc_now()
         row = await self.pool.fetchrow(
             f"INSERT INTO api_commands (command_id, key_id, charge_point_id, action, status, timeout, created_at, "

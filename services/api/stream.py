@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from csms.bus import Bus

@@ -5,8 +5,10 @@ documented schema.
 
 Both generation modes run: positive (valid requests: documented answers) and negative (requests the document
 forbids: never a 5xx, only documented statuses; schemathesis' stricter "must be rejected" check is not used: the
-API reads repeated query parameters and lax booleans like FastAPI does). Bounded so it stays fast: ``SCHEMATHESIS_MAX_EXAMPLES`` examples per operation (default 15), derandomized (the same
-cases every run: CI is reproducible; raise the count locally to explore more). The event stream (endless by
+API reads repeated query parameters and lax booleans like FastAPI does).
+
+Bounded so it stays fast: ``SCHEMATHESIS_MAX_EXAMPLES`` examples per operation and mode (default 15), derandomized
+(the same cases every run: CI is reproducible; raise the count locally to explore more). The event stream (endless by
 design) is excluded here; tests/e2e/test_http_api.py covers it.
 """
 from __future__ import annotations
