@@ -201,8 +201,21 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
              help=__doc__.split("\n\n")[0] + "\n\nExit status: 0 accepted, 1 unexpected, 2 usage, 3 not accepted, "
                   "4 CALLERROR, 5 not delivered, 6 refused before sending. `csms completion bash` for completion.")
-def cli() -> None:
-    pass
+@click.option("--http", "http_url", envvar="CSMS_API_URL", default=None, metavar="URL",
+              help="go through the HTTP API at URL (e.g. https://api.example.com/api/v1) instead of the bus: "
+                   "send and api-keys [env CSMS_API_URL]")
+@click.option("--api-key", envvar="CSMS_API_KEY", default=None, help="the HTTP API key [env CSMS_API_KEY]")
+@click.pass_context
+def cli(ctx: click.Context, http_url: str | None, api_key: str | None) -> None:
+    from csms.cli_http import HttpApi
+
+    ctx.obj = HttpApi(http_url, api_key) if http_url else None
+
+
+def http_api():
+    """The HTTP API client when the CLI goes through it (--http / CSMS_API_URL), else None (the bus)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().obj if ctx is not None else None
 
 
 # ---- send ---------------------------------------------------------------------------------------------------
@@ -217,10 +230,10 @@ def _complete_action(ctx: click.Context, param: click.Parameter, incomplete: str
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=3600), default=30.0, show_default=True,
               help="seconds to wait for the charge point")
 def send(charge_point_id: str, action: str, payload: str, timeout: float) -> None:
-    run(_send(charge_point_id, action, payload, timeout))
+    run(_send(charge_point_id, action, payload, timeout, http_api()))
 
 
-async def _send(charge_point_id: str, action: str, text: str, timeout: float) -> int:
+async def _send(charge_point_id: str, action: str, text: str, timeout: float, http: Any = None) -> int:
     if action not in ocpp16.ALL_CSMS_TO_CP:
         hint = " (a charge point sends it, the central system answers)" if action in ocpp16.ALL_CP_TO_CSMS else ""
         raise Failure(f"unknown action {action!r}{hint}: `csms actions` lists the commands", EXIT_USAGE)
@@ -234,9 +247,11 @@ async def _send(charge_point_id: str, action: str, text: str, timeout: float) ->
         ocpp16.validate(action, payload)
     except ocpp16.OcppError as exc:
         raise Failure(f"payload does not fit {action}: {one_line(exc.description)}", EXIT_USAGE) from None
-    settings = load_settings()
-    async with Connected(settings) as client:
-        result = await client.send(charge_point_id, action, payload, timeout=timeout)
+    if http is not None:
+        result = await http.send(charge_point_id, action, payload, timeout)
+    else:
+        async with Connected(load_settings()) as client:
+            result = await client.send(charge_point_id, action, payload, timeout=timeout)
     print(result.model_dump_json(indent=2))
     for warning in result.warnings:
         print(f"csms: warning: {one_line(warning)}", file=sys.stderr)
@@ -268,6 +283,9 @@ class OperationCommand(click.Command):
                                  show_default=True, help="seconds to wait for the service")])
 
     def invoke_operation(self, params: tuple[str, ...], timeout: float) -> None:
+        if http_api() is not None:
+            raise Failure("csms api goes over the bus; through the HTTP API use its routes (see /api/v1/docs)",
+                          EXIT_USAGE)
         values = parse_params(params)
         model = self.service.api_params.get(self.operation)
         if model is not None:  # checked here too, so a typo is named even with the system down

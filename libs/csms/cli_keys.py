@@ -32,7 +32,7 @@ def api_keys() -> None:
 @click.option("--webhook-url", default=None, help="where results of its asynchronous commands are POSTed")
 @click.option("--webhook-secret", default=None, help="signs those (HMAC-SHA256); needed with --webhook-url")
 def create(name: str, scopes: tuple[str, ...], webhook_url: str | None, webhook_secret: str | None) -> None:
-    from csms.cli import EXIT_USAGE, Failure, call_operation, describe_validation
+    from csms.cli import EXIT_USAGE, Failure, call_operation, describe_validation, http_api
 
     values = {"name": name, "scopes": sorted(set(scopes)), "created_by": "cli"}
     values.update({k: v for k, v in (("webhook_url", webhook_url), ("webhook_secret", webhook_secret)) if v})
@@ -40,7 +40,12 @@ def create(name: str, scopes: tuple[str, ...], webhook_url: str | None, webhook_
         CreateKeyParams.model_validate(values)
     except ValidationError as exc:
         raise Failure(f"api-keys create: {describe_validation(exc)}", EXIT_USAGE) from None
-    created = asyncio.run(call_operation("api", "create_key", TIMEOUT, **values))
+    http = http_api()
+    if http is not None:
+        body = {k: v for k, v in values.items() if k != "created_by"}
+        created = asyncio.run(http.keys("POST", "", 201, json=body))
+    else:
+        created = asyncio.run(call_operation("api", "create_key", TIMEOUT, **values))
     print(json.dumps(created, indent=2))
     print(f"csms: key {created['key_id']} created; store the key now, it is not shown again", file=sys.stderr)
 
@@ -48,19 +53,28 @@ def create(name: str, scopes: tuple[str, ...], webhook_url: str | None, webhook_
 @api_keys.command("list", help="List the keys (never the keys themselves).")
 @click.option("--all", "include_revoked", is_flag=True, help="also revoked keys")
 def list_keys(include_revoked: bool) -> None:
-    from csms.cli import call_operation
+    from csms.cli import call_operation, http_api
 
-    keys = asyncio.run(call_operation("api", "list_keys", TIMEOUT, include_revoked=include_revoked))
+    http = http_api()
+    if http is not None:
+        keys = asyncio.run(http.keys("GET", "", 200, params={"include_revoked": str(include_revoked).lower()}))
+    else:
+        keys = asyncio.run(call_operation("api", "list_keys", TIMEOUT, include_revoked=include_revoked))
     print(json.dumps(keys, indent=2))
 
 
 @api_keys.command(help="Revoke a key by its id: requests with it get 401 from now on.")
 @click.argument("key_id")
 def revoke(key_id: str) -> None:
-    from csms.cli import EXIT_USAGE, Failure, call_operation, describe_validation
+    from csms.cli import EXIT_USAGE, Failure, call_operation, describe_validation, http_api
 
     try:
         KeyParams.model_validate({"key_id": key_id})
     except ValidationError as exc:
         raise Failure(f"api-keys revoke: {describe_validation(exc)}", EXIT_USAGE) from None
-    print(json.dumps(asyncio.run(call_operation("api", "revoke_key", TIMEOUT, key_id=key_id)), indent=2))
+    http = http_api()
+    if http is not None:
+        revoked = asyncio.run(http.keys("DELETE", f"/{key_id}", 200))
+    else:
+        revoked = asyncio.run(call_operation("api", "revoke_key", TIMEOUT, key_id=key_id))
+    print(json.dumps(revoked, indent=2))

@@ -56,6 +56,9 @@ def test_api_exit_codes(status, code):
      "webhook_url: Value error, must start with http"),
     (["api-keys", "revoke", "bad id!"], 2, "key_id: String should match pattern"),
     (["completion", "tcsh"], 2, "'tcsh' is not one of"),
+    (["--http", "http://127.0.0.1:1/api/v1", "send", "CP-1", "Reset", '{"type": "Soft"}'], 1, "needs a key"),
+    (["--http", "http://127.0.0.1:1/api/v1", "--api-key", "k", "send", "CP-1", "Reset", '{"type": "Soft"}'], 5,
+     "cannot reach the HTTP API at http://127.0.0.1:1/api/v1"),
 ])
 def test_usage_errors_are_one_line(capsys, argv, code, message):
     assert run(argv) == code
