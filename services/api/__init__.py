@@ -16,7 +16,8 @@ contracts' pydantic models as the OpenAPI schemas; keys are random 256-bit secre
 read < command < admin; asynchronous results are kept in PostgreSQL (any replica answers a poll), webhooks are
 signed with HMAC-SHA256 and retried with doubling waits, a bounded number of times.
 
-Files: ``app.py`` (routes), ``auth.py`` (keys and scopes), ``commands.py`` (commands, async results, webhooks),
-``stream.py`` (server-sent events), ``server.py`` (the process part), ``handlers.py`` (the bus operations),
-``store.py`` (PostgreSQL), ``rules.py`` (pure decisions).
+Files: ``app.py`` (routes), ``auth.py`` (keys and scopes), ``edge.py`` (body limits and checks, request log and
+series), ``commands.py`` (commands, async results, webhooks), ``stream.py`` (server-sent events), ``server.py`` (the
+process part), ``handlers.py`` (the bus operations), ``store.py`` (PostgreSQL), ``rules.py`` (pure decisions),
+``metrics.py`` (its Prometheus series).
 """
