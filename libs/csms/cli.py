@@ -1,4 +1,5 @@
-"""Command line: a thin client of the system's operations, over RabbitMQ like every other client.
+"""Command line: a thin client of the system's operations, over RabbitMQ like every other client (send and
+api-keys also through the HTTP API: --http URL).
 
     csms actions                       # the OCPP actions, both directions, and the service owning each
     csms operations [SERVICE]          # each service's API operations and their parameters
