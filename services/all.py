@@ -1,4 +1,4 @@
-"""Run the whole system in one process (development): the gateway and every service.
+"""Run the whole system in one process (development): the gateway, every service and the HTTP API.
 
     python -m services.all
 
@@ -13,6 +13,7 @@ import os
 
 from csms.config import Settings
 from csms.ops.lifecycle import main
+from services.api.server import HttpApi
 from services.gateway.app import Gateway
 from services.registry import load_services
 from services.runner import prepare_database
@@ -28,7 +29,7 @@ def development(settings: Settings) -> Settings:
 
 
 def parts(settings: Settings) -> list:
-    return [*load_services(), Gateway(settings)]
+    return [*load_services(), Gateway(settings), HttpApi(settings)]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "services.diagnostics.handlers",
     "services.smart_charging.handlers",
     "services.security.handlers",
+    "services.api.handlers",
 )
 
 

@@ -191,6 +191,39 @@ class Settings(BaseSettings):
     traces_exporter: Literal["none", "otlp", "console"] = _env("OTEL_TRACES_EXPORTER", "none")
     otel_service_name: str = _env("OTEL_SERVICE_NAME", "", max_length=200)
 
+    # ---- HTTP API (services/api, issue 10): python -m services.api ---------------------------------------
+    # where the HTTP API listens (put TLS in front of it: an Ingress or a proxy)
+    api_host: str = _env("API_HOST", "0.0.0.0")
+    api_port: int = _env("API_PORT", 8080, ge=0, le=65535)
+    # a secret: when set, an admin API key with exactly this value exists (created at start, never logged);
+    # for the first key of an installation. At least 32 characters. Prefer `csms api-keys create --scope admin`
+    api_bootstrap_admin_key: str = _env("API_BOOTSTRAP_ADMIN_KEY", "", repr=False)
+    # the longest ``timeout`` (seconds) a command through the HTTP API may wait for the charge point
+    api_command_max_timeout: float = _env("API_COMMAND_MAX_TIMEOUT", 120.0, gt=0, le=3600)
+    # asynchronous commands one API process runs at once (more: HTTP 429)
+    api_max_async_commands: int = _env("API_MAX_ASYNC_COMMANDS", 1000, ge=1, le=100_000)
+    # days the results of commands sent through the HTTP API are kept for polling
+    api_command_retention_days: int = _env("API_COMMAND_RETENTION_DAYS", 7, ge=1, le=3650)
+    # webhooks: attempts per result (the first included), the first wait between attempts (doubling, at most
+    # 300 s), the timeout of one attempt, and whether URLs may point at private or loopback addresses
+    api_webhook_max_attempts: int = _env("API_WEBHOOK_MAX_ATTEMPTS", 6, ge=1, le=20)
+    api_webhook_backoff: float = _env("API_WEBHOOK_BACKOFF", 2.0, gt=0, le=300)
+    api_webhook_timeout: float = _env("API_WEBHOOK_TIMEOUT", 10.0, gt=0, le=60)
+    api_webhook_allow_private: bool = _env("API_WEBHOOK_ALLOW_PRIVATE", False)
+    # server-sent events: clients at once per process, events buffered per client (a client that falls further
+    # behind is told and disconnected), seconds between keep-alive comments
+    api_sse_max_clients: int = _env("API_SSE_MAX_CLIENTS", 100, ge=1, le=10_000)
+    api_sse_buffer: int = _env("API_SSE_BUFFER", 1000, ge=1, le=100_000)
+    api_sse_keepalive: float = _env("API_SSE_KEEPALIVE", 15.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _bootstrap_key(self) -> "Settings":
+        # a rule over the model, not a field error: describe_error echoes the input of field errors
+        value = self.api_bootstrap_admin_key
+        if value and not (32 <= len(value) <= 256 and value.isascii() and value.isprintable() and " " not in value):
+            raise ValueError("API_BOOTSTRAP_ADMIN_KEY must be 32-256 printable ASCII characters without spaces")
+        return self
+
     @model_validator(mode="after")
     def _backoff_order(self) -> "Settings":
         if self.backoff_initial > self.backoff_max:

@@ -145,7 +145,7 @@ def test_production_runs_one_deployment_per_service_and_scales_the_gateway():
     deployments = csms_deployments(docs)
     commands = {d["spec"]["template"]["spec"]["containers"][0]["command"][2]: d for d in deployments.values()}
     assert set(commands) == {"services.gateway", "services.stations", "services.transactions",
-                             "services.smart_charging", "services.diagnostics"}
+                             "services.smart_charging", "services.diagnostics", "services.api"}
     # RabbitMQ, Redis and PostgreSQL come from operators or managed services; credentials from a Secret
     assert set(of_kind(docs, "Deployment")) == set(deployments)
     assert not of_kind(docs, "StatefulSet") and not of_kind(docs, "Secret")
@@ -172,7 +172,7 @@ def test_production_public_file_urls_match_the_ingress_and_the_ftp_service():
     docs = resources("production")
     settings = config(docs)
     http = urlsplit(settings["FILES_PUBLIC_HTTP_URL"])
-    [ingress] = of_kind(docs, "Ingress").values()
+    ingress = of_kind(docs, "Ingress")["csms-files"]
     [rule] = [r for r in ingress["spec"]["rules"] if r["host"] == http.hostname]
     backend = rule["http"]["paths"][0]["backend"]["service"]
     files_service = of_kind(docs, "Service")[backend["name"]]
@@ -187,6 +187,24 @@ def test_production_public_file_urls_match_the_ingress_and_the_ftp_service():
     passive = [p["port"] for p in public[0]["spec"]["ports"] if p["name"].startswith("ftp-data")]
     low, high = (int(x) for x in settings["FILES_FTP_PASSIVE_PORTS"].split("-"))
     assert passive == list(range(low, high + 1))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_http_api_is_served_on_its_port_and_only_through_tls_in_production(overlay):
+    docs = resources(overlay)
+    service = of_kind(docs, "Service")["csms-api"]
+    [port] = service["spec"]["ports"]
+    [serving] = [d for d in _serving(docs, service)]
+    container = serving["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][2] == ("services.api" if overlay == "production" else "services.all")
+    [target] = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    assert str(target["containerPort"]) == config(docs)["API_PORT"]
+    if overlay == "production":
+        ingress = of_kind(docs, "Ingress")["csms-api"]
+        [rule] = ingress["spec"]["rules"]
+        assert rule["host"] in {h for t in ingress["spec"]["tls"] for h in t["hosts"]}
+        assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "csms-api", "port": {"name": "http"}}
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
 
 
 def test_dev_runs_everything_in_one_pod_with_its_own_infrastructure():

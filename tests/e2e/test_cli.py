@@ -98,3 +98,58 @@ def test_errors_are_one_line_never_a_traceback(argv, env, code, message):
     assert result.returncode == code, result
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+async def test_api_keys_are_created_listed_and_revoked_for_the_http_api(system, csms):
+    from tests.support.http_api import http_api
+
+    code, out, err = await csms("api-keys", "create", "--name", "ops", "--scope", "admin")
+    created = json.loads(out)
+    assert code == 0 and created["scopes"] == ["admin"] and created["key"].startswith("csms_")
+    assert "not shown again" in err and created["key"] not in err
+    async with http_api(system) as (_, api):
+        status, me = await api.get("/me", key=created["key"])
+        assert status == 200 and me["key_id"] == created["key_id"]
+        code, out, _ = await csms("api-keys", "list")
+        listed = json.loads(out)
+        assert code == 0 and created["key_id"] in [k["key_id"] for k in listed]
+        assert all("key" not in k for k in listed)
+        code, out, _ = await csms("api-keys", "revoke", created["key_id"])
+        assert code == 0 and json.loads(out)["revoked_at"] is not None
+        assert (await api.get("/me", key=created["key"]))[0] == 401
+    code, out, err = await csms("api-keys", "revoke", "nosuchkey")
+    assert (code, out) == (3, "") and err == "csms: api revoke_key: 404 unknown key 'nosuchkey'\n"
+
+
+@pytest.mark.ocpp("Reset", "UnlockConnector")
+async def test_send_and_api_keys_through_the_http_api(system, csms, cp_id, monkeypatch):
+    from tests.support.http_api import http_api
+
+    async with http_api(system) as (_, api), connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        monkeypatch.setenv("CSMS_API_URL", api.base)
+        monkeypatch.setenv("CSMS_API_KEY", api.keys["command"])
+        monkeypatch.setenv("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/")  # the bus is out of reach: HTTP only
+        code, out, err = await csms("send", cp_id, "Reset", '{"type": "Soft"}', "--timeout", "5")
+        assert (code, json.loads(out)["payload"], err) == (0, {"status": "Accepted"}, "")
+        cp.responses["Reset"] = {"status": "Rejected"}
+        code, out, err = await csms("send", cp_id, "Reset", '{"type": "Hard"}')
+        assert code == 3 and err == f"csms: Reset to {cp_id}: answered 'Rejected', not accepted\n"
+        code, out, err = await csms("send", cp_id, "UnlockConnector", '{"connectorId": 0}')
+        assert code == 6 and "connectorId" in err and err.count("\n") == 1
+        code, out, err = await csms("send", "CP-offline", "Reset", '{"type": "Soft"}')
+        assert code == 5 and "offline" in err
+        code, out, err = await csms("api", "stations", "get_station", f"charge_point_id={cp_id}")
+        assert code == 2 and "over the bus" in err
+        code, out, err = await csms("api-keys", "list")
+        assert code == 1 and "HTTP 403" in err and "needs admin" in err  # a command key is no admin
+        monkeypatch.setenv("CSMS_API_KEY", api.keys["admin"])
+        code, out, err = await csms("api-keys", "create", "--name", "remote", "--scope", "read")
+        created = json.loads(out)
+        assert code == 0 and created["scopes"] == ["read"]
+        code, out, err = await csms("api-keys", "list")
+        assert code == 0 and created["key_id"] in [k["key_id"] for k in json.loads(out)]
+        code, out, err = await csms("api-keys", "revoke", created["key_id"])
+        assert code == 0 and json.loads(out)["revoked_at"]
+        code, out, err = await csms("--api-key", "wrong", "send", cp_id, "Reset", '{"type": "Soft"}')
+        assert code == 1 and "HTTP 401" in err and "wrong" not in err

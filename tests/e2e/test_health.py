@@ -66,7 +66,7 @@ async def test_readyz_turns_false_when_rabbitmq_goes_away_and_true_when_it_retur
         status, body = await http_get(ops.port, "/readyz")
         assert status == 200, body
         parts = json.loads(body)["parts"]
-        assert set(parts) == {"gateway", "stations", "transactions", "diagnostics", "smart_charging", "security"}
+        assert set(parts) == {"gateway", "stations", "transactions", "diagnostics", "smart_charging", "security", "api"}
         assert parts["stations"] == {"started": True, "not_draining": True, "rabbitmq": True, "consumers": True,
                                      "redis": True, "postgresql": True}
         async with connect(system.url(cp_id)) as cp:

@@ -19,7 +19,7 @@ def run(module: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("module", ["services.gateway", "services.stations", "services.all"])
+@pytest.mark.parametrize("module", ["services.gateway", "services.stations", "services.all", "services.api"])
 def test_a_bad_setting_exits_2_with_one_line_naming_it(module):
     result = run(module, GATEWAY_AUTH="basci")
     assert result.returncode == 2

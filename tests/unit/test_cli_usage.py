@@ -40,7 +40,7 @@ def test_api_exit_codes(status, code):
     (["send", "CP-1", "Reset", '{"type": "Sideways"}'], 2, "payload does not fit Reset"),
     (["send", "CP-1", "Bogus"], 2, "unknown action 'Bogus'"),
     (["send", "CP-1", "Heartbeat"], 2, "a charge point sends it"),
-    (["send", "CP-1"], 2, "required: action"),
+    (["send", "CP-1"], 2, "Missing argument 'ACTION'"),
     (["api", "nope", "x"], 2, "unknown service 'nope'"),
     (["api", "stations", "nope"], 2, "unknown operation 'nope' of stations"),
     (["api", "stations", "get_station"], 2, "charge_point_id: Field required"),
@@ -48,7 +48,17 @@ def test_api_exit_codes(status, code):
     (["api", "stations", "get_station", "charge_point_id"], 2, "must be name=value"),
     (["api", "stations", "list_stations", "limit=0"], 2, "limit: Input should be greater than or equal to 1"),
     (["operations", "nope"], 2, "unknown service 'nope'"),
-    (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+    (["frobnicate"], 2, "no such command 'frobnicate'"),
+    (["send", "CP-1", "Reset", "--timeout", "-1"], 2, "--timeout"),
+    (["api-keys", "create", "--scope", "root"], 2, "'root' is not one of"),
+    (["api-keys", "create"], 2, "Missing option '--scope'"),
+    (["api-keys", "create", "--scope", "read", "--webhook-url", "ftp://x", "--webhook-secret", "s" * 20], 2,
+     "webhook_url: Value error, must start with http"),
+    (["api-keys", "revoke", "bad id!"], 2, "key_id: String should match pattern"),
+    (["completion", "tcsh"], 2, "'tcsh' is not one of"),
+    (["--http", "http://127.0.0.1:1/api/v1", "send", "CP-1", "Reset", '{"type": "Soft"}'], 1, "needs a key"),
+    (["--http", "http://127.0.0.1:1/api/v1", "--api-key", "k", "send", "CP-1", "Reset", '{"type": "Soft"}'], 5,
+     "cannot reach the HTTP API at http://127.0.0.1:1/api/v1"),
 ])
 def test_usage_errors_are_one_line(capsys, argv, code, message):
     assert run(argv) == code
@@ -84,3 +94,29 @@ def test_operations_list_parameters_from_the_api_models(capsys):
     out = capsys.readouterr().out
     assert {"stations", "transactions", "diagnostics", "smart_charging"} <= {
         line for line in out.splitlines() if not line.startswith(" ")}
+
+
+def test_help_lists_commands_and_the_operations_of_every_service(capsys):
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("send", "api", "api-keys", "actions", "operations", "db", "completion"):
+        assert f"  {command} " in out or f"  {command}\n" in out, command
+    assert run(["api", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "stations" in out and "get_station" in out and "create_key" in out and "list_transactions" in out
+    assert run(["api", "stations", "--help"]) == 0
+    assert "get_station" in capsys.readouterr().out
+    assert run(["api", "transactions", "list_transactions", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "limit:" in out and "charge_point_id:" in out
+
+
+def test_completion_scripts_and_completions(capsys, monkeypatch):
+    assert run(["completion", "bash"]) == 0
+    assert "_CSMS_COMPLETE" in capsys.readouterr().out
+    from click.shell_completion import ShellComplete
+
+    completer = ShellComplete(cli.cli, {}, "csms", "_CSMS_COMPLETE")
+    assert [c.value for c in completer.get_completions(["send", "CP-1"], "Rese")] == ["ReserveNow", "Reset"]
+    assert "stations" in [c.value for c in completer.get_completions(["api"], "st")]
+    assert [c.value for c in completer.get_completions(["api", "stations"], "get_s")] == ["get_station"]

@@ -244,3 +244,15 @@ class CertificateChanged(Event):
     subject: str
     not_after: UtcDatetime
     issued_by_csms: bool = True
+
+
+class CommandCompleted(Event):
+    """An asynchronous command sent through the HTTP API (``POST /api/v1/charge-points/{id}/commands/{Action}
+    ?mode=async``) has its outcome (added for the HTTP API, issue 10). ``result`` is the CommandResult (the charge
+    point's answer, or why there is none)."""
+    EVENT_TYPE: ClassVar[str] = "command.completed"
+    command_id: str
+    action: str
+    status: str                 # the CommandResult status: answered, call_error, offline, timeout, ...
+    result: dict[str, Any]      # the CommandResult (snake_case envelope; its payload is OCPP camelCase)
+    api_key_id: str             # the API key that sent it

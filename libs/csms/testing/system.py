@@ -38,7 +38,7 @@ def make_settings(infra: Infrastructure, **overrides) -> Settings:
                   gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0,
                   files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0, ftp_port=0,
                   files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"),  # made on first use
-                  ops_host="127.0.0.1", ops_port=0, backoff_initial=0.1, backoff_max=1.0, log_repeat_seconds=5.0,
+                  ops_host="127.0.0.1", ops_port=0, api_host="127.0.0.1", api_port=0, backoff_initial=0.1, backoff_max=1.0, log_repeat_seconds=5.0,
                   # development CA / firmware signing material of this test (generated at start, removed after)
                   security_dev_dir=os.path.join(tempfile.gettempdir(), f"csms-{namespace}-security"),
                   security_certificate_signed_delay=0.05)
