@@ -67,7 +67,6 @@ HAND_OVER_GRACE = 60.0  # seconds a stale binding stays silent after another ins
 MAX_QUEUED_CALLS = 64  # CALLs a charge point may have waiting (it should send one at a time)
 CLOSE_GOING_AWAY = 1001  # the gateway is shutting down (drain): reconnect, to another instance
 CLOSE_TRY_AGAIN_LATER = 1013  # the connection could not be registered (RabbitMQ unreachable)
-CLOSE_POLICY_VIOLATION = 1008  # the charge point may no longer be connected (its certificate was revoked)
 
 
 @dataclass

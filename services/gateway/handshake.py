@@ -32,6 +32,7 @@ from csms.client import ApiCallFailed, call_api
 from csms.config import proxy_networks
 from csms.contracts.api.stations import AdmitResult
 from csms.contracts.base import format_utc, utc_now
+from csms.contracts.events import CertificateChanged
 from services.gateway import admission, forwarded, profiles, tls
 from services.gateway.admission import Refused
 
@@ -42,6 +43,10 @@ log = logging.getLogger("services.gateway.handshake")
 
 ADMIT_RETRY_AFTER = 10  # seconds a charge point is asked to wait when the handshake cannot be answered
 CA_REFRESH_SECONDS = 300.0  # how often the security service's CA is fetched again
+# password checks one source address may have in flight at this gateway at once (a burst from one address never
+# fills the stations service's queue of checks; charge points behind one NAT retry after a second)
+MAX_CHECKS_PER_ADDRESS = 16
+CLOSE_POLICY_VIOLATION = 1008  # the charge point may no longer be connected (its certificate was revoked)
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
 
 
@@ -77,6 +82,7 @@ class Handshake:
         self.tls = tls.GatewayTls(self.settings)
         self.floor = profiles.floor(self.settings.gateway_auth, self.settings.gateway_min_security_profile)
         self._ca_task: asyncio.Task | None = None
+        self._checking: dict[str, int] = {}  # source address -> password checks in flight
 
     @property
     def certificates_possible(self) -> bool:
@@ -85,12 +91,35 @@ class Handshake:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load the TLS material (raises TlsUnavailable) and fetch the security service's CA."""
+        """Load the TLS material (raises TlsUnavailable), fetch the security service's CA and follow revocations."""
         await asyncio.to_thread(self.tls.load)
         if self.certificates_possible:
             await self.refresh_csms_ca()
             self._ca_task = asyncio.create_task(self._refresh_loop())
+            await self._follow_revocations()
         self.tls.start_watching()
+
+    async def _follow_revocations(self) -> None:
+        """A certificate revoked while its charge point is connected closes that connection (1008)."""
+        bus = self.gateway.bus
+        queue = await bus.channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(bus.names.events, CertificateChanged.EVENT_TYPE)
+        await queue.consume(self._on_certificate_changed, no_ack=True)
+
+    async def _on_certificate_changed(self, message: Any) -> None:
+        try:
+            event = CertificateChanged.model_validate_json(message.body)
+        except ValueError:
+            log.warning("malformed %s event ignored", CertificateChanged.EVENT_TYPE)
+            return
+        if event.status != "revoked":
+            return
+        for link in list(self.gateway.links.values()):
+            if link.certificate == event.fingerprint:
+                log.warning("%s: its client certificate %s was revoked: disconnected", link.charge_point_id,
+                            event.fingerprint[:16])
+                link.close_reason = "client certificate revoked"
+                await link.ws.close(CLOSE_POLICY_VIOLATION, link.close_reason)
 
     async def stop(self) -> None:
         if self._ca_task is not None:
@@ -145,7 +174,21 @@ class Handshake:
         if certificate.cert is None and authorization is not None and password is None:
             presented_password = False  # credentials that cannot be right (another user, not base64 ...)
 
-        answer, revoked = await asyncio.gather(self._ask_stations(cp, password), self._revoked(certificate))
+        if password is not None and self._checking.get(address, 0) >= MAX_CHECKS_PER_ADDRESS:
+            self.gateway.metrics.auth_failure("busy")
+            raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many logins from this address at once: try again",
+                          {"Retry-After": "1"})
+        if password is not None:
+            self._checking[address] = self._checking.get(address, 0) + 1
+        try:
+            answer, revoked = await asyncio.gather(self._ask_stations(cp, password), self._revoked(certificate))
+        finally:
+            if password is not None:
+                left = self._checking[address] - 1
+                if left:
+                    self._checking[address] = left
+                else:
+                    del self._checking[address]
         if password is not None:
             presented_password = answer.authenticated is True
         if certificate.problem is None and revoked:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,9 +201,12 @@ async def test_wrong_or_missing_client_certificates_are_refused(secure, server_t
     # its own: in
     async with connect(secure.wss_url(cp_id), ssl=identity.ssl_context(server_tls.ca_pem)) as cp:
         await cp.heartbeat()
-    # revoked in the security service's records: refused from then on
-    fingerprint = pki.fingerprint(identity.certificate)
-    await secure.api("security", "revoke_certificate", fingerprint=fingerprint, reason="key leaked")
+    # revoked in the security service's records: the connection that uses it is closed, and it is refused from then on
+    async with connect(secure.wss_url(cp_id), ssl=identity.ssl_context(server_tls.ca_pem)) as cp:
+        fingerprint = pki.fingerprint(identity.certificate)
+        await secure.api("security", "revoke_certificate", fingerprint=fingerprint, reason="key leaked")
+        await asyncio.wait_for(cp._connection.wait_closed(), 5)
+        assert (cp._connection.close_code, cp._connection.close_reason) == (1008, "client certificate revoked")
     assert await refused(secure.wss_url(cp_id), context=identity.ssl_context(server_tls.ca_pem)) == 403
 
 
@@ -280,3 +284,67 @@ async def test_by_default_no_charge_point_gets_in_without_credentials(infrastruc
         assert await refused(sut.url(cp_id), headers=basic(cp_id, PASSWORD)) == 401  # nobody set a password
     finally:
         await sut.stop()
+
+
+# ---- TLS offload behind an ingress ---------------------------------------------------------------------------------
+@pytest.fixture
+async def behind_proxy(infrastructure, tmp_path):
+    """The gateway behind a TLS-terminating proxy at 127.0.0.1 that forwards client certificates; client
+    certificates of a manufacturer's CA (GATEWAY_TLS_CLIENT_CA_FILE) are trusted besides the CSMS's own."""
+    manufacturer, manufacturer_key = test_pki.make_ca("Manufacturer CA")
+    ca_file = tmp_path / "manufacturer.pem"
+    ca_file.write_text(pki.to_pem(manufacturer))
+    settings = make_settings(infrastructure, gateway_auth="basic", gateway_trusted_proxies="127.0.0.1/32",
+                             gateway_tls_client_ca_file=str(ca_file))
+    sut = await System(settings, load_services()).start()
+    sut.manufacturer = (manufacturer, manufacturer_key)
+    try:
+        yield sut
+    finally:
+        await sut.stop()
+
+
+def forwarded(cert: x509.Certificate | None, *, style: str = "envoy", client: str = "10.1.2.3") -> dict[str, str]:
+    from urllib.parse import quote
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": f"{client}, 127.0.0.1"}
+    if cert is not None:
+        escaped = quote(pki.to_pem(cert), safe="")
+        headers["X-Forwarded-Client-Cert"] = (
+            f'Hash=00;Cert="{escaped}";Subject="CN=x"' if style == "envoy" else escaped)
+    return headers
+
+
+async def test_tls_offload_trusts_the_forwarded_certificate_only_from_a_trusted_proxy(behind_proxy, cp_id):
+    sut = behind_proxy
+    cert, _ = test_pki.issue(*sut.manufacturer, cp_id)                 # factory-installed, manufacturer's CA
+    await sut.api("stations", "set_security_profile", charge_point_id=cp_id, security_profile=3)
+    for style in ("envoy", "nginx"):
+        async with connect(sut.url(cp_id), headers=forwarded(cert, style=style)) as cp:
+            assert (await cp.boot()).status == "Accepted"
+    view = await station(sut, cp_id)
+    assert (view["connected_profile"], view["remote_address"]) == (3, "10.1.2.3")
+    # the same headers from an address that is not a trusted proxy are ignored: no TLS, no certificate
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"], open_timeout=5,
+                                 additional_headers=forwarded(cert), local_addr=("127.0.0.2", 0))
+    assert info.value.response.status_code == 403 and b"connect with TLS" in info.value.response.body
+    # a forwarded certificate is verified here: another CA's, another charge point's, an expired one
+    rogue = test_pki.issue(*test_pki.make_ca("Rogue CA"), cp_id)[0]
+    neighbours = test_pki.issue(*sut.manufacturer, "CP-neighbour")[0]
+    manufacturer, manufacturer_key = sut.manufacturer
+    expired = pki.issue_certificate(subject=pki.name(cp_id), public_key=pki.generate_key("ec-p256").public_key(),
+                                    issuer_cert=manufacturer, issuer_key=manufacturer_key, days=1, usage="client",
+                                    now=pki.utcnow() - datetime.timedelta(days=3))
+    for bad, why in ((rogue, b"not issued by a trusted CA"), (neighbours, b"names 'CP-neighbour'"),
+                     (expired, b"expired")):
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"], open_timeout=5,
+                                     additional_headers=forwarded(bad))
+        assert info.value.response.status_code == 403 and why in info.value.response.body, info.value.response.body
+    # profile 2 behind the proxy: Basic auth, TLS at the proxy
+    other = f"{cp_id}-2"
+    await sut.api("stations", "set_password", charge_point_id=other, password=KEY)
+    await sut.api("stations", "set_security_profile", charge_point_id=other, security_profile=2)
+    async with connect(sut.url(other), password=PASSWORD, headers=forwarded(None)) as cp:
+        await cp.boot()
+    assert await refused(sut.url(other), headers=basic(other, PASSWORD)) == 403  # plain ws at the proxy: profile 1
