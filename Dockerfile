@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every process of the CSMS: python -m services.<gateway|stations|transactions|smart_charging|
+# One image for every process of the CSMS: python -m services.<gateway|stations|transactions|smart_charging|security|
 # diagnostics|all>. Dependencies come from requirements.lock (pinned, with hashes: regenerate it with
 # `pip-compile --generate-hashes --strip-extras --allow-unsafe --output-file requirements.lock pyproject.toml`).
 # The runtime stage has no compiler and no pip cache, and runs as uid 10001 with a read-only root filesystem
@@ -30,8 +30,8 @@ ENV PATH=/opt/csms/bin:$PATH \
     FILES_ROOT=/data/files
 WORKDIR /app
 USER 10001:10001
-# websocket gateway, diagnostics HTTP and FTP, ops endpoint (/healthz /readyz /metrics)
-EXPOSE 9000 9080 9021 9100
+# websocket gateway (ws, wss), diagnostics HTTP(S) and FTP(S), ops endpoint (/healthz /readyz /metrics)
+EXPOSE 9000 9443 9080 9021 9100
 # the process handles SIGTERM itself (drain), also as PID 1
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "services.all"]
