@@ -348,3 +348,38 @@ async def test_tls_offload_trusts_the_forwarded_certificate_only_from_a_trusted_
     async with connect(sut.url(other), password=PASSWORD, headers=forwarded(None)) as cp:
         await cp.boot()
     assert await refused(sut.url(other), headers=basic(other, PASSWORD)) == 403  # plain ws at the proxy: profile 1
+
+
+# ---- the development process as the README has it --------------------------------------------------------------
+async def test_the_development_process_asks_for_credentials_unless_told_otherwise(settings, cp_id):
+    """``python -m services.all`` authenticates charge points like production and says how to let one in (a
+    password); only an explicit GATEWAY_AUTH=none lets charge points in without one, said at WARNING."""
+    from csms.client import CsmsClient
+    from tests.support.process import CsmsProcess, eventually_status
+    from tests.support.system import remove_test_system
+
+    for gateway_auth in ("basic", "none"):
+        run = settings.replace(gateway_auth=gateway_auth, namespace=f"{settings.namespace}-{gateway_auth}")
+        process = await CsmsProcess("services.all", run, DATABASE_MIGRATE="true").start()
+        try:
+            await eventually_status(await process.ops_port(), "/readyz", 200, timeout=30)
+            port = int((await process.wait_for_message(r"gateway \S+ listening on [^:]+:(\d+)")).group(1))
+            url = f"ws://127.0.0.1:{port}/ocpp/{cp_id}"
+            warned = [line["message"] for line in process.lines
+                      if line.get("level") == "WARNING" and "NOT authenticated" in line.get("message", "")]
+            if gateway_auth == "basic":
+                assert not warned and any("set_password" in m for m in process.messages())
+                assert await refused(url) == 401
+                async with CsmsClient(run) as client:
+                    await client.api("stations", "set_password", charge_point_id=cp_id, password=KEY)
+                async with connect(url, password=PASSWORD) as cp:
+                    assert (await cp.boot()).status == "Accepted"
+            else:
+                assert len(warned) == 1, process.output()
+                async with connect(url) as cp:
+                    assert (await cp.boot()).status == "Accepted"
+            process.signal()
+            assert await process.wait(timeout=30) == 0, process.output()
+        finally:
+            await process.stop()
+            await remove_test_system(run, load_services())
