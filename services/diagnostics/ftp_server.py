@@ -53,16 +53,18 @@ def ftps_context(settings: "Settings") -> Any:
         return None
     from OpenSSL import SSL
 
+    from csms import pki
+
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION)
-    password = settings.files_tls_key_password.encode()
-    context.set_passwd_cb(lambda *_: password)
     try:
+        key = pki.load_private_key(pki.read_pem_file(settings.files_tls_key_file),
+                                   settings.files_tls_key_password or None)
         context.use_certificate_chain_file(settings.files_tls_cert_file)
-        context.use_privatekey_file(settings.files_tls_key_file)
+        context.use_privatekey(key)
         context.check_privatekey()
-    except SSL.Error as exc:
+    except (SSL.Error, OSError, ValueError, TypeError) as exc:
         raise ValueError(f"FILES_TLS_CERT_FILE / FILES_TLS_KEY_FILE ({settings.files_tls_cert_file}, "
                          f"{settings.files_tls_key_file}) for FTPS: {exc}") from None
     return context

@@ -166,7 +166,9 @@ class Handshake:
         await self._check_lockout(cp, address)
 
         transport = connection.transport
-        secure = tls.is_tls(transport) or (via_proxy and forwarded.forwarded_tls(headers.get("X-Forwarded-Proto")))
+        # TLS here, or at a trusted proxy: it says so, or it forwards a client certificate (only TLS carries one)
+        secure = tls.is_tls(transport) or (via_proxy and (forwarded.forwarded_tls(headers.get("X-Forwarded-Proto"))
+                                                          or bool(headers.get(s.gateway_client_cert_header))))
         certificate = self._certificate(cp, transport, headers, via_proxy, peer)
         authorization = headers.get("Authorization")
         password = None if certificate.cert is not None else admission.basic_password(authorization, cp)
