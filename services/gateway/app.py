@@ -122,6 +122,10 @@ class Gateway:
         """Connect to RabbitMQ (waiting with backoff), then listen. ``settings`` is accepted for the process
         runtime and must be the gateway's own when given."""
         ocpp16.warm_up()
+        try:
+            await self.handshake.load()  # unusable TLS material stops the start before anything connects
+        except TlsUnavailable as exc:
+            raise RuntimeError(f"gateway: TLS cannot be served: {exc}") from None
         self.bus.outages = self.outages
         self.outages.listeners.append(self.metrics.reconnected)
         await until_connected(self.bus.connect, dependency="rabbitmq", outages=self.outages, what="gateway starting",
@@ -134,10 +138,7 @@ class Gateway:
         # no_ack: commands are RPCs with their own timeout; each runs in its own task so one
         # slow charge point never holds up the others.
         await self.queue.consume(self._on_command, no_ack=True)
-        try:
-            await self.handshake.start()
-        except TlsUnavailable as exc:
-            raise RuntimeError(f"gateway: TLS cannot be served: {exc}") from None
+        await self.handshake.start()
         options = dict(subprotocols=[SUBPROTOCOL], process_request=self._process_request,
                        process_response=self._process_response, ping_interval=30, ping_timeout=30, max_size=2 ** 20)
         self.server = await serve(self._handler, self.settings.gateway_host, self.settings.gateway_port, **options)

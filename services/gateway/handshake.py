@@ -90,9 +90,12 @@ class Handshake:
         return self.tls.serving or bool(self.proxies)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Load the TLS material (raises TlsUnavailable), fetch the security service's CA and follow revocations."""
+    async def load(self) -> None:
+        """Read the TLS material (before anything else starts). Raises TlsUnavailable."""
         await asyncio.to_thread(self.tls.load)
+
+    async def start(self) -> None:
+        """Fetch the security service's CA, follow revocations, watch the TLS files (after :meth:`load`)."""
         if self.certificates_possible:
             await self.refresh_csms_ca()
             self._ca_task = asyncio.create_task(self._refresh_loop())

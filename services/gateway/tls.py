@@ -126,9 +126,10 @@ class GatewayTls:
                                  f"{s.gateway_tls_key_file}): {exc}") from None
         if trust:
             context.load_verify_locations(cadata=pki.to_pem(trust))
-            context.verify_mode = ssl.CERT_OPTIONAL  # profile 3 presents one, profile 2 none
-        else:
-            context.verify_mode = ssl.CERT_NONE      # no CA to trust yet: no client certificate is asked for
+        # requested, not required: profile 3 presents one, profile 2 none. Always: a handshake keeps the verify mode
+        # of the listening socket's context (the SNI switch below changes certificate and CAs, not the mode), so a
+        # CA that arrives later works without a restart
+        context.verify_mode = ssl.CERT_OPTIONAL
         context.sni_callback = self._select
         return context
 

@@ -151,8 +151,14 @@ class PgStationRecords:
                 VALUES ($1, $2, $3, $4)
                 ON CONFLICT (charge_point_id) DO UPDATE SET
                     last_connected_at = GREATEST(s.last_connected_at, EXCLUDED.last_connected_at),
-                    remote_address = EXCLUDED.remote_address,
-                    connected_profile = COALESCE(EXCLUDED.connected_profile, s.connected_profile), updated_at = now()
+                    -- what the newest connection says (events of two reconnects may be handled in either order)
+                    remote_address = CASE WHEN s.last_connected_at IS NULL
+                        OR EXCLUDED.last_connected_at >= s.last_connected_at
+                        THEN EXCLUDED.remote_address ELSE s.remote_address END,
+                    connected_profile = CASE WHEN s.last_connected_at IS NULL
+                        OR EXCLUDED.last_connected_at >= s.last_connected_at
+                        THEN COALESCE(EXCLUDED.connected_profile, s.connected_profile) ELSE s.connected_profile END,
+                    updated_at = now()
                 RETURNING security_profile_pending
             """, cp, at, remote_address or None, profile)
             promoted = promote(row["security_profile_pending"], profile) if promote is not None else None

@@ -117,3 +117,38 @@ def test_unusable_material_stops_the_gateway_with_one_line(settings, tmp_path):
 def test_tls_setting_pairs_are_checked(settings, given):
     with pytest.raises(ValidationError, match="set both or neither"):
         settings.replace(**{f"gateway_tls_{given}_file": "/somewhere.pem"})
+
+
+async def test_a_ca_that_arrives_after_the_start_is_trusted_without_a_restart(infrastructure, tmp_path, cp_id):
+    """The security service starts after the gateway: client certificates it issues are accepted once the gateway
+    has its CA (refreshed every few seconds while unknown) -- on the listener opened before."""
+    from ocpp.v16 import call
+
+    from services.security.handlers import service as security_service
+    ca, ca_key = test_pki.make_ca("Test server CA")
+    ca_pem = pki.to_pem(ca)
+    replace_material(tmp_path, ca, ca_key)
+    settings = make_settings(infrastructure, gateway_tls_cert_file=str(tmp_path / "gateway.crt.pem"),
+                             gateway_tls_key_file=str(tmp_path / "gateway.key.pem"))
+    others = [service for service in load_services() if service.name != "security"]
+    sut = await System(settings, others).start()
+    try:
+        gateway = sut.gateways[0]
+        assert gateway.handshake.tls.csms_cas == []
+        await security_service.start(settings)
+        sut.services.append(security_service)
+        assert await gateway.handshake.refresh_csms_ca()
+        identity = test_pki.ChargePointIdentity.new(cp_id)
+        async with connect(sut.wss_url(cp_id), ssl=test_pki.client_context(ca_pem)) as cp:
+            assert (await cp.boot()).status == "Accepted"
+            cp.respond("CertificateSigned", identity.on_certificate_signed((await sut.api(
+                "security", "ca_certificate"))["pem"]))
+            await cp.call_ok(call.SignCertificate(csr=identity.csr_pem()))
+            await cp.wait_for("CertificateSigned")
+        async with connect(sut.wss_url(cp_id), ssl=identity.ssl_context(ca_pem)) as cp:
+            await cp.heartbeat()
+        async with asyncio.timeout(10):  # (recorded from the station.connected event)
+            while (await sut.api("stations", "get_station", charge_point_id=cp_id))["connected_profile"] != 3:
+                await asyncio.sleep(0.05)
+    finally:
+        await sut.stop()

@@ -84,13 +84,14 @@ async def station(sut: System, cp_id: str) -> dict:
     return await sut.api("stations", "get_station", charge_point_id=cp_id)
 
 
-async def recorded_profile(sut: System, cp_id: str, expected: int, timeout: float = 10.0) -> dict:
-    """Wait until the stations service recorded ``expected`` as the station's profile (it follows the
-    station.connected event)."""
+async def recorded_profile(sut: System, cp_id: str, expected: int, field: str = "security_profile",
+                           timeout: float = 10.0) -> dict:
+    """Wait until the stations service recorded ``expected`` as the station's profile (or ``field``: it follows
+    the station.connected event)."""
     async with asyncio.timeout(timeout):
         while True:
             view = await station(sut, cp_id)
-            if view["security_profile"] == expected:
+            if view[field] == expected:
                 return view
             await asyncio.sleep(0.05)
 
@@ -176,8 +177,8 @@ async def test_tc_087_client_certificate_from_sign_certificate(secure, server_tl
         await certificate_by_csms(secure, cp, identity)
     async with connect(secure.wss_url(cp_id), ssl=identity.ssl_context(server_tls.ca_pem)) as cp:
         await cp.heartbeat()
-    view = await station(secure, cp_id)
-    assert view["connected_profile"] == 3 and view["security_profile"] is None  # nothing asked to raise it
+    view = await recorded_profile(secure, cp_id, 3, "connected_profile")
+    assert view["security_profile"] is None  # nothing asked to raise it
 
 
 async def test_wrong_or_missing_client_certificates_are_refused(secure, server_tls, cp_id):
@@ -223,8 +224,8 @@ async def test_tc_083_upgrade_security_profile_and_refuse_the_lower_one(secure, 
         result = await secure.send(cp_id, "ChangeConfiguration", {"key": "SecurityProfile", "value": "2"})
         assert result.payload == {"status": "Accepted"} and result.warnings == []
         assert (await secure.send(cp_id, "Reset", {"type": "Hard"})).payload == {"status": "Accepted"}
-    view = await station(secure, cp_id)
-    assert (view["security_profile"], view["security_profile_pending"], view["connected_profile"]) == (None, 2, 1)
+    view = await recorded_profile(secure, cp_id, 1, "connected_profile")
+    assert (view["security_profile"], view["security_profile_pending"]) == (None, 2)
     # until it has connected at profile 2 the old profile still works (a charge point that cannot make it falls back)
     async with connect(secure.url(cp_id), password=PASSWORD) as cp:
         await cp.heartbeat()
@@ -267,7 +268,7 @@ async def test_gateway_auth_none_still_holds_stations_to_their_recorded_profile(
     try:
         async with connect(sut.url(cp_id)) as cp:
             assert (await cp.boot()).status == "Accepted"
-        assert (await station(sut, cp_id))["connected_profile"] == 0
+        await recorded_profile(sut, cp_id, 0, "connected_profile")
         await sut.api("stations", "set_password", charge_point_id=cp_id, password=KEY)
         await sut.api("stations", "set_security_profile", charge_point_id=cp_id, security_profile=1)
         assert await refused(sut.url(cp_id)) == 401
@@ -324,8 +325,8 @@ async def test_tls_offload_trusts_the_forwarded_certificate_only_from_a_trusted_
     for style in ("envoy", "nginx"):
         async with connect(sut.url(cp_id), headers=forwarded(cert, style=style)) as cp:
             assert (await cp.boot()).status == "Accepted"
-    view = await station(sut, cp_id)
-    assert (view["connected_profile"], view["remote_address"]) == (3, "10.1.2.3")
+    view = await recorded_profile(sut, cp_id, 3, "connected_profile")
+    assert view["remote_address"] == "10.1.2.3"
     # the same headers from an address that is not a trusted proxy are ignored: no TLS, no certificate
     with pytest.raises(InvalidStatus) as info:
         await websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"], open_timeout=5,
