@@ -211,11 +211,14 @@ async def change_configuration(ctx: CommandContext, req: ChangeConfigurationRequ
             ctx.warn(warning)
     result = await ctx.forward()
     status = (result.payload or {}).get("status") if result.ok else None
-    if is_profile and status in ("Accepted", "RebootRequired"):
+    if is_profile and (status in ("Accepted", "RebootRequired") or result.status == "timeout"):
         pending = rules.pending_profile(req.value, recorded)
         if pending is not None:
-            # recorded once the charge point connects at it (whitepaper: it reconnects with the new profile)
+            # recorded once the charge point connects at it (whitepaper: it reconnects with the new profile); a
+            # lost answer too: only a connection at that profile makes it the recorded one
             await store.set_pending_profile(cp, pending)
+            if result.status == "timeout":
+                ctx.warn(f"the charge point did not answer: SecurityProfile {pending} is recorded if it connects at it")
     if is_key and (status in ("Accepted", "RebootRequired") or result.status == "timeout"):
         digest = await asyncio.to_thread(credentials.hash_secret, credentials.key_bytes(req.value))
         if result.ok:

@@ -387,3 +387,41 @@ async def test_the_development_process_asks_for_credentials_unless_told_otherwis
         finally:
             await process.stop()
             await remove_test_system(run, load_services())
+
+
+async def test_each_part_connects_with_its_own_rabbitmq_url(infrastructure, cp_id):
+    """AMQP_SERVICE_URLS: a part named there uses its own URL (its own RabbitMQ user in production); here the
+    gateway and the stations service reach the same broker under another host name."""
+    own = infrastructure.amqp_url.replace("127.0.0.1", "localhost")
+    if own == infrastructure.amqp_url:
+        pytest.skip("the broker URL has no 127.0.0.1 to vary")
+    settings = make_settings(infrastructure, amqp_service_urls={"gateway": own, "stations": own})
+    sut = await System(settings, load_services()).start()
+    try:
+        parts = {service.name: service for service in sut.services}
+        assert sut.gateways[0].settings.amqp_url == own and parts["stations"].settings.amqp_url == own
+        assert parts["transactions"].settings.amqp_url == infrastructure.amqp_url
+        async with connect(sut.url(cp_id)) as cp:
+            assert (await cp.boot()).status == "Accepted"
+    finally:
+        await sut.stop()
+
+
+async def test_a_security_profile_whose_answer_was_lost_is_recorded_once_the_charge_point_uses_it(secure, server_tls,
+                                                                                                 cp_id):
+    await secure.api("stations", "set_password", charge_point_id=cp_id, password=KEY)
+    async with connect(secure.url(cp_id), password=PASSWORD) as cp:
+        await cp.boot()
+
+        async def silent(kwargs):
+            await asyncio.sleep(5)
+        cp.respond("ChangeConfiguration", silent)
+        result = await secure.send(cp_id, "ChangeConfiguration", {"key": "SecurityProfile", "value": "2"}, timeout=0.5)
+        assert result.status == "timeout" and any("recorded if it connects" in w for w in result.warnings)
+    assert (await station(secure, cp_id))["security_profile_pending"] == 2
+    async with connect(secure.url(cp_id), password=PASSWORD):  # it did not apply it (yet): still in
+        pass
+    async with connect(secure.wss_url(cp_id), password=PASSWORD, ssl=server_tls.context()):
+        pass
+    await recorded_profile(secure, cp_id, 2)
+    assert await refused(secure.url(cp_id), headers=basic(cp_id, PASSWORD)) == 403
