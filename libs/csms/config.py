@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     gateway_auth_max_failures_per_address: int = _env("GATEWAY_AUTH_MAX_FAILURES_PER_ADDRESS", 30, ge=1, le=100000)
     gateway_auth_max_failures_per_id: int = _env("GATEWAY_AUTH_MAX_FAILURES_PER_ID", 10, ge=1, le=100000)
     gateway_auth_lockout: float = _env("GATEWAY_AUTH_LOCKOUT", 60.0, gt=0, le=86400)
+    # password checks one source address may have in flight at one gateway instance (429 + Retry-After 1 beyond):
+    # enough for a site's charge points reconnecting at once behind one NAT address; small enough that a burst
+    # from a fresh address cannot fill STATIONS_AUTH_QUEUE before its failures are counted
+    gateway_auth_checks_per_address: int = _env("GATEWAY_AUTH_CHECKS_PER_ADDRESS", 8, ge=1, le=1000)
     # longest charge point id accepted (the percent-decoded last path segment)
     max_charge_point_id_length: int = _env("CSMS_MAX_CHARGE_POINT_ID_LENGTH", 64, ge=1, le=255)
     # seconds a charge point's presence key (gateway instance, session) lives without a refresh; the gateway

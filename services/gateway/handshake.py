@@ -43,9 +43,6 @@ log = logging.getLogger("services.gateway.handshake")
 
 ADMIT_RETRY_AFTER = 10  # seconds a charge point is asked to wait when the handshake cannot be answered
 CA_REFRESH_SECONDS = 300.0  # how often the security service's CA is fetched again
-# password checks one source address may have in flight at this gateway at once (a burst from one address never
-# fills the stations service's queue of checks; charge points behind one NAT retry after a second)
-MAX_CHECKS_PER_ADDRESS = 16
 CLOSE_POLICY_VIOLATION = 1008  # the charge point may no longer be connected (its certificate was revoked)
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
 
@@ -166,7 +163,7 @@ class Handshake:
         peer = connection.remote_address[0] if connection.remote_address else ""
         via_proxy = bool(self.proxies) and forwarded.trusted(peer, self.proxies)
         address = forwarded.client_address(peer, headers.get("X-Forwarded-For"), self.proxies)
-        await self._check_lockout(cp, address)
+        suspect = await self._check_lockout(cp, address)
 
         transport = connection.transport
         # TLS here, or at a trusted proxy: it says so, or it forwards a client certificate (only TLS carries one)
@@ -179,14 +176,16 @@ class Handshake:
         if certificate.cert is None and authorization is not None and password is None:
             presented_password = False  # credentials that cannot be right (another user, not base64 ...)
 
-        if password is not None and self._checking.get(address, 0) >= MAX_CHECKS_PER_ADDRESS:
+        # a burst from one fresh address (before any of its failures is counted) never fills the queue of checks
+        if password is not None and self._checking.get(address, 0) >= s.gateway_auth_checks_per_address:
             self.gateway.metrics.auth_failure("busy")
             raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many logins from this address at once: try again",
                           {"Retry-After": "1"})
         if password is not None:
             self._checking[address] = self._checking.get(address, 0) + 1
         try:
-            answer, revoked = await asyncio.gather(self._ask_stations(cp, password), self._revoked(certificate))
+            answer, revoked = await asyncio.gather(self._ask_stations(cp, password, suspect),
+                                                   self._revoked(certificate))
         finally:
             if password is not None:
                 left = self._checking[address] - 1
@@ -223,15 +222,16 @@ class Handshake:
         return Admitted(cp, answer.boot_status, security_profile=profile, certificate=certificate.fingerprint,
                         remote_address=remote)
 
-    async def _check_lockout(self, cp: str, address: str) -> None:
+    async def _check_lockout(self, cp: str, address: str) -> bool:
+        """Raises Refused (429) when the address or the id is locked for it; True when the address is suspect."""
         guard = self.gateway.logins
         if guard is None:
-            return
+            return False
         try:
             lock = await guard.check(cp, address)
         except RedisError as exc:
             log.warning("login lockout check for %s skipped: %s", cp, exc)
-            return
+            return False
         if lock.refused:
             self.gateway.metrics.auth_failure("locked")
             retry_after = max(1, math.ceil(lock.retry_after))
@@ -239,6 +239,7 @@ class Handshake:
                      retry_after)
             raise Refused(HTTPStatus.TOO_MANY_REQUESTS,
                           f"too many failed logins: try again in {retry_after} s", {"Retry-After": str(retry_after)})
+        return lock.suspect
 
     async def _failed(self, cp: str, address: str, reason: str, message: str) -> None:
         self.gateway.metrics.auth_failure(reason)
@@ -286,13 +287,15 @@ class Handshake:
                                                    f"not this charge point")
         return _Certificate(cert, fingerprint)
 
-    async def _ask_stations(self, cp: str, password: bytes | None) -> AdmitResult:
+    async def _ask_stations(self, cp: str, password: bytes | None, suspect: bool) -> AdmitResult:
+        # (only sent when true: a stations service of the previous version refuses the parameter -- suspects only)
+        extra = {"suspect": True} if suspect and password is not None else {}
         try:
             return AdmitResult.model_validate(await call_api(
                 self.gateway.rpc, "stations", "admit", timeout=self.settings.call_timeout, charge_point_id=cp,
-                password_b64=base64.b64encode(password).decode() if password is not None else None))
+                password_b64=base64.b64encode(password).decode() if password is not None else None, **extra))
         except ApiCallFailed as exc:
-            level = logging.WARNING if exc.status == 503 else logging.ERROR
+            level = logging.INFO if suspect else logging.WARNING if exc.status == 503 else logging.ERROR
             log.log(level, "cannot admit %s: %s", cp, exc)
             raise unavailable() from None
         except ValueError as exc:

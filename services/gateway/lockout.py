@@ -6,6 +6,8 @@ per source address and per charge point id, checked before any password is looke
 * A charge point id with ``GATEWAY_AUTH_MAX_FAILURES_PER_ID`` failed logins (from anywhere) within the window is
   locked as well -- but only for the addresses that failed for it: a flood of wrong passwords for an id never
   locks out the real charge point, which does not fail.
+* An address that failed recently but is not locked is *suspect*: the stations service checks its passwords on
+  threads of their own, so a flood never delays the logins of addresses that do not fail.
 
 Keys (``Settings.key``, each part percent-encoded): ``gateway:auth:address:<addr>:failures|locked``,
 ``gateway:auth:id:<id>:failures|locked``, ``gateway:auth:id:<id>:address:<addr>`` (that address's failures for the
@@ -19,13 +21,17 @@ import redis.asyncio as aioredis
 
 from csms.config import Settings
 
-# KEYS: address lock, id lock, pair failures -> {refused, wait ms, what (1 address, 2 id)}
+# KEYS: address lock, id lock, pair failures, address failures
+# -> {refused, wait ms, what (1 address, 2 id), suspect (the address failed recently)}
 _CHECK = """
 local wait = redis.call('PTTL', KEYS[1])
-if wait > 0 then return {1, wait, 1} end
+if wait > 0 then return {1, wait, 1, 1} end
+local pair = tonumber(redis.call('GET', KEYS[3]) or '0')
 wait = redis.call('PTTL', KEYS[2])
-if wait > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then return {1, wait, 2} end
-return {0, 0, 0}
+if wait > 0 and pair > 0 then return {1, wait, 2, 1} end
+local suspect = 0
+if pair > 0 or tonumber(redis.call('GET', KEYS[4]) or '0') > 0 then suspect = 1 end
+return {0, 0, 0, suspect}
 """
 
 # KEYS: address failures, address lock, id failures, id lock, pair failures
@@ -59,6 +65,7 @@ class Lock:
     refused: bool
     retry_after: float = 0.0        # seconds
     what: str = ""                  # "address" | "id"
+    suspect: bool = False           # not locked, but the address failed logins recently: checked after the others
 
 
 @dataclass(frozen=True)
@@ -86,10 +93,11 @@ class LoginGuard:
     async def check(self, charge_point_id: str, address: str) -> Lock:
         """Whether this handshake is refused without looking at its credentials. Raises RedisError."""
         k = self._keys(charge_point_id, address)
-        refused, wait_ms, what = await self._check(keys=[k["address_lock"], k["id_lock"], k["pair"]])
+        refused, wait_ms, what, suspect = await self._check(
+            keys=[k["address_lock"], k["id_lock"], k["pair"], k["address_failures"]])
         if not refused:
-            return Lock(False)
-        return Lock(True, int(wait_ms) / 1000, "address" if int(what) == 1 else "id")
+            return Lock(False, suspect=bool(suspect))
+        return Lock(True, int(wait_ms) / 1000, "address" if int(what) == 1 else "id", True)
 
     async def failed(self, charge_point_id: str, address: str) -> Counted:
         """Count a failed login. Raises RedisError."""

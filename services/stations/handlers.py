@@ -324,7 +324,7 @@ async def api_admit(ctx: ApiContext, params: AdmitParams) -> AdmitResult:
     if presented is None:
         return result
     try:
-        verdict = await verifier().verify(presented, known.credentials)
+        verdict = await verifier().verify(presented, known.credentials, suspect=params.suspect)
     except Busy:
         raise ApiError("too many password checks waiting: try again shortly", 503) from None
     if verdict.pending:

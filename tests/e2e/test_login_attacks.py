@@ -32,7 +32,7 @@ def basic(cp_id: str, password: bytes) -> dict[str, str]:
 async def attempt(url: str, cp_id: str, password: bytes, source: str) -> int:
     """One handshake from ``source``; its HTTP status (101 when accepted)."""
     try:
-        async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=10, local_addr=(source, 0),
+        async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=30, local_addr=(source, 0),
                                       additional_headers=basic(cp_id, password)):
             return 101
     except InvalidStatus as exc:
@@ -126,7 +126,9 @@ async def test_a_flood_of_wrong_passwords_while_real_charge_points_log_in_and_he
         async def charge_point(cp_id: str) -> int:
             served = 0
             for round_number in range(4):
-                async with connect(sut.url(cp_id, gateway=round_number % 2), password=PASSWORD) as cp:
+                # (a real charge point waits half a minute for its handshake; the machine may be loaded)
+                async with connect(sut.url(cp_id, gateway=round_number % 2), password=PASSWORD,
+                                   open_timeout=30) as cp:
                     if round_number == 0:
                         assert (await cp.boot()).status == "Accepted"
                     for _ in range(3):

@@ -185,6 +185,15 @@ async def test_password_checks_are_bounded_and_cost_the_same_for_unknown_ids():
         with pytest.raises(Busy):
             await verifier.verify(b"guess-3", stored)
         assert [v.authenticated for v in await asyncio.gather(*checks)] == [False, False]
+        # checks from suspect addresses have threads of their own: while they are all busy, the others get through
+        suspects = [asyncio.create_task(verifier.verify(f"flood-{n}".encode(), stored, suspect=True))
+                    for n in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Busy):
+            await verifier.verify(b"flood-3", stored, suspect=True)
+        assert (await verifier.verify(b"another-right-one", Credentials(
+            credentials.hash_secret(b"another-right-one"), None))).authenticated is True
+        assert [v.authenticated for v in await asyncio.gather(*suspects)] == [False, False]
         # a cached password never waits
         checks = [asyncio.create_task(verifier.verify(f"guess-{n}".encode(), stored)) for n in range(2)]
         await asyncio.sleep(0)

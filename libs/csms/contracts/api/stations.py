@@ -70,6 +70,8 @@ class AdmitParams(Params):
     charge_point_id: ChargePointId
     password_b64: str | None = Field(None, max_length=1024, description=(
         "the Basic-auth password the charge point presented, base64 (any bytes); null: not checked"))
+    suspect: bool = Field(False, description=(
+        "the source address failed logins recently: its check waits for threads of its own, never delaying others"))
 
 
 class AuthenticateParams(Params):
