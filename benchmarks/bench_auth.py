@@ -1,7 +1,8 @@
 """Basic auth under attack: real charge points log in (HTTP Basic, profile 1) and send heartbeats, first on a quiet
 system, then while a flood of handshakes with wrong passwords comes from two other addresses (127.0.0.2/3).
 Reported as ratios in the same run: login and heartbeat times under the flood against quiet, a first login
-(scrypt) against a repeat one (the verified cache), and how many password checks the flood cost.
+(scrypt) against a repeat one (the verified cache), and how many password checks the flood cost. The real charge
+points share one address and retry after 429/503 as real ones do (Retry-After); how often is printed.
 
     python benchmarks/bench_auth.py --charge-points 20 --rounds 5 --attackers 40 --attempts 20
 """
@@ -37,11 +38,23 @@ def basic(cp_id: str, password: bytes) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(cp_id.encode() + b":" + password).decode()}
 
 
-async def charge_point(url: str, cp_id: str, rounds: int, timings: dict[str, list[float]]) -> None:
+async def login(url: str, cp_id: str, refusals: Counter):
+    """Connect like a real charge point: on 429/503 wait Retry-After and try again (counted)."""
+    while True:
+        try:
+            return await websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=60,
+                                            additional_headers=basic(cp_id, bytes.fromhex(KEY)))
+        except InvalidStatus as exc:
+            if exc.response.status_code not in (429, 503):
+                raise
+            refusals[exc.response.status_code] += 1
+            await asyncio.sleep(float(exc.response.headers.get("Retry-After", "1")))
+
+
+async def charge_point(url: str, cp_id: str, rounds: int, timings: dict[str, list[float]], refusals: Counter) -> None:
     for round_number in range(rounds):
         started = time.perf_counter()
-        async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=60,
-                                      additional_headers=basic(cp_id, bytes.fromhex(KEY))) as ws:
+        async with await login(url, cp_id, refusals) as ws:
             timings["first login" if round_number == 0 else "repeat login"].append(time.perf_counter() - started)
             if round_number == 0:
                 await ws.send(json.dumps([2, "b", "BootNotification", {"chargePointVendor": "bench",
@@ -75,13 +88,15 @@ def p(values: list[float], q: float) -> float:
 async def phase(sut: System, ids: list[str], rounds: int, flood: tuple[int, int] | None):
     timings: dict[str, list[float]] = {k: [] for k in ("first login", "repeat login", "Heartbeat")}
     outcomes: Counter = Counter()
+    refusals: Counter = Counter()
     verifier = stations.verifier()
     hashed, started = verifier.hashed, time.perf_counter()
     attackers = [asyncio.create_task(attacker(sut, n, flood[1], outcomes)) for n in range(flood[0])] if flood else []
     await asyncio.sleep(0.2 if flood else 0)
-    await asyncio.gather(*(charge_point(sut.url(cp, gateway=i % 2), cp, rounds, timings) for i, cp in enumerate(ids)))
+    await asyncio.gather(*(charge_point(sut.url(cp, gateway=i % 2), cp, rounds, timings, refusals)
+                           for i, cp in enumerate(ids)))
     await asyncio.gather(*attackers)
-    return timings, outcomes, verifier.hashed - hashed, time.perf_counter() - started
+    return timings, outcomes, verifier.hashed - hashed, time.perf_counter() - started, refusals
 
 
 async def main() -> None:
@@ -106,9 +121,9 @@ async def main() -> None:
             await sut.stop()
     print(f"{args.charge_points} charge points x {args.rounds} logins x 3 heartbeats, at 2 gateway instances; flood: "
           f"{args.attackers} attackers x {args.attempts} wrong passwords")
-    for (timings, outcomes, hashed, elapsed), label in ((quiet, "quiet"), (flood, "flood")):
-        print(f"-- {label}: {elapsed:.2f} s, password checks (scrypt) {hashed}"
-              + (f", flood answers {dict(sorted(outcomes.items()))}" if outcomes else ""))
+    for (timings, outcomes, hashed, elapsed, refusals), label in ((quiet, "quiet"), (flood, "flood")):
+        print(f"-- {label}: {elapsed:.2f} s, password checks (scrypt) {hashed}, real charge points asked to retry "
+              f"{dict(refusals) or 0}" + (f", flood answers {dict(sorted(outcomes.items()))}" if outcomes else ""))
         for name, values in timings.items():
             print(f"{name:>14}: n={len(values):4d}  p50 {p(values, .5):8.2f} ms  p99 {p(values, .99):8.2f} ms  "
                   f"mean {statistics.mean(values) * 1000:8.2f} ms")
