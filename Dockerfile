@@ -30,8 +30,8 @@ ENV PATH=/opt/csms/bin:$PATH \
     FILES_ROOT=/data/files
 WORKDIR /app
 USER 10001:10001
-# websocket gateway, diagnostics HTTP and FTP, HTTP API, ops endpoint (/healthz /readyz /metrics)
-EXPOSE 9000 9080 9021 8080 9100
+# websocket gateway (ws, wss), diagnostics HTTP(S) and FTP(S), HTTP API, ops endpoint (/healthz /readyz /metrics)
+EXPOSE 9000 9443 9080 9021 8080 9100
 # the process handles SIGTERM itself (drain), also as PID 1
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "services.all"]

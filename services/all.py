@@ -3,7 +3,9 @@
     python -m services.all
 
 Development mode: unless ``DATABASE_MIGRATE`` is set, the database named in ``DATABASE_URL`` is created
-if missing and migrated at start (logged). One ops endpoint (``OPS_PORT``) serves every part; SIGTERM
+if missing and migrated at start (logged). Charge points authenticate as in production (GATEWAY_AUTH=basic);
+``GATEWAY_AUTH=none python -m services.all`` lets charge points without a recorded security profile in without
+credentials -- development only, logged at WARNING. One ops endpoint (``OPS_PORT``) serves every part; SIGTERM
 drains the gateway, then the services.
 """
 from __future__ import annotations
@@ -22,6 +24,12 @@ log = logging.getLogger("csms")
 
 
 def development(settings: Settings) -> Settings:
+    """Development conveniences, each said at start. Charge point authentication is NOT relaxed here: only an
+    explicit GATEWAY_AUTH=none does that (and the start-up log says so at WARNING)."""
+    if settings.gateway_auth == "basic":
+        log.info("charge points authenticate with HTTP Basic auth: give one a password with `csms api stations "
+                 "set_password charge_point_id=CP-1 password=<hex AuthorizationKey>`, or start with GATEWAY_AUTH=none "
+                 "(development only) to let charge points without a recorded profile in without credentials")
     if os.environ.get("DATABASE_MIGRATE"):
         return settings
     log.warning("development mode: DATABASE_MIGRATE not set, so the database is created and migrated")

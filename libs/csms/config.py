@@ -9,6 +9,8 @@ runs) can share one RabbitMQ vhost and Redis. ``DATABASE_SCHEMA`` does the same 
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
 import uuid
 from typing import Any, Literal
@@ -33,6 +35,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, populate_by_name=True)
 
     amqp_url: str = _env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    # RabbitMQ credentials per process part, JSON: {"gateway": "amqp://gw:...@host/", "stations": ...}; a part not
+    # named uses AMQP_URL (one process per service can simply get its own AMQP_URL instead)
+    amqp_service_urls: dict[str, str] = _env("AMQP_SERVICE_URLS", {})
     redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
     namespace: str = _env("CSMS_NAMESPACE", "csms", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # PostgreSQL: the system of record. The schema holds every table (and alembic's version table).
@@ -47,8 +52,45 @@ class Settings(BaseSettings):
     gateway_port: int = _env("GATEWAY_PORT", 9000, ge=0, le=65535)
     gateway_instance: str = Field(default_factory=lambda: uuid.uuid4().hex[:12],
                                   validation_alias=AliasChoices("GATEWAY_INSTANCE", "gateway_instance"))
-    # charge point authentication at the websocket handshake: none | basic (OCPP security profile 1/2)
-    gateway_auth: Literal["none", "basic"] = _env("GATEWAY_AUTH", "none")
+    # ---- charge point security (OCPP 1.6 security whitepaper profiles; services/gateway/profiles.py) ----
+    # basic: every charge point authenticates (at least GATEWAY_MIN_SECURITY_PROFILE, and never below the profile
+    # recorded for it). none (development only, logged at WARNING): a charge point without a recorded profile may
+    # connect without credentials (profile 0)
+    gateway_auth: Literal["none", "basic"] = _env("GATEWAY_AUTH", "basic")
+    # the lowest profile accepted from any charge point when GATEWAY_AUTH=basic: 1 Basic auth, 2 TLS + Basic auth,
+    # 3 TLS with a client certificate. 2 and 3 need TLS (GATEWAY_TLS_CERT_FILE or GATEWAY_TRUSTED_PROXIES)
+    gateway_min_security_profile: int = _env("GATEWAY_MIN_SECURITY_PROFILE", 1, ge=1, le=3)
+    # TLS served by the gateway itself (wss://host:GATEWAY_TLS_PORT): the server certificate (PEM, followed by its
+    # intermediates) and key; reloaded when the files change (checked every GATEWAY_TLS_RELOAD_INTERVAL seconds) or
+    # on SIGHUP, without dropping connections
+    gateway_tls_port: int = _env("GATEWAY_TLS_PORT", 9443, ge=0, le=65535)
+    gateway_tls_cert_file: str = _env("GATEWAY_TLS_CERT_FILE", "")
+    gateway_tls_key_file: str = _env("GATEWAY_TLS_KEY_FILE", "")
+    gateway_tls_key_password: str = _env("GATEWAY_TLS_KEY_PASSWORD", "")
+    # client certificates (profile 3) are trusted when issued by the security service's CA or by a CA in this PEM
+    # bundle (e.g. the manufacturer's CA of factory-installed certificates)
+    gateway_tls_client_ca_file: str = _env("GATEWAY_TLS_CLIENT_CA_FILE", "")
+    gateway_tls_reload_interval: float = _env("GATEWAY_TLS_RELOAD_INTERVAL", 30.0, gt=0, le=86400)
+    # TLS offload: handshakes from these addresses (comma-separated IPs or CIDRs, e.g. the ingress controller's
+    # pods) are trusted for X-Forwarded-Proto, X-Forwarded-For and the client certificate header below; the same
+    # headers from anyone else are ignored
+    gateway_trusted_proxies: str = _env("GATEWAY_TRUSTED_PROXIES", "", max_length=4096)
+    # the header a trusted proxy forwards the client certificate in: URL-encoded PEM (nginx
+    # $ssl_client_escaped_cert), an Envoy X-Forwarded-Client-Cert element with Cert="...", or base64 DER
+    gateway_client_cert_header: str = _env("GATEWAY_CLIENT_CERT_HEADER", "X-Forwarded-Client-Cert",
+                                           pattern=r"^[A-Za-z0-9-]{1,64}$")
+    # Basic auth under attack: more than GATEWAY_AUTH_MAX_FAILURES_PER_ADDRESS failed logins from one source address,
+    # or GATEWAY_AUTH_MAX_FAILURES_PER_ID for one charge point id, within GATEWAY_AUTH_FAILURE_WINDOW seconds lock
+    # them for GATEWAY_AUTH_LOCKOUT seconds (HTTP 429 + Retry-After, answered without checking the password). A
+    # locked id stays open to addresses that have not failed for it (the real charge point keeps getting in)
+    gateway_auth_failure_window: float = _env("GATEWAY_AUTH_FAILURE_WINDOW", 60.0, gt=0, le=86400)
+    gateway_auth_max_failures_per_address: int = _env("GATEWAY_AUTH_MAX_FAILURES_PER_ADDRESS", 30, ge=1, le=100000)
+    gateway_auth_max_failures_per_id: int = _env("GATEWAY_AUTH_MAX_FAILURES_PER_ID", 10, ge=1, le=100000)
+    gateway_auth_lockout: float = _env("GATEWAY_AUTH_LOCKOUT", 60.0, gt=0, le=86400)
+    # password checks one source address may have in flight at one gateway instance (429 + Retry-After 1 beyond):
+    # enough for a site's charge points reconnecting at once behind one NAT address; small enough that a burst
+    # from a fresh address cannot fill STATIONS_AUTH_QUEUE before its failures are counted
+    gateway_auth_checks_per_address: int = _env("GATEWAY_AUTH_CHECKS_PER_ADDRESS", 8, ge=1, le=1000)
     # longest charge point id accepted (the percent-decoded last path segment)
     max_charge_point_id_length: int = _env("CSMS_MAX_CHARGE_POINT_ID_LENGTH", 64, ge=1, le=255)
     # seconds a charge point's presence key (gateway instance, session) lives without a refresh; the gateway
@@ -75,6 +117,10 @@ class Settings(BaseSettings):
     tx_event_retry: float = _env("TRANSACTIONS_EVENT_RETRY_SECONDS", 10.0, gt=0, le=3600)
     # stations
     heartbeat_interval: int = _env("CSMS_HEARTBEAT_INTERVAL", 300, ge=1, le=86400)
+    # password checks (scrypt) run on this many threads; at most STATIONS_AUTH_QUEUE wait for one, beyond that a
+    # handshake is answered 503 + Retry-After instead of piling up (a password verified before is not hashed again)
+    stations_auth_workers: int = _env("STATIONS_AUTH_WORKERS", 2, ge=1, le=64)
+    stations_auth_queue: int = _env("STATIONS_AUTH_QUEUE", 64, ge=1, le=10000)
     boot_policy: Literal["accept", "registered"] = _env("CSMS_BOOT_POLICY", "accept")
     # diagnostics / firmware file intake
     files_host: str = _env("FILES_HOST", "0.0.0.0")
@@ -84,8 +130,16 @@ class Settings(BaseSettings):
     files_root: str = _env("FILES_ROOT", "./var/files")
     upload_max_bytes: int = _env("UPLOAD_MAX_BYTES", 50 * 1024 * 1024, ge=1)
     upload_ttl: int = _env("UPLOAD_TTL", 3600, ge=1)
-    # Bearer token required for GET /files* and PUT /firmware (operators); empty = open (development only)
-    files_operator_token: str = _env("FILES_OPERATOR_TOKEN", "")
+    # Bearer token required for GET /files* and PUT /firmware (operators). Empty: one is generated at the first
+    # start, kept in FILES_ROOT/.operator-token (mode 0600) and printed once -- the routes are never open
+    files_operator_token: str = _env("FILES_OPERATOR_TOKEN", "", max_length=512)
+    # HTTPS for uploads and downloads and FTPS (explicit, AUTH TLS required) for FTP uploads: certificate chain and
+    # key (PEM). Set: the default public URLs are https:// and ftps://
+    files_tls_cert_file: str = _env("FILES_TLS_CERT_FILE", "")
+    files_tls_key_file: str = _env("FILES_TLS_KEY_FILE", "")
+    files_tls_key_password: str = _env("FILES_TLS_KEY_PASSWORD", "")
+    # offer FTP (FTPS with FILES_TLS_*) for GetDiagnostics / GetLog uploads at all
+    files_ftp_enabled: bool = _env("FILES_FTP_ENABLED", True)
     # FTP passive data ports ("60000-60100" or "60000,60001"; empty: any) and the public address
     # announced in PASV replies when the FTP server sits behind NAT (empty: the bound address)
     ftp_passive_ports: str = _env("FILES_FTP_PASSIVE_PORTS", "")
@@ -136,7 +190,23 @@ class Settings(BaseSettings):
     @field_validator("files_public_ftp_url")
     @classmethod
     def _public_ftp_url(cls, value: str) -> str:
-        return check_public_url(value, ("ftp",), allow_path=False) if value else value
+        return check_public_url(value, ("ftp", "ftps"), allow_path=False) if value else value
+
+    @field_validator("gateway_trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        proxy_networks(value)  # ValueError naming the bad entry
+        return value
+
+    @field_validator("amqp_service_urls")
+    @classmethod
+    def _service_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for part, url in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", part):
+                raise ValueError(f"{part!r} is not a part name (gateway, stations, ...)")
+            if not url.startswith(("amqp://", "amqps://")):
+                raise ValueError(f"the URL of {part!r} must start with amqp:// or amqps://")
+        return value
 
     @field_validator("ftp_passive_ports")
     @classmethod
@@ -236,10 +306,37 @@ class Settings(BaseSettings):
         for cert, key, names in (
                 (self.security_ca_cert_file, self.security_ca_key_file, "SECURITY_CA_CERT_FILE/SECURITY_CA_KEY_FILE"),
                 (self.firmware_signing_cert_file, self.firmware_signing_key_file,
-                 "FIRMWARE_SIGNING_CERT_FILE/FIRMWARE_SIGNING_KEY_FILE")):
+                 "FIRMWARE_SIGNING_CERT_FILE/FIRMWARE_SIGNING_KEY_FILE"),
+                (self.gateway_tls_cert_file, self.gateway_tls_key_file, "GATEWAY_TLS_CERT_FILE/GATEWAY_TLS_KEY_FILE"),
+                (self.files_tls_cert_file, self.files_tls_key_file, "FILES_TLS_CERT_FILE/FILES_TLS_KEY_FILE")):
             if bool(cert) != bool(key):
                 raise ValueError(f"{names}: set both or neither")
         return self
+
+    @model_validator(mode="after")
+    def _profiles_need_tls(self) -> "Settings":
+        # profiles 2 and 3 for everyone, but nothing that could carry TLS: no charge point could ever connect
+        if self.gateway_auth == "basic" and self.gateway_min_security_profile >= 2 and not (
+                self.gateway_tls_cert_file or self.gateway_trusted_proxies):
+            raise ValueError(f"GATEWAY_MIN_SECURITY_PROFILE={self.gateway_min_security_profile} needs TLS: set "
+                             "GATEWAY_TLS_CERT_FILE/GATEWAY_TLS_KEY_FILE or GATEWAY_TRUSTED_PROXIES (TLS offload)")
+        return self
+
+    @property
+    def gateway_tls(self) -> bool:
+        """The gateway serves wss itself."""
+        return bool(self.gateway_tls_cert_file)
+
+    @property
+    def files_tls(self) -> bool:
+        """The file intake serves HTTPS and FTPS."""
+        return bool(self.files_tls_cert_file)
+
+    def for_part(self, part: str) -> "Settings":
+        """The settings one part of a process (``gateway``, ``stations`` ...) runs with: its own RabbitMQ
+        credentials when AMQP_SERVICE_URLS names it."""
+        url = self.amqp_service_urls.get(part)
+        return self if url is None or url == self.amqp_url else self.replace(amqp_url=url)
 
     def key(self, *parts: object) -> str:
         """Redis key inside this system's namespace: ``<ns>:part1:part2``; each part percent-encoded."""
@@ -252,6 +349,17 @@ class Settings(BaseSettings):
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some settings changed (validated like the originals)."""
         return type(self)(**{**self.model_dump(), **changes})
+
+
+def proxy_networks(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks of GATEWAY_TRUSTED_PROXIES (``10.0.0.0/8, 192.168.1.7``); ValueError naming a bad entry."""
+    networks = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or network") from None
+    return networks
 
 
 def check_public_url(value: str, schemes: tuple[str, ...], *, allow_path: bool) -> str:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import ipaddress
 import os
 import re
 import time
@@ -182,14 +183,15 @@ def normal_serial(serial: str) -> str:
 
 
 # ---- issuing ---------------------------------------------------------------------------------------
-Usage = Literal["ca", "client", "code_signing"]
+Usage = Literal["ca", "client", "code_signing", "server"]
 
 
 def issue_certificate(*, subject: x509.Name, public_key: object, issuer_cert: x509.Certificate | None,
                       issuer_key: PrivateKey, days: float, usage: Usage,
-                      now: dt.datetime | None = None) -> x509.Certificate:
+                      now: dt.datetime | None = None, hosts: list[str] | None = None) -> x509.Certificate:
     """Sign a certificate. ``issuer_cert`` None: self-signed (a root). Validity starts 5 minutes before
-    ``now`` (clock skew) and never ends after the issuer's."""
+    ``now`` (clock skew) and never ends after the issuer's. ``hosts``: DNS names and IP addresses of a server
+    certificate (subjectAltName; TLS clients check the host name there)."""
     now = now or utcnow()
     start = now - dt.timedelta(minutes=5)
     end = now + dt.timedelta(days=days)
@@ -214,12 +216,22 @@ def issue_certificate(*, subject: x509.Name, public_key: object, issuer_cert: x5
         builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         builder = builder.add_extension(x509.KeyUsage(
             digital_signature=True, content_commitment=usage == "code_signing",
-            key_encipherment=rsa_key and usage == "client", data_encipherment=False,
-            key_agreement=not rsa_key and usage == "client", key_cert_sign=False, crl_sign=False,
+            key_encipherment=rsa_key and usage in ("client", "server"), data_encipherment=False,
+            key_agreement=not rsa_key and usage in ("client", "server"), key_cert_sign=False, crl_sign=False,
             encipher_only=False, decipher_only=False), critical=True)
-        purpose = ExtendedKeyUsageOID.CLIENT_AUTH if usage == "client" else ExtendedKeyUsageOID.CODE_SIGNING
+        purpose = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}.get(
+            usage, ExtendedKeyUsageOID.CODE_SIGNING)
         builder = builder.add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+    if hosts:
+        builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False)
     return builder.sign(issuer_key, signature_hash(issuer_key))
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def name(common_name: str, organization: str | None = None) -> x509.Name:

@@ -278,7 +278,8 @@ class Service:
     # ---- runtime ------------------------------------------------------------------------
     async def start(self, settings: Settings | None = None) -> "Service":
         """Connect (waiting with backoff for Redis, PostgreSQL and RabbitMQ), declare the queues, consume."""
-        self.settings = settings = settings or Settings()
+        # its own RabbitMQ credentials when AMQP_SERVICE_URLS names it
+        self.settings = settings = (settings or Settings()).for_part(self.name)
         self.metrics = Metrics(self.name)
         self.outages.listeners.append(self.metrics.reconnected)
         self.draining, self._inflight, self._idle = False, 0, asyncio.Event()

@@ -4,6 +4,10 @@ credentials of its upload URL and STORs exactly one file; nothing can be read, l
 pyftpdlib is synchronous, so every grant, record and commit operation runs on the service's event loop
 (``asyncio.run_coroutine_threadsafe``): the FTP and HTTP paths share one implementation (intake.py).
 Each login gets an empty jail directory; the file is moved into place when the transfer completes.
+
+With a TLS context (FILES_TLS_*) it is explicit FTPS: AUTH TLS before USER/PASS and PROT P before PASV/PORT are
+required (pyftpdlib's TLS handlers over pyOpenSSL), TLS 1.2 or newer; the credentials and the file never cross the
+network in clear.
 """
 from __future__ import annotations
 
@@ -19,11 +23,11 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyftpdlib.authorizers import AuthenticationFailed, DummyAuthorizer
 from pyftpdlib.filesystems import AbstractedFS
-from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.log import logger as ftp_logger
 from pyftpdlib.servers import FTPServer
@@ -33,11 +37,37 @@ from services.diagnostics.errors import GrantBusy, GrantNotFound, GrantSpent
 from services.diagnostics.grants import Grant
 from services.diagnostics.intake import FileIntake
 
+if TYPE_CHECKING:
+    from csms.config import Settings
+
 log = logging.getLogger("csms.diagnostics.ftp")
 
 T = TypeVar("T")
 # longest an FTP session waits for the event loop (a grant check, a commit)
 LOOP_TIMEOUT = 30.0
+
+
+def ftps_context(settings: "Settings") -> Any:
+    """The pyOpenSSL context of explicit FTPS (None without FILES_TLS_CERT_FILE). Raises ValueError (one line)."""
+    if not settings.files_tls:
+        return None
+    from OpenSSL import SSL
+
+    from csms import pki
+
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION)
+    try:
+        key = pki.load_private_key(pki.read_pem_file(settings.files_tls_key_file),
+                                   settings.files_tls_key_password or None)
+        context.use_certificate_chain_file(settings.files_tls_cert_file)
+        context.use_privatekey(key)
+        context.check_privatekey()
+    except (SSL.Error, OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"FILES_TLS_CERT_FILE / FILES_TLS_KEY_FILE ({settings.files_tls_cert_file}, "
+                         f"{settings.files_tls_key_file}) for FTPS: {exc}") from None
+    return context
 
 
 def parse_port_range(spec: str | None) -> list[int] | None:
@@ -338,6 +368,7 @@ class FtpIntake:
         auth_failed_delay: float = 1.0,
         max_connections: int = 256,
         max_connections_per_ip: int = 16,
+        tls_context: Any = None,
     ) -> None:
         self.files = files
         self.host = host
@@ -349,6 +380,7 @@ class FtpIntake:
         self.auth_failed_delay = auth_failed_delay
         self.max_connections = max_connections
         self.max_connections_per_ip = max_connections_per_ip
+        self.tls_context = tls_context  # pyOpenSSL context: explicit FTPS (ftps_context)
         self.sessions_dir = files.disk.ftp_dir / uuid.uuid4().hex[:12]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: FTPServer | None = None
@@ -376,8 +408,14 @@ class FtpIntake:
         self._loop = asyncio.get_running_loop()
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
 
-        dtp_cls = type("IntakeDTPHandler", (_IntakeDTPHandler,), {"timeout": self.data_timeout})
-        handler_cls = type("IntakeFTPHandler", (_IntakeFTPHandler,), {
+        tls = self.tls_context is not None
+        dtp_bases = (_IntakeDTPHandler, TLS_DTPHandler) if tls else (_IntakeDTPHandler,)
+        handler_bases = (_IntakeFTPHandler, TLS_FTPHandler) if tls else (_IntakeFTPHandler,)
+        tls_options = {"ssl_context": self.tls_context, "tls_control_required": True,
+                       "tls_data_required": True} if tls else {}
+        dtp_cls = type("IntakeDTPHandler", dtp_bases, {"timeout": self.data_timeout})
+        handler_cls = type("IntakeFTPHandler", handler_bases, {
+            **tls_options,
             "server_ref": self,
             "authorizer": _GrantAuthorizer(self),
             "abstracted_fs": _JailFS,
@@ -399,7 +437,7 @@ class FtpIntake:
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name=f"ftp-intake-{self.port}", daemon=True)
         self._thread.start()
-        log.info("FTP intake listening on %s:%s", self.host, self.port)
+        log.info("%s intake listening on %s:%s", "FTPS" if tls else "FTP", self.host, self.port)
 
     def _serve(self) -> None:
         server = self._server

@@ -32,13 +32,16 @@ from services.diagnostics import rules
 from services.diagnostics.grants import RedisGrants
 from services.diagnostics.intake import FileIntake
 from services.diagnostics.records import LOG_KINDS, DiagnosticsRequest, FirmwareUpdate, LogRequest, StoredFile, now_ms
-from services.diagnostics.servers import FileServers, run_file_servers
+from services.diagnostics.operator_token import TokenUnavailable, operator_token
+from services.diagnostics.servers import FileServers, TlsMaterialError, run_file_servers
 from services.diagnostics.signing import FirmwareSigner, SigningUnavailable, load_firmware_signer
 from services.diagnostics.store import Listing, PostgresStore
 
 log = logging.getLogger("services.diagnostics")
 
 service = Service("diagnostics")
+
+FTP_OFF = "this system offers no FTP uploads (FILES_FTP_ENABLED=false): use csms:http"
 
 
 # ---- wiring: the file servers start and stop with the service ------------------------------------
@@ -81,16 +84,28 @@ async def start_file_servers(svc: Service) -> None:
     async def on_stored(stored: StoredFile) -> None:
         await file_uploaded(ctx, stored)
 
+    try:
+        token, generated, token_file = await asyncio.to_thread(operator_token, settings)
+    except TokenUnavailable as exc:
+        raise RuntimeError(f"diagnostics: {exc}") from None
+    if generated:
+        log.warning("*** FILES_OPERATOR_TOKEN is not set: the file intake's operator routes (GET /files, PUT "
+                    "/firmware) need this generated token, shown this once (kept in %s): %s ***", token_file, token)
+    elif token_file is not None:
+        log.info("FILES_OPERATOR_TOKEN is not set: the operator routes need the token kept in %s", token_file)
     intake = FileIntake(settings, RedisGrants(settings, svc.redis), PostgresStore(svc.db.pool),
                         link=rules.link_any, on_stored=on_stored)
     stack = contextlib.AsyncExitStack()
-    servers = await stack.enter_async_context(
-        run_file_servers(intake, operator_token=settings.files_operator_token or None))
-    if not settings.files_operator_token:
-        log.warning("FILES_OPERATOR_TOKEN is not set: file listing/downloads and firmware uploads are open")
+    try:
+        servers = await stack.enter_async_context(run_file_servers(intake, operator_token=token,
+                                                                   enable_ftp=settings.files_ftp_enabled))
+    except TlsMaterialError as exc:
+        raise RuntimeError(f"diagnostics: {exc}") from None
     _runtime.stack, _runtime.servers = stack, servers
-    log.info("file intake listening on %s (HTTP %s, FTP %s); charge points are given %s and %s",
-             settings.files_host, servers.http_port, servers.ftp_port, intake.urls.http_base, intake.urls.ftp_base)
+    log.info("file intake listening on %s (%s %s, %s %s); charge points are given %s and %s", settings.files_host,
+             "HTTPS" if settings.files_tls else "HTTP", servers.http_port, "FTPS" if settings.files_tls else "FTP",
+             servers.ftp_port if servers.ftp_port is not None else "off", intake.urls.http_base,
+             intake.urls.ftp_base if servers.ftp is not None else "no FTP")
 
 
 @service.on_shutdown
@@ -121,6 +136,8 @@ async def get_diagnostics(ctx: CommandContext, req: GetDiagnosticsRequest) -> Co
     if target.upload:
         if intake is None:
             return ctx.refuse("the file servers of this system are not running")
+        if target.upload == "ftp" and _runtime.servers.ftp is None:
+            return ctx.refuse(FTP_OFF)
         grant = await intake.create_upload(cp, request_id=request_id, kind=rules.DIAGNOSTICS_KIND)
         location = grant.ftp_url if target.upload == "ftp" else grant.http_url
         protocol, kind = target.upload, "csms"
@@ -282,6 +299,8 @@ async def get_log(ctx: CommandContext, req: GetLogRequest) -> CommandResult:
     if target.upload:
         if intake is None:
             return ctx.refuse("the file servers of this system are not running")
+        if target.upload == "ftp" and _runtime.servers.ftp is None:
+            return ctx.refuse(FTP_OFF)
         grant = await intake.create_upload(cp, request_id=request_id, kind=rules.log_kind(req.log_type))
         location = grant.ftp_url if target.upload == "ftp" else grant.http_url
         protocol, kind = target.upload, "csms"

@@ -8,8 +8,9 @@ download firmware; operators list and download uploads and host firmware.
     GET      /firmware/{name}               charge points download an image
     PUT      /firmware/{name}               operator: host (or replace) an image
 
-With an operator token, the operator routes need ``Authorization: Bearer <token>``; charge point routes
-never do (the upload URL itself is the secret). ``Expect: 100-continue`` gets the final refusal before
+The operator routes always need ``Authorization: Bearer <token>`` (FILES_OPERATOR_TOKEN, or the token
+generated at the first start: operator_token.py); charge point routes never do (the upload URL itself is the
+secret). ``Expect: 100-continue`` gets the final refusal before
 any body is sent; a Content-Length over the limit is refused without reading the body.
 """
 from __future__ import annotations
@@ -72,9 +73,7 @@ async def _precheck_upload(request: web.Request) -> Grant:
 
 
 def _check_operator(request: web.Request) -> web.Response | None:
-    expected = request.app.get(_OPERATOR_TOKEN_KEY)
-    if not expected:
-        return None
+    expected = request.app[_OPERATOR_TOKEN_KEY]
     auth = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected.encode()):
@@ -231,17 +230,17 @@ async def _handle_put_firmware(request: web.Request) -> web.StreamResponse:
     return web.json_response(record.model_dump(mode="json"), status=201)
 
 
-def build_http_app(intake: FileIntake, *, operator_token: str | None = None) -> web.Application:
+def build_http_app(intake: FileIntake, *, operator_token: str) -> web.Application:
     """aiohttp app for uploads (charge points), downloads and firmware hosting.
 
-    ``operator_token``: when set, ``GET /files*`` and ``PUT /firmware/*`` require
-    ``Authorization: Bearer <token>``; charge point routes (uploads with a grant token,
-    firmware downloads) never do.
+    ``GET /files*`` and ``PUT /firmware/*`` require ``Authorization: Bearer <operator_token>`` (never open);
+    charge point routes (uploads with a grant token, firmware downloads) never do.
     """
+    if not operator_token:
+        raise ValueError("the operator routes need a token")
     app = web.Application()
     app[INTAKE_KEY] = intake
-    if operator_token:
-        app[_OPERATOR_TOKEN_KEY] = operator_token
+    app[_OPERATOR_TOKEN_KEY] = operator_token
     for method in ("PUT", "POST"):
         for path in ("/upload/{token}", "/upload/{token}/", "/upload/{token}/{filename:.+}"):
             app.router.add_route(method, path, _handle_upload, expect_handler=_upload_expect)

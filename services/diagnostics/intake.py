@@ -49,21 +49,23 @@ class PublicUrls:
     """Where charge points and operators reach the file servers."""
 
     http_base: str  # scheme://host[:port][/prefix], no trailing slash
-    ftp_base: str   # ftp://host[:port]
+    ftp_base: str   # ftp://host[:port] (ftps:// with FILES_TLS_*: explicit FTPS)
 
     @classmethod
     def from_settings(cls, settings: Settings, http_port: int | None = None, ftp_port: int | None = None) -> PublicUrls:
         """The configured public URLs, else the public host with the (bound) ports."""
         host = settings.files_public_host
-        http = settings.files_public_http_url or f"http://{host}:{http_port or settings.files_port}"
-        ftp = settings.files_public_ftp_url or f"ftp://{host}:{ftp_port or settings.ftp_port}"
+        secure = "s" if settings.files_tls else ""  # HTTPS and FTPS with FILES_TLS_*
+        http = settings.files_public_http_url or f"http{secure}://{host}:{http_port or settings.files_port}"
+        ftp = settings.files_public_ftp_url or f"ftp{secure}://{host}:{ftp_port or settings.ftp_port}"
         return cls(http.rstrip("/"), ftp.rstrip("/"))
 
     def upload_http(self, token: str) -> str:
         return f"{self.http_base}/upload/{token}/"
 
     def upload_ftp(self, user: str, password: str) -> str:
-        return f"ftp://{user}:{password}@{urlsplit(self.ftp_base).netloc}/"
+        parts = urlsplit(self.ftp_base)
+        return f"{parts.scheme}://{user}:{password}@{parts.netloc}/"
 
     def file(self, file_id: str) -> str:
         return f"{self.http_base}/files/{file_id}"

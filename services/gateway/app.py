@@ -1,8 +1,10 @@
 """OCPP 1.6J websocket gateway.
 
-* ``ws://host:port/ocpp/{chargePointId}``, subprotocol ``ocpp1.6`` (others are refused with 400). Any
-  printable id works (``admission.py``); the handshake asks the stations service, in one round trip, for the
-  station's last boot answer and (``GATEWAY_AUTH=basic``) whether its password is right.
+* ``ws://host:GATEWAY_PORT/ocpp/{chargePointId}`` and, with a certificate, ``wss://host:GATEWAY_TLS_PORT/...``
+  (``tls.py``), subprotocol ``ocpp1.6`` (others are refused with 400). Any printable id works (``admission.py``).
+  Who gets in (security profiles 0-3, client certificates, TLS offload, the login lockout) is ``handshake.py``:
+  one round trip to the stations service for the station's last boot answer, recorded security profile and
+  whether its password is right.
 * OCPP-J framing checks and JSON-schema validation; bad frames get a CALLERROR with the right code.
 * A charge point CALL is forwarded to the owning service over RabbitMQ (RPC) and its answer sent back.
   CALLs of one charge point are handled one at a time, in order.
@@ -20,7 +22,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
@@ -41,9 +42,7 @@ from csms import envelopes, ocpp16
 from csms.bus import (
     CORRELATION_HEADER, KIND_CALL, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key, charge_point_route,
 )
-from csms.client import ApiCallFailed, call_api
 from csms.config import Settings
-from csms.contracts.api.stations import AdmitResult
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import Command, CommandResult, OcppCall, OcppReply
 from csms.contracts.events import StationConnected, StationDisconnected, StationFlapping
@@ -52,10 +51,13 @@ from csms.ops import logs, tracing
 from csms.ops.logs import OutageLog, log_context, outage_of
 from csms.ops.metrics import Metrics
 from csms.ops.retry import until_connected
-from services.gateway import admission, boot_state
+from services.gateway import boot_state
 from services.gateway.admission import Refused
 from services.gateway.flapping import FlapGuard
+from services.gateway.handshake import Admitted, Handshake
+from services.gateway.lockout import LoginGuard
 from services.gateway.presence import Presence
+from services.gateway.tls import TlsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,6 @@ HAND_OVER_GRACE = 60.0  # seconds a stale binding stays silent after another ins
 MAX_QUEUED_CALLS = 64  # CALLs a charge point may have waiting (it should send one at a time)
 CLOSE_GOING_AWAY = 1001  # the gateway is shutting down (drain): reconnect, to another instance
 CLOSE_TRY_AGAIN_LATER = 1013  # the connection could not be registered (RabbitMQ unreachable)
-ADMIT_RETRY_AFTER = 10  # seconds a charge point is asked to wait when the handshake cannot be answered
 
 
 @dataclass
@@ -85,21 +86,14 @@ class Link:
     # handshake, then from every BootNotification answer on this connection; None: never booted
     boot_status: str | None = None
     connected_at: str = field(default_factory=lambda: format_utc(utc_now()))
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """What the handshake established, kept on the websocket connection until the Link exists."""
-
-    charge_point_id: str
-    boot_status: str | None
-    session: str = field(default_factory=lambda: uuid.uuid4().hex)
-    connected_at: str = field(default_factory=lambda: format_utc(utc_now()))
+    security_profile: int | None = None  # the profile this connection presented (handshake.py)
+    certificate: str | None = None  # fingerprint of its client certificate (profile 3)
+    remote_address: str = ""  # the charge point's address (behind a trusted proxy: from X-Forwarded-For)
 
 
 class Gateway:
     def __init__(self, settings: Settings | None = None):
-        self.settings = settings or Settings()
+        self.settings = (settings or Settings()).for_part("gateway")  # its own RabbitMQ credentials, if any
         self.instance = self.settings.gateway_instance
         self.name = "gateway"
         self.metrics = Metrics("gateway")
@@ -114,7 +108,10 @@ class Gateway:
         # charge points another gateway instance took over, with when: that instance answers for them
         self._handed_over: dict[str, float] = {}
         self.queue: AbstractQueue | None = None
-        self.server: Server | None = None
+        self.server: Server | None = None        # ws (GATEWAY_PORT)
+        self.tls_server: Server | None = None    # wss (GATEWAY_TLS_PORT), with a certificate
+        self.handshake = Handshake(self)
+        self.logins: LoginGuard | None = None    # failed logins, in Redis
         self._tasks: set[asyncio.Task] = set()
         self.redis: aioredis.Redis | None = None  # presence and flapping (also checked by /readyz)
         self.presence: Presence | None = None
@@ -125,6 +122,10 @@ class Gateway:
         """Connect to RabbitMQ (waiting with backoff), then listen. ``settings`` is accepted for the process
         runtime and must be the gateway's own when given."""
         ocpp16.warm_up()
+        try:
+            await self.handshake.load()  # unusable TLS material stops the start before anything connects
+        except TlsUnavailable as exc:
+            raise RuntimeError(f"gateway: TLS cannot be served: {exc}") from None
         self.bus.outages = self.outages
         self.outages.listeners.append(self.metrics.reconnected)
         await until_connected(self.bus.connect, dependency="rabbitmq", outages=self.outages, what="gateway starting",
@@ -137,21 +138,31 @@ class Gateway:
         # no_ack: commands are RPCs with their own timeout; each runs in its own task so one
         # slow charge point never holds up the others.
         await self.queue.consume(self._on_command, no_ack=True)
-        self.server = await serve(
-            self._handler, self.settings.gateway_host, self.settings.gateway_port,
-            subprotocols=[SUBPROTOCOL], process_request=self._process_request,
-            process_response=self._process_response,
-            ping_interval=30, ping_timeout=30, max_size=2 ** 20,
-        )
+        await self.handshake.start()
+        options = dict(subprotocols=[SUBPROTOCOL], process_request=self._process_request,
+                       process_response=self._process_response, ping_interval=30, ping_timeout=30, max_size=2 ** 20)
+        self.server = await serve(self._handler, self.settings.gateway_host, self.settings.gateway_port, **options)
+        if self.handshake.tls.context is not None:
+            self.tls_server = await serve(self._handler, self.settings.gateway_host, self.settings.gateway_tls_port,
+                                          ssl=self.handshake.tls.context, **options)
         self.metrics.connected(0)
         self.started = True
-        log.info("gateway %s listening on %s:%s", self.instance, self.settings.gateway_host, self.port)
+        log.info("gateway %s listening on %s:%s%s", self.instance, self.settings.gateway_host, self.port,
+                 f" (ws) and {self.tls_port} (wss)" if self.tls_server else "")
         return self
+
+    @property
+    def servers(self) -> list[Server]:
+        return [server for server in (self.server, self.tls_server) if server is not None]
+
+    async def reload(self) -> None:
+        """SIGHUP: TLS material read again (connections stay up)."""
+        await self.handshake.reload()
 
     async def readiness(self) -> dict[str, bool]:
         """What /readyz reports: listening and not draining, RabbitMQ up with the command consumer."""
         checks = {"started": self.started, "not_draining": not self.draining,
-                  "listening": self.server is not None and self.server.is_serving(),
+                  "listening": bool(self.servers) and all(server.is_serving() for server in self.servers),
                   "rabbitmq": self.bus.connected, "consumers": self.queue is not None and self.bus.connected}
         redis = self.redis  # presence keys and flapping counters
         if redis is not None:
@@ -167,16 +178,18 @@ class Gateway:
         all reconnect at once, each after its CALL in flight is answered; wait until every disconnect is
         published."""
         self.draining = True
-        if self.server is None:
+        if not self.servers:
             return
-        self.server.close(close_connections=False)  # no new sockets; opening handshakes get 503
+        for server in self.servers:
+            server.close(close_connections=False)  # no new sockets; opening handshakes get 503
         links = list(self.links.values())
         window = self.settings.gateway_drain_seconds
         log.info("draining %d charge points over %.1f s", len(links), window)
         step = window / len(links) if links else 0.0
         closing = [self._spawn(self._drain_link(link, index * step)) for index, link in enumerate(links)]
         await asyncio.gather(*closing, return_exceptions=True)
-        await self.server.wait_closed()  # every handler has returned: the disconnects are published
+        for server in self.servers:
+            await server.wait_closed()  # every handler has returned: the disconnects are published
         log.info("gateway %s drained", self.instance)
 
     async def _drain_link(self, link: Link, delay: float) -> None:
@@ -198,12 +211,17 @@ class Gateway:
     def port(self) -> int:
         return self.server.sockets[0].getsockname()[1] if self.server else self.settings.gateway_port
 
+    @property
+    def tls_port(self) -> int:
+        return self.tls_server.sockets[0].getsockname()[1] if self.tls_server else self.settings.gateway_tls_port
+
     async def stop(self) -> None:
         self.started = False
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+        self.server = self.tls_server = None
+        await self.handshake.stop()
         for task in list(self._tasks):
             task.cancel()
         await self._stop_redis_parts()
@@ -218,6 +236,7 @@ class Gateway:
                                        socket_connect_timeout=2)
         self.presence = Presence(self.redis, self.settings, self.instance)
         self.flaps = FlapGuard(self.redis, self.settings)
+        self.logins = LoginGuard(self.redis, self.settings)
         self.presence.start(lambda: [(cp, link.session, link.connected_at) for cp, link in self.links.items()])
 
     async def _stop_redis_parts(self) -> None:
@@ -242,9 +261,6 @@ class Gateway:
         try:
             connection.csms_admitted = await self._admit(connection, request)  # type: ignore[attr-defined]
         except Refused as refused:
-            if refused.status == HTTPStatus.UNAUTHORIZED:
-                self.metrics.auth_failure("refused")
-                log.warning("charge point authentication failed for %s", request.path[:300])
             response = connection.respond(refused.status, refused.message + "\n")
             for name, value in refused.headers.items():
                 response.headers[name] = value
@@ -252,26 +268,10 @@ class Gateway:
         return None
 
     async def _admit(self, connection: ServerConnection, request: Request) -> Admitted:
-        """The id, then (one round trip to the stations service) credentials and boot state, then flapping.
-        Raises Refused."""
-        cp = admission.charge_point_id(request.path, self.settings.max_charge_point_id_length)
-        password = None
-        if self.settings.gateway_auth == "basic":
-            password = admission.basic_password(request.headers.get("Authorization"), cp)
-            if password is None:
-                raise _unauthorized()
-        try:
-            answer = AdmitResult.model_validate(await call_api(
-                self.rpc, "stations", "admit", timeout=self.settings.call_timeout, charge_point_id=cp,
-                password_b64=base64.b64encode(password).decode() if password is not None else None))
-        except (ApiCallFailed, ValueError) as exc:
-            log.error("cannot admit %s: %s", cp, exc)
-            raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "the central system cannot admit charge points now",
-                          {"Retry-After": str(ADMIT_RETRY_AFTER)}) from None
-        if password is not None and answer.authenticated is not True:
-            raise _unauthorized()
-        await self._check_flapping(cp, connection)
-        return Admitted(cp, answer.boot_status)
+        """Who the charge point is and whether it may connect (handshake.py), then flapping. Raises Refused."""
+        admitted = await self.handshake.admit(connection, request)
+        await self._check_flapping(admitted.charge_point_id, connection)
+        return admitted
 
     async def _check_flapping(self, cp: str, connection: ServerConnection) -> None:
         """Refuse a newcomer (429 + Retry-After) while two live connections keep taking this id."""
@@ -342,7 +342,8 @@ class Gateway:
         charge_point_id = admitted.charge_point_id
         logs.bind(charge_point_id=charge_point_id)  # every log line of this connection names it
         link = Link(charge_point_id, ws, session=admitted.session, boot_status=admitted.boot_status,
-                    connected_at=admitted.connected_at)
+                    connected_at=admitted.connected_at, security_profile=admitted.security_profile,
+                    certificate=admitted.certificate, remote_address=admitted.remote_address)
         try:
             await self._attach(link)
         except Exception as exc:  # noqa: BLE001 - the connection could not be announced: let it come back
@@ -377,7 +378,8 @@ class Gateway:
             await old.ws.close(CLOSE_REPLACED, old.close_reason)
         self.metrics.connected(len(self.links))
         await self.bus.publish_event(StationConnected(
-            charge_point_id=cp, gateway=self.instance, session=link.session, remote_address=_address(link.ws),
+            charge_point_id=cp, gateway=self.instance, session=link.session,
+            remote_address=link.remote_address or _address(link.ws), security_profile=link.security_profile,
         ))
         log.info("%s connected (session %s)", cp, link.session)
 
@@ -648,11 +650,6 @@ class Gateway:
                                  error_code=exc.code, error_description=exc.description, error_details=exc.details,
                                  **base)
         return CommandResult(status="answered", payload=frame[2], **base)
-
-
-def _unauthorized() -> Refused:
-    return Refused(HTTPStatus.UNAUTHORIZED, "charge point authentication failed",
-                   {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'})
 
 
 def _address(ws: ServerConnection) -> str:

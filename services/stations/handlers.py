@@ -9,8 +9,8 @@ import binascii
 import logging
 
 from csms.contracts.api.stations import (
-    AdmitParams, AdmitResult, AuthenticateParams, ListStationsParams, RegisterParams, RegisterVendorParams, SetBootStatusParams,
-    SetPasswordParams, StationParams, StationSummary, StationView,
+    AdmitParams, AdmitResult, AuthenticateParams, ListStationsParams, RegisterParams, RegisterVendorParams,
+    SetBootStatusParams, SetPasswordParams, SetSecurityProfileParams, StationParams, StationSummary, StationView,
 )
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import CommandResult
@@ -27,16 +27,43 @@ from csms.contracts.ocpp16 import (
 from csms.service import ApiContext, ApiError, CallContext, CommandContext, Service, ServiceContext
 from services.stations import credentials, legacy, rules
 from services.stations.store import BootInfo, ConfigEntry, LiveState, PgStationRecords, RedisLiveState, StationRecords
+from services.stations.verifier import Busy, PasswordVerifier
 
 log = logging.getLogger(__name__)
 
 service = Service("stations")
 
 
+class _Runtime:
+    verifier: PasswordVerifier | None = None
+
+
+_runtime = _Runtime()
+
+
 @service.on_startup
 async def import_legacy_records(svc: Service) -> None:
     """Records the previous version kept in Redis only are copied into PostgreSQL once (legacy.py)."""
     await legacy.import_legacy(svc.redis, svc.db.pool, svc.settings)
+
+
+@service.on_startup
+async def start_password_checks(svc: Service) -> None:
+    _runtime.verifier = await PasswordVerifier(svc.settings.stations_auth_workers,
+                                               svc.settings.stations_auth_queue).start()
+
+
+@service.on_shutdown
+async def stop_password_checks(svc: Service) -> None:
+    verifier, _runtime.verifier = _runtime.verifier, None
+    if verifier is not None:
+        verifier.close()
+
+
+def verifier() -> PasswordVerifier:
+    if _runtime.verifier is None:
+        raise ApiError("the stations service is starting", 503)
+    return _runtime.verifier
 
 
 def records(ctx: ServiceContext) -> StationRecords:
@@ -143,7 +170,13 @@ async def data_transfer(ctx: CallContext, req: DataTransferRequest) -> DataTrans
 # ---- connectivity, from the gateway's events (presence itself is the gateway's Redis key) ----------
 @service.event(StationConnected)
 async def on_connected(ctx: ServiceContext, event: StationConnected) -> None:
-    await records(ctx).record_connection(event.charge_point_id, event.occurred_at, event.remote_address)
+    """Records the connection and the security profile it was accepted at; a connection that reaches the
+    SecurityProfile asked for (and accepted) makes it the station's profile: lower ones are refused from now on."""
+    promoted = await records(ctx).record_connection(event.charge_point_id, event.occurred_at, event.remote_address,
+                                                    event.security_profile, rules.promoted_profile)
+    if promoted is not None:
+        log.warning("%s connected at security profile %d: recorded, connections below it are refused from now on",
+                    event.charge_point_id, promoted)
 
 
 @service.event(StationDisconnected)
@@ -182,13 +215,27 @@ async def change_configuration(ctx: CommandContext, req: ChangeConfigurationRequ
     hash is kept); one whose answer never came is accepted next to the old one until the charge point uses
     it (or another key is set), so a lost answer locks nobody out."""
     cp = ctx.charge_point_id
+    store = records(ctx)
     is_key = req.key == rules.AUTHORIZATION_KEY
+    is_profile = req.key == rules.SECURITY_PROFILE_KEY
     if is_key:
         for warning in credentials.key_warnings(req.value):
             ctx.warn(warning)
+    recorded = None
+    if is_profile:
+        recorded, _ = await store.security_profile(cp)
+        for warning in rules.security_profile_warnings(req.value, recorded):
+            ctx.warn(warning)
     result = await ctx.forward()
     status = (result.payload or {}).get("status") if result.ok else None
-    store = records(ctx)
+    if is_profile and (status in ("Accepted", "RebootRequired") or result.status == "timeout"):
+        pending = rules.pending_profile(req.value, recorded)
+        if pending is not None:
+            # recorded once the charge point connects at it (whitepaper: it reconnects with the new profile); a
+            # lost answer too: only a connection at that profile makes it the recorded one
+            await store.set_pending_profile(cp, pending)
+            if result.status == "timeout":
+                ctx.warn(f"the charge point did not answer: SecurityProfile {pending} is recorded if it connects at it")
     if is_key and (status in ("Accepted", "RebootRequired") or result.status == "timeout"):
         digest = await asyncio.to_thread(credentials.hash_secret, credentials.key_bytes(req.value))
         if result.ok:
@@ -267,37 +314,49 @@ async def api_set_password(ctx: ApiContext, params: SetPasswordParams) -> dict:
     return {"charge_point_id": params.charge_point_id, "warnings": credentials.key_warnings(params.password)}
 
 
+@service.api("set_security_profile")
+async def api_set_security_profile(ctx: ApiContext, params: SetSecurityProfileParams) -> dict:
+    """Record the security profile a station is accepted at (the gateway refuses it below that from now on)."""
+    await records(ctx).set_security_profile(params.charge_point_id, params.security_profile, "operator", utc_now())
+    log.warning("%s: security profile set to %s by an operator", params.charge_point_id, params.security_profile)
+    return {"charge_point_id": params.charge_point_id, "security_profile": params.security_profile}
+
+
 @service.api("admit")
 async def api_admit(ctx: ApiContext, params: AdmitParams) -> AdmitResult:
-    """The gateway's one question during a websocket handshake: the station's last boot answer and, when a
-    password is given, whether it is right."""
+    """The gateway's one question during a websocket handshake: the station's last boot answer, its recorded
+    security profile and, when a password is given, whether it is right (verifier.py: bounded, the same work for
+    every id; 503 when too many checks are waiting)."""
     cp = params.charge_point_id
+    presented = None
+    if params.password_b64 is not None:
+        try:
+            presented = base64.b64decode(params.password_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError("password_b64 is not base64") from None
     store = records(ctx)
-    if params.password_b64 is None:
-        return AdmitResult(boot_status=await store.boot_status(cp))
+    known = await store.admission(cp)
+    result = AdmitResult(boot_status=known.boot_status, security_profile=known.security_profile,
+                         security_profile_pending=known.security_profile_pending)
+    if presented is None:
+        return result
     try:
-        presented = base64.b64decode(params.password_b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError("password_b64 is not base64") from None
-    stored, boot_status = await asyncio.gather(store.credentials(cp), store.boot_status(cp))
-    authenticated = False
-    if stored is not None:
-        if await asyncio.to_thread(credentials.verify, presented, stored.password_hash):
-            authenticated = True
-        elif stored.pending_hash and await asyncio.to_thread(credentials.verify, presented, stored.pending_hash):
-            authenticated = True
-            await store.promote_pending_password(cp)
-    return AdmitResult(authenticated=authenticated, boot_status=boot_status)
+        verdict = await verifier().verify(presented, known.credentials, suspect=params.suspect)
+    except Busy:
+        raise ApiError("too many password checks waiting: try again shortly", 503) from None
+    if verdict.pending:
+        await store.promote_pending_password(cp)
+    return result.model_copy(update={"authenticated": verdict.authenticated})
 
 
 @service.api("authenticate")
 async def api_authenticate(ctx: ApiContext, params: AuthenticateParams) -> bool:
     """Deprecated, for gateways of the previous version during a rolling upgrade: use ``admit``."""
     stored = await records(ctx).credentials(params.charge_point_id)
-    presented = params.password.encode("utf-8")
-    return stored is not None and any([
-        await asyncio.to_thread(credentials.verify, presented, digest)
-        for digest in (stored.password_hash, stored.pending_hash) if digest])
+    try:
+        return (await verifier().verify(params.password.encode("utf-8"), stored)).authenticated
+    except Busy:
+        raise ApiError("too many password checks waiting: try again shortly", 503) from None
 
 
 @service.api("register_vendor")

@@ -85,3 +85,44 @@ def is_secret(key: str) -> bool:
 
 def stored_value(key: str, value: str | None) -> str | None:
     return MASK if value is not None and is_secret(key) else value
+
+
+# ---- security profiles (OCPP 1.6 security whitepaper; the gateway enforces them at the handshake) ------------
+SECURITY_PROFILE_KEY = "SecurityProfile"
+
+
+def parse_security_profile(value: str) -> int | None:
+    """A SecurityProfile configuration value as a profile (0-3), or None when it is not one."""
+    text = value.strip()
+    return int(text) if text in ("0", "1", "2", "3") else None
+
+
+def security_profile_warnings(value: str, recorded: int | None) -> list[str]:
+    """What an operator should know about a ChangeConfiguration(SecurityProfile) before it is sent (it is sent
+    anyway; the charge point decides)."""
+    profile = parse_security_profile(value)
+    if profile is None:
+        return [f"SecurityProfile {value!r} is not a security profile (0-3): the charge point should reject it"]
+    if recorded is not None and profile < recorded:
+        return [f"SecurityProfile {profile} is below the recorded profile {recorded}: the charge point should reject "
+                f"a downgrade, and the central system keeps refusing connections below {recorded} (an operator "
+                f"lowers it with stations.set_security_profile)"]
+    if recorded is not None and profile == recorded:
+        return [f"SecurityProfile {profile} is the recorded profile already"]
+    return []
+
+
+def pending_profile(value: str, recorded: int | None) -> int | None:
+    """The profile to wait for after the charge point accepted ChangeConfiguration(SecurityProfile=value): only a
+    raise is recorded (a downgrade is never recorded from a configuration change)."""
+    profile = parse_security_profile(value)
+    if profile is None or (recorded is not None and profile <= recorded):
+        return None
+    return profile
+
+
+def promoted_profile(pending: int | None, connected_at: int | None) -> int | None:
+    """The station's new recorded profile when a connection at ``connected_at`` reaches the pending one."""
+    if pending is None or connected_at is None or connected_at < pending:
+        return None
+    return pending

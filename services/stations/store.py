@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -53,6 +53,19 @@ class Credentials:
     pending_hash: str | None
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What the gateway's handshake needs to know about a station, read at once."""
+    boot_status: str | None
+    credentials: Credentials | None
+    security_profile: int | None
+    security_profile_pending: int | None
+
+
+# (pending profile, profile connected at) -> the new recorded profile, or None (rules.promoted_profile)
+Promotion = Callable[[int | None, int | None], int | None]
+
+
 class StationRecords(Protocol):
     async def boot_inputs(self, cp: str) -> tuple[str | None, bool]: ...
     async def save_boot(self, cp: str, info: BootInfo, status: str, at: datetime) -> None: ...
@@ -60,7 +73,12 @@ class StationRecords(Protocol):
     async def set_override(self, cp: str, status: str | None) -> None: ...
     async def set_registered(self, cp: str, registered: bool, at: datetime) -> None: ...
     async def save_firmware_status(self, cp: str, status: str, at: datetime) -> None: ...
-    async def record_connection(self, cp: str, at: datetime, remote_address: str) -> None: ...
+    async def record_connection(self, cp: str, at: datetime, remote_address: str, profile: int | None = None,
+                                promote: Promotion | None = None) -> int | None: ...
+    async def admission(self, cp: str) -> Admission: ...
+    async def security_profile(self, cp: str) -> tuple[int | None, int | None]: ...
+    async def set_security_profile(self, cp: str, profile: int | None, source: str, at: datetime) -> None: ...
+    async def set_pending_profile(self, cp: str, pending: int | None) -> None: ...
     async def record_disconnection(self, cp: str, at: datetime) -> None: ...
     async def credentials(self, cp: str) -> Credentials | None: ...
     async def set_password(self, cp: str, password_hash: str, source: str) -> None: ...
@@ -123,13 +141,65 @@ class PgStationRecords:
                 firmware_status_at = EXCLUDED.firmware_status_at, updated_at = now()
         """, cp, status, at)
 
-    async def record_connection(self, cp: str, at: datetime, remote_address: str) -> None:
+    async def record_connection(self, cp: str, at: datetime, remote_address: str, profile: int | None = None,
+                                promote: Promotion | None = None) -> int | None:
+        """A connection (at ``profile``); ``promote`` decides from the pending profile whether it becomes the
+        recorded one. Returns the newly recorded profile, or None."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow("""
+                INSERT INTO st_stations AS s (charge_point_id, last_connected_at, remote_address, connected_profile)
+                VALUES ($1, $2, $3, $4)
+                ON CONFLICT (charge_point_id) DO UPDATE SET
+                    last_connected_at = GREATEST(s.last_connected_at, EXCLUDED.last_connected_at),
+                    -- what the newest connection says (events of two reconnects may be handled in either order)
+                    remote_address = CASE WHEN s.last_connected_at IS NULL
+                        OR EXCLUDED.last_connected_at >= s.last_connected_at
+                        THEN EXCLUDED.remote_address ELSE s.remote_address END,
+                    connected_profile = CASE WHEN s.last_connected_at IS NULL
+                        OR EXCLUDED.last_connected_at >= s.last_connected_at
+                        THEN COALESCE(EXCLUDED.connected_profile, s.connected_profile) ELSE s.connected_profile END,
+                    updated_at = now()
+                RETURNING security_profile_pending
+            """, cp, at, remote_address or None, profile)
+            promoted = promote(row["security_profile_pending"], profile) if promote is not None else None
+            if promoted is not None:
+                await connection.execute("""
+                    UPDATE st_stations SET security_profile = $2, security_profile_pending = NULL,
+                        security_profile_source = 'ChangeConfiguration', security_profile_at = $3, updated_at = now()
+                    WHERE charge_point_id = $1
+                """, cp, promoted, at)
+            return promoted
+
+    async def admission(self, cp: str) -> Admission:
+        row = await self.pool.fetchrow("""
+            SELECT s.boot_status, s.security_profile, s.security_profile_pending, c.password_hash, c.pending_hash
+            FROM (SELECT $1::text AS charge_point_id) k
+            LEFT JOIN st_stations s ON s.charge_point_id = k.charge_point_id
+            LEFT JOIN st_credentials c ON c.charge_point_id = k.charge_point_id
+        """, cp)
+        credentials = Credentials(row["password_hash"], row["pending_hash"]) if row["password_hash"] else None
+        return Admission(row["boot_status"], credentials, row["security_profile"], row["security_profile_pending"])
+
+    async def security_profile(self, cp: str) -> tuple[int | None, int | None]:
+        row = await self.pool.fetchrow(
+            "SELECT security_profile, security_profile_pending FROM st_stations WHERE charge_point_id = $1", cp)
+        return (row["security_profile"], row["security_profile_pending"]) if row else (None, None)
+
+    async def set_security_profile(self, cp: str, profile: int | None, source: str, at: datetime) -> None:
         await self.pool.execute("""
-            INSERT INTO st_stations (charge_point_id, last_connected_at, remote_address) VALUES ($1, $2, $3)
-            ON CONFLICT (charge_point_id) DO UPDATE SET
-                last_connected_at = GREATEST(st_stations.last_connected_at, EXCLUDED.last_connected_at),
-                remote_address = EXCLUDED.remote_address, updated_at = now()
-        """, cp, at, remote_address or None)
+            INSERT INTO st_stations (charge_point_id, security_profile, security_profile_source, security_profile_at)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (charge_point_id) DO UPDATE SET security_profile = EXCLUDED.security_profile,
+                security_profile_source = EXCLUDED.security_profile_source,
+                security_profile_at = EXCLUDED.security_profile_at, security_profile_pending = NULL, updated_at = now()
+        """, cp, profile, source, at)
+
+    async def set_pending_profile(self, cp: str, pending: int | None) -> None:
+        await self.pool.execute("""
+            INSERT INTO st_stations (charge_point_id, security_profile_pending) VALUES ($1, $2)
+            ON CONFLICT (charge_point_id) DO UPDATE SET security_profile_pending = EXCLUDED.security_profile_pending,
+                updated_at = now()
+        """, cp, pending)
 
     async def record_disconnection(self, cp: str, at: datetime) -> None:
         await self.pool.execute("""

@@ -1,8 +1,8 @@
 """The deployment artefacts, checked offline: both kustomize overlays render (``kubectl kustomize``) and pass
 ``kubernetes-validate --strict``, follow the operating rules of the README (probes on the ops endpoints,
 non-root read-only containers, credentials from Secrets, drain window inside the grace period, public file
-URLs matching the Service/Ingress), the Dockerfile passes hadolint, the lock file covers pyproject.toml and
-docker-compose publishes no broker, Redis or PostgreSQL port."""
+URLs matching the Service/Ingress, TLS material from Secrets, no default credential), the Dockerfile passes hadolint,
+the lock file covers pyproject.toml and docker-compose publishes no broker, Redis or PostgreSQL port."""
 from __future__ import annotations
 
 import os
@@ -145,7 +145,8 @@ def test_production_runs_one_deployment_per_service_and_scales_the_gateway():
     deployments = csms_deployments(docs)
     commands = {d["spec"]["template"]["spec"]["containers"][0]["command"][2]: d for d in deployments.values()}
     assert set(commands) == {"services.gateway", "services.stations", "services.transactions",
-                             "services.smart_charging", "services.diagnostics", "services.api"}
+                             "services.smart_charging", "services.diagnostics", "services.api",
+                             "services.security"}
     # RabbitMQ, Redis and PostgreSQL come from operators or managed services; credentials from a Secret
     assert set(of_kind(docs, "Deployment")) == set(deployments)
     assert not of_kind(docs, "StatefulSet") and not of_kind(docs, "Secret")
@@ -274,3 +275,78 @@ def test_compose_publishes_no_infrastructure_port_and_keeps_no_credentials():
             if "://" in value and "@" in value:
                 credentials = value.split("://", 1)[1].split("@", 1)[0]
                 assert ":" not in credentials or "${" in credentials, f"{name}.{key} carries a password"
+
+
+# ---- security: TLS material from Secrets, secure defaults, no default credentials ---------------------------------
+def _secret_files(deployment: dict) -> dict[str, str]:
+    """Setting -> file path, for every *_FILE setting of the container, checked to lie on a mounted Secret."""
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    found = {}
+    for item in container.get("env", []):
+        if item["name"].endswith("_FILE") and "value" in item:
+            [mount] = [path for path in mounts if item["value"].startswith(path + "/")]
+            assert mounts[mount] in secrets, (item, "not on a Secret volume")
+            found[item["name"]] = secrets[mounts[mount]]
+    return found
+
+
+def test_production_tls_material_and_the_ca_come_from_secrets():
+    docs = resources("production")
+    deployments = {d["spec"]["template"]["spec"]["containers"][0]["command"][2]: d
+                   for d in csms_deployments(docs).values()}
+    assert _secret_files(deployments["services.gateway"]) == {
+        "GATEWAY_TLS_CERT_FILE": "csms-gateway-tls", "GATEWAY_TLS_KEY_FILE": "csms-gateway-tls"}
+    assert _secret_files(deployments["services.security"]) == {
+        "SECURITY_CA_CERT_FILE": "csms-security-ca", "SECURITY_CA_KEY_FILE": "csms-security-ca"}
+    assert _secret_files(deployments["services.diagnostics"]) == {
+        "FILES_TLS_CERT_FILE": "csms-files-tls", "FILES_TLS_KEY_FILE": "csms-files-tls",
+        "FIRMWARE_SIGNING_CERT_FILE": "csms-firmware-signing", "FIRMWARE_SIGNING_KEY_FILE": "csms-firmware-signing"}
+    # wss reaches the gateway's TLS port as TCP (client certificates end in the gateway)
+    gateway = deployments["services.gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "ocpp-tls", "containerPort": 9443} in gateway["ports"]
+    service = of_kind(docs, "Service")["csms-gateway"]
+    assert {"name": "ocpp-tls", "port": 443, "targetPort": "ocpp-tls"} in service["spec"]["ports"]
+    settings = config(docs)
+    assert urlsplit(settings["FILES_PUBLIC_FTP_URL"]).scheme == "ftps"
+    # each service may have its own RabbitMQ user (the Secret csms-amqp is optional)
+    for command, deployment in deployments.items():
+        env = deployment["spec"]["template"]["spec"]["containers"][0].get("env", [])
+        [amqp] = [e for e in env if e["name"] == "AMQP_URL"]
+        ref = amqp["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"], ref["optional"]) == ("csms-amqp", command.split(".")[1], True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_installation_asks_charge_points_for_credentials(overlay):
+    settings = config(resources(overlay))
+    Settings(**{k.lower(): v for k, v in settings.items() if k not in KNOWN_EXTRA_SETTINGS})
+    assert settings["GATEWAY_AUTH"] == "basic" and int(settings["GATEWAY_MIN_SECURITY_PROFILE"]) >= 1
+
+
+def test_no_default_credentials_anywhere():
+    """No change-me placeholders or shipped tokens: every credential is the operator's (or generated)."""
+    files = [ROOT / "docker-compose.yml", *sorted((ROOT / "deploy").rglob("*.y*ml")),
+             *sorted((ROOT / "deploy").rglob("*.env"))]
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"change[-_ ]?me", text, flags=re.I), path
+        assert "dev-operator-token" not in text, path
+    example = (KUSTOMIZE / "overlays" / "production" / "credentials.example.env").read_text()
+    assert all(line.endswith("=") for line in example.splitlines() if line and not line.startswith("#"))
+
+
+def test_compose_runs_the_security_service_and_serves_tls_from_secrets():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["security"]["command"] == ["python", "-m", "services.security"]
+    gateway = services["gateway"]
+    assert set(gateway["secrets"]) == {"csms_tls_cert", "csms_tls_key"}
+    assert gateway["environment"]["GATEWAY_TLS_CERT_FILE"] == "/run/secrets/csms_tls_cert"
+    assert "9443:9443" in gateway["ports"]
+    assert services["diagnostics"]["environment"]["FILES_PUBLIC_FTP_URL"].startswith("ftps://")
+    assert all(service.get("environment", {}).get("GATEWAY_AUTH", "basic") == "basic"
+               for service in services.values())
+    assert set(compose["secrets"]) == {"csms_tls_cert", "csms_tls_key"}

@@ -52,13 +52,18 @@ def ftp_store(url: str, name: str, data: bytes) -> str:
         ftp.close()
 
 
-async def http_get(url: str) -> tuple[int, bytes]:
-    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+def bearer(token: str | None) -> dict[str, str]:
+    """The operator routes (file downloads, hosting firmware) need the operator token."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as http, http.get(url, headers=bearer(token)) as resp:
         return resp.status, await resp.read()
 
 
-async def http_put(url: str, data: bytes) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http, http.put(url, data=data) as resp:
+async def http_put(url: str, data: bytes, token: str | None = None) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.put(url, data=data, headers=bearer(token)) as resp:
         return resp.status, await resp.json()
 
 
@@ -123,7 +128,7 @@ async def test_get_diagnostics_uploaded_over_ftp(system, cp_id):
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
     assert await system.api("diagnostics", "get_file", file_id=record["file_id"]) == record
     assert record["download_url"] == request["download_url"]
-    assert await http_get(record["download_url"]) == (200, data)
+    assert await http_get(record["download_url"], token=system.settings.files_operator_token) == (200, data)
 
     # one-time: the same URL cannot be used again
     with pytest.raises(ftplib.error_perm, match="530"):
@@ -175,7 +180,7 @@ async def test_request_diagnostics_uploaded_over_http(system, cp_id):
         request_id]
     [record] = await system.api("diagnostics", "list_files", charge_point_id=cp_id)
     assert (record["file_id"], record["protocol"], record["size"]) == (request["file_id"], "http", len(data))
-    assert await http_get(record["download_url"]) == (200, data)
+    assert await http_get(record["download_url"], token=system.settings.files_operator_token) == (200, data)
 
 
 # ---- refusals and failures ---------------------------------------------------------------------------
@@ -304,7 +309,8 @@ async def test_bad_input_is_refused_clearly(system, cp_id):
 async def test_update_firmware_from_hosted_image(system, cp_id):
     endpoints = await system.api("diagnostics", "endpoints")
     image = os.urandom(150_000)
-    status, hosted = await http_put(endpoints["firmware_upload_url"].format(name="fw-2.0.bin"), image)
+    status, hosted = await http_put(endpoints["firmware_upload_url"].format(name="fw-2.0.bin"), image,
+                                  token=system.settings.files_operator_token)
     assert status == 201
     [listed] = await system.api("diagnostics", "list_firmware")
     assert (listed["name"], listed["size"], listed["sha256"]) == ("fw-2.0.bin", len(image),
@@ -446,7 +452,8 @@ async def test_charge_points_get_the_configured_public_urls(public_system, cp_id
         assert reply.startswith("226")
 
         # firmware: hosted here, downloaded from the public URL
-        status, hosted = await http_put(f"http://127.0.0.1:{servers.http_port}/firmware/fw-3.bin", b"image")
+        status, hosted = await http_put(f"http://127.0.0.1:{servers.http_port}/firmware/fw-3.bin", b"image",
+                                      token=public_system.settings.files_operator_token)
         assert status == 201 and hosted["url"] == "http://files.example.test/firmware/fw-3.bin"
         result = await system.client.send(cp_id, "UpdateFirmware", {
             "location": "csms:firmware/fw-3.bin", "retrieveDate": "2026-03-01T00:00:00Z"})
@@ -466,7 +473,8 @@ async def test_restart_with_redis_emptied_loses_only_unspent_grants(system, cp_i
 
     image = os.urandom(20_000)
     endpoints = await system.api("diagnostics", "endpoints")
-    assert (await http_put(endpoints["firmware_upload_url"].format(name="fw.bin"), image))[0] == 201
+    assert (await http_put(endpoints["firmware_upload_url"].format(name="fw.bin"), image,
+                                 token=system.settings.files_operator_token))[0] == 201
     data = os.urandom(30_000)
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
@@ -501,7 +509,7 @@ async def test_restart_with_redis_emptied_loses_only_unspent_grants(system, cp_i
 
         assert await snapshot() == before
         [file] = await system.api("diagnostics", "list_files")
-        assert await http_get(file["download_url"]) == (200, data)
+        assert await http_get(file["download_url"], token=system.settings.files_operator_token) == (200, data)
         [firmware] = await system.api("diagnostics", "list_firmware")
         assert await http_get(firmware["url"]) == (200, image)
         # the unspent grant went with Redis: its credentials no longer log in
@@ -520,3 +528,31 @@ async def test_restart_with_redis_emptied_loses_only_unspent_grants(system, cp_i
     assert (request["status"], request["open"]) == ("UploadFailed", False)
     request = await get_request(system, done["server"]["request_id"])
     assert (request["status"], request["file_id"]) == ("Uploaded", file["file_id"])
+
+
+async def test_without_an_operator_token_one_is_generated_and_shown_once(settings, tmp_path, caplog, cp_id):
+    """The operator routes are never open: with FILES_OPERATOR_TOKEN unset a token is generated at the first start,
+    printed once (WARNING) and kept under FILES_ROOT; the next start uses it without printing it."""
+    import logging
+
+    from services.diagnostics.handlers import file_servers
+    from services.diagnostics.handlers import service as diagnostics_service
+
+    settings = settings.replace(files_operator_token="", files_root=str(tmp_path / "files"))
+    caplog.set_level(logging.INFO, logger="services.diagnostics")
+    sut = await System(settings, [diagnostics_service]).start()
+    try:
+        for start in (1, 2):
+            if start == 2:  # a restart of the service
+                caplog.clear()
+                await diagnostics_service.stop()
+                await diagnostics_service.start(settings)
+            base = f"http://127.0.0.1:{file_servers().http_port}"
+            token = (tmp_path / "files" / ".operator-token").read_text().strip()
+            shown = [r.getMessage() for r in caplog.records if token in r.getMessage()]
+            assert len(shown) == (1 if start == 1 else 0), shown
+            assert await http_get(f"{base}/files") == (401, b'{"error": "operator authorization required"}')
+            assert (await http_get(f"{base}/files", token=token))[0] == 200
+            assert (await http_put(f"{base}/firmware/fw.bin", b"image"))[0] == 401
+    finally:
+        await sut.stop()

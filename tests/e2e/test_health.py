@@ -45,7 +45,8 @@ async def test_a_process_started_before_rabbitmq_becomes_ready_once_it_appears(s
         assert sum("rabbitmq unreachable" in m for m in messages) == 1, messages
         assert not any("Traceback" in json.dumps(line) for line in gateway.lines), gateway.output()
         # the effective security-relevant settings were logged at start
-        assert any("GATEWAY_AUTH=none; FILES_OPERATOR_TOKEN not set" in m for m in messages)
+        assert any("GATEWAY_AUTH=none, GATEWAY_MIN_SECURITY_PROFILE=1; no TLS served; FILES_OPERATOR_TOKEN set" in m
+                   for m in messages)
         assert any(line.get("level") == "WARNING" and "NOT authenticated" in line.get("message", "")
                    for line in gateway.lines)
         gateway.signal()

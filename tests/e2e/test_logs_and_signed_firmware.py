@@ -34,8 +34,9 @@ async def system(settings, tmp_path):
         await sut.stop()
 
 
-async def http(method: str, url: str, data: bytes | None = None) -> tuple[int, bytes]:
-    async with aiohttp.ClientSession() as session, session.request(method, url, data=data) as resp:
+async def http(method: str, url: str, data: bytes | None = None, token: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}  # the operator routes need the token
+    async with aiohttp.ClientSession() as session, session.request(method, url, data=data, headers=headers) as resp:
         return resp.status, await resp.read()
 
 
@@ -75,7 +76,8 @@ async def test_get_log_uploaded_through_the_intake(system, cp_id):
     assert statuses(record) == ["Requested", "Accepted", "Uploading", "Uploaded", "Uploaded"]
     files = await system.api("diagnostics", "list_files", charge_point_id=cp_id, kind="security-log")
     assert [f["file_id"] for f in files] == [record["file_id"]]
-    assert await http("GET", record["download_url"]) == (200, data)
+    assert await http("GET", record["download_url"], token=system.settings.files_operator_token) == (200, data)
+    assert (await http("GET", record["download_url"]))[0] == 401  # never open without the operator token
     changes = [(e["status"], e["source"]) for e in events.of("diagnostics.log_status_changed")]
     assert changes == [("Accepted", "command"), ("Uploading", "charge_point"), ("Uploaded", "upload"),
                        ("Uploaded", "charge_point")]
@@ -121,7 +123,8 @@ async def test_get_log_rejected_and_requests_matched_by_their_request_id(system,
 # ---- signed firmware ------------------------------------------------------------------------------------------
 async def _host(system, name: str, data: bytes) -> dict:
     endpoints = await system.api("diagnostics", "endpoints")
-    status, _ = await http("PUT", endpoints["firmware_upload_url"].replace("{name}", name), data)
+    status, _ = await http("PUT", endpoints["firmware_upload_url"].replace("{name}", name), data,
+                           token=system.settings.files_operator_token)
     assert status == 201
     return endpoints
 

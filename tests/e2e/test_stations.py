@@ -421,7 +421,8 @@ async def test_an_upgrade_imports_what_the_previous_version_kept_in_redis(infras
         assert station["has_password"]
         admitted = await sut.api("stations", "admit", charge_point_id="OLD:1",
                                  password_b64=base64.b64encode(b"0123456789abcdef").decode())
-        assert admitted == {"authenticated": True, "boot_status": "Accepted"}
+        assert admitted == {"authenticated": True, "boot_status": "Accepted", "security_profile": None,
+                            "security_profile_pending": None}
         assert (await sut.api("stations", "get_station", charge_point_id="NEVER-BOOTED"))["registered"] is True
         async with connect(sut.url("CP-x")) as cp:
             await cp.boot()

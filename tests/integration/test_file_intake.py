@@ -6,6 +6,7 @@ import ftplib
 import hashlib
 import io
 import os
+import ssl
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import redis.asyncio as redis_async
 from yarl import URL
 
+from csms import pki
 from csms.config import Settings
 from csms.db import Database
 from services.diagnostics.disk import safe_filename
@@ -26,9 +28,11 @@ from services.diagnostics.intake import FileIntake
 from services.diagnostics.records import FileRecord, StoredFile
 from services.diagnostics.servers import FileServers, run_file_servers
 from services.diagnostics.store import PostgresStore
+from tests.support import pki as test_pki
 from tests.support.system import create_schema, drop_schema, make_settings
 
 MAX_BYTES = 256 * 1024
+TOKEN = "operator-token-of-the-test"
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -105,8 +109,10 @@ async def env(files_settings: Settings, redis_client: redis_async.Redis, databas
     stored = Stored()
     intake = make_intake(files_settings, redis_client, database, on_stored=stored.add)
     try:
-        async with run_file_servers(intake, ftp_options={"auth_failed_delay": 0.05}) as servers:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with run_file_servers(intake, operator_token=TOKEN, ftp_options={"auth_failed_delay": 0.05}) as servers:
+            # (operator routes need the token; charge point routes ignore it)
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
+                                             headers={"Authorization": f"Bearer {TOKEN}"}) as http:
                 yield Env(servers, servers.intake, stored, http, files_settings, redis_client)
     finally:
         keys = [k async for k in redis_client.scan_iter(match=f"{files_settings.namespace}:*", count=500)]
@@ -545,6 +551,8 @@ async def test_firmware_hosting(env: Env):
 
 
 async def test_operator_token_protects_operator_routes(env: Env):
+    with pytest.raises(ValueError):
+        build_http_app(env.store, operator_token="")  # never open
     app = build_http_app(env.store, operator_token="s3cret")
     runner = aiohttp.web.AppRunner(app)
     await runner.setup()
@@ -552,16 +560,20 @@ async def test_operator_token_protects_operator_routes(env: Env):
     await site.start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        async with env.http.put(f"{base}/firmware/a.bin", data=b"a") as resp:
-            assert resp.status == 401
-        async with env.http.get(f"{base}/files") as resp:
-            assert resp.status == 401
+        for auth in ({"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
+            async with env.http.put(f"{base}/firmware/a.bin", data=b"a", headers=auth) as resp:
+                assert resp.status == 401
+            async with env.http.get(f"{base}/files", headers=auth) as resp:
+                assert resp.status == 401
+        async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{base}/files") as resp:
+            assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
         auth = {"Authorization": "Bearer s3cret"}
         async with env.http.put(f"{base}/firmware/a.bin", data=b"a", headers=auth) as resp:
             assert resp.status == 201
         async with env.http.get(f"{base}/files", headers=auth) as resp:
             assert resp.status == 200
-        async with env.http.get(f"{base}/firmware/a.bin") as resp:  # charge points need no token
+        async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{base}/firmware/a.bin") as resp:
+            # charge points need no token
             assert resp.status == 200 and await resp.read() == b"a"
         grant = await env.store.create_upload("CP-1", request_id="r")
         async with env.http.put(f"{base}/upload/{grant.token}/x.log", data=b"x") as resp:
@@ -685,7 +697,7 @@ async def test_on_stored_failure_does_not_lose_upload(files_settings: Settings, 
 
     intake = make_intake(files_settings, redis_client, database, on_stored=broken)
     try:
-        async with run_file_servers(intake, enable_ftp=False) as servers:
+        async with run_file_servers(intake, operator_token=TOKEN, enable_ftp=False) as servers:
             grant = await servers.intake.create_upload("CP-1", request_id="r")
             async with aiohttp.ClientSession() as http:
                 async with http.put(grant.http_url + quote("a.log"), data=b"abc") as resp:
@@ -695,3 +707,69 @@ async def test_on_stored_failure_does_not_lose_upload(files_settings: Settings, 
         keys = [k async for k in redis_client.scan_iter(match=f"{files_settings.namespace}:*")]
         if keys:
             await redis_client.delete(*keys)
+
+
+# --------------------------------------------------------------------------- HTTPS and FTPS (FILES_TLS_*)
+
+
+def _ftps_store(ftp_url: str, name: str, data: bytes, context: ssl.SSLContext) -> tuple[str, str]:
+    """Explicit FTPS as a charge point does it: AUTH TLS, login, PROT P, STOR. (TLS version, reply)."""
+    parts = urlsplit(ftp_url)
+    ftp = ftplib.FTP_TLS(context=context)
+    try:
+        ftp.connect(parts.hostname, parts.port, timeout=5)
+        ftp.auth()
+        ftp.login(parts.username, parts.password)
+        ftp.prot_p()
+        return ftp.sock.version(), ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+    finally:
+        ftp.close()
+
+
+async def test_https_and_ftps_with_the_tls_settings(files_settings: Settings, redis_client, database, tmp_path):
+    ca, ca_key = test_pki.make_ca("Files CA")
+    cert, key = test_pki.issue_server(ca, ca_key, "localhost")
+    cert_file, key_file = test_pki.write_pair(tmp_path, "files", [cert], key)
+    settings = files_settings.replace(files_tls_cert_file=cert_file, files_tls_key_file=key_file,
+                                      files_public_host="localhost")
+    trusting = test_pki.client_context(pki.to_pem(ca))
+    intake = make_intake(settings, redis_client, database)
+    try:
+        async with run_file_servers(intake, operator_token=TOKEN, ftp_options={"auth_failed_delay": 0.05}) as servers:
+            assert intake.urls.http_base == f"https://localhost:{servers.http_port}"
+            assert intake.urls.ftp_base == f"ftps://localhost:{servers.ftp_port}"
+            grant = await intake.create_upload("CP-T", request_id="tls-1")
+            assert grant.http_url.startswith("https://localhost:") and grant.ftp_url.startswith("ftps://u")
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                async with http.put(grant.http_url + "over-https.log", data=b"secret diagnostics", ssl=trusting) as resp:
+                    assert resp.status == 201
+                    record = await resp.json()
+                async with http.get(intake.urls.file(record["file_id"]), ssl=trusting) as resp:
+                    assert resp.status == 200 and await resp.read() == b"secret diagnostics"
+                with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served on that port
+                    async with http.get(f"http://localhost:{servers.http_port}/firmware"):
+                        pass
+            # FTPS: plain logins are refused before any credential is sent in clear
+            with pytest.raises(ftplib.error_perm, match="550 SSL/TLS required"):
+                await asyncio.to_thread(_ftp_login, grant.ftp_url)
+            ftp_grant = await intake.create_upload("CP-T", request_id="tls-2")
+            version, reply = await asyncio.to_thread(_ftps_store, ftp_grant.ftp_url, "over-ftps.log", b"x" * 5000,
+                                                     trusting)
+            assert reply.startswith("226") and version in ("TLSv1.2", "TLSv1.3")
+            [stored] = [r for r in await intake.list_files(charge_point_id="CP-T") if r.request_id == "tls-2"]
+            assert (stored.protocol, stored.size) == ("ftp", 5000)
+    finally:
+        keys = [k async for k in redis_client.scan_iter(match=f"{files_settings.namespace}:*")]
+        if keys:
+            await redis_client.delete(*keys)
+
+
+async def test_an_operator_token_is_generated_once_when_none_is_set(files_settings: Settings):
+    from services.diagnostics.operator_token import TOKEN_FILE, operator_token
+
+    settings = files_settings.replace(files_operator_token="")
+    token, generated, path = operator_token(settings)
+    assert generated and len(token) >= 32 and path == Path(settings.files_root) / TOKEN_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert operator_token(settings) == (token, False, path)        # the next start reads it, shows nothing
+    assert operator_token(files_settings)[0] == files_settings.files_operator_token  # a configured one wins

@@ -55,7 +55,38 @@ def test_security_summary_says_what_is_open_and_never_a_secret():
         assert secret not in text
     assert "GATEWAY_AUTH=none" in text and "FILES_OPERATOR_TOKEN set" in text
     assert any(level >= 30 and "NOT authenticated" in line for level, line in lines)
+    assert any(level >= 30 and "clear text" in line for level, line in lines)  # no TLS for charge points
     closed = security_summary(settings.replace(gateway_auth="basic"))
     assert not any("NOT authenticated" in line for _, line in closed)
-    assert any("FILES_OPERATOR_TOKEN is not set" in line for _, line in
+    assert any("FILES_OPERATOR_TOKEN is not set" in line and "generated" in line for _, line in
                security_summary(settings.replace(files_operator_token="")))
+    # a process only hears about the parts it runs
+    assert not any("NOT authenticated" in line for _, line in security_summary(settings, "stations"))
+    per_part = security_summary(settings.replace(amqp_service_urls={"gateway": "amqp://gw:gw-pass@rabbitmq/"}))
+    assert any("gateway (amqp://gw:***@rabbitmq/)" in line for _, line in per_part), per_part
+    assert "gw-pass" not in "\n".join(line for _, line in per_part)
+
+
+def test_the_defaults_admit_no_charge_point_without_credentials():
+    """Secure by default: a fresh deployment asks every charge point for credentials (profile 1 at least)."""
+    defaults = Settings()
+    assert (defaults.gateway_auth, defaults.gateway_min_security_profile) == ("basic", 1)
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"GATEWAY_MIN_SECURITY_PROFILE": "4"}, "GATEWAY_MIN_SECURITY_PROFILE='4'"),
+    ({"GATEWAY_MIN_SECURITY_PROFILE": "2"}, "GATEWAY_MIN_SECURITY_PROFILE=2 needs TLS"),
+    ({"GATEWAY_TLS_CERT_FILE": "/x.pem"}, "GATEWAY_TLS_CERT_FILE/GATEWAY_TLS_KEY_FILE: set both or neither"),
+    ({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8,nonsense"}, "'nonsense' is not an IP address or network"),
+    ({"AMQP_SERVICE_URLS": '{"gateway": "http://x"}'}, "must start with amqp:// or amqps://"),
+    ({"STATIONS_AUTH_WORKERS": "0"}, "STATIONS_AUTH_WORKERS='0'"),
+    ({"FILES_PUBLIC_FTP_URL": "sftp://files"}, "must start with ftp:// or ftps://"),
+])
+def test_security_settings_are_checked(env, named, monkeypatch, capsys):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("invalid setting ") and named in line

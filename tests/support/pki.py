@@ -68,6 +68,40 @@ def issue(ca_cert, ca_key, common_name: str, *, usage: str = "client", key_type:
     return cert, key
 
 
+def issue_server(ca_cert, ca_key, host: str = "localhost", *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+                 key_type: str = "ec-p256", days: float = 30):
+    """A TLS server certificate (CN = ``host``, the whitepaper's FQDN; subjectAltName ``hosts``): (certificate,
+    key)."""
+    key = pki.generate_key(key_type)
+    cert = pki.issue_certificate(subject=pki.name(host), public_key=key.public_key(), issuer_cert=ca_cert,
+                                 issuer_key=ca_key, days=days, usage="server", hosts=list(hosts))
+    return cert, key
+
+
+def key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def write_pair(folder: Path, stem: str, chain: list[x509.Certificate], key) -> tuple[str, str]:
+    """``<stem>.crt.pem`` (the chain) and ``<stem>.key.pem`` in ``folder``: (cert file, key file)."""
+    cert_file, key_file = folder / f"{stem}.crt.pem", folder / f"{stem}.key.pem"
+    cert_file.write_text(pki.to_pem(chain))
+    key_file.write_bytes(key_pem(key))
+    return str(cert_file), str(key_file)
+
+
+def client_context(trusted_server_pem: str, chain: list[x509.Certificate] | None = None, key=None) -> ssl.SSLContext:
+    """A charge point's TLS client context: trusts server certificates chaining to ``trusted_server_pem`` and, with
+    ``chain``/``key``, presents that client certificate (profile 3)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=trusted_server_pem)
+    if chain is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            cert_file, key_file = write_pair(Path(folder), "client", chain, key)
+            context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 def pem(cert: x509.Certificate) -> str:
     return pki.to_pem(cert)
 

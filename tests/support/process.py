@@ -24,7 +24,12 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
         alias = field.validation_alias.choices[0] if field.validation_alias is not None else name.upper()
-        env[str(alias)] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            env[str(alias)] = "true" if value else "false"
+        elif isinstance(value, (dict, list)):
+            env[str(alias)] = json.dumps(value)
+        else:
+            env[str(alias)] = str(value)
     env.update(LOG_FORMAT="json", PYTHONUNBUFFERED="1", **extra)
     return env
 

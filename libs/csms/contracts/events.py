@@ -21,6 +21,9 @@ class StationConnected(Event):
     gateway: str
     session: str
     remote_address: str = ""
+    # the OCPP security profile the connection was accepted at (0-3; None from gateways before profiles): the
+    # stations service records it and, when it reaches a pending SecurityProfile, makes that the station's profile
+    security_profile: int | None = Field(None, ge=0, le=3)
 
 
 class StationDisconnected(Event):

@@ -9,6 +9,8 @@
    first (its charge points are closed with 1001, spread over ``GATEWAY_DRAIN_SECONDS``, what they have in
    flight answered), then the services (stop consuming, finish and ack what they hold). Exit status 0.
    A second signal stops at once (exit 1).
+4. SIGHUP makes the parts that read files read them again (the gateway's TLS material), without dropping a
+   connection.
 """
 from __future__ import annotations
 
@@ -41,21 +43,38 @@ class ProcessPart(Protocol):
     async def readiness(self) -> dict[str, bool]: ...
 
 
-def security_summary(settings: Settings) -> list[tuple[int, str]]:
-    """The effective security-relevant settings as (level, line); secrets only as set / not set."""
+def security_summary(settings: Settings, process: str | None = None) -> list[tuple[int, str]]:
+    """The effective security-relevant settings as (level, line); secrets only as set / not set. ``process``
+    (gateway, diagnostics, all ...) keeps the lines about parts it does not run out; None: every line."""
+    gateway = process in (None, "all", "gateway")
+    files = process in (None, "all", "diagnostics")
+    tls = (f"wss on port {settings.gateway_tls_port} ({settings.gateway_tls_cert_file})" if settings.gateway_tls
+           else "no TLS served")
+    proxies = f"; TLS offload by {settings.gateway_trusted_proxies}" if settings.gateway_trusted_proxies else ""
     lines = [
         (logging.INFO, f"RabbitMQ {redacted(settings.amqp_url)}, Redis {redacted(settings.redis_url)}, "
                        f"PostgreSQL {redacted(settings.database_url)} (schema {settings.database_schema})"),
-        (logging.INFO, f"charge point authentication GATEWAY_AUTH={settings.gateway_auth}; "
+        (logging.INFO, f"charge point authentication GATEWAY_AUTH={settings.gateway_auth}, "
+                       f"GATEWAY_MIN_SECURITY_PROFILE={settings.gateway_min_security_profile}; {tls}{proxies}; "
                        f"FILES_OPERATOR_TOKEN {'set' if settings.files_operator_token else 'not set'}; "
                        f"ops endpoint {settings.ops_host}:{settings.ops_port}"),
     ]
-    if settings.gateway_auth == "none":
-        lines.append((logging.WARNING, "GATEWAY_AUTH=none: charge points are NOT authenticated; any client "
-                                       "may connect as any charge point id (set GATEWAY_AUTH=basic)"))
-    if not settings.files_operator_token:
-        lines.append((logging.WARNING, "FILES_OPERATOR_TOKEN is not set: listing/downloading diagnostics files "
-                                       "and uploading firmware need no credentials"))
+    if settings.amqp_service_urls:
+        lines.append((logging.INFO, "own RabbitMQ credentials (AMQP_SERVICE_URLS) for " + ", ".join(
+            f"{part} ({redacted(url)})" for part, url in sorted(settings.amqp_service_urls.items()))))
+    if gateway and settings.gateway_auth == "none":
+        lines.append((logging.WARNING, "GATEWAY_AUTH=none: charge points without a recorded security profile are NOT "
+                                       "authenticated (profile 0); any client may connect as any such charge point "
+                                       "id. Development only: set GATEWAY_AUTH=basic"))
+    if gateway and not settings.gateway_tls and not settings.gateway_trusted_proxies:
+        lines.append((logging.WARNING, "no TLS for charge points (GATEWAY_TLS_CERT_FILE / GATEWAY_TRUSTED_PROXIES): "
+                                       "Basic auth passwords cross the network in clear text (security profile 1)"))
+    if files and not settings.files_operator_token:
+        lines.append((logging.INFO, "FILES_OPERATOR_TOKEN is not set: the operator routes of the file intake need "
+                                    "the token generated at the first start (FILES_ROOT/.operator-token)"))
+    if files and not settings.files_tls:
+        lines.append((logging.WARNING, "FILES_TLS_CERT_FILE is not set: diagnostics uploads and firmware downloads "
+                                       "use plain HTTP and FTP (unless an ingress terminates TLS in front)"))
     if "guest:guest@" in settings.amqp_url and not settings.amqp_url.split("@", 1)[-1].startswith(
             ("127.0.0.1", "localhost", "[::1]")):
         lines.append((logging.WARNING, "AMQP_URL uses RabbitMQ's default guest credentials"))
@@ -80,6 +99,7 @@ class Runtime:
         self._stop = asyncio.Event()
         self._signals = 0
         self._main: asyncio.Task | None = None
+        self._reloads: set[asyncio.Task] = set()
 
     def request_stop(self, signame: str = "stop") -> None:
         self._signals += 1
@@ -90,10 +110,21 @@ class Runtime:
             log.warning("%s received again: stopping without drain", signame)
             self._main.cancel()
 
+    def request_reload(self) -> None:
+        """SIGHUP: parts that read files (the gateway's TLS material) read them again; nothing stops."""
+        for part in self.started:
+            reload = getattr(part, "reload", None)
+            if reload is not None:
+                log.info("SIGHUP received: %s reloads", part.name)
+                task = asyncio.get_running_loop().create_task(reload())
+                self._reloads.add(task)
+                task.add_done_callback(self._reloads.discard)
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self._main = asyncio.current_task()
         try:
             return await self._run()
@@ -101,7 +132,7 @@ class Runtime:
             await self._stop_parts()
             return 1
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.outages.close()
             await self.ops.stop()
@@ -168,7 +199,7 @@ def main(name: str, parts: Callable[[Settings], Sequence[ProcessPart]],
     if adjust is not None:
         settings = adjust(settings)
     tracing.configure_tracing(settings.traces_exporter, settings.otel_service_name or f"csms-{name}")
-    for level, line in security_summary(settings):
+    for level, line in security_summary(settings, name):
         log.log(level, "%s", line)
     runtime = Runtime(settings, parts(settings), name)
     if prepare is not None:

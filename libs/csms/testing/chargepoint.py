@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl as ssl_module
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -173,17 +174,23 @@ def now() -> str:
 
 
 @contextlib.asynccontextmanager
-async def connect(url: str, charge_point_id: str | None = None, *, password: str | None = None,
-                  headers: dict[str, str] | None = None, **kwargs):
-    """Connect a simulated charge point to ``url`` (``System.url(id)``) and serve it until the block ends.
-    ``password``: HTTP Basic authentication as OCPP security profile 1 (user = charge point id); ``headers``:
-    any other HTTP headers of the handshake."""
+async def connect(url: str, charge_point_id: str | None = None, *, password: str | bytes | None = None,
+                  headers: dict[str, str] | None = None, ssl: ssl_module.SSLContext | None = None,
+                  open_timeout: float = 5.0, **kwargs):
+    """Connect a simulated charge point to ``url`` (``System.url(id)``, or ``System.wss_url(id)`` with ``ssl``)
+    and serve it until the block ends. ``password``: HTTP Basic authentication (user = charge point id; security
+    profile 1, or 2 over wss); ``ssl``: the TLS client context (trusted server CAs and, for profile 3, the charge
+    point's certificate); ``headers``: any other HTTP headers of the handshake; ``open_timeout``: seconds the
+    handshake may take."""
     charge_point_id = charge_point_id or unquote(url.rsplit("/", 1)[-1])
     headers = dict(headers or {})
     if password is not None:
-        token = base64.b64encode(f"{charge_point_id}:{password}".encode()).decode()
+        secret = password if isinstance(password, bytes) else password.encode()
+        token = base64.b64encode(charge_point_id.encode() + b":" + secret).decode()
         headers["Authorization"] = f"Basic {token}"
-    async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5, additional_headers=headers) as ws:
+    options = {"ssl": ssl} if ssl is not None else {}
+    async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=open_timeout,
+                                  additional_headers=headers, **options) as ws:
         cp = ChargePoint(charge_point_id, ws, response_timeout=10, **kwargs)
         task = asyncio.create_task(cp.start())
         try:

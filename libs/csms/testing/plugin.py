@@ -4,7 +4,9 @@
 * ``csms_infrastructure`` (session): RabbitMQ, Redis and PostgreSQL (testcontainers when Docker answers,
   otherwise ``TEST_AMQP_URL`` / ``TEST_REDIS_URL`` / ``TEST_DATABASE_URL`` or the local defaults; a failure under
   ``CI=true`` when nothing answers, a skip elsewhere).
-* ``csms_settings``: settings of one test -- its own namespace and PostgreSQL schema, ephemeral ports.
+* ``csms_settings``: settings of one test -- its own namespace and PostgreSQL schema, ephemeral ports; simulated
+  charge points get in without credentials (``gateway_auth="none"``; mark a test ``gateway_auth="basic"`` to test
+  authentication).
 * ``csms_system``: the gateway and every service started in this process (:class:`csms.testing.System`),
   stopped and cleaned up after the test.
 * ``csms_charge_point``: connects simulated charge points, ``cp = await csms_charge_point("CP-1")``; they

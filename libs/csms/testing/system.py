@@ -30,18 +30,24 @@ from services.gateway.app import Gateway
 
 
 def make_settings(infra: Infrastructure, **overrides) -> Settings:
-    """Settings for one test: its own namespace and schema, ephemeral ports, short timeouts."""
+    """Settings for one test: its own namespace and schema, ephemeral ports, short timeouts; charge points get in
+    without credentials (``gateway_auth="none"``) unless an override says otherwise."""
     token = uuid.uuid4().hex[:10]
     namespace = f"test-{token}"
     values = dict(amqp_url=infra.amqp_url, redis_url=infra.redis_url, database_url=infra.database_url,
                   database_schema=f"test_{token}", db_pool_min=1, db_pool_max=4, namespace=namespace,
-                  gateway_host="127.0.0.1", gateway_port=0, call_timeout=5.0, command_timeout=5.0,
+                  gateway_host="127.0.0.1", gateway_port=0, gateway_tls_port=0, call_timeout=5.0, command_timeout=5.0,
                   files_host="127.0.0.1", files_public_host="127.0.0.1", files_port=0, ftp_port=0,
                   files_root=os.path.join(tempfile.gettempdir(), f"csms-{namespace}"),  # made on first use
                   ops_host="127.0.0.1", ops_port=0, api_host="127.0.0.1", api_port=0, backoff_initial=0.1, backoff_max=1.0, log_repeat_seconds=5.0,
                   # development CA / firmware signing material of this test (generated at start, removed after)
                   security_dev_dir=os.path.join(tempfile.gettempdir(), f"csms-{namespace}-security"),
-                  security_certificate_signed_delay=0.05)
+                  security_certificate_signed_delay=0.05,
+                  # a test system admits simulated charge points without credentials (GATEWAY_AUTH=none, as a
+                  # development setting: logged at WARNING); give gateway_auth="basic" to test authentication
+                  gateway_auth="none",
+                  # the operator routes of the file intake always need a token: the test's own
+                  files_operator_token=uuid.uuid4().hex)
     values.update(overrides)
     return Settings(**values)
 
@@ -95,6 +101,10 @@ class System:
     def url(self, charge_point_id: str, gateway: int = 0) -> str:
         """Where charge point ``charge_point_id`` connects (websocket, subprotocol ocpp1.6)."""
         return f"ws://127.0.0.1:{self.gateways[gateway].port}/ocpp/{charge_point_id}"
+
+    def wss_url(self, charge_point_id: str, gateway: int = 0, host: str = "localhost") -> str:
+        """The TLS listener (``GATEWAY_TLS_CERT_FILE`` set): security profiles 2 and 3."""
+        return f"wss://{host}:{self.gateways[gateway].tls_port}/ocpp/{charge_point_id}"
 
     async def api(self, service: str, operation: str, **params):
         """Call a service API operation; raises csms.client.ApiCallFailed on an error reply."""

@@ -53,11 +53,25 @@ class SetPasswordParams(Params):
         "point presents the decoded bytes, or the hex text itself), or text"))
 
 
+SecurityProfile = Annotated[int, Field(ge=0, le=3)]
+
+
+class SetSecurityProfileParams(Params):
+    """Record the security profile a station is accepted at from now on (it is never accepted below it). Raising it
+    normally follows ChangeConfiguration(SecurityProfile); this is for stations provisioned at a profile, and the
+    only way down (e.g. a replaced charge point)."""
+    charge_point_id: ChargePointId
+    security_profile: SecurityProfile | None = Field(..., description=(
+        "0-3; null: none recorded (the deployment's GATEWAY_MIN_SECURITY_PROFILE applies)"))
+
+
 class AdmitParams(Params):
     """What the gateway asks during a websocket handshake."""
     charge_point_id: ChargePointId
     password_b64: str | None = Field(None, max_length=1024, description=(
         "the Basic-auth password the charge point presented, base64 (any bytes); null: not checked"))
+    suspect: bool = Field(False, description=(
+        "the source address failed logins recently: its check waits for threads of its own, never delaying others"))
 
 
 class AuthenticateParams(Params):
@@ -75,6 +89,10 @@ class AdmitResult(BaseModel):
     authenticated: bool | None = None
     # the last BootNotification answer this station got (null: never booted)
     boot_status: BootStatus | None = None
+    # the security profile recorded for the station (never accepted below it; null: none recorded) and the one an
+    # accepted ChangeConfiguration(SecurityProfile) asked for, recorded once the station connects at it
+    security_profile: SecurityProfile | None = None
+    security_profile_pending: SecurityProfile | None = None
 
 
 class ConnectorView(BaseModel):
@@ -126,5 +144,10 @@ class StationView(StationSummary):
     remote_address: str | None = None
     last_seen: str | None = None
     has_password: bool = False
+    security_profile: SecurityProfile | None = None          # never accepted below it (null: the deployment's floor)
+    security_profile_source: str | None = None               # operator | ChangeConfiguration
+    security_profile_at: UtcDatetime | None = None
+    security_profile_pending: SecurityProfile | None = None  # asked for, not connected at yet
+    connected_profile: SecurityProfile | None = None         # the profile of the last connection
     connectors: dict[int, ConnectorView] = Field(default_factory=dict)
     configuration: dict[str, ConfigurationValue] = Field(default_factory=dict)

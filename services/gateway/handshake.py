@@ -1,0 +1,319 @@
+"""Who gets in: the websocket handshake of a charge point, from its id to the security profile it connects at.
+
+1. The id from the path (admission.py); the source address (a trusted proxy's X-Forwarded-For, forwarded.py).
+2. Locked out (lockout.py)? 429 + Retry-After, before anything else is looked at.
+3. The transport: TLS served here (tls.py) or at a trusted proxy (X-Forwarded-Proto). A client certificate: the
+   one the TLS handshake verified, or the one a trusted proxy forwarded (verified here). It must name this charge
+   point (subject CN) and not be revoked in the security service's records.
+4. One round trip to the stations service (``stations.admit``): the last boot answer, the recorded security
+   profile and -- when Basic credentials came and no certificate -- whether the password is right. The revocation
+   check runs at the same time.
+5. The profile decision (profiles.py): never below the recorded profile nor the deployment's floor.
+Failed logins are counted (lockout.py); nothing here keeps state of its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import uuid
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from redis.exceptions import RedisError
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request
+
+from csms import pki
+from csms.client import ApiCallFailed, call_api
+from csms.config import proxy_networks
+from csms.contracts.api.stations import AdmitResult
+from csms.contracts.base import format_utc, utc_now
+from csms.contracts.events import CertificateChanged
+from services.gateway import admission, forwarded, profiles, tls
+from services.gateway.admission import Refused
+
+if TYPE_CHECKING:
+    from services.gateway.app import Gateway
+
+log = logging.getLogger("services.gateway.handshake")
+
+ADMIT_RETRY_AFTER = 10  # seconds a charge point is asked to wait when the handshake cannot be answered
+CA_REFRESH_SECONDS = 300.0  # how often the security service's CA is fetched again
+CLOSE_POLICY_VIOLATION = 1008  # the charge point may no longer be connected (its certificate was revoked)
+WWW_AUTHENTICATE = {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What the handshake established, kept on the websocket connection until the Link exists."""
+
+    charge_point_id: str
+    boot_status: str | None
+    security_profile: int | None = None
+    certificate: str | None = None  # SHA-256 fingerprint of the client certificate (profile 3)
+    remote_address: str = ""        # the charge point's address (a trusted proxy's X-Forwarded-For)
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)
+    connected_at: str = field(default_factory=lambda: format_utc(utc_now()))
+
+
+@dataclass
+class _Certificate:
+    cert: x509.Certificate | None = None
+    fingerprint: str | None = None
+    problem: str | None = None       # presented but not acceptable
+
+
+def unavailable(message: str = "the central system cannot admit charge points now") -> Refused:
+    return Refused(HTTPStatus.SERVICE_UNAVAILABLE, message, {"Retry-After": str(ADMIT_RETRY_AFTER)})
+
+
+class Handshake:
+    def __init__(self, gateway: "Gateway"):
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.proxies = proxy_networks(self.settings.gateway_trusted_proxies)
+        self.tls = tls.GatewayTls(self.settings)
+        self.floor = profiles.floor(self.settings.gateway_auth, self.settings.gateway_min_security_profile)
+        self._ca_task: asyncio.Task | None = None
+        self._checking: dict[str, int] = {}  # source address -> password checks in flight
+
+    @property
+    def certificates_possible(self) -> bool:
+        """Profile 3 can happen here: TLS served by the gateway or a trusted proxy."""
+        return self.tls.serving or bool(self.proxies)
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    async def load(self) -> None:
+        """Read the TLS material (before anything else starts). Raises TlsUnavailable."""
+        await asyncio.to_thread(self.tls.load)
+
+    async def start(self) -> None:
+        """Fetch the security service's CA, follow revocations, watch the TLS files (after :meth:`load`)."""
+        if self.certificates_possible:
+            await self.refresh_csms_ca()
+            self._ca_task = asyncio.create_task(self._refresh_loop())
+            await self._follow_revocations()
+        self.tls.start_watching()
+
+    async def _follow_revocations(self) -> None:
+        """A certificate revoked while its charge point is connected closes that connection (1008)."""
+        bus = self.gateway.bus
+        queue = await bus.channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(bus.names.events, CertificateChanged.EVENT_TYPE)
+        await queue.consume(self._on_certificate_changed, no_ack=True)
+
+    async def _on_certificate_changed(self, message: Any) -> None:
+        try:
+            event = CertificateChanged.model_validate_json(message.body)
+        except ValueError:
+            log.warning("malformed %s event ignored", CertificateChanged.EVENT_TYPE)
+            return
+        if event.status != "revoked":
+            return
+        for link in list(self.gateway.links.values()):
+            if link.certificate == event.fingerprint:
+                log.warning("%s: its client certificate %s was revoked: disconnected", link.charge_point_id,
+                            event.fingerprint[:16])
+                link.close_reason = "client certificate revoked"
+                await link.ws.close(CLOSE_POLICY_VIOLATION, link.close_reason)
+
+    async def stop(self) -> None:
+        if self._ca_task is not None:
+            self._ca_task.cancel()
+            await asyncio.gather(self._ca_task, return_exceptions=True)
+            self._ca_task = None
+        await self.tls.stop_watching()
+
+    async def reload(self) -> None:
+        """SIGHUP: the TLS files and the security service's CA again."""
+        await asyncio.to_thread(self.tls.reload, "SIGHUP")
+        if self.certificates_possible:
+            await self.refresh_csms_ca()
+
+    async def refresh_csms_ca(self) -> bool:
+        """Trust the security service's current CA for client certificates. False when it cannot be asked."""
+        try:
+            answer = await call_api(self.gateway.rpc, "security", "ca_certificate", timeout=5.0)
+            chain = pki.load_certificates(answer["pem"])
+        except (ApiCallFailed, ValueError, KeyError, TypeError) as exc:
+            log.warning("the security service's CA is not known (%s): client certificates it issued are not "
+                        "accepted until it answers", exc)
+            return False
+        self.tls.set_csms_cas(chain)
+        return True
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CA_REFRESH_SECONDS if self.tls.csms_cas else 10.0)
+            try:
+                await self.refresh_csms_ca()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                log.exception("refreshing the security service's CA failed")
+
+    # ---- the handshake -----------------------------------------------------------------------------
+    async def admit(self, connection: ServerConnection, request: Request) -> Admitted:
+        """Raises Refused."""
+        s = self.settings
+        cp = admission.charge_point_id(request.path, s.max_charge_point_id_length)
+        headers = request.headers
+        peer = connection.remote_address[0] if connection.remote_address else ""
+        via_proxy = bool(self.proxies) and forwarded.trusted(peer, self.proxies)
+        address = forwarded.client_address(peer, headers.get("X-Forwarded-For"), self.proxies)
+        suspect = await self._check_lockout(cp, address)
+
+        transport = connection.transport
+        # TLS here, or at a trusted proxy: it says so, or it forwards a client certificate (only TLS carries one)
+        secure = tls.is_tls(transport) or (via_proxy and (forwarded.forwarded_tls(headers.get("X-Forwarded-Proto"))
+                                                          or bool(headers.get(s.gateway_client_cert_header))))
+        certificate = self._certificate(cp, transport, headers, via_proxy, peer)
+        authorization = headers.get("Authorization")
+        password = None if certificate.cert is not None else admission.basic_password(authorization, cp)
+        presented_password: bool | None = None
+        if certificate.cert is None and authorization is not None and password is None:
+            presented_password = False  # credentials that cannot be right (another user, not base64 ...)
+
+        # a burst from one fresh address (before any of its failures is counted) never fills the queue of checks
+        if password is not None and self._checking.get(address, 0) >= s.gateway_auth_checks_per_address:
+            self.gateway.metrics.auth_failure("busy")
+            raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many logins from this address at once: try again",
+                          {"Retry-After": "1"})
+        if password is not None:
+            self._checking[address] = self._checking.get(address, 0) + 1
+        try:
+            answer, revoked = await asyncio.gather(self._ask_stations(cp, password, suspect),
+                                                   self._revoked(certificate))
+        finally:
+            if password is not None:
+                left = self._checking[address] - 1
+                if left:
+                    self._checking[address] = left
+                else:
+                    del self._checking[address]
+        if password is not None:
+            presented_password = answer.authenticated is True
+        if certificate.problem is None and revoked:
+            certificate.problem = revoked
+        if certificate.problem is not None:
+            await self._failed(cp, address, "certificate", f"{cp}: client certificate refused ({address}): "
+                                                           f"{certificate.problem}")
+            raise Refused(HTTPStatus.FORBIDDEN, certificate.problem)
+
+        presented = profiles.Presented(tls=secure, certificate=certificate.cert is not None,
+                                       password=presented_password)
+        required = profiles.required_profile(answer.security_profile, self.floor)
+        decision = profiles.decide(presented, required)
+        if decision.status is not None:
+            if presented.password is False:
+                await self._failed(cp, address, "wrong_credentials",
+                                   f"charge point authentication failed for {cp!r} from {address}")
+            else:
+                reason = "profile_too_low" if decision.status == HTTPStatus.FORBIDDEN else "missing_credentials"
+                self.gateway.metrics.auth_failure(reason)
+                log.warning("%s refused from %s: %s (recorded profile %s, presented %d)", cp, address,
+                            decision.reason, answer.security_profile, profiles.presented_profile(presented))
+            extra = WWW_AUTHENTICATE if decision.status == HTTPStatus.UNAUTHORIZED else {}
+            raise Refused(decision.status, decision.reason, extra)
+        profile = profiles.presented_profile(presented)
+        remote = address if address != peer else ""  # "" : the socket's own address:port is reported
+        return Admitted(cp, answer.boot_status, security_profile=profile, certificate=certificate.fingerprint,
+                        remote_address=remote)
+
+    async def _check_lockout(self, cp: str, address: str) -> bool:
+        """Raises Refused (429) when the address or the id is locked for it; True when the address is suspect."""
+        guard = self.gateway.logins
+        if guard is None:
+            return False
+        try:
+            lock = await guard.check(cp, address)
+        except RedisError as exc:
+            log.warning("login lockout check for %s skipped: %s", cp, exc)
+            return False
+        if lock.refused:
+            self.gateway.metrics.auth_failure("locked")
+            retry_after = max(1, math.ceil(lock.retry_after))
+            log.info("%s from %s refused: %s locked after failed logins, %d s left", cp, address, lock.what,
+                     retry_after)
+            raise Refused(HTTPStatus.TOO_MANY_REQUESTS,
+                          f"too many failed logins: try again in {retry_after} s", {"Retry-After": str(retry_after)})
+        return lock.suspect
+
+    async def _failed(self, cp: str, address: str, reason: str, message: str) -> None:
+        self.gateway.metrics.auth_failure(reason)
+        log.warning("%s", message)
+        guard = self.gateway.logins
+        if guard is None:
+            return
+        try:
+            counted = await guard.failed(cp, address)
+        except RedisError as exc:
+            log.warning("failed login of %s not counted: %s", cp, exc)
+            return
+        s = self.settings
+        if counted.address_locked:
+            log.warning("source address %s locked for %s s after %d failed logins within %s s", address,
+                        s.gateway_auth_lockout, s.gateway_auth_max_failures_per_address, s.gateway_auth_failure_window)
+        if counted.id_locked:
+            log.warning("charge point id %r locked for %s s after %d failed logins within %s s (addresses that "
+                        "have not failed for it still get in)", cp, s.gateway_auth_lockout,
+                        s.gateway_auth_max_failures_per_id, s.gateway_auth_failure_window)
+
+    def _certificate(self, cp: str, transport: Any, headers: Any, via_proxy: bool, peer: str) -> _Certificate:
+        """The client certificate of this handshake, checked (chain: by TLS or here; the charge point it names)."""
+        header = self.settings.gateway_client_cert_header
+        cert = tls.peer_certificate(transport)
+        forwarded_value = headers.get(header)
+        if cert is None and forwarded_value:
+            if not via_proxy:
+                log.warning("%s: %s header from %s ignored (not a trusted proxy, GATEWAY_TRUSTED_PROXIES)", cp,
+                            header, peer)
+                return _Certificate()
+            try:
+                cert = forwarded.certificate_from_header(forwarded_value)
+            except ValueError as exc:
+                return _Certificate(problem=f"forwarded client certificate: {exc}")
+            problem = forwarded.verify_client_certificate(cert, self.tls.trusted())
+            if problem is not None:
+                return _Certificate(cert, pki.fingerprint(cert), problem)
+        if cert is None:
+            return _Certificate()
+        fingerprint = pki.fingerprint(cert)
+        names = pki.common_names(cert.subject)
+        if names != [cp]:
+            return _Certificate(cert, fingerprint, f"the client certificate names {names[0] if names else 'nobody'!r}, "
+                                                   f"not this charge point")
+        return _Certificate(cert, fingerprint)
+
+    async def _ask_stations(self, cp: str, password: bytes | None, suspect: bool) -> AdmitResult:
+        # (only sent when true: a stations service of the previous version refuses the parameter -- suspects only)
+        extra = {"suspect": True} if suspect and password is not None else {}
+        try:
+            return AdmitResult.model_validate(await call_api(
+                self.gateway.rpc, "stations", "admit", timeout=self.settings.call_timeout, charge_point_id=cp,
+                password_b64=base64.b64encode(password).decode() if password is not None else None, **extra))
+        except ApiCallFailed as exc:
+            level = logging.INFO if suspect else logging.WARNING if exc.status == 503 else logging.ERROR
+            log.log(level, "cannot admit %s: %s", cp, exc)
+            raise unavailable() from None
+        except ValueError as exc:
+            log.error("cannot admit %s: %s", cp, exc)
+            raise unavailable() from None
+
+    async def _revoked(self, certificate: _Certificate) -> str | None:
+        """Why the certificate may not be used according to the security service's records (revoked), or None."""
+        if certificate.cert is None or certificate.problem is not None:
+            return None
+        try:
+            record = await call_api(self.gateway.rpc, "security", "get_certificate", timeout=self.settings.call_timeout,
+                                    fingerprint=certificate.fingerprint)
+        except ApiCallFailed as exc:
+            if exc.status == 404:
+                return None  # not issued by (or delivered through) this system: its CA vouches for it
+            log.error("revocation of certificate %s not checked: %s", certificate.fingerprint[:16], exc)
+            raise unavailable("the central system cannot check client certificates now") from None
+        if isinstance(record, dict) and record.get("status") == "revoked":
+            return "the client certificate is revoked"
+        return None

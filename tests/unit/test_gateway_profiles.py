@@ -1,0 +1,203 @@
+"""Pure rules of the handshake: security profiles (profiles.py), what a trusted proxy says (forwarded.py), the
+stations service's SecurityProfile rules, and the bounded password checks (verifier.py)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from http import HTTPStatus
+from urllib.parse import quote
+
+import pytest
+
+from csms import pki
+from csms.config import Settings, proxy_networks
+from services.gateway import forwarded, profiles
+from services.gateway.profiles import Presented
+from services.stations import credentials, rules
+from services.stations.store import Credentials
+from services.stations.verifier import Busy, PasswordVerifier
+from tests.support import pki as test_pki
+
+# ---- profiles ----------------------------------------------------------------------------------------------------
+PLAIN, TLS = False, True
+
+
+@pytest.mark.parametrize("presented, profile", [
+    (Presented(PLAIN), 0),
+    (Presented(TLS), 0),
+    (Presented(PLAIN, password=True), 1),
+    (Presented(TLS, password=True), 2),
+    (Presented(TLS, certificate=True), 3),
+    (Presented(TLS, certificate=True, password=True), 3),
+    (Presented(PLAIN, certificate=True), 0),   # a certificate without TLS proves nothing
+    (Presented(TLS, password=False), 0),
+])
+def test_presented_profile(presented, profile):
+    assert profiles.presented_profile(presented) == profile
+
+
+@pytest.mark.parametrize("gateway_auth, minimum, recorded, required", [
+    ("basic", 1, None, 1), ("basic", 2, None, 2), ("basic", 1, 3, 3), ("basic", 3, 1, 3),
+    ("none", 1, None, 0), ("none", 3, None, 0), ("none", 1, 2, 2), ("none", 1, 0, 0),
+])
+def test_required_profile_is_the_recorded_one_never_below_the_floor(gateway_auth, minimum, recorded, required):
+    assert profiles.required_profile(recorded, profiles.floor(gateway_auth, minimum)) == required
+
+
+@pytest.mark.parametrize("presented, required, status, says", [
+    (Presented(PLAIN), 0, None, ""),
+    (Presented(PLAIN, password=True), 1, None, ""),
+    (Presented(TLS, password=True), 1, None, ""),                        # above the required profile is fine
+    (Presented(TLS, certificate=True), 2, None, ""),
+    (Presented(PLAIN), 1, HTTPStatus.UNAUTHORIZED, "HTTP Basic"),
+    (Presented(TLS), 2, HTTPStatus.UNAUTHORIZED, "HTTP Basic"),
+    (Presented(PLAIN, password=False), 0, HTTPStatus.UNAUTHORIZED, "failed"),  # wrong is wrong, whatever is asked
+    (Presented(TLS, password=False), 1, HTTPStatus.UNAUTHORIZED, "failed"),
+    (Presented(PLAIN, password=True), 2, HTTPStatus.FORBIDDEN, "TLS"),         # TC_083: the downgrade
+    (Presented(PLAIN, password=True), 3, HTTPStatus.FORBIDDEN, "TLS (wss) and the charge point's client"),
+    (Presented(TLS, password=True), 3, HTTPStatus.FORBIDDEN, "client certificate"),
+    (Presented(TLS), 3, HTTPStatus.FORBIDDEN, "client certificate"),
+])
+def test_decide(presented, required, status, says):
+    decision = profiles.decide(presented, required)
+    assert decision.status == status and says in decision.reason
+
+
+# ---- the stations service's SecurityProfile rules -----------------------------------------------------------------
+@pytest.mark.parametrize("value, profile", [("0", 0), ("3", 3), (" 2 ", 2), ("4", None), ("-1", None), ("two", None),
+                                            ("", None), ("02", None)])
+def test_parse_security_profile(value, profile):
+    assert rules.parse_security_profile(value) == profile
+
+
+@pytest.mark.parametrize("value, recorded, pending, warned", [
+    ("2", None, 2, ""), ("2", 1, 2, ""), ("3", 2, 3, ""),
+    ("1", 2, None, "below the recorded profile 2"),     # never recorded from a configuration change
+    ("2", 2, None, "already"),
+    ("7", 1, None, "not a security profile"),
+])
+def test_a_security_profile_change_records_only_a_raise(value, recorded, pending, warned):
+    assert rules.pending_profile(value, recorded) == pending
+    warnings = rules.security_profile_warnings(value, recorded)
+    assert (warned in warnings[0]) if warned else warnings == []
+
+
+@pytest.mark.parametrize("pending, connected, promoted", [
+    (2, 2, 2), (2, 3, 2), (3, 2, None), (None, 3, None), (2, None, None), (0, 0, 0)])
+def test_a_pending_profile_is_recorded_once_the_station_connects_at_it(pending, connected, promoted):
+    assert rules.promoted_profile(pending, connected) == promoted
+
+
+# ---- what a trusted proxy says ------------------------------------------------------------------------------------
+NETWORKS = proxy_networks("10.0.0.0/8, 192.168.1.7, ::1")
+
+
+@pytest.mark.parametrize("peer, header, address", [
+    ("10.1.1.1", "203.0.113.9", "203.0.113.9"),
+    ("10.1.1.1", "198.51.100.1, 203.0.113.9, 10.2.2.2", "203.0.113.9"),   # nearest address not a proxy
+    ("10.1.1.1", "1.2.3.4, 203.0.113.9:4711", "203.0.113.9"),
+    ("10.1.1.1", "[2001:db8::1]:443", "2001:db8::1"),
+    ("10.1.1.1", "10.2.2.2, 10.3.3.3", "10.1.1.1"),                        # all proxies: the peer
+    ("10.1.1.1", "garbage", "10.1.1.1"),
+    ("10.1.1.1", None, "10.1.1.1"),
+    ("172.16.0.1", "203.0.113.9", "172.16.0.1"),                           # not a trusted proxy: ignored
+    ("::ffff:192.168.1.7", "203.0.113.9", "203.0.113.9"),                  # IPv4-mapped
+])
+def test_client_address(peer, header, address):
+    assert forwarded.client_address(peer, header, NETWORKS) == address
+
+
+@pytest.mark.parametrize("proto, tls", [("https", True), ("wss", True), ("HTTPS, http", True), ("http", False),
+                                        ("ws", False), (None, False), ("", False)])
+def test_forwarded_tls(proto, tls):
+    assert forwarded.forwarded_tls(proto) is tls
+
+
+@pytest.fixture(scope="module")
+def manufacturer():
+    return test_pki.make_ca("Manufacturer CA")
+
+
+@pytest.fixture(scope="module")
+def client(manufacturer):
+    return test_pki.issue(*manufacturer, "CP-1")[0]
+
+
+def test_the_forwarded_certificate_in_every_format_proxies_use(client):
+    text = pki.to_pem(client)
+    der_b64 = "".join(text.split("-----")[2].split())
+    for header in (quote(text, safe=""),                                       # nginx $ssl_client_escaped_cert
+                   f'By=spiffe://x;Hash=ab;Cert="{quote(text, safe="")}";Subject="CN=CP-1";URI=',  # Envoy
+                   text.replace("\n", " "),                                    # PEM, newlines as spaces
+                   der_b64):                                                   # base64 DER (Traefik)
+        assert forwarded.certificate_from_header(header) == client
+
+
+@pytest.mark.parametrize("header, problem", [
+    ("x" * (forwarded.MAX_CERT_HEADER_CHARS + 1), "longer than"),
+    ("not a certificate", "not a certificate"),
+    ('Cert="a";Subject="b",Cert="c"', "several proxies"),
+    ('Hash=ab;Subject="Cert=x"', "no Cert"),
+])
+def test_a_bad_certificate_header_is_one_line(header, problem):
+    with pytest.raises(ValueError, match=problem):
+        forwarded.certificate_from_header(header)
+
+
+def test_a_forwarded_certificate_is_verified_here(manufacturer, client):
+    ca, ca_key = manufacturer
+    assert forwarded.verify_client_certificate(client, [ca]) is None
+    assert "not issued by a trusted CA" in forwarded.verify_client_certificate(client, [test_pki.make_ca()[0]])
+    later = pki.utcnow() + dt.timedelta(days=60)
+    assert "expired" in forwarded.verify_client_certificate(client, [ca], now=later)
+    server = test_pki.issue_server(ca, ca_key)[0]
+    assert "client authentication" in forwarded.verify_client_certificate(server, [ca])
+    assert "CA certificate" in forwarded.verify_client_certificate(ca, [ca])
+
+
+# ---- settings -----------------------------------------------------------------------------------------------------
+def test_each_part_may_have_its_own_rabbitmq_credentials():
+    settings = Settings(amqp_service_urls={"gateway": "amqps://gw:pw@mq:5671/"})
+    assert settings.for_part("gateway").amqp_url == "amqps://gw:pw@mq:5671/"
+    assert settings.for_part("stations") is settings
+
+
+# ---- password checks ----------------------------------------------------------------------------------------------
+async def test_password_checks_are_bounded_and_cost_the_same_for_unknown_ids():
+    verifier = await PasswordVerifier(workers=1, queue=1).start()
+    try:
+        stored = Credentials(credentials.hash_secret(b"right-password-1"), None)
+        assert (await verifier.verify(b"wrong", stored)).authenticated is False
+        assert (await verifier.verify(b"wrong", None)).authenticated is False
+        assert verifier.hashed == 2                      # the unknown id was hashed against the dummy too
+        assert (await verifier.verify(b"right-password-1", stored)).authenticated is True
+        assert (await verifier.verify(b"right-password-1", stored)).authenticated is True
+        assert verifier.hashed == 3                      # verified once, then from the cache
+        changed = Credentials(credentials.hash_secret(b"right-password-1"), None)  # set again: a new hash
+        assert (await verifier.verify(b"right-password-1", changed)).authenticated is True
+        assert verifier.hashed == 4
+        pending = Credentials(stored.password_hash, credentials.hash_secret(b"the-new-key-1234"))
+        assert await verifier.verify(b"the-new-key-1234", pending) == type(await verifier.verify(b"x", None))(
+            True, pending=True)
+        # one running, one waiting: a third is refused at once instead of queueing
+        checks = [asyncio.create_task(verifier.verify(f"guess-{n}".encode(), stored)) for n in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Busy):
+            await verifier.verify(b"guess-3", stored)
+        assert [v.authenticated for v in await asyncio.gather(*checks)] == [False, False]
+        # checks from suspect addresses have threads of their own: while they are all busy, the others get through
+        suspects = [asyncio.create_task(verifier.verify(f"flood-{n}".encode(), stored, suspect=True))
+                    for n in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Busy):
+            await verifier.verify(b"flood-3", stored, suspect=True)
+        assert (await verifier.verify(b"another-right-one", Credentials(
+            credentials.hash_secret(b"another-right-one"), None))).authenticated is True
+        assert [v.authenticated for v in await asyncio.gather(*suspects)] == [False, False]
+        # a cached password never waits
+        checks = [asyncio.create_task(verifier.verify(f"guess-{n}".encode(), stored)) for n in range(2)]
+        await asyncio.sleep(0)
+        assert (await verifier.verify(b"right-password-1", stored)).authenticated is True
+        await asyncio.gather(*checks)
+    finally:
+        verifier.close()
