@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     traces_exporter: Literal["none", "otlp", "console"] = _env("OTEL_TRACES_EXPORTER", "none")
     otel_service_name: str = _env("OTEL_SERVICE_NAME", "", max_length=200)
 
+    # ---- performance (issue 12) -------------------------------------------------------------
+    # the event loop of every CSMS process: uvloop (faster sockets, fewer system calls per frame) or the
+    # standard library's asyncio (for debugging, or where uvloop is not installed)
+    event_loop: Literal["uvloop", "asyncio"] = _env("CSMS_EVENT_LOOP", "uvloop")
+
     @model_validator(mode="after")
     def _backoff_order(self) -> "Settings":
         if self.backoff_initial > self.backoff_max:
