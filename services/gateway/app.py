@@ -37,9 +37,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from csms import envelopes, ocpp16
+from csms import envelopes, ocpp16, wire
 from csms.bus import (
-    CORRELATION_HEADER, KIND_CALL, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key, charge_point_route,
+    CORRELATION_HEADER, KIND_CALL, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key, charge_point_route, new_id,
 )
 from csms.client import ApiCallFailed, call_api
 from csms.config import Settings
@@ -410,7 +410,7 @@ class Gateway:
 
     async def _send(self, link: Link, frame: list) -> None:
         try:
-            await link.ws.send(json.dumps(frame, separators=(",", ":")))
+            await link.ws.send(wire.dumps(frame))
         except ConnectionClosed:
             pass
 
@@ -423,7 +423,7 @@ class Gateway:
             await self._send_error(link, "-1", OcppError(ErrorCode.FORMATION_VIOLATION, "binary frames are not OCPP-J"))
             return
         try:
-            frame = json.loads(raw)
+            frame = wire.loads(raw)
         except ValueError:
             await self._send_error(link, "-1", OcppError(ErrorCode.FORMATION_VIOLATION, "frame is not valid JSON"))
             return
@@ -464,8 +464,8 @@ class Gateway:
             message_id, action, payload, received = await link.inbound.get()
             link.busy = True
             try:
-                with log_context(message_id=message_id, action=action, correlation_id=uuid.uuid4().hex[:16]), \
-                        tracing.tracer().start_as_current_span(
+                with log_context(message_id=message_id, action=action, correlation_id=new_id()), \
+                        tracing.span(
                         f"ocpp.call {action if isinstance(action, str) else '?'}", kind=tracing.SpanKind.SERVER,
                         attributes={"ocpp.charge_point_id": link.charge_point_id, "ocpp.message_id": message_id}):
                     outcome = await self._answer(link, message_id, action, payload)
@@ -532,7 +532,7 @@ class Gateway:
             self._spawn(self._traced_command(message, tracing.extract(headers)))
 
     async def _traced_command(self, message: AbstractIncomingMessage, context: Any) -> None:
-        with tracing.tracer().start_as_current_span("ocpp.command", context=context, kind=tracing.SpanKind.SERVER):
+        with tracing.span("ocpp.command", context=context, kind=tracing.SpanKind.SERVER):
             await self._run_command(message)
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
@@ -617,7 +617,7 @@ class Gateway:
         if refusal:
             return CommandResult(status="refused", error_description=refusal,
                                  error_details={"boot_status": link.boot_status}, **base)
-        message_id = uuid.uuid4().hex
+        message_id = new_id()
         try:
             async with asyncio.timeout(command.timeout):
                 async with link.call_lock:  # one outstanding CSMS->CP call per charge point
@@ -625,7 +625,7 @@ class Gateway:
                     link.pending[message_id] = fut
                     logs.bind(message_id=message_id)
                     try:
-                        await link.ws.send(json.dumps([CALL, message_id, command.action, command.payload]))
+                        await link.ws.send(wire.dumps([CALL, message_id, command.action, command.payload]))
                         frame = await fut
                     finally:
                         link.pending.pop(message_id, None)
