@@ -154,10 +154,12 @@ class OcppBaseline(Side):
 class Csms(Side):
     """This system, one process per part."""
 
-    def __init__(self, gateways: int = 1, replicas: dict[str, int] | None = None, label: str = "csms"):
+    def __init__(self, gateways: int = 1, replicas: dict[str, int] | None = None, label: str = "csms",
+                 tree: Path | None = None):
         self.gateways = gateways
         self.replicas = replicas or {}
         self.name = label
+        self.tree = tree  # another checkout of this system (``--against``): its code runs instead
         self.settings = None
         self.logs: list[Path] = []
 
@@ -173,7 +175,10 @@ class Csms(Side):
             log_path = folder / f"{tag}.log"
             self.logs.append(log_path)
             out = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-            self.procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=environment(settings),
+            env = environment(settings)
+            if self.tree is not None:
+                env["PYTHONPATH"] = f"{self.tree / 'libs'}:{self.tree}"
+            self.procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=self.tree or ROOT, env=env,
                                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT))
             out.close()
 
@@ -294,18 +299,21 @@ async def commands(side: Side, count: int, prefix: str, seconds: float) -> dict 
 async def run_side(side: Side, args, round_no: int) -> dict:
     print(f"  {side.name}: starting", flush=True)
     await side.start()
-    tag = f"r{round_no}{side.name[:4]}"
+    tag = f"r{round_no}{side.name[:4]}{len(side.name)}"
+    scenarios = args.scenarios.split(",")
     try:
         out: dict[str, Any] = {}
-        print(f"  {side.name}: boot storm of {args.storm}", flush=True)
-        out["storm"] = await storm(side, args.storm, f"{tag}s")
-        print(f"    {out['storm']['seconds']:.2f} s, {out['storm']['outcomes']}, "
-              f"{out['storm']['memory_per_cp_kib']:.1f} KiB per charge point", flush=True)
-        print(f"  {side.name}: sustained mix, {args.charge_points} charge points", flush=True)
-        out["sustained"] = await sustained(side, args.charge_points, f"{tag}m", args.quick)
-        print(f"    max {out['sustained']['max_rate']:.0f} msg/s at p99 < 100 ms; "
-              f"{out['sustained']['cpu_ms_per_1000']:.0f} ms CPU per 1000 messages", flush=True)
-        if not isinstance(side, Echo):
+        if "storm" in scenarios:
+            print(f"  {side.name}: boot storm of {args.storm}", flush=True)
+            out["storm"] = await storm(side, args.storm, f"{tag}s")
+            print(f"    {out['storm']['seconds']:.2f} s, {out['storm']['outcomes']}, "
+                  f"{out['storm']['memory_per_cp_kib']:.1f} KiB per charge point", flush=True)
+        if "sustained" in scenarios:
+            print(f"  {side.name}: sustained mix, {args.charge_points} charge points", flush=True)
+            out["sustained"] = await sustained(side, args.charge_points, f"{tag}m", args.quick)
+            print(f"    max {out['sustained']['max_rate']:.0f} msg/s at p99 < 100 ms; "
+                  f"{out['sustained']['cpu_ms_per_1000']:.0f} ms CPU per 1000 messages", flush=True)
+        if not isinstance(side, Echo) and "commands" in scenarios:
             print(f"  {side.name}: GetConfiguration to {args.command_cps} charge points", flush=True)
             out["commands"] = await commands(side, args.command_cps, f"{tag}c", args.command_seconds)
             print(f"    {out['commands']}", flush=True)
@@ -359,11 +367,20 @@ def table(summary: dict) -> str:
             return "—"
         return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
 
+    against = [name for name in sides if name.startswith("csms@")]
+    if against:
+        lines[0] += f" {against[0]} | this system / {against[0]} |"
+        lines[1] += "---|---|"
     for label, path, _ in rows:
         values = [median_of(sides.get(name, []), *path) for name in ("echo", "ocpp", "csms")]
         ratio = values[2] / values[1] if values[1] and values[2] is not None else None
-        lines.append(f"| {label} | {fmt(values[0])} | {fmt(values[1])} | {fmt(values[2])} | "
-                     f"{'—' if ratio is None else f'{ratio:.2f}×'} |")
+        line = (f"| {label} | {fmt(values[0])} | {fmt(values[1])} | {fmt(values[2])} | "
+                f"{'—' if ratio is None else f'{ratio:.2f}×'} |")
+        if against:
+            before = median_of(sides[against[0]], *path)
+            change = values[2] / before if before and values[2] is not None else None
+            line += f" {fmt(before)} | {'—' if change is None else f'{change:.2f}×'} |"
+        lines.append(line)
     if summary.get("storm_10k"):
         big = summary["storm_10k"]
         lines.append(f"| {big['count']:,} CPs connected and booted | — | — | {big['seconds']:.1f} s, "
@@ -392,6 +409,10 @@ async def main() -> None:
     parser.add_argument("--no-scale-out", action="store_true")
     parser.add_argument("--scale-rounds", type=int)
     parser.add_argument("--replicate", default="transactions", help="the service given a second replica")
+    parser.add_argument("--scenarios", default="storm,sustained,commands",
+                        help="which of storm,sustained,commands run on every side")
+    parser.add_argument("--against", metavar="GIT_REF",
+                        help="also run this system as it was at GIT_REF (side csms@REF), for a before/after")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "suite.json"))
     args = parser.parse_args()
     quick = args.quick
@@ -405,6 +426,11 @@ async def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the sides and the load generator
     makers = {"echo": Echo, "ocpp": OcppBaseline, "csms": Csms}
     names = [name for name in args.sides.split(",") if name in makers]
+    if args.against:
+        tree = checkout(args.against)
+        label = f"csms@{args.against}"
+        makers[label] = lambda: Csms(label=label, tree=tree)
+        names.append(label)
     started = datetime.now(timezone.utc)
     results: dict[str, list[dict]] = {name: [] for name in names}
     for round_no in range(args.rounds):
@@ -433,6 +459,15 @@ async def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nJSON: {path}")
+
+
+def checkout(ref: str) -> Path:
+    """The tree of ``ref`` (git archive) in a temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="csms-suite-ref-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def machine() -> str:

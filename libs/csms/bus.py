@@ -36,6 +36,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import aiormq.connection
 from aio_pika import RobustChannel, RobustConnection
 from aio_pika.abc import (
     AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection,
@@ -127,6 +128,68 @@ class Unroutable(Exception):
     """Nobody is bound to take this message (no service owns it / charge point offline)."""
 
 
+class CoalescingTransport:
+    """The AMQP socket's transport, with the frames written in one event-loop iteration sent in one system call.
+
+    aiormq writes every frame (a publish, an ack, a reply) with its own ``write``, and each is a ``send`` system
+    call; a service answering a CALL writes three (the ack, the event, the reply), a busy gateway one per CALL.
+    Here writes are gathered and sent together at the end of the iteration (``call_soon``), in order."""
+
+    def __init__(self, transport: asyncio.WriteTransport):
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._buffer: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        self._buffer.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+        self._buffer = []
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(data) for data in self._buffer)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._buffer = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingTransportFactory(aiormq.connection.TransportFactory):
+    """aiormq's own TCP/TLS transport, wrapped in :class:`CoalescingTransport`."""
+
+    async def create(self, url: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        inner = aiormq.connection.TLSTransportFactory() if url.scheme == "amqps" \
+            else aiormq.connection.TCPTransportFactory()
+        reader, writer = await inner.create(url, **kwargs)
+        writer._transport = CoalescingTransport(writer.transport)  # noqa: SLF001 - StreamWriter writes through it
+        return reader, writer
+
+
 class CsmsChannel(RobustChannel):
     """A robust channel whose basic.returns reach ``return_callbacks`` with or without publisher confirms.
 
@@ -160,6 +223,10 @@ class BackoffConnection(RobustConnection):
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     down_since: float | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.kwargs["transport_factory"] = CoalescingTransportFactory()  # handed to aiormq on every (re)connect
 
     @property  # type: ignore[override]
     def reconnect_interval(self) -> float:
