@@ -98,8 +98,7 @@ async def status_notification(ctx: CallContext, req: StatusNotificationRequest) 
         "fingerprint": rules.status_fingerprint(req.status, req.error_code, req.timestamp),
     }
     state = live(ctx)
-    decision, previous = await state.update_connector(cp, req.connector_id, record)
-    await state.touch(cp, format_utc(utc_now()))
+    decision, previous = await state.update_connector(cp, req.connector_id, record, seen=format_utc(utc_now()))
     if decision != "apply":
         log.debug("%s: StatusNotification of connector %s %s", cp, req.connector_id, decision)
         return StatusNotificationResponse()
