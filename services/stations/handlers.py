@@ -30,7 +30,9 @@ from services.stations.store import BootInfo, ConfigEntry, LiveState, PgStationR
 
 log = logging.getLogger(__name__)
 
-service = Service("stations")
+# the store changes no session state (at most transaction-level advisory locks): no session reset after each
+# query, which would be a second round trip to PostgreSQL for every one
+service = Service("stations", database_reset_session=False)
 
 
 @service.on_startup
