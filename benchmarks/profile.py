@@ -13,6 +13,7 @@ import asyncio
 import collections
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,15 +51,20 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--charge-points", type=int, default=300)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--storm", type=int, default=0, help="profile a boot storm of this many charge points")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     side = await Csms().start()
     folder = Path(tempfile.mkdtemp(prefix="csms-profile-"))
     try:
-        gen = await Loadgen({"scenario": "sustained", "urls": side.urls, "prefix": "prof", "pids": side.pids,
-                             "count": args.charge_points, "cpu_rate": args.rate, "cpu_seconds": args.seconds,
-                             "ramp_start": 10 ** 9, "ramp_max": 0}).start()
-        await gen.until("started")
+        if args.storm:
+            gen = await Loadgen({"scenario": "storm", "urls": side.urls, "prefix": "prof", "count": args.storm,
+                                 "concurrency": 200}).start()
+        else:
+            gen = await Loadgen({"scenario": "sustained", "urls": side.urls, "prefix": "prof", "pids": side.pids,
+                                 "count": args.charge_points, "cpu_rate": args.rate, "cpu_seconds": args.seconds,
+                                 "ramp_start": 10 ** 9, "ramp_max": 0}).start()
+            await gen.until("started")
         names = [Path(log).stem for log in side.logs]
         spies = [subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "--rate", "200",
                                    "--duration", str(int(args.seconds)), "--pid", str(pid),
@@ -66,12 +72,22 @@ async def main() -> None:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for pid, name in zip(side.pids, names, strict=True)]
         before = {pid: cpu_seconds([pid]) for pid in side.pids}
-        result = await gen.until("done")
-        after = {pid: cpu_seconds([pid]) for pid in side.pids}
+        if args.storm:
+            booted = await gen.until("booted")
+            after = {pid: cpu_seconds([pid]) for pid in side.pids}
+            await gen.release()
+            step = {"answered": args.storm, "p99_ms": 0.0, "cpu_ms_per_1000": (sum(after.values()) - sum(
+                before.values())) / args.storm * 1e6}
+            print(f"boot storm: {booted['seconds']:.2f} s {booted['outcomes']}")
+        else:
+            result = await gen.until("done")
+            after = {pid: cpu_seconds([pid]) for pid in side.pids}
+            step = result["cpu_step"]
         for proc in spies:
+            if args.storm:
+                proc.send_signal(signal.SIGINT)
             proc.wait()
-        step = result["cpu_step"]
-        print(f"{step['answered']} messages at {args.rate}/s: p99 {step['p99_ms']:.0f} ms, "
+        print(f"{step['answered']} messages at {args.rate}/s (storm: boots): p99 {step['p99_ms']:.0f} ms, "
               f"{step['cpu_ms_per_1000']:.0f} ms CPU per 1000 messages")
         for pid, name in zip(side.pids, names, strict=True):
             used = after[pid] - before[pid]

@@ -263,16 +263,21 @@ class Loadgen:
 async def storm(side: Side, count: int, prefix: str) -> dict:
     await asyncio.sleep(1.0)
     before = rss_bytes(side.pids)
+    each_before = {pid: rss_bytes([pid]) for pid in side.pids}
     gen = await Loadgen({"scenario": "storm", "urls": side.urls, "prefix": prefix, "count": count,
                          "concurrency": 200}).start()
     booted = await gen.until("booted")
     await asyncio.sleep(3.0)  # idle
     after = rss_bytes(side.pids)
+    names = [Path(log).stem for log in getattr(side, "logs", [])] or [side.name]
+    each = {name: (rss_bytes([pid]) - each_before[pid]) / max(count, 1) / 1024
+            for pid, name in zip(side.pids, names, strict=False)}
     await gen.release()
     accepted = booted["outcomes"].get("Accepted", 0)
     return {"seconds": booted["seconds"], "accepted": accepted, "count": count, "outcomes": booted["outcomes"],
             "all_accepted": accepted == count,
-            "memory_per_cp_kib": (after - before) / max(accepted, 1) / 1024}
+            "memory_per_cp_kib": (after - before) / max(accepted, 1) / 1024,
+            "memory_per_cp_kib_by_process": each}
 
 
 async def sustained(side: Side, count: int, prefix: str, quick: bool) -> dict:
@@ -411,6 +416,7 @@ async def main() -> None:
     parser.add_argument("--replicate", default="transactions", help="the service given a second replica")
     parser.add_argument("--scenarios", default="storm,sustained,commands",
                         help="which of storm,sustained,commands run on every side")
+    parser.add_argument("--csms-ref", metavar="GIT_REF", help="run the csms side from GIT_REF, not the working tree")
     parser.add_argument("--against", metavar="GIT_REF",
                         help="also run this system as it was at GIT_REF (side csms@REF), for a before/after")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "suite.json"))
@@ -425,6 +431,9 @@ async def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the sides and the load generator
     makers = {"echo": Echo, "ocpp": OcppBaseline, "csms": Csms}
+    if args.csms_ref:  # this system as committed at a ref (so the working tree may change meanwhile)
+        csms_tree = checkout(args.csms_ref)
+        makers["csms"] = lambda: Csms(tree=csms_tree)
     names = [name for name in args.sides.split(",") if name in makers]
     if args.against:
         tree = checkout(args.against)
