@@ -32,7 +32,7 @@ async def handler(ws) -> None:
 
 
 async def main(port: int) -> None:
-    async with serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6"], ping_interval=None, backlog=1024,
+    async with serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6"], backlog=1024,
                      max_size=2 ** 20):
         print('{"event": "ready"}', flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until stdin closes

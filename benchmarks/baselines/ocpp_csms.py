@@ -118,7 +118,7 @@ async def commands(seconds: float) -> dict:
 async def main(port: int) -> None:
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     loop = asyncio.get_running_loop()
-    async with serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6"], ping_interval=None, backlog=1024,
+    async with serve(handler, "127.0.0.1", port, subprotocols=["ocpp1.6"], backlog=1024,
                      max_size=2 ** 20):
         print(json.dumps({"event": "ready"}), flush=True)
         while line := await loop.run_in_executor(None, sys.stdin.readline):
