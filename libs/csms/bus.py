@@ -268,6 +268,12 @@ class Bus:
         self._closing = False
         try:
             connection = await aio_pika.connect_robust(self.settings.amqp_url, connection_class=BackoffConnection)
+        except (StopAsyncIteration, asyncio.IncompleteReadError, EOFError) as exc:
+            # aiormq lets the end of the stream escape as is when the server closes during the handshake
+            # (seen on uvloop): it is an unreachable broker like any other, retried with backoff
+            self.connection = self.channel = None
+            raise aiormq.exceptions.AMQPConnectionError(
+                f"connection closed by the server during the handshake ({type(exc).__name__})") from None
         except BaseException:
             self.connection = self.channel = None
             raise
