@@ -395,8 +395,8 @@ def table(summary: dict) -> str:
         base = scale.get("1 gateway") or 0
         for name, value in scale.items():
             if name != "1 gateway":
-                lines.append(f"| scale-out: {name} (max msg/s) | — | — | {base:,.0f} → {value:,.0f} | "
-                             f"{value / base if base else 0:.2f}× of 1 |")
+                ratio = f"{value / base:.2f}× of 1" if base else "— (1 gateway found no passing step)"
+                lines.append(f"| scale-out: {name} (max msg/s) | — | — | {base:,.0f} → {value:,.0f} | {ratio} |")
     return "\n".join(lines)
 
 
