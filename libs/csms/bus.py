@@ -15,19 +15,29 @@ Exchanges (all prefixed with the namespace, e.g. ``csms.``):
 Every request/reply goes through :class:`RpcClient`: a private reply queue, correlation ids so any
 number of calls run at once, per-message expiry, and mandatory publishes so an unroutable request
 fails at once instead of vanishing.
+
+Two channels (docs/adr/publisher-confirms.md): events and control messages go out on a channel with
+publisher confirms (the broker has them before ``publish`` returns; many in flight at once); requests and
+replies go out on one without, because the reply -- or the caller's timeout -- already says whether they
+arrived. A mandatory request nobody is bound to take comes back as a basic.return, matched to its
+caller by correlation id (:class:`Unroutable`), as fast as a confirm would say it.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
+import types
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika import RobustConnection
+import aiormq
+import aiormq.connection
+from aio_pika import RobustChannel, RobustConnection
 from aio_pika.abc import (
     AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection,
 )
@@ -104,17 +114,119 @@ KIND_CALL, KIND_COMMAND, KIND_API, KIND_CONTROL = "ocpp.call", "ocpp.command", "
 CORRELATION_HEADER = "x-correlation-id"
 
 
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_id_counter = itertools.count(1)
+
+
+def new_id() -> str:
+    """An id unique in this system (a random per-process prefix and a counter): correlation ids and the like,
+    one per message, without a system call for randomness each time."""
+    return f"{_ID_PREFIX}{next(_id_counter):x}"
+
+
 class Unroutable(Exception):
     """Nobody is bound to take this message (no service owns it / charge point offline)."""
+
+
+class CoalescingTransport:
+    """The AMQP socket's transport, with the frames written in one event-loop iteration sent in one system call.
+
+    aiormq writes every frame (a publish, an ack, a reply) with its own ``write``, and each is a ``send`` system
+    call; a service answering a CALL writes three (the ack, the event, the reply), a busy gateway one per CALL.
+    Here writes are gathered and sent together at the end of the iteration (``call_soon``), in order."""
+
+    def __init__(self, transport: asyncio.WriteTransport):
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._buffer: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        self._buffer.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+        self._buffer = []
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(data) for data in self._buffer)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._buffer = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingTransportFactory(aiormq.connection.TransportFactory):
+    """aiormq's own TCP/TLS transport, wrapped in :class:`CoalescingTransport`."""
+
+    async def create(self, url: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        inner = aiormq.connection.TLSTransportFactory() if url.scheme == "amqps" \
+            else aiormq.connection.TCPTransportFactory()
+        reader, writer = await inner.create(url, **kwargs)
+        writer._transport = CoalescingTransport(writer.transport)  # noqa: SLF001 - StreamWriter writes through it
+        return reader, writer
+
+
+class CsmsChannel(RobustChannel):
+    """A robust channel whose basic.returns reach ``return_callbacks`` with or without publisher confirms.
+
+    aiormq hands a returned message to the return callbacks only when it matches an outstanding confirm, so
+    on a channel without confirms (the request/reply channel) it would be dropped; here the returned message is
+    read and passed on as it is. Installed on every (re)opening of the channel."""
+
+    async def _on_open(self) -> None:
+        await super()._on_open()
+        underlay = await self.get_underlay_channel()
+        underlay.on_return_callbacks.add(self._on_return)  # also after a reconnect (aio-pika: first open only)
+        if not self.publisher_confirms:
+            underlay._on_return_frame = types.MethodType(_return_without_confirm, underlay)
+
+
+async def _return_without_confirm(channel: aiormq.Channel, frame: aiormq.spec.Basic.Return) -> None:
+    header = await channel._Channel__get_content_header()  # noqa: SLF001 - aiormq's own reader step
+    message = await channel._read_content(frame, header)  # noqa: SLF001
+    for callback in tuple(channel.on_return_callbacks):
+        try:
+            callback(message)
+        except Exception:  # noqa: BLE001 - one callback must not stop the channel's reader
+            log.exception("return callback failed")
 
 
 class BackoffConnection(RobustConnection):
     """aio_pika's robust connection waits a fixed ``reconnect_interval`` between reconnect attempts; here the
     wait grows with the outage: half as long as it has lasted, between the backoff settings."""
 
+    CHANNEL_CLASS = CsmsChannel
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     down_since: float | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.kwargs["transport_factory"] = CoalescingTransportFactory()  # handed to aiormq on every (re)connect
 
     @property  # type: ignore[override]
     def reconnect_interval(self) -> float:
@@ -135,7 +247,10 @@ class Bus:
         self.names = Names.of(settings)
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None
+        # requests and replies: no publisher confirms (a reply or a timeout covers a lost one)
+        self.rpc_channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
+        self.rpc_exchanges: dict[str, AbstractExchange] = {}  # the same exchanges, on rpc_channel
         self.metrics = metrics
         self.outages = outages
         self._closing = False
@@ -143,15 +258,22 @@ class Bus:
     @property
     def connected(self) -> bool:
         """The connection and channel are up (false while aio_pika reconnects)."""
-        connection, channel = self.connection, self.channel
+        connection, channel, rpc_channel = self.connection, self.channel, self.rpc_channel
         return (connection is not None and not connection.is_closed and connection.connected.is_set()
-                and channel is not None and not channel.is_closed)
+                and channel is not None and not channel.is_closed
+                and rpc_channel is not None and not rpc_channel.is_closed)
 
     async def connect(self) -> "Bus":
         """Connect and declare the topology; on failure nothing is left open (so it can be retried)."""
         self._closing = False
         try:
             connection = await aio_pika.connect_robust(self.settings.amqp_url, connection_class=BackoffConnection)
+        except (StopAsyncIteration, asyncio.IncompleteReadError, EOFError) as exc:
+            # aiormq lets the end of the stream escape as is when the server closes during the handshake
+            # (seen on uvloop): it is an unreachable broker like any other, retried with backoff
+            self.connection = self.channel = None
+            raise aiormq.exceptions.AMQPConnectionError(
+                f"connection closed by the server during the handshake ({type(exc).__name__})") from None
         except BaseException:
             self.connection = self.channel = None
             raise
@@ -162,12 +284,14 @@ class Bus:
             # publisher confirms + on_return_raises: a mandatory publish nobody takes raises DeliveryError
             self.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await self.channel.set_qos(prefetch_count=64)
+            self.rpc_channel = await connection.channel(publisher_confirms=False)
             n = self.names
             for name, kind in ((n.calls, "topic"), (n.gateway, "direct"), (n.commands, "topic"),
                                (n.api, "topic"), (n.events, "topic"), (n.dead_letter, "fanout")):
                 self.exchanges[name] = await self.channel.declare_exchange(
                     name, getattr(aio_pika.ExchangeType, kind.upper()), durable=True
                 )
+                self.rpc_exchanges[name] = await self.rpc_channel.get_exchange(name, ensure=False)
         except BaseException:
             await self.close()
             self.channel = None
@@ -218,13 +342,18 @@ class Bus:
         return self.exchanges[name]
 
     async def publish(self, exchange: str, routing_key: str, body: bytes, *, mandatory: bool = False,
-                      **properties: Any) -> None:
-        """Publish with the current trace context and correlation id in the headers."""
+                      confirm: bool = True, **properties: Any) -> None:
+        """Publish with the current trace context and correlation id in the headers. ``confirm``: wait until
+        the broker has it (an unroutable mandatory message raises Unroutable); else send it on the channel
+        without confirms (a mandatory message nobody takes comes back to the return callbacks)."""
         headers = tracing.inject(properties.pop("headers", None))
         correlation = logs.current("correlation_id")
         if correlation and CORRELATION_HEADER not in headers:
             headers[CORRELATION_HEADER] = correlation
         message = aio_pika.Message(body=body, content_type="application/json", headers=headers, **properties)
+        if not confirm:
+            await self.rpc_exchanges[exchange].publish(message, routing_key, mandatory=mandatory)
+            return
         try:
             await self.exchange(exchange).publish(message, routing_key, mandatory=mandatory)
         except DeliveryError as exc:
@@ -245,8 +374,9 @@ class Bus:
         message = aio_pika.Message(
             body=body.to_bytes(), content_type="application/json", correlation_id=request.correlation_id
         )
-        # not mandatory: a caller that gave up and closed its reply queue is no error of ours
-        await self.channel.default_exchange.publish(message, request.reply_to, mandatory=False)
+        # not mandatory: a caller that gave up and closed its reply queue is no error of ours; not confirmed:
+        # the caller's timeout covers a reply lost on the way
+        await self.rpc_channel.default_exchange.publish(message, request.reply_to, mandatory=False)
 
 
 class RpcClient:
@@ -261,13 +391,22 @@ class RpcClient:
     async def start(self) -> "RpcClient":
         self._queue = await self.bus.channel.declare_queue(exclusive=True, auto_delete=True)
         self._tag = await self._queue.consume(self._on_reply, no_ack=True)
+        self.bus.rpc_channel.return_callbacks.add(self._on_return)
         return self
 
     async def stop(self) -> None:
+        if self.bus.rpc_channel is not None:
+            self.bus.rpc_channel.return_callbacks.discard(self._on_return)
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
         self._pending.clear()
+
+    def _on_return(self, channel: Any, message: AbstractIncomingMessage) -> None:
+        """A request nobody was bound to take came back (basic.return): its caller learns it at once."""
+        fut = self._pending.pop(message.correlation_id or "", None)
+        if fut is not None and not fut.done():
+            fut.set_exception(Unroutable(f"{message.exchange}/{message.routing_key}"))
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         fut = self._pending.pop(message.correlation_id or "", None)
@@ -277,17 +416,17 @@ class RpcClient:
     async def call(self, exchange: str, routing_key: str, body: bytes, *, timeout: float,
                    kind: str, headers: dict[str, Any] | None = None) -> bytes:
         """Publish a request and wait for its reply. Raises Unroutable or TimeoutError."""
-        correlation_id = uuid.uuid4().hex
+        correlation_id = new_id()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = fut
         started, outcome = time.perf_counter(), "error"
-        with tracing.tracer().start_as_current_span(f"rpc {kind} {routing_key}", kind=tracing.SpanKind.CLIENT,
+        with tracing.span(f"rpc {kind} {routing_key}", kind=tracing.SpanKind.CLIENT,
                                                     attributes={"messaging.system": "rabbitmq",
                                                                 "messaging.destination.name": exchange,
                                                                 "csms.routing_key": routing_key}):
             try:
                 await self.bus.publish(
-                    exchange, routing_key, body, mandatory=True, reply_to=self._queue.name,
+                    exchange, routing_key, body, mandatory=True, confirm=False, reply_to=self._queue.name,
                     correlation_id=correlation_id, type=kind, headers=headers or {},
                     # a request nobody takes in time is dropped, never handled late
                     expiration=max(timeout, 0.001),

@@ -294,6 +294,11 @@ class Settings(BaseSettings):
             raise ValueError("API_BOOTSTRAP_ADMIN_KEY must be 32-256 printable ASCII characters without spaces")
         return self
 
+    # ---- performance (issue 12) -------------------------------------------------------------
+    # the event loop of every CSMS process: uvloop (faster sockets, fewer system calls per frame) or the
+    # standard library's asyncio (for debugging, or where uvloop is not installed)
+    event_loop: Literal["uvloop", "asyncio"] = _env("CSMS_EVENT_LOOP", "uvloop")
+
     @model_validator(mode="after")
     def _backoff_order(self) -> "Settings":
         if self.backoff_initial > self.backoff_max:

@@ -425,7 +425,7 @@ class Service:
         try:
             headers = message.headers or {}
             with log_context(correlation_id=_text(headers.get(CORRELATION_HEADER))), \
-                    tracing.tracer().start_as_current_span(
+                    tracing.span(
                         f"{self.name} {message.type} {message.routing_key}", context=tracing.extract(headers),
                         kind=tracing.SpanKind.SERVER, attributes={"csms.service": self.name}):
                 await self._process(message)
@@ -558,7 +558,7 @@ class Service:
         try:
             headers = message.headers or {}
             with log_context(correlation_id=_text(headers.get(CORRELATION_HEADER))), \
-                    tracing.tracer().start_as_current_span(
+                    tracing.span(
                         f"{self.name} event {message.routing_key}", context=tracing.extract(headers),
                         kind=tracing.SpanKind.CONSUMER, attributes={"csms.service": self.name}):
                 await self._handle_event(message)

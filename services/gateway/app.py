@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import json
 import logging
 import math
@@ -38,9 +39,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from csms import envelopes, ocpp16
+from csms import envelopes, ocpp16, wire
 from csms.bus import (
-    CORRELATION_HEADER, KIND_CALL, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key, charge_point_route,
+    CORRELATION_HEADER, KIND_CALL, KIND_CONTROL, Bus, RpcClient, Unroutable, call_key, charge_point_route, new_id,
 )
 from csms.config import Settings
 from csms.contracts.base import format_utc, utc_now
@@ -69,15 +70,18 @@ CLOSE_GOING_AWAY = 1001  # the gateway is shutting down (drain): reconnect, to a
 CLOSE_TRY_AGAIN_LATER = 1013  # the connection could not be registered (RabbitMQ unreachable)
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Link:
-    """One charge point websocket."""
+    """One charge point websocket. Kept small (slots; the CALL worker and the command lock exist only while
+    needed): an idle charge point costs the gateway little more than its socket."""
 
     charge_point_id: str
     ws: ServerConnection
     session: str = field(default_factory=lambda: uuid.uuid4().hex)
-    inbound: asyncio.Queue = field(default_factory=asyncio.Queue)
-    call_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # CALLs received and not handled yet: (message_id, action, payload, received), oldest first
+    inbound: deque = field(default_factory=deque)
+    worker: asyncio.Task | None = None  # handles ``inbound`` one CALL at a time; None while there is none
+    _call_lock: asyncio.Lock | None = None
     pending: dict[str, asyncio.Future] = field(default_factory=dict)
     close_reason: str = ""
     draining: bool = False  # closing for a drain: queued CALLs and new commands fail fast
@@ -89,6 +93,13 @@ class Link:
     security_profile: int | None = None  # the profile this connection presented (handshake.py)
     certificate: str | None = None  # fingerprint of its client certificate (profile 3)
     remote_address: str = ""  # the charge point's address (behind a trusted proxy: from X-Forwarded-For)
+
+    @property
+    def call_lock(self) -> asyncio.Lock:
+        """One outstanding CSMS->CP call per charge point (made on the first command)."""
+        if self._call_lock is None:
+            self._call_lock = asyncio.Lock()
+        return self._call_lock
 
 
 class Gateway:
@@ -196,8 +207,8 @@ class Gateway:
         await asyncio.sleep(delay)
         with log_context(charge_point_id=link.charge_point_id):
             link.draining = True
-            while not link.inbound.empty():  # CALLs not started yet: fail fast, the charge point resends them
-                message_id, action, _, _ = link.inbound.get_nowait()
+            while link.inbound:  # CALLs not started yet: fail fast, the charge point resends them
+                message_id, action, _, _ = link.inbound.popleft()
                 with log_context(message_id=message_id, action=action):
                     await self._send_error(link, message_id, OcppError(
                         ErrorCode.GENERIC_ERROR, "gateway shutting down; send it again after reconnecting"))
@@ -339,6 +350,7 @@ class Gateway:
 
     async def _handler(self, ws: ServerConnection) -> None:
         admitted: Admitted = ws.csms_admitted  # type: ignore[attr-defined]
+        del ws.csms_admitted  # type: ignore[attr-defined]  # kept on the Link from here on
         charge_point_id = admitted.charge_point_id
         logs.bind(charge_point_id=charge_point_id)  # every log line of this connection names it
         link = Link(charge_point_id, ws, session=admitted.session, boot_status=admitted.boot_status,
@@ -351,7 +363,6 @@ class Gateway:
             await ws.close(CLOSE_TRY_AGAIN_LATER, "central system unavailable, try again")
             await self._detach(link, CLOSE_TRY_AGAIN_LATER, "central system unavailable")
             return
-        worker = self._spawn(self._call_worker(link))
         code, reason = None, ""
         try:
             async for raw in ws:
@@ -359,7 +370,8 @@ class Gateway:
         except ConnectionClosed:
             pass
         finally:
-            worker.cancel()
+            if link.worker is not None:
+                link.worker.cancel()
             if ws.close_code is not None:
                 code, reason = ws.close_code, ws.close_reason or link.close_reason
             await self._detach(link, code, reason)
@@ -412,7 +424,7 @@ class Gateway:
 
     async def _send(self, link: Link, frame: list) -> None:
         try:
-            await link.ws.send(json.dumps(frame, separators=(",", ":")))
+            await link.ws.send(wire.dumps(frame))
         except ConnectionClosed:
             pass
 
@@ -425,7 +437,7 @@ class Gateway:
             await self._send_error(link, "-1", OcppError(ErrorCode.FORMATION_VIOLATION, "binary frames are not OCPP-J"))
             return
         try:
-            frame = json.loads(raw)
+            frame = wire.loads(raw)
         except ValueError:
             await self._send_error(link, "-1", OcppError(ErrorCode.FORMATION_VIOLATION, "frame is not valid JSON"))
             return
@@ -445,11 +457,13 @@ class Gateway:
                 await self._send_error(link, message_id, OcppError(
                     ErrorCode.FORMATION_VIOLATION, "CALL must be [2, UniqueId, Action, Payload]"))
                 return
-            if link.inbound.qsize() >= MAX_QUEUED_CALLS:
+            if len(link.inbound) >= MAX_QUEUED_CALLS:
                 await self._send_error(link, message_id, OcppError(
                     ErrorCode.GENERIC_ERROR, f"too many CALLs waiting (at most {MAX_QUEUED_CALLS}); send one at a time"))
                 return
-            link.inbound.put_nowait((message_id, frame[2], frame[3], time.perf_counter()))
+            link.inbound.append((message_id, frame[2], frame[3], time.perf_counter()))
+            if link.worker is None:
+                link.worker = self._spawn(self._call_worker(link))
         elif kind in (CALLRESULT, CALLERROR):
             fut = link.pending.get(message_id)
             if fut is None or fut.done():
@@ -461,19 +475,26 @@ class Gateway:
                 ErrorCode.PROTOCOL_ERROR, f"unknown MessageTypeId {kind}"))
 
     async def _call_worker(self, link: Link) -> None:
-        """Handle the charge point's CALLs one at a time, in the order they came."""
-        while True:
-            message_id, action, payload, received = await link.inbound.get()
-            link.busy = True
-            try:
-                with log_context(message_id=message_id, action=action, correlation_id=uuid.uuid4().hex[:16]), \
-                        tracing.tracer().start_as_current_span(
-                        f"ocpp.call {action if isinstance(action, str) else '?'}", kind=tracing.SpanKind.SERVER,
-                        attributes={"ocpp.charge_point_id": link.charge_point_id, "ocpp.message_id": message_id}):
-                    outcome = await self._answer(link, message_id, action, payload)
-                self.metrics.call(action, outcome, time.perf_counter() - received)
-            finally:
-                link.busy = False
+        """Handle the charge point's CALLs one at a time, in the order they came; ends when none is waiting (the
+        next CALL starts a new worker)."""
+        try:
+            while link.inbound:
+                await self._handle_next(link)
+        finally:
+            link.worker = None
+
+    async def _handle_next(self, link: Link) -> None:
+        message_id, action, payload, received = link.inbound.popleft()
+        link.busy = True
+        try:
+            with log_context(message_id=message_id, action=action, correlation_id=new_id()), \
+                    tracing.span(
+                    f"ocpp.call {action if isinstance(action, str) else '?'}", kind=tracing.SpanKind.SERVER,
+                    attributes={"ocpp.charge_point_id": link.charge_point_id, "ocpp.message_id": message_id}):
+                outcome = await self._answer(link, message_id, action, payload)
+            self.metrics.call(action, outcome, time.perf_counter() - received)
+        finally:
+            link.busy = False
 
     async def _answer(self, link: Link, message_id: str, action: str, payload: Any) -> str:
         """Answer one CALL; returns the outcome for the metrics (``result`` or the CALLERROR code)."""
@@ -534,7 +555,7 @@ class Gateway:
             self._spawn(self._traced_command(message, tracing.extract(headers)))
 
     async def _traced_command(self, message: AbstractIncomingMessage, context: Any) -> None:
-        with tracing.tracer().start_as_current_span("ocpp.command", context=context, kind=tracing.SpanKind.SERVER):
+        with tracing.span("ocpp.command", context=context, kind=tracing.SpanKind.SERVER):
             await self._run_command(message)
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
@@ -619,7 +640,7 @@ class Gateway:
         if refusal:
             return CommandResult(status="refused", error_description=refusal,
                                  error_details={"boot_status": link.boot_status}, **base)
-        message_id = uuid.uuid4().hex
+        message_id = new_id()
         try:
             async with asyncio.timeout(command.timeout):
                 async with link.call_lock:  # one outstanding CSMS->CP call per charge point
@@ -627,7 +648,7 @@ class Gateway:
                     link.pending[message_id] = fut
                     logs.bind(message_id=message_id)
                     try:
-                        await link.ws.send(json.dumps([CALL, message_id, command.action, command.payload]))
+                        await link.ws.send(wire.dumps([CALL, message_id, command.action, command.payload]))
                         frame = await fut
                     finally:
                         link.pending.pop(message_id, None)

@@ -37,7 +37,9 @@ from services.smart_charging.store import CONFIGURATION_KEYS, LockBusy, PgStore,
 
 log = logging.getLogger(__name__)
 
-service = Service("smart_charging")
+# the store changes no session state (at most transaction-level advisory locks): no session reset after each
+# query, which would be a second round trip to PostgreSQL for every one
+service = Service("smart_charging", database_reset_session=False)
 
 API_TIMEOUT = 5.0  # seconds to wait for another service's API
 

@@ -31,7 +31,9 @@ from services.stations.verifier import Busy, PasswordVerifier
 
 log = logging.getLogger(__name__)
 
-service = Service("stations")
+# the store changes no session state (at most transaction-level advisory locks): no session reset after each
+# query, which would be a second round trip to PostgreSQL for every one
+service = Service("stations", database_reset_session=False)
 
 
 class _Runtime:
@@ -128,8 +130,7 @@ async def status_notification(ctx: CallContext, req: StatusNotificationRequest) 
         "fingerprint": rules.status_fingerprint(req.status, req.error_code, req.timestamp),
     }
     state = live(ctx)
-    decision, previous = await state.update_connector(cp, req.connector_id, record)
-    await state.touch(cp, format_utc(utc_now()))
+    decision, previous = await state.update_connector(cp, req.connector_id, record, seen=format_utc(utc_now()))
     if decision != "apply":
         log.debug("%s: StatusNotification of connector %s %s", cp, req.connector_id, decision)
         return StatusNotificationResponse()

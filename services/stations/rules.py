@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from csms.contracts.base import as_utc, format_utc
@@ -66,6 +66,15 @@ def status_decision(previous: dict[str, Any] | None, new: dict[str, Any]) -> Sta
     except (KeyError, TypeError, ValueError):
         return "apply"  # a record this code did not write: the new one replaces it
     return "stale" if parse_instant(new["ordered_at"]) < before else "apply"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def instant_key(moment: datetime) -> int:
+    """An instant as whole microseconds since 1970 (UTC): how the connector store compares ``ordered_at`` inside
+    Redis (exact in Lua's doubles until the year 2255), the same order as :func:`status_decision`'s."""
+    return (as_utc(moment) - _EPOCH) // timedelta(microseconds=1)
 
 
 def parse_instant(text: str) -> datetime:

@@ -284,8 +284,8 @@ class PgStationRecords:
 class LiveState(Protocol):
     async def touch(self, cp: str, at: str) -> None: ...
     async def last_seen(self, cp: str) -> str | None: ...
-    async def update_connector(self, cp: str, connector_id: int,
-                               record: dict[str, Any]) -> tuple[rules.StatusDecision, dict[str, Any] | None]: ...
+    async def update_connector(self, cp: str, connector_id: int, record: dict[str, Any], seen: str | None = None
+                               ) -> tuple[rules.StatusDecision, dict[str, Any] | None]: ...
     async def restore_connector(self, cp: str, connector_id: int, record: dict[str, Any],
                                 previous: dict[str, Any] | None) -> None: ...
     async def connectors(self, cp: str) -> dict[int, dict[str, Any]]: ...
@@ -306,9 +306,37 @@ return 0
 """
 _WATCH_ATTEMPTS = 20
 
+# status_decision inside Redis, in one round trip: store the connector's record unless it is a resend (same
+# fingerprint) or ordered before the stored one (``ordered_us``, rules.instant_key); also note when the station
+# was last seen. A stored record of the previous version (ordered_at without ordered_us) is left to Python
+# ('ask'). KEYS: connectors hash, last-seen key; ARGV: field, record, fingerprint, ordered_us, seen ('' = none).
+_UPDATE_CONNECTOR = """
+if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) end
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw then
+  local ok, previous = pcall(cjson.decode, raw)
+  if ok and type(previous) == 'table' then
+    if previous['fingerprint'] == ARGV[3] then return {'duplicate', raw} end
+    local before = tonumber(previous['ordered_us'])
+    if before == nil then
+      if previous['ordered_at'] ~= nil then return {'ask', raw} end
+    elseif tonumber(ARGV[4]) < before then
+      return {'stale', raw}
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {'apply', raw or ''}
+"""
+
 
 def _dumps(record: dict[str, Any] | None) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":")) if record else ""
+
+
+def _stored(record: dict[str, Any]) -> dict[str, Any]:
+    """A connector record as stored: with its ``ordered_at`` as a number the store's script compares."""
+    return {**record, "ordered_us": rules.instant_key(rules.parse_instant(record["ordered_at"]))}
 
 
 def _loads(raw: str | None) -> dict[str, Any] | None:
@@ -327,6 +355,7 @@ class RedisLiveState:
     def __init__(self, redis: aioredis.Redis, settings: Settings):
         self.redis = redis
         self.settings = settings
+        self._update = redis.register_script(_UPDATE_CONNECTOR)  # EVALSHA (EVAL once, if Redis lost it)
 
     def _connectors_key(self, cp: str) -> str:
         return self.settings.key("station", cp, "connectors")
@@ -348,11 +377,24 @@ class RedisLiveState:
     async def last_seen(self, cp: str) -> str | None:
         return await self.redis.get(self.settings.key("station", cp, "seen"))
 
-    async def update_connector(self, cp: str, connector_id: int,
-                               record: dict[str, Any]) -> tuple[rules.StatusDecision, dict[str, Any] | None]:
-        """Store ``record`` unless :func:`rules.status_decision` says it is a resend or stale; atomic
-        (WATCH/MULTI), so a resend racing the original is still recognised."""
+    async def update_connector(self, cp: str, connector_id: int, record: dict[str, Any], seen: str | None = None
+                               ) -> tuple[rules.StatusDecision, dict[str, Any] | None]:
+        """Store ``record`` unless :func:`rules.status_decision` says it is a resend or stale, and (``seen``) note
+        when the station was last heard from: one atomic script, one round trip, so a resend racing the
+        original is still recognised. ``record`` needs ``fingerprint`` and ``ordered_at``."""
         key, field = self._connectors_key(cp), str(connector_id)
+        stored = _stored(record)
+        decision, raw = await self._update(keys=[key, self.settings.key("station", cp, "seen")],
+                                           args=[field, _dumps(stored), record["fingerprint"], stored["ordered_us"],
+                                                 seen or ""])
+        decision = decision.decode() if isinstance(decision, bytes) else decision
+        if decision != "ask":
+            return decision, _loads(raw)
+        return await self._update_watched(key, field, stored)
+
+    async def _update_watched(self, key: str, field: str, record: dict[str, Any]
+                              ) -> tuple[rules.StatusDecision, dict[str, Any] | None]:
+        """The decision in Python, under WATCH/MULTI (a stored record written before ``ordered_us`` existed)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             for _ in range(_WATCH_ATTEMPTS):
                 try:
@@ -368,11 +410,11 @@ class RedisLiveState:
                     return decision, previous
                 except WatchError:
                     continue
-        raise RuntimeError(f"connector {connector_id} of {cp} kept changing; status not stored")
+        raise RuntimeError(f"connector {field} of {key} kept changing; status not stored")
 
     async def restore_connector(self, cp: str, connector_id: int, record: dict[str, Any],
                                 previous: dict[str, Any] | None) -> None:
-        await self.redis.eval(_RESTORE, 1, self._connectors_key(cp), str(connector_id), _dumps(record),
+        await self.redis.eval(_RESTORE, 1, self._connectors_key(cp), str(connector_id), _dumps(_stored(record)),
                               _dumps(previous))
 
     async def connectors(self, cp: str) -> dict[int, dict[str, Any]]:
@@ -381,7 +423,7 @@ class RedisLiveState:
         for field, value in raw.items():
             record = _loads(value)
             if record is not None and field.lstrip("-").isdigit():
-                record = {k: v for k, v in record.items() if k != "fingerprint"}
+                record = {k: v for k, v in record.items() if k not in ("fingerprint", "ordered_us")}
                 found[int(field)] = record
         return dict(sorted(found.items()))
 

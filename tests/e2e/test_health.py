@@ -90,6 +90,13 @@ async def test_readyz_turns_false_when_rabbitmq_goes_away_and_true_when_it_retur
         # everything works again: consumers, bindings and reply queues were restored
         async with connect(system.url(cp_id)) as cp:
             assert (await cp.boot()).status == "Accepted"
+            assert (await system.send(cp_id, "ClearCache", {})).status == "answered"
+        # requests go without publisher confirms: one nobody takes still comes back at once after the
+        # reconnect (basic.return on the reopened channel), not after its timeout
+        started = asyncio.get_running_loop().time()
+        result = await system.send(f"{cp_id}-gone", "ClearCache", {}, timeout=20)
+        assert result.status == "offline", result
+        assert asyncio.get_running_loop().time() - started < 5
     finally:
         await ops.stop()
         await system.stop()

@@ -13,6 +13,7 @@ import logging
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 
 from csms.config import Settings
 
@@ -40,9 +41,18 @@ def redacted(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _json_decode(text: str) -> object:
+    """PostgreSQL's json/jsonb text as Python: orjson (integers beyond 64 bits: the standard library)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
+    # encoded with the standard library (it refuses NaN where orjson would write null); decoded with orjson
     for type_name in ("json", "jsonb"):
-        await connection.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await connection.set_type_codec(type_name, encoder=json.dumps, decoder=_json_decode, schema="pg_catalog")
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

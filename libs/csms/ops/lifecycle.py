@@ -189,6 +189,18 @@ class Runtime:
         self.started.clear()
 
 
+def event_loop_runner(kind: str) -> Callable[[Awaitable[int]], int]:
+    """``asyncio.run`` on the event loop ``CSMS_EVENT_LOOP`` names (uvloop when it is installed)."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("CSMS_EVENT_LOOP=uvloop but uvloop is not installed: using asyncio's event loop")
+        else:
+            return uvloop.run
+    return asyncio.run
+
+
 def main(name: str, parts: Callable[[Settings], Sequence[ProcessPart]],
          prepare: Callable[[Settings, OutageLog], Awaitable[None]] | None = None,
          adjust: Callable[[Settings], Settings] | None = None) -> None:
@@ -204,4 +216,4 @@ def main(name: str, parts: Callable[[Settings], Sequence[ProcessPart]],
     runtime = Runtime(settings, parts(settings), name)
     if prepare is not None:
         runtime.prepare = lambda: prepare(settings, runtime.outages)
-    raise SystemExit(asyncio.run(runtime.run()))
+    raise SystemExit(event_loop_runner(settings.event_loop)(runtime.run()))

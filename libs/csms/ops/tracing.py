@@ -10,6 +10,7 @@ CALL is one trace with the gateway's span and the owning service's span.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Mapping
 
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 _provider: TracerProvider | None = None
 
-__all__ = ["SpanKind", "Status", "StatusCode", "configure_tracing", "extract", "inject", "set_provider", "tracer"]
+__all__ = ["SpanKind", "Status", "StatusCode", "configure_tracing", "enabled", "extract", "inject", "set_provider", "span",
+           "tracer"]
 
 
 def set_provider(provider: TracerProvider | None) -> None:
@@ -32,6 +34,22 @@ def set_provider(provider: TracerProvider | None) -> None:
 
 def tracer() -> Tracer:
     return (_provider or trace.get_tracer_provider()).get_tracer("csms")
+
+
+def enabled() -> bool:
+    """A provider records spans: ours (:func:`set_provider`) or a global one an application installed."""
+    return _provider is not None or not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+_NO_SPAN = contextlib.nullcontext()
+
+
+def span(name: str, **kwargs: Any) -> Any:
+    """``tracer().start_as_current_span(name, **kwargs)``, or (tracing off: the hot path of every CALL) a shared
+    context manager that does nothing."""
+    if not enabled():
+        return _NO_SPAN
+    return tracer().start_as_current_span(name, **kwargs)
 
 
 def configure_tracing(exporter: str, service_name: str) -> TracerProvider | None:
@@ -64,7 +82,7 @@ def shutdown_tracing() -> None:
 def inject(headers: dict[str, Any] | None = None) -> dict[str, Any]:
     """``headers`` plus the current trace context (nothing is added when no span is recording)."""
     headers = dict(headers or {})
-    if trace.get_current_span().get_span_context().is_valid:
+    if enabled() and trace.get_current_span().get_span_context().is_valid:
         propagate.inject(headers)
     return headers
 
