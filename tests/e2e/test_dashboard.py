@@ -7,6 +7,7 @@ tests/e2e/test_dashboard.py`` makes the README's), else to the test's temporary 
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -298,3 +299,29 @@ async def test_diagnostics_firmware_and_security_events_show_with_their_progress
 
         await dashboard.open(f"#/transactions?charge_point_id={cp_id}", "transactions")
         await browser.until_text("#transactions", "no transaction")
+
+
+async def test_recent_activity_of_a_station_through_the_http_api(system, cp_id):
+    """The endpoint the dashboard's "recent messages and errors" reads, and the dashboard switched off."""
+    async with http_api(system) as (_, client), connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        await cp.status(1, "Faulted", error_code="GroundFailure")
+        for _ in range(100):
+            status, entries = await client.get(f"/charge-points/{cp_id}/activity", key="read")
+            if len(entries) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200
+        assert [e["type"] for e in entries] == ["connector.status_changed", "station.booted", "station.connected"]
+        assert [e["problem"] for e in entries] == [True, False, False]
+        assert entries[0]["event"]["error_code"] == "GroundFailure" and entries[0]["event"]["charge_point_id"] == cp_id
+        status, problems = await client.get(f"/charge-points/{cp_id}/activity", key="read",
+                                            params={"problems_only": "true", "limit": 1})
+        assert status == 200 and [e["type"] for e in problems] == ["connector.status_changed"]
+        assert (await client.get("/charge-points/CP-nobody/activity", key="read")) == (200, [])
+        status, body = await client.get(f"/charge-points/{cp_id}/activity", key="read", params={"limit": 0})
+        assert status == 400 and "limit" in body["error"]
+        assert (await client.get(f"/charge-points/{cp_id}/activity", key=None))[0] == 401
+    async with http_api(system, api_dashboard=False) as (api, client):
+        async with client.session.get(f"http://127.0.0.1:{api.port}/dashboard/") as response:
+            assert response.status == 404

@@ -3,7 +3,7 @@
 // and the SVG its scale (data-y-max, data-plot-*), so what is drawn can be checked against the API's numbers.
 
 const NS = "http://www.w3.org/2000/svg";
-const W = 760, H = 280, M = { left: 64, right: 18, top: 16, bottom: 40 };
+const W = 760, H = 290, M = { left: 64, right: 36, top: 26, bottom: 40 };
 
 function el(name, attrs = {}, text) {
   const node = document.createElementNS(NS, name);
@@ -44,9 +44,10 @@ function frame(svg, { xMin, xMax, yMax, unit }) {
   for (let i = 0; i <= 5; i += 1) {
     const t = xMin + (span * i) / 5;
     axes.append(el("line", { x1: x(t), x2: x(t), y1: plot.bottom, y2: plot.bottom + 4, class: "tick" }));
-    axes.append(el("text", { x: x(t), y: plot.bottom + 18, "text-anchor": "middle" }, clock(t, span < 600000)));
+    const anchor = i === 0 ? "start" : i === 5 ? "end" : "middle";
+    axes.append(el("text", { x: x(t), y: plot.bottom + 18, "text-anchor": anchor }, clock(t, span < 600000)));
   }
-  axes.append(el("text", { x: 12, y: plot.top + 4, class: "unit" }, unit));
+  axes.append(el("text", { x: plot.left - 6, y: 12, "text-anchor": "end", class: "unit" }, unit));
   axes.append(el("text", { x: plot.right, y: H - 4, "text-anchor": "end", class: "unit" }, "UTC"));
   svg.append(axes);
   return { x, y, plot };

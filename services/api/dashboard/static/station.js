@@ -198,7 +198,8 @@ export async function stationView(ctx, root, id) {
     if (svg && p) svg.dataset.scheduleStart = predicted.scheduleStart;
     if (svg && r) svg.dataset.reportedStart = reported.scheduleStart;
     replace(chartBox, note ? h("p", { class: "muted" }, note) : "", chart,
-      predicted && predicted.status !== "Accepted" ? h("p", { class: "muted" }, `predicted: ${predicted.status}`) : "",
+      predicted && predicted.status !== "Accepted"
+        ? h("p", { class: "muted" }, "no limit predicted: the profiles stored for the station set none then") : "",
       reported && reported.status && reported.status !== "Accepted"
         ? h("p", { class: "problem" }, `the charge point answered ${reported.status}`) : "");
   }
