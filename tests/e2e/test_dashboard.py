@@ -74,6 +74,7 @@ async def test_a_bad_api_key_is_refused_and_the_key_never_shows_in_the_page(dash
     assert await browser.evaluate("return sessionStorage.length") == 0
     assert await browser.evaluate("return document.querySelector('#api-key').value") == ""
     assert await browser.count("#view-stations") == 0
+    assert await browser.evaluate("return document.querySelector('#nav').getClientRects().length") == 0
     await dashboard.screenshot("login-refused")
 
     key = dashboard.client.keys["read"]
