@@ -291,8 +291,10 @@ class Settings(BaseSettings):
     # recent events kept per charge point by each API process for GET /charge-points/{id}/activity (the
     # dashboard's recent messages and errors), and for how many charge points (the least recently active
     # are forgotten first); 0 keeps none
-    api_activity_events: int = _env("API_ACTIVITY_EVENTS", 100, ge=0, le=10_000)
-    api_activity_charge_points: int = _env("API_ACTIVITY_CHARGE_POINTS", 2000, ge=1, le=1_000_000)
+    # (each at most 2 KiB as JSON: a typical event takes ~1 KiB of memory, so the defaults hold ~50 MiB, at most
+    # ~110 MiB; benchmarks/bench_activity.py)
+    api_activity_events: int = _env("API_ACTIVITY_EVENTS", 50, ge=0, le=10_000)
+    api_activity_charge_points: int = _env("API_ACTIVITY_CHARGE_POINTS", 1000, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _bootstrap_key(self) -> "Settings":

@@ -10,11 +10,23 @@ started, not a record: every replica sees every event, so replicas answer alike 
 """
 from __future__ import annotations
 
+import json
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from csms.contracts.api.api import ActivityEntry
 from services.api import rules
+
+
+class _Kept(NamedTuple):
+    """One event as kept: its JSON text (not the parsed object: a parsed event takes several times the memory),
+    made into an ActivityEntry only when asked for."""
+    event_id: str | None
+    type: str
+    occurred_at: str | None
+    problem: bool
+    truncated: bool
+    body: bytes
 
 
 class ActivityLog:
@@ -23,21 +35,21 @@ class ActivityLog:
         self.per_charge_point = per_charge_point
         self.max_charge_points = max_charge_points
         self.max_event_bytes = max_event_bytes
-        self._entries: OrderedDict[str, deque[ActivityEntry]] = OrderedDict()
+        self._entries: OrderedDict[str, deque[_Kept]] = OrderedDict()
 
-    def add(self, event_type: str, event: Any, size: int) -> None:
-        """One event from the bus (``size``: its length in bytes); events without a charge point are not kept."""
+    def add(self, event_type: str, event: Any, body: bytes) -> None:
+        """One event from the bus, parsed (``event``) and as it came (``body``); events without a charge point are
+        not kept."""
         if self.per_charge_point <= 0 or not isinstance(event, dict):
             return
         charge_point_id = event.get("charge_point_id")
         if not isinstance(charge_point_id, str) or not charge_point_id:
             return
-        truncated = size > self.max_event_bytes
-        kept = rules.compact_event(event) if truncated else event
-        occurred_at = event.get("occurred_at")
-        entry = ActivityEntry(event_id=_text(event.get("event_id")), type=event_type[:100],
-                              occurred_at=_text(occurred_at), problem=rules.is_problem(event_type, event),
-                              truncated=truncated, event=kept)
+        truncated = len(body) > self.max_event_bytes
+        if truncated:
+            body = json.dumps(rules.compact_event(event), separators=(",", ":")).encode()
+        kept = _Kept(_text(event.get("event_id")), event_type[:100], _text(event.get("occurred_at")),
+                     rules.is_problem(event_type, event), truncated, bytes(body))
         entries = self._entries.get(charge_point_id)
         if entries is None:
             entries = self._entries[charge_point_id] = deque(maxlen=self.per_charge_point)
@@ -45,15 +57,16 @@ class ActivityLog:
                 self._entries.popitem(last=False)
         else:
             self._entries.move_to_end(charge_point_id)
-        entries.append(entry)
+        entries.append(kept)
 
     def recent(self, charge_point_id: str, limit: int, problems_only: bool = False) -> list[ActivityEntry]:
         """Newest first, at most ``limit``."""
         found: list[ActivityEntry] = []
-        for entry in reversed(self._entries.get(charge_point_id, ())):
-            if problems_only and not entry.problem:
+        for kept in reversed(self._entries.get(charge_point_id, ())):
+            if problems_only and not kept.problem:
                 continue
-            found.append(entry)
+            found.append(ActivityEntry(event_id=kept.event_id, type=kept.type, occurred_at=kept.occurred_at,
+                                       problem=kept.problem, truncated=kept.truncated, event=json.loads(kept.body)))
             if len(found) >= limit:
                 break
         return found

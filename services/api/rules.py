@@ -126,7 +126,7 @@ def wanted(event_type: str, charge_point_id: str | None, patterns: tuple[str, ..
 
 
 # ---- recent activity (GET /charge-points/{id}/activity) -------------------------------------------------------
-MAX_ACTIVITY_EVENT_BYTES = 4096   # a larger event is kept compacted (its top-level scalars, texts cut)
+MAX_ACTIVITY_EVENT_BYTES = 2048   # a larger event is kept compacted (its top-level scalars, texts cut)
 MAX_COMPACT_TEXT = 200
 _FAILED_FILE_STATUSES = {"UploadFailed", "UploadFailure", "BadMessage", "NotSupportedOperation", "PermissionDenied",
                          "Rejected", "Failed", "InvalidSignature", "InvalidCertificate", "RevokedCertificate"}

@@ -83,7 +83,7 @@ class EventHub:
         except (ValueError, RecursionError):
             return
         if self.activity is not None:
-            self.activity.add(event_type, event, len(message.body))
+            self.activity.add(event_type, event, message.body)
         if not self.subscribers:
             return
         charge_point_id = event.get("charge_point_id") if isinstance(event, dict) else None

@@ -235,6 +235,12 @@ async def test_the_composite_schedule_plot_matches_the_apis_numbers(dashboard, c
                                         "data-plot-bottom"))[0]
         check_geometry(svg, drawn_reported, svg["data-reported-start"])
         await browser.until_text("#activity", "differs from the prediction")
+        # the stored report, after a reload: drawn again from GET composite-reports
+        await browser.call("reload")
+        await browser.until_text("#last-report", "differs from the prediction (")
+        await browser.click("#show-last-report")
+        await browser.until("return document.querySelectorAll('#schedule-chart line.step.reported').length === 2")
+        assert [(s["start"], s["limit"]) for s in await steps(browser, "reported")] == [(0, 32), (1500, 13)]
         await browser.evaluate("document.querySelector('#schedule').scrollIntoView()")
         await dashboard.screenshot("composite-schedule")
 

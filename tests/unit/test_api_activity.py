@@ -61,7 +61,7 @@ def test_a_large_event_keeps_its_top_level_scalars_with_long_texts_cut():
 def add(log: ActivityLog, charge_point_id: str, n: int, event_type: str = "meter.values", **fields) -> dict:
     event = {"event_id": f"{charge_point_id}-{n}", "occurred_at": f"2025-05-01T12:00:{n:02d}Z",
              "charge_point_id": charge_point_id, **fields}
-    log.add(event_type, event, len(json.dumps(event)))
+    log.add(event_type, event, json.dumps(event).encode())
     return event
 
 
@@ -101,9 +101,9 @@ def test_events_without_a_charge_point_or_with_nothing_to_keep_are_ignored():
     add(log, "CP-1", 1)
     assert len(log) == 0
     log = ActivityLog(per_charge_point=5, max_charge_points=10)
-    log.add("charging.site_rebalanced", {"charge_point_id": "", "site_id": "s"}, 10)
-    log.add("station.connected", ["not", "an", "object"], 10)
-    log.add("station.connected", {"charge_point_id": 42}, 10)
+    log.add("charging.site_rebalanced", {"charge_point_id": "", "site_id": "s"}, b"{}")
+    log.add("station.connected", ["not", "an", "object"], b"[]")
+    log.add("station.connected", {"charge_point_id": 42}, b"{}")
     assert len(log) == 0
 
 

@@ -81,7 +81,7 @@ export async function stationView(ctx, root, id) {
   function after(name, answer) {
     if (!answer) return;
     if (name === "config") loadConfig();
-    if (name === "composite" && answer.status === "answered") drawReport(answer.server, answer.payload);
+    if (name === "composite" && answer.status === "answered") { drawReport(answer.server, answer.payload); loadLastReport(); }
   }
 
   const commands = section("Commands",
@@ -177,7 +177,8 @@ export async function stationView(ctx, root, id) {
     h("button", { type: "submit", name: "predict" }, "Predict"),
     h("button", { type: "button", id: "ask-composite" }, "Ask the charge point"));
   const chartBox = h("div", { id: "schedule-chart" });
-  replace(scheduleBox, scheduleForm, chartBox);
+  const lastReport = h("p", { id: "last-report", class: "muted" });
+  replace(scheduleBox, scheduleForm, lastReport, chartBox);
 
   function schedule(conf) {
     const s = conf && conf.chargingSchedule;
@@ -215,8 +216,22 @@ export async function stationView(ctx, root, id) {
     const values = Object.fromEntries(new FormData(scheduleForm).entries());
     const predicted = await get(`${base}/composite-schedule`, { connector_id: values.connectorId,
       duration: values.duration, charging_rate_unit: values.unit }, ctx.signal);
+    if (showingReport) return;  // the operator chose a charge point's answer meanwhile
     draw(predicted, null, `predicted at ${when(new Date())} from the profiles stored for the station`);
   }
+  // the last GetCompositeSchedule answer kept next to its prediction (GET composite-reports)
+  const loadLastReport = guarded(ctx, lastReport, async () => {
+    const [report] = await get(`${base}/composite-reports`, { limit: 1 }, ctx.signal);
+    if (!report) { replace(lastReport, "The charge point has not been asked for its composite schedule yet."); return; }
+    const show = h("button", { type: "button", id: "show-last-report" }, "show it");
+    show.addEventListener("click", () => {
+      showingReport = true;
+      draw(report.predicted, report.reported, `connector ${report.connector_id}, asked at ${when(report.requested_at)}`);
+    });
+    replace(lastReport, `Last asked ${when(report.requested_at)} (connector ${report.connector_id}): `,
+      report.mismatch ? h("span", { class: "problem" }, `differs from the prediction (${report.differences.length})`)
+        : "matches the prediction", " ", show);
+  });
   const loadSchedule = guarded(ctx, chartBox, predict);
   scheduleForm.addEventListener("submit", (event) => { event.preventDefault(); showingReport = false; loadSchedule(); });
   scheduleForm.querySelector("#ask-composite").addEventListener("click", (event) => {
@@ -305,7 +320,7 @@ export async function stationView(ctx, root, id) {
     },
   }).start();
   ctx.onLeave(() => stream.stop());
-  await Promise.all([loadHead(), loadTransactions(), loadProfiles(), loadSchedule(), loadActivity(), loadFiles(),
-    loadSecurity()]);
+  await Promise.all([loadHead(), loadTransactions(), loadProfiles(), loadSchedule(), loadLastReport(), loadActivity(),
+    loadFiles(), loadSecurity()]);
   loaded = true;
 }
