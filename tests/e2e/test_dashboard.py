@@ -272,6 +272,17 @@ async def test_diagnostics_firmware_and_security_events_show_with_their_progress
         await cp.boot()
         await dashboard.login("command")
         await dashboard.open(f"#/station/{cp_id}", "stations")
+        # each command button shows the charge point's answer
+        cp.respond("Reset", {"status": "Rejected"})
+        for form, action, answer in (("reset", "Reset", "Rejected"), ("unlock", "UnlockConnector", "Unlocked"),
+                                     ("trigger", "TriggerMessage", "Accepted"),
+                                     ("config", "GetConfiguration", "")):
+            await browser.click(f"#cmd-{form} button")
+            await browser.wait(f'#command-result [data-action="{action}"][data-status="answered"]'
+                               f'[data-answer="{answer}"]')
+        assert cp.received["Reset"] == [{"type": "Soft"}] and cp.received["UnlockConnector"] == [{"connector_id": 1}]
+        assert cp.received["TriggerMessage"] == [{"requested_message": "BootNotification"}]
+        await browser.until_text("#configuration", "HeartbeatInterval")
         await browser.click("#cmd-diagnostics button")
         await browser.wait('#command-result [data-action="GetDiagnostics"][data-status="answered"]')
         assert "diagnostics.log" in await browser.text("#command-result")
