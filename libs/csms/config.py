@@ -285,6 +285,16 @@ class Settings(BaseSettings):
     api_sse_max_clients: int = _env("API_SSE_MAX_CLIENTS", 100, ge=1, le=10_000)
     api_sse_buffer: int = _env("API_SSE_BUFFER", 1000, ge=1, le=100_000)
     api_sse_keepalive: float = _env("API_SSE_KEEPALIVE", 15.0, gt=0, le=300)
+    # the operator dashboard (services/api/dashboard, issue 13) at /dashboard/: static files only (they hold no
+    # secret; every datum comes from the API with the operator's key); false: not served
+    api_dashboard: bool = _env("API_DASHBOARD", True)
+    # recent events kept per charge point by each API process for GET /charge-points/{id}/activity (the
+    # dashboard's recent messages and errors), and for how many charge points (the least recently active
+    # are forgotten first); 0 keeps none
+    # (each at most 2 KiB as JSON: a typical event takes ~1 KiB of memory, so the defaults hold ~50 MiB, at most
+    # ~110 MiB; benchmarks/bench_activity.py)
+    api_activity_events: int = _env("API_ACTIVITY_EVENTS", 50, ge=0, le=10_000)
+    api_activity_charge_points: int = _env("API_ACTIVITY_CHARGE_POINTS", 1000, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _bootstrap_key(self) -> "Settings":

@@ -8,7 +8,9 @@ enforce; a bad one is a 400 naming it, never a 500.
     POST /api/v1/charge-points/{id}/commands/{Action}      command  ?mode=sync|async&timeout=&callback_url=
     GET  /api/v1/commands/{command_id}                     read     an asynchronous command's result
     GET  /api/v1/events?types=station.*&charge_point_id=   read     server-sent events
+    GET  /api/v1/charge-points/{id}/activity               read     recent events of a station (activity.py)
     POST /api/v1/api-keys                                  admin
+    GET  /dashboard/                                       none     the operator dashboard's files (dashboard/)
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from csms.contracts.api import security as sec
 from csms.contracts.api import stations as st
 from csms.contracts.api import transactions as tx
 from csms.contracts.api.api import (
-    CloseTransactionBody, CommandAccepted, CommandRecord, Connectivity, CreatedKey, CreateKeyBody, CreateKeyParams,
+    ActivityEntry, CloseTransactionBody, CommandAccepted, CommandRecord, Connectivity, CreatedKey, CreateKeyBody, CreateKeyParams,
     ErrorBody, IdTagBody, IsoTime, KeyView, WebhookBody, WhoAmI, check_webhook_url,
 )
 from csms.contracts.api.smart_charging import PutSiteParams
@@ -40,7 +42,7 @@ from csms.contracts.bus import CommandResult
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES
 from csms.ops.logs import outage_of
 from csms.service import ApiError
-from services.api import auth, rules
+from services.api import auth, dashboard, rules
 from services.api.auth import Caller, Problem
 from services.api.handlers import create_key
 from services.api.stream import TooManyClients
@@ -165,6 +167,22 @@ async def connectors(request: Request, charge_point_id: CpId, _: Caller = Depend
     """The last status of each connector (0 = the whole station), as the charge point reported it."""
     view = await call(request, "stations", "get_station", charge_point_id=charge_point_id)
     return Json(view.get("connectors") or {})
+
+
+@stations.get("/charge-points/{charge_point_id}/activity", response_model=list[ActivityEntry],
+              summary="Recent events of a station")
+async def activity(request: Request, charge_point_id: CpId,
+                   limit: int = Query(50, ge=1, le=10_000, description="at most this many, newest first"),
+                   problems_only: bool = Query(False, description="only faults, refusals, failures and the like"),
+                   _: Caller = Depends(auth.read)) -> Any:
+    """The events about the station this API process saw on the bus since it started, newest first: connection,
+    boots, connector status, transactions, meter values, files, firmware, security events, results of
+    asynchronous commands; ``problem`` marks what deserves a look. A window kept in memory (at most
+    ``API_ACTIVITY_EVENTS`` per station, ``API_ACTIVITY_CHARGE_POINTS`` stations), not a record: an unknown or
+    quiet station has none."""
+    log = runtime_of(request).activity
+    items = log.recent(charge_point_id, limit, problems_only) if log is not None else []
+    return Json([item.model_dump(mode="json") for item in items])
 
 
 # ---- transactions, meter values, id tags, reservations ---------------------------------------------------
@@ -671,6 +689,8 @@ def create_app(runtime: Any = None) -> FastAPI:
     app.state.runtime = runtime
     for router in (stations, transactions, charging, files, security, commands, events, keys):
         app.include_router(router, prefix=PREFIX)
+    if runtime is None or runtime.settings.api_dashboard:
+        app.include_router(dashboard.router)
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -123,3 +123,52 @@ def wanted(event_type: str, charge_point_id: str | None, patterns: tuple[str, ..
     if charge_point_filter is not None and charge_point_id != charge_point_filter:
         return False
     return not patterns or any(fnmatchcase(event_type, pattern) for pattern in patterns)
+
+
+# ---- recent activity (GET /charge-points/{id}/activity) -------------------------------------------------------
+MAX_ACTIVITY_EVENT_BYTES = 2048   # a larger event is kept compacted (its top-level scalars, texts cut)
+MAX_COMPACT_TEXT = 200
+_FAILED_FILE_STATUSES = {"UploadFailed", "UploadFailure", "BadMessage", "NotSupportedOperation", "PermissionDenied",
+                         "Rejected", "Failed", "InvalidSignature", "InvalidCertificate", "RevokedCertificate"}
+
+
+def is_problem(event_type: str, event: dict) -> bool:
+    """Whether an event deserves an operator's look: a fault, a refusal, a failure, a command without an answer,
+    a critical security event, a transaction the charge point did not close itself."""
+    status = event.get("status")
+    if event_type == "connector.status_changed":
+        return status == "Faulted" or event.get("error_code") not in (None, "NoError")
+    if event_type in ("station.flapping", "charging.schedule_mismatch"):
+        return True
+    if event_type == "station.booted":
+        return status == "Rejected"
+    if event_type == "charging.site_rebalanced":
+        return bool(event.get("failed"))
+    if event_type == "security.event_received":
+        return bool(event.get("critical"))
+    if event_type == "security.certificate_changed":
+        return status in ("rejected", "undelivered", "revoked")
+    if event_type == "command.completed":
+        return status != "answered"
+    if event_type in ("diagnostics.status_changed", "diagnostics.log_status_changed", "firmware.status_changed",
+                      "firmware.update_changed"):
+        return isinstance(status, str) and (status in _FAILED_FILE_STATUSES or status.endswith("Failed"))
+    if event_type == "transaction.started":
+        return event.get("authorization_status") not in (None, "Accepted")
+    if event_type == "transaction.stopped":
+        return bool(event.get("orphan")) or event.get("closed_by") in ("superseded", "reconciled")
+    if event_type == "datatransfer.received":
+        return status not in (None, "Accepted")
+    return False
+
+
+def compact_event(event: dict, max_text: int = MAX_COMPACT_TEXT) -> dict:
+    """What is kept of an event too large to keep whole: its top-level numbers, booleans and texts (cut to
+    ``max_text`` characters); lists and objects are left out."""
+    kept: dict = {}
+    for name, value in event.items():
+        if isinstance(value, str):
+            kept[name] = value if len(value) <= max_text else value[:max_text] + "..."
+        elif value is None or isinstance(value, (bool, int, float)):
+            kept[name] = value
+    return kept

@@ -23,6 +23,7 @@ from csms.ops.lifecycle import main as run_process
 from csms.ops.logs import OutageLog
 from csms.ops.retry import until_connected
 from services.api import rules
+from services.api.activity import ActivityLog
 from services.api.app import PREFIX, create_app
 from services.api.commands import Commands
 from services.api.edge import Edge
@@ -56,6 +57,7 @@ class HttpApi:
         self.keys: PgKeyStore | None = None
         self.commands: Commands | None = None
         self.hub: EventHub | None = None
+        self.activity: ActivityLog | None = None
         self.started = False
         self.draining = False
         self._server: _Server | None = None
@@ -79,7 +81,10 @@ class HttpApi:
                                             what=f"{self.name} starting", **retry)
         self.keys = PgKeyStore(self.db.pool)
         await self._bootstrap()
-        self.hub = await EventHub(settings, self.metrics).start(self.client.bus)
+        # API_ACTIVITY_EVENTS=0: none kept (and events are read only for event streams)
+        self.activity = (ActivityLog(settings.api_activity_events, settings.api_activity_charge_points)
+                         if settings.api_activity_events > 0 else None)
+        self.hub = await EventHub(settings, self.metrics, self.activity).start(self.client.bus)
         self.commands = await Commands(settings, self.client, PgCommandStore(self.db.pool), self.metrics).start()
         app = Edge(create_app(self), self.metrics)
         self._socket = _listen(settings.api_host, settings.api_port)

@@ -45,9 +45,10 @@ class TooManyClients(Exception):
 
 
 class EventHub:
-    def __init__(self, settings: Settings, metrics=None):
+    def __init__(self, settings: Settings, metrics=None, activity=None):
         self.settings = settings
         self.metrics = metrics
+        self.activity = activity  # an ActivityLog fed with every event (GET /charge-points/{id}/activity)
         self.subscribers: set[Subscriber] = set()
         self._queue = None
         self._tag: str | None = None
@@ -75,11 +76,15 @@ class EventHub:
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         event_type = message.routing_key or ""
-        if not self.subscribers:
+        if not self.subscribers and self.activity is None:
             return
         try:
             event = json.loads(message.body)
         except (ValueError, RecursionError):
+            return
+        if self.activity is not None:
+            self.activity.add(event_type, event, message.body)
+        if not self.subscribers:
             return
         charge_point_id = event.get("charge_point_id") if isinstance(event, dict) else None
         frame = _frame(event_type, message.message_id or (event.get("event_id") if isinstance(event, dict) else None),

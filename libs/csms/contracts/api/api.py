@@ -191,3 +191,17 @@ class WhoAmI(BaseModel):
     scopes: list[Scope]
     webhook_url: str | None = None
     has_webhook_secret: bool = False
+
+
+class ActivityEntry(BaseModel):
+    """One recent event about a charge point, as the HTTP API process saw it on the bus (the dashboard's "recent
+    messages and errors"; GET /api/v1/charge-points/{id}/activity)."""
+
+    event_id: str | None = None
+    type: str = Field(description="the event type, e.g. connector.status_changed")
+    occurred_at: str | None = Field(None, description="when it happened (UTC ISO-8601, as the event says)")
+    problem: bool = Field(description="an error or a refusal worth an operator's look (a fault, a failed upload, "
+                                      "a critical security event, a command without an answer ...)")
+    truncated: bool = Field(False, description="the event was larger than the process keeps: only its top-level "
+                                               "scalar fields are here, long texts cut")
+    event: dict[str, Any] = Field(description="the bus event itself (snake_case)")
