@@ -229,12 +229,18 @@ async def meter_values(ctx: CallContext, req: MeterValuesRequest) -> MeterValues
     values = [mv.model_dump(mode="json", exclude_none=True) for mv in req.meter_value]
     event = MeterValuesReceived(charge_point_id=cp, connector_id=req.connector_id,
                                 transaction_id=req.transaction_id, meter_value=values)
+    received, skew = ctx.call.received_at, ctx.settings.clock_skew
+    newest = rules.newest_register_reading(req.meter_value, received, skew) if req.transaction_id is not None \
+        else None
     outcome = await _stores(ctx).transactions.record_meter_values(MeterReadings(
         charge_point_id=cp, connector_id=req.connector_id, transaction_id=req.transaction_id,
         readings=[(as_utc(mv.timestamp), _sampled(mv.sampled_value)) for mv in req.meter_value],
-        digest=call_digest("MeterValues", cp, ctx.call.payload), received_at=ctx.call.received_at,
-        newest_register=rules.newest_register_reading(req.meter_value) if req.transaction_id is not None else None,
+        digest=call_digest("MeterValues", cp, ctx.call.payload), received_at=received, newest_register=newest,
     ), event.model_dump(mode="json"))
+    ahead = rules.beyond_skew((mv.timestamp for mv in req.meter_value), received, skew)
+    if ahead and outcome.inserted:
+        log.warning("%s: MeterValues dated %s, further ahead than CSMS_CLOCK_SKEW allows: stored as dated, ordered "
+                    "by the time it was received", cp, max(ahead).isoformat())
     if values and not outcome.inserted:
         log.info("%s: MeterValues repeated: nothing new stored", cp)
     elif req.transaction_id is not None and not outcome.known_transaction:

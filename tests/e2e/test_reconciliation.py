@@ -4,8 +4,9 @@ late StopTransaction. End to end: test charge point -> gateway -> RabbitMQ -> st
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from ocpp.v16 import call
@@ -21,8 +22,16 @@ from tests.support.bus_events import Events
 from tests.support.system import System
 
 
+WILD = datetime(2099, 1, 1, tzinfo=timezone.utc)   # a charge point clock gone wrong
+
+
 def iso(moment: datetime) -> str:
     return format_utc(moment)
+
+
+def skew_warnings(caplog, action: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and action in r.getMessage() and "CSMS_CLOCK_SKEW" in r.getMessage()]
 
 
 def energy(wh: int, at: datetime) -> dict:
@@ -214,6 +223,51 @@ async def test_a_start_dated_in_2099_is_ordered_by_when_it_was_received(system, 
         (closed,) = await events.wait_for("transaction.stopped", transaction_id=wild)
         assert closed["reconcile_reason"] == "connector_available"
         assert closed["timestamp"] < "2099"                 # the estimate is not dated in 2099 either
+
+
+@pytest.mark.ocpp("MeterValues", "StatusNotification")
+async def test_a_reading_dated_in_2099_does_not_freeze_the_last_reading(system, events, cp_id, caplog):
+    """A reading further ahead than CSMS_CLOCK_SKEW is stored as dated but ordered by when it was received: the
+    readings after it still move the transaction's last reading, which the system's close then uses."""
+    caplog.set_level(logging.WARNING, logger="services.transactions.handlers")
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        tx = await start(cp, 1, "TAG1", 0, utc_now() - timedelta(minutes=10))
+        wild = call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[energy(100, WILD)])
+        await cp.call_ok(wild)
+        record = await api(system, "get_transaction", transaction_id=tx)
+        assert record["meter_last"] == 100 and record["meter_last_at"] < "2099"
+        assert len(skew_warnings(caplog, "MeterValues")) == 1 and "2099-01-01" in skew_warnings(caplog, "MeterValues")[0]
+        # a current reading (the charge point's clock was put right) comes after it
+        await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=tx,
+                                          meter_value=[energy(5000, utc_now() + timedelta(seconds=1))]))
+        assert (await api(system, "get_transaction", transaction_id=tx))["meter_last"] == 5000
+        # the 2099 MeterValues resent (its answer was lost): stored once, the last reading stays
+        await cp.call_ok(wild)
+        assert (await api(system, "get_transaction", transaction_id=tx))["meter_last"] == 5000
+        stored = await api(system, "meter_values", transaction_id=tx)
+        assert [(v["timestamp"][:4], v["sampled_value"][0]["value"]) for v in stored] == [
+            ("2099", "100"), (str(utc_now().year), "5000")]         # the reading keeps its own timestamp
+        assert len(skew_warnings(caplog, "MeterValues")) == 1
+        await status(cp, 1, "Available")
+        (closed,) = await events.wait_for("transaction.stopped", transaction_id=tx)
+        assert (closed["reconcile_reason"], closed["meter_stop"], closed["energy_wh"]) == (
+            "connector_available", 5000, 5000)
+
+
+@pytest.mark.ocpp("StartTransaction")
+async def test_a_ghost_dated_in_2099_is_superseded_at_the_new_start(system, events, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        ghost = await start(cp, 1, "TAG1", 0, WILD)
+        begin = utc_now().replace(microsecond=0) + timedelta(seconds=1)
+        new = await start(cp, 1, "TAG1", 10, begin)
+        (closed,) = await events.wait_for("transaction.stopped", transaction_id=ghost)
+        assert (closed["closed_by"], closed["timestamp"]) == ("superseded", iso(begin))
+        record = await api(system, "get_transaction", transaction_id=ghost)
+        assert (record["start"], record["stop"], record["superseded_by"]) == ("2099-01-01T00:00:00Z", iso(begin), new)
 
 
 @pytest.mark.ocpp("StartTransaction", "StopTransaction")
