@@ -270,6 +270,40 @@ async def test_a_ghost_dated_in_2099_is_superseded_at_the_new_start(system, even
         assert (record["start"], record["stop"], record["superseded_by"]) == ("2099-01-01T00:00:00Z", iso(begin), new)
 
 
+@pytest.mark.ocpp("StopTransaction", "StatusNotification", "BootNotification")
+@pytest.mark.parametrize("evidence", ["connector_available", "boot"])
+async def test_a_stop_for_an_unknown_id_leaves_a_ghost_that_what_follows_closes(system, events, cp_id, evidence):
+    """The charge point stops a transaction under an id the system never gave (it lost the one it was given):
+    the stop is kept as an orphan, the transaction it meant stays open, and what the charge point reports next
+    -- its connector Available, or its next boot -- closes it."""
+    await api(system, "set_id_tag", id_tag="TAG1")
+    begin = utc_now().replace(microsecond=0) - timedelta(minutes=20)
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        ghost = await start(cp, 1, "TAG1", 1000, begin)
+        await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=ghost,
+                                          meter_value=[energy(1400, begin + timedelta(minutes=10))]))
+        unknown = ghost + 1000
+        await cp.call_ok(call.StopTransaction(transaction_id=unknown, meter_stop=1500, id_tag="TAG1",
+                                              timestamp=iso(begin + timedelta(minutes=15))))
+        (orphan,) = await events.wait_for("transaction.stopped", transaction_id=unknown)
+        assert (orphan["orphan"], orphan["meter_stop"]) == (True, 1500)
+        assert [o["transaction_id"] for o in await api(system, "list_orphan_stops", charge_point_id=cp_id)] == [
+            unknown]
+        assert (await api(system, "get_transaction", transaction_id=ghost))["status"] == "active"
+        if evidence == "connector_available":
+            await status(cp, 1, "Available", begin + timedelta(minutes=16))
+    if evidence == "boot":
+        async with connect(system.url(cp_id)) as cp:
+            await cp.boot()
+    (closed,) = await events.wait_for("transaction.stopped", transaction_id=ghost)
+    assert (closed["closed_by"], closed["reconciled"], closed["reconcile_reason"]) == ("reconciled", True, evidence)
+    assert (closed["meter_stop"], closed["energy_wh"], closed["orphan"]) == (1400, 400, False)
+    record = await api(system, "get_transaction", transaction_id=ghost)
+    assert (record["status"], record["cp_stopped"]) == ("stopped", False)
+    assert len(await api(system, "list_orphan_stops", charge_point_id=cp_id)) == 1   # kept as it was
+
+
 @pytest.mark.ocpp("StartTransaction", "StopTransaction")
 async def test_an_operator_closes_a_ghost_through_the_api_and_the_cli(system, events, cp_id, monkeypatch, capsys):
     await api(system, "set_id_tag", id_tag="TAG1")
