@@ -453,12 +453,23 @@ async def api_active_transactions(ctx: ApiContext, params: ChargePointParams) ->
 
 @service.api("close_transaction")
 async def api_close_transaction(ctx: ApiContext, params: CloseTransactionParams) -> TransactionView:
-    """An operator closes an open transaction (closed_by operator; the event is flagged reconciled)."""
+    """An operator closes an open transaction (closed_by operator; the event is flagged reconciled).
+    ``meter_stop`` (default: the last energy register reading, else meterStart) is never below meterStart."""
+    transactions = _stores(ctx).transactions
+    if params.meter_stop is not None:  # meterStart never changes once recorded: checked before closing
+        record = await transactions.get(params.transaction_id)
+        if record is None:
+            raise ApiError(f"unknown transaction {params.transaction_id}", 404)
+        if record.status != "active":
+            raise ApiError(str(AlreadyClosed(record)), 409)
+        problem = rules.operator_meter_stop_problem(record.meter_start, params.meter_stop)
+        if problem is not None:
+            raise ApiError(f"transaction {params.transaction_id}: {problem}", 400)
     now = utc_now()
     closure = Closure(closed_by="operator", reconcile_reason="operator", evidence_at=now, now=now,
                       stop_reason=params.reason, meter_stop=params.meter_stop, note=params.note)
     try:
-        view, events = await _stores(ctx).transactions.close_one(params.transaction_id, closure)
+        view, events = await transactions.close_one(params.transaction_id, closure)
     except UnknownTransaction:
         raise ApiError(f"unknown transaction {params.transaction_id}", 404) from None
     except AlreadyClosed as exc:

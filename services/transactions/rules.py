@@ -177,6 +177,19 @@ def estimated_stop_time(start: datetime, evidence: datetime) -> datetime:
     return max(as_utc(start), as_utc(evidence))
 
 
+def operator_meter_stop_problem(meter_start: int, meter_stop: int | None) -> str | None:
+    """Why an operator's meter_stop for closing a transaction is refused, else None: never below the
+    transaction's meterStart (negative energy) nor beyond what is stored."""
+    if meter_stop is None:
+        return None
+    if meter_stop < meter_start:
+        return (f"meter_stop {meter_stop} Wh is below the transaction's meter_start {meter_start} Wh: "
+                f"give {meter_start} or more (or leave it out for the last reading)")
+    if meter_stop > METER_LIMIT or meter_stop - meter_start > INT64_MAX:
+        return f"meter_stop {meter_stop} Wh is beyond {METER_LIMIT} Wh"
+    return None
+
+
 def ordered_instant(timestamp: datetime | None, received: datetime, skew_seconds: float) -> datetime:
     """The instant something the charge point dated is ordered by: its own timestamp, unless it lies further in
     the future than CSMS_CLOCK_SKEW allows (a clock in 2099); then the time it was received."""

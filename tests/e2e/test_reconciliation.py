@@ -4,6 +4,7 @@ late StopTransaction. End to end: test charge point -> gateway -> RabbitMQ -> st
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from datetime import datetime, timedelta, timezone
@@ -19,6 +20,7 @@ from services.stations.handlers import service as stations_service
 from services.transactions.handlers import service as transactions_service
 from tests.support.chargepoint import connect
 from tests.support.bus_events import Events
+from tests.support.http_api import http_api
 from tests.support.system import System
 
 
@@ -348,6 +350,51 @@ async def test_an_operator_closes_a_ghost_through_the_api_and_the_cli(system, ev
         record = await api(system, "get_transaction", transaction_id=other)
         assert (record["meter_stop"], record["cp_stopped"], record["estimate"]["meter_stop"]) == (60, True, 42)
     assert os.environ.get("CSMS_NAMESPACE") == system.settings.namespace
+
+
+async def run_cli(*argv: str) -> int:
+    """``csms api ...`` from a shell, against the test system."""
+    return await asyncio.to_thread(cli.main, ["api", *argv])
+
+
+def cli_env(monkeypatch, system) -> None:
+    monkeypatch.setenv("AMQP_URL", system.settings.amqp_url)
+    monkeypatch.setenv("CSMS_NAMESPACE", system.settings.namespace)
+
+
+@pytest.mark.csms(services=["stations", "transactions", "api"])
+@pytest.mark.ocpp("StartTransaction")
+async def test_an_operator_cannot_close_a_transaction_below_its_meter_start(csms_system, cp_id, monkeypatch,
+                                                                           capsys):
+    """A meter_stop below meterStart (negative energy) is refused by the API, over HTTP (400) and on the CLI (one
+    line, exit 2); so is one beyond what a meter reading is kept within."""
+    system = csms_system
+    cli_env(monkeypatch, system)
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp, http_api(system) as (_, http):
+        await cp.boot()
+        tx = await start(cp, 1, "TAG1", 1000, utc_now() - timedelta(hours=1))
+        with pytest.raises(ApiCallFailed) as refused:
+            await api(system, "close_transaction", transaction_id=tx, meter_stop=10)
+        assert refused.value.status == 400
+        assert "meter_stop 10 Wh is below the transaction's meter_start 1000 Wh" in refused.value.error
+        status, body = await http.post(f"/transactions/{tx}/close", {"meter_stop": 10}, key="command")
+        assert status == 400 and "below the transaction's meter_start 1000" in body["error"], body
+        status, body = await http.post(f"/transactions/{tx}/close", {"meter_stop": 2 ** 62}, key="command")
+        assert status == 400 and "beyond" in body["error"], body
+        code = await run_cli("transactions", "close_transaction", f"transaction_id={tx}", "meter_stop=10")
+        out, err = capsys.readouterr()
+        assert (code, out) == (2, "") and err.count("\n") == 1, err
+        assert err.startswith("csms: transactions close_transaction: 400 ") and "below" in err
+        assert (await api(system, "get_transaction", transaction_id=tx))["status"] == "active"
+
+        # closing needs a command key; at meterStart it closes with no energy
+        assert (await http.post(f"/transactions/{tx}/close", {"meter_stop": 1000}, key="read"))[0] == 403
+        status, closed = await http.post(f"/transactions/{tx}/close", {"meter_stop": 1000}, key="command")
+        assert status == 200 and (closed["meter_stop"], closed["energy_wh"], closed["closed_by"]) == (
+            1000, 0, "operator")
+        status, body = await http.post(f"/transactions/{tx}/close", {"meter_stop": 10}, key="command")
+        assert status == 409 and "already closed" in body["error"]
 
 
 @pytest.mark.ocpp("ReserveNow", "CancelReservation")

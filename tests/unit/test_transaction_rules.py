@@ -118,6 +118,16 @@ def test_a_reading_dated_beyond_the_clock_skew_is_ordered_by_when_it_was_receive
 
 
 # ---- reconciliation ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("meter_start, meter_stop, problem", [
+    (1000, None, None), (1000, 1000, None), (1000, 5000, None), (-50, 0, None),
+    (1000, 10, "below the transaction's meter_start 1000"), (0, 2 ** 62, "beyond"),
+    (-2 ** 62 + 1, 2 ** 62 - 1, None), (-2 ** 63, 2 ** 62 - 1, "beyond"),  # (a meterStart recorded before the bound)
+])
+def test_an_operators_meter_stop_is_never_below_the_start(meter_start, meter_stop, problem):
+    found = rules.operator_meter_stop_problem(meter_start, meter_stop)
+    assert (found is None) if problem is None else (problem in found)
+
+
 def test_estimated_stop_is_never_before_the_start():
     assert rules.estimated_stop_time(NOW, FUTURE) == FUTURE
     assert rules.estimated_stop_time(NOW, PAST) == NOW
