@@ -397,6 +397,42 @@ async def test_an_operator_cannot_close_a_transaction_below_its_meter_start(csms
         assert status == 409 and "already closed" in body["error"]
 
 
+@pytest.mark.csms(services=["stations", "transactions", "api"])
+@pytest.mark.ocpp("ReserveNow")
+async def test_an_operator_drops_a_reservation_through_the_cli_and_http(csms_system, cp_id, monkeypatch, capsys):
+    system = csms_system
+    cli_env(monkeypatch, system)
+    expiry = iso(utc_now() + timedelta(hours=1))
+    async with connect(system.url(cp_id)) as cp, http_api(system) as (_, http):
+        await cp.boot()
+        for reservation_id in (7, 8):
+            result = await system.client.send(cp_id, "ReserveNow", {"connectorId": 1, "expiryDate": expiry,
+                                                                    "idTag": "TAG1", "reservationId": reservation_id})
+            assert result.payload == {"status": "Accepted"}
+
+        # csms api transactions drop_reservation reservation_id=7: 0, then 3 (answered, not accepted: 404)
+        drop = ("transactions", "drop_reservation", "reservation_id=7", f"charge_point_id={cp_id}")
+        assert await run_cli(*drop) == 0
+        assert json.loads(capsys.readouterr().out) == {"reservation_id": 7, "charge_point_id": cp_id, "dropped": True}
+        assert await run_cli(*drop) == 3
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"csms: transactions drop_reservation: 404 no reservation 7 on {cp_id}\n"
+        assert await run_cli("transactions", "drop_reservation", "reservation_id=x") == 2
+        assert capsys.readouterr().err.count("\n") == 1
+
+        # DELETE /api/v1/reservations/{id}: an admin key; 200, then 404; a bad id is a 400
+        assert (await http.delete("/reservations/8", key="command"))[0] == 403
+        status, body = await http.delete("/reservations/8", key="admin")
+        assert (status, body) == (200, {"reservation_id": 8, "charge_point_id": cp_id, "dropped": True})
+        status, body = await http.delete("/reservations/8", key="admin")
+        assert status == 404 and "no reservation 8" in body["error"]
+        for bad in ("x", str(2 ** 31), "1.5"):
+            status, body = await http.delete(f"/reservations/{bad}", key="admin")
+            assert status == 400, (bad, body)
+        assert await api(system, "list_reservations", charge_point_id=cp_id) == []
+        assert cp.received["CancelReservation"] == []  # the charge point is not told
+
+
 @pytest.mark.ocpp("ReserveNow", "CancelReservation")
 async def test_reservations_follow_the_charge_point_and_an_operator_can_drop_one(system, events, cp_id):
     other_cp = f"{cp_id}-b"
