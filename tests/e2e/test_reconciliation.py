@@ -69,6 +69,14 @@ async def start(cp, connector: int, tag: str, meter: int, at: datetime) -> int:
     return answer.transaction_id
 
 
+async def start_and_read(cp, connector: int, tag: str, meter: int, at: datetime, reading_wh: int) -> int:
+    """A transaction started at ``at`` with one energy register reading ten minutes later."""
+    transaction_id = await start(cp, connector, tag, meter, at)
+    await cp.call_ok(call.MeterValues(connector_id=connector, transaction_id=transaction_id,
+                                      meter_value=[energy(reading_wh, at + timedelta(minutes=10))]))
+    return transaction_id
+
+
 async def status(cp, connector: int, state: str, at: datetime | None = None) -> None:
     await cp.call_ok(call.StatusNotification(connector_id=connector, error_code="NoError", status=state,
                                              timestamp=iso(at) if at else None))
@@ -80,9 +88,7 @@ async def test_a_boot_closes_the_transactions_the_charge_point_had_open(system, 
     begin = utc_now().replace(microsecond=0) - timedelta(minutes=30)
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
-        ghost = await start(cp, 1, "TAG1", 1000, begin)
-        await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=ghost,
-                                          meter_value=[energy(1800, begin + timedelta(minutes=10))]))
+        ghost = await start_and_read(cp, 1, "TAG1", 1000, begin, 1800)
         blocked = await start(cp, 2, "NOT-KNOWN", 50, begin)   # Invalid: recorded, and closed too
     # power loss: the charge point reboots, it has forgotten both
     async with connect(system.url(cp_id)) as cp:
@@ -283,9 +289,7 @@ async def test_a_stop_for_an_unknown_id_leaves_a_ghost_that_what_follows_closes(
     begin = utc_now().replace(microsecond=0) - timedelta(minutes=20)
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
-        ghost = await start(cp, 1, "TAG1", 1000, begin)
-        await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=ghost,
-                                          meter_value=[energy(1400, begin + timedelta(minutes=10))]))
+        ghost = await start_and_read(cp, 1, "TAG1", 1000, begin, 1400)
         unknown = ghost + 1000
         await cp.call_ok(call.StopTransaction(transaction_id=unknown, meter_stop=1500, id_tag="TAG1",
                                               timestamp=iso(begin + timedelta(minutes=15))))
