@@ -229,12 +229,18 @@ async def meter_values(ctx: CallContext, req: MeterValuesRequest) -> MeterValues
     values = [mv.model_dump(mode="json", exclude_none=True) for mv in req.meter_value]
     event = MeterValuesReceived(charge_point_id=cp, connector_id=req.connector_id,
                                 transaction_id=req.transaction_id, meter_value=values)
+    received, skew = ctx.call.received_at, ctx.settings.clock_skew
+    newest = rules.newest_register_reading(req.meter_value, received, skew) if req.transaction_id is not None \
+        else None
     outcome = await _stores(ctx).transactions.record_meter_values(MeterReadings(
         charge_point_id=cp, connector_id=req.connector_id, transaction_id=req.transaction_id,
         readings=[(as_utc(mv.timestamp), _sampled(mv.sampled_value)) for mv in req.meter_value],
-        digest=call_digest("MeterValues", cp, ctx.call.payload), received_at=ctx.call.received_at,
-        newest_register=rules.newest_register_reading(req.meter_value) if req.transaction_id is not None else None,
+        digest=call_digest("MeterValues", cp, ctx.call.payload), received_at=received, newest_register=newest,
     ), event.model_dump(mode="json"))
+    ahead = rules.beyond_skew((mv.timestamp for mv in req.meter_value), received, skew)
+    if ahead and outcome.inserted:
+        log.warning("%s: MeterValues dated %s, further ahead than CSMS_CLOCK_SKEW allows: stored as dated, ordered "
+                    "by the time it was received", cp, max(ahead).isoformat())
     if values and not outcome.inserted:
         log.info("%s: MeterValues repeated: nothing new stored", cp)
     elif req.transaction_id is not None and not outcome.known_transaction:
@@ -447,12 +453,23 @@ async def api_active_transactions(ctx: ApiContext, params: ChargePointParams) ->
 
 @service.api("close_transaction")
 async def api_close_transaction(ctx: ApiContext, params: CloseTransactionParams) -> TransactionView:
-    """An operator closes an open transaction (closed_by operator; the event is flagged reconciled)."""
+    """An operator closes an open transaction (closed_by operator; the event is flagged reconciled).
+    ``meter_stop`` (default: the last energy register reading, else meterStart) is never below meterStart."""
+    transactions = _stores(ctx).transactions
+    if params.meter_stop is not None:  # meterStart never changes once recorded: checked before closing
+        record = await transactions.get(params.transaction_id)
+        if record is None:
+            raise ApiError(f"unknown transaction {params.transaction_id}", 404)
+        if record.status != "active":
+            raise ApiError(str(AlreadyClosed(record)), 409)
+        problem = rules.operator_meter_stop_problem(record.meter_start, params.meter_stop)
+        if problem is not None:
+            raise ApiError(f"transaction {params.transaction_id}: {problem}", 400)
     now = utc_now()
     closure = Closure(closed_by="operator", reconcile_reason="operator", evidence_at=now, now=now,
                       stop_reason=params.reason, meter_stop=params.meter_stop, note=params.note)
     try:
-        view, events = await _stores(ctx).transactions.close_one(params.transaction_id, closure)
+        view, events = await transactions.close_one(params.transaction_id, closure)
     except UnknownTransaction:
         raise ApiError(f"unknown transaction {params.transaction_id}", 404) from None
     except AlreadyClosed as exc:

@@ -26,17 +26,20 @@ ESTIMATED_STOP_REASON = "Other"
 
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
-INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+INT64_MAX = 2 ** 63 - 1
+# meter readings (Wh) are kept within +-(2^62 - 1), so the energy of a transaction (their difference) fits in
+# 64 bits
+METER_LIMIT = 2 ** 62 - 1
 
 
-def out_of_range(int32: dict[str, int | None], int64: dict[str, int | None] | None = None) -> str | None:
-    """The name of the first value that does not fit what is stored (ids in 32 bits, meter readings in 64).
-    OCPP's JSON schemas bound neither, but no charge point needs more."""
+def out_of_range(int32: dict[str, int | None], meters: dict[str, int | None] | None = None) -> str | None:
+    """The name of the first value that does not fit what is stored (ids in 32 bits, meter readings within
+    +-METER_LIMIT Wh). OCPP's JSON schemas bound neither, but no charge point needs more."""
     for name, value in int32.items():
         if value is not None and not INT32_MIN <= value <= INT32_MAX:
             return name
-    for name, value in (int64 or {}).items():
-        if value is not None and not INT64_MIN <= value <= INT64_MAX:
+    for name, value in (meters or {}).items():
+        if value is not None and not -METER_LIMIT <= value <= METER_LIMIT:
             return name
     return None
 
@@ -130,7 +133,8 @@ def holds_connector(authorization_status: str) -> bool:
 # ---- meter readings ---------------------------------------------------------------------------------
 def energy_register_wh(meter_value: MeterValue) -> int | None:
     """The phase-less, unsigned Energy.Active.Import.Register reading of a meter value, in Wh (kWh
-    converted); None when it has none (other measurands, per-phase, signed data, not a finite number)."""
+    converted); None when it has none (other measurands, per-phase, signed data, not a finite number, beyond
+    METER_LIMIT Wh)."""
     for sample in meter_value.sampled_value:
         if (sample.measurand or ENERGY_REGISTER) != ENERGY_REGISTER:
             continue
@@ -143,16 +147,26 @@ def energy_register_wh(meter_value: MeterValue) -> int | None:
             value = float(sample.value)
         except ValueError:
             continue
-        if not math.isfinite(value) or abs(value) > 2 ** 62:
+        wh = value * 1000 if unit == "kWh" else value
+        if not math.isfinite(wh) or abs(wh) > METER_LIMIT:
             continue
-        return round(value * 1000) if unit == "kWh" else round(value)
+        return round(wh)
     return None
 
 
-def newest_register_reading(meter_values: Iterable[MeterValue]) -> tuple[datetime, int] | None:
-    """(timestamp, Wh) of the newest energy register reading (by the meter value's own timestamp)."""
-    readings = [(as_utc(mv.timestamp), wh) for mv in meter_values if (wh := energy_register_wh(mv)) is not None]
+def newest_register_reading(meter_values: Iterable[MeterValue], received: datetime, skew_seconds: float
+                            ) -> tuple[datetime, int] | None:
+    """(instant, Wh) of the newest energy register reading, each meter value ordered by
+    :func:`ordered_instant`: its own timestamp, or the time it was received when that lies further ahead than
+    the clock skew allows (one reading dated 2099 must not hide every later one)."""
+    readings = [(ordered_instant(mv.timestamp, received, skew_seconds), wh)
+                for mv in meter_values if (wh := energy_register_wh(mv)) is not None]
     return max(readings, key=lambda reading: reading[0]) if readings else None
+
+
+def beyond_skew(timestamps: Iterable[datetime], received: datetime, skew_seconds: float) -> list[datetime]:
+    """The timestamps further ahead of ``received`` than the clock skew allows (ordered by ``received``)."""
+    return [as_utc(at) for at in timestamps if ordered_instant(at, received, skew_seconds) != as_utc(at)]
 
 
 # ---- reconciliation ---------------------------------------------------------------------------------
@@ -161,6 +175,19 @@ def estimated_stop_time(start: datetime, evidence: datetime) -> datetime:
     connector, a boot, the connector free, an operator), it ended at the latest at that evidence; never
     before it started."""
     return max(as_utc(start), as_utc(evidence))
+
+
+def operator_meter_stop_problem(meter_start: int, meter_stop: int | None) -> str | None:
+    """Why an operator's meter_stop for closing a transaction is refused, else None: never below the
+    transaction's meterStart (negative energy) nor beyond what is stored."""
+    if meter_stop is None:
+        return None
+    if meter_stop < meter_start:
+        return (f"meter_stop {meter_stop} Wh is below the transaction's meter_start {meter_start} Wh: "
+                f"give {meter_start} or more (or leave it out for the last reading)")
+    if meter_stop > METER_LIMIT or meter_stop - meter_start > INT64_MAX:
+        return f"meter_stop {meter_stop} Wh is beyond {METER_LIMIT} Wh"
+    return None
 
 
 def ordered_instant(timestamp: datetime | None, received: datetime, skew_seconds: float) -> datetime:

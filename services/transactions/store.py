@@ -118,6 +118,8 @@ class MeterReadings:
     readings: list[tuple[datetime, list[dict[str, Any]]]]
     digest: str
     received_at: datetime
+    # (instant, Wh) of the newest energy register reading; the instant is the reading's timestamp, or
+    # received_at when that lies beyond CSMS_CLOCK_SKEW ahead (it becomes the transaction's meter_last_at)
     newest_register: tuple[datetime, int] | None
 
 
@@ -391,7 +393,7 @@ _RECORD_START = f"""
             status = 'stopped', closed_by = 'superseded', reconcile_reason = 'superseded', superseded_by = $1,
             meter_stop = coalesce(o.meter_last, o.meter_start),
             energy_wh = coalesce(o.meter_last, o.meter_start) - o.meter_start,
-            stop_at = greatest($9, o.start_at), reason = '{rules.ESTIMATED_STOP_REASON}', stopped_at = $15
+            stop_at = greatest($18, o.start_ordered_at), reason = '{rules.ESTIMATED_STOP_REASON}', stopped_at = $15
         WHERE o.charge_point_id = $2 AND o.connector_id = $3 AND o.status = 'active'
         RETURNING o.*
     ), res AS (

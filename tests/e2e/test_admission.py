@@ -3,16 +3,13 @@ same-id flapping back-off, and the AuthorizationKey of the 1.6 security whitepap
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
+import contextlib
 import logging
 import os
 from urllib.parse import quote
 
 import pytest
-import websockets
-from ocpp.v16 import call
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from services.gateway.app import CLOSE_REPLACED
 from services.registry import load_services
@@ -57,28 +54,44 @@ async def test_an_id_longer_than_amqp_routing_keys_still_works(infrastructure):
         await sut.stop()
 
 
-@pytest.mark.ocpp("BootNotification", "StatusNotification")
-async def test_an_id_with_a_colon_cannot_reach_another_stations_records(system):
-    victim, attacker = "VICTIM-1", "VICTIM-1:boot"
-    async with connect(system.url(victim)) as cp:
-        assert (await cp.boot()).status == "Accepted"
-        await cp.call_ok(call.StatusNotification(connector_id=1, error_code="NoError", status="Available"))
-    async with connect(system.url(attacker)) as evil:
-        assert (await evil.call_ok(call.BootNotification(charge_point_vendor="Evil", charge_point_model="X"))
-                ).status == "Accepted"
-        await evil.call_ok(call.StatusNotification(connector_id=1, error_code="OtherError", status="Faulted"))
-        await system.api("stations", "set_boot_status", charge_point_id=attacker, status="Rejected")
-        # the victim is unaffected while the attacker is connected ...
-        async with connect(system.url(victim)) as cp:
-            assert (await cp.boot()).status == "Accepted"
-            assert (await system.client.send(victim, "ClearCache", {})).ok
-            assert len(cp.received["ClearCache"]) == 1 and evil.received["ClearCache"] == []
-    # ... and afterwards
-    station = await system.api("stations", "get_station", charge_point_id=victim)
-    assert (station["vendor"], station["boot_status"], station["boot_override"]) == ("TestVendor", "Accepted", None)
-    assert station["connectors"]["1"]["status"] == "Available"
-    other = await system.api("stations", "get_station", charge_point_id=attacker)
-    assert (other["vendor"], other["boot_override"]) == ("Evil", "Rejected")
+TX_DEFAULT = {"chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+              "chargingProfileKind": "Relative",
+              "chargingSchedule": {"chargingRateUnit": "A",
+                                   "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16}]}}
+
+
+@pytest.mark.ocpp("SetChargingProfile")
+async def test_an_id_with_a_colon_cannot_reach_another_stations_records(system, cp_id):
+    """Ids are percent-encoded in Redis keys. Unencoded, a charge point named ``site:S1`` would share the lock
+    ``smart_charging:site:S1:lock`` with site S1: while the site's rebalance waits for a member's answer, no
+    charging profile could be set on that charge point (and the other way round)."""
+    site, colon_id = "S1", "site:S1"
+    answer = asyncio.Event()
+
+    async def answer_when_told(request):
+        await answer.wait()
+        return {"status": "Accepted"}
+
+    async with connect(system.url(cp_id)) as member, connect(system.url(colon_id)) as other:
+        await member.boot()
+        await other.boot()
+        member.respond("SetChargingProfile", answer_when_told)
+        await system.api("smart_charging", "put_site", site_id=site, unit="A", limit=32)
+        adding = asyncio.create_task(system.api("smart_charging", "add_site_member", site_id=site,
+                                                charge_point_id=cp_id, timeout=30))
+        try:
+            await member.wait_for("SetChargingProfile")     # the site's rebalance holds the site's lock now
+            result = await system.client.send(colon_id, "SetChargingProfile",
+                                              {"connectorId": 0, "csChargingProfiles": TX_DEFAULT}, timeout=2)
+            assert (result.status, result.payload) == ("answered", {"status": "Accepted"}), result
+            assert len(other.received["SetChargingProfile"]) == 1
+            assert not adding.done()
+        finally:
+            answer.set()
+        added = await adding
+    assert [m["charge_point_id"] for m in added["members"]] == [cp_id]
+    assert [p["profile"]["chargingProfileId"] for p in await system.api(
+        "smart_charging", "list_profiles", charge_point_id=colon_id)] == [1]
 
 
 # ---- same-id flapping ---------------------------------------------------------------------------
@@ -93,16 +106,12 @@ async def flappy(infrastructure):
         await sut.stop()
 
 
-async def open_ws(url: str):
-    return await websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5)
-
-
-async def evicted(ws) -> bool:
-    try:
-        await asyncio.wait_for(ws.recv(), 5)
-    except ConnectionClosed:
-        return ws.close_code == CLOSE_REPLACED
-    return False
+async def refused_with(url: str, password: bytes | None = None):
+    """The HTTP response a handshake is refused with (fails if it is accepted)."""
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(url, password=password):
+            pass
+    return info.value.response
 
 
 async def test_two_live_charge_points_with_one_id_are_backed_off(flappy, cp_id, caplog):
@@ -110,23 +119,24 @@ async def test_two_live_charge_points_with_one_id_are_backed_off(flappy, cp_id, 
     newcomer gets 429 with a growing Retry-After, the holder keeps the id, a WARNING and an event say so."""
     caplog.set_level(logging.INFO, logger="services.gateway.app")
     a_url, b_url = flappy.url(cp_id, gateway=0), flappy.url(cp_id, gateway=1)
-    async with EventRecorder(flappy.settings, "station.flapping") as events:
-        a = await open_ws(a_url)
-        b = await open_ws(b_url)           # take-over 1
-        assert await evicted(a)
-        a = await open_ws(a_url)           # take-over 2
-        assert await evicted(b)
-        with pytest.raises(InvalidStatus) as info:
-            await open_ws(b_url)           # take-over 3: flapping
-        response = info.value.response
+
+    async def clear_cache_reaches(cp) -> bool:
+        before = len(cp.received["ClearCache"])
+        result = await flappy.client.send(cp_id, "ClearCache", {}, timeout=5)
+        return result.ok and len(cp.received["ClearCache"]) == before + 1
+
+    async with EventRecorder(flappy.settings, "station.flapping") as events, \
+            contextlib.AsyncExitStack() as evicted, contextlib.AsyncExitStack() as holding:
+        a = await evicted.enter_async_context(connect(a_url))
+        b = await evicted.enter_async_context(connect(b_url))          # take-over 1
+        assert await a.closed() == CLOSE_REPLACED
+        a = await holding.enter_async_context(connect(a_url))          # take-over 2
+        assert await b.closed() == CLOSE_REPLACED
+        response = await refused_with(b_url)                            # take-over 3: flapping
         assert response.status_code == 429 and response.headers["Retry-After"] == "1"
         assert b"keeps changing hands" in response.body
         # the holder keeps the id and is commanded as usual
-        assert a.close_code is None
-        task = asyncio.create_task(flappy.client.send(cp_id, "ClearCache", {}, timeout=5))
-        frame = json.loads(await asyncio.wait_for(a.recv(), 5))
-        await a.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
-        assert (await task).ok
+        assert await clear_cache_reaches(a)
         [event] = await events.wait("station.flapping")
         assert (event["charge_point_id"], event["takeovers"], event["level"], event["backoff"]) == (cp_id, 3, 1, 1.0)
         assert event["gateway"] == flappy.gateways[1].instance
@@ -134,22 +144,17 @@ async def test_two_live_charge_points_with_one_id_are_backed_off(flappy, cp_id, 
         assert len(warnings) == 1 and cp_id in warnings[0].getMessage()
         # during the back-off: refused on any instance, not counted again
         for url in (b_url, a_url):
-            with pytest.raises(InvalidStatus) as info:
-                await open_ws(url)
-            assert info.value.response.status_code == 429
+            assert (await refused_with(url)).status_code == 429
         # after it the id is on probation: the next take-over backs off twice as long
         await asyncio.sleep(1.1)
-        with pytest.raises(InvalidStatus) as info:
-            await open_ws(b_url)
-        assert info.value.response.headers["Retry-After"] == "2"
+        assert (await refused_with(b_url)).headers["Retry-After"] == "2"
         assert [e["level"] for e in await events.wait("station.flapping", 2)] == [1, 2]
-        assert a.close_code is None
+        assert await clear_cache_reaches(a)
         # an id nobody holds is always admitted, back-off or not
-        await a.close()
+        await holding.aclose()
         await asyncio.sleep(0.2)
-        b = await open_ws(b_url)
-        assert b.close_code is None
-        await b.close()
+        async with connect(b_url) as b:
+            assert await clear_cache_reaches(b)
 
 
 async def test_stubborn_duplicates_no_longer_evict_each_other_forever(flappy, cp_id):
@@ -160,15 +165,12 @@ async def test_stubborn_duplicates_no_longer_evict_each_other_forever(flappy, cp
     async def stubborn(url: str) -> None:
         while not stop.is_set():
             try:
-                async with await open_ws(url) as ws:
+                async with connect(url) as cp:
                     stats["connected"] += 1
                     while not stop.is_set():
-                        try:
-                            await asyncio.wait_for(ws.recv(), 0.1)
-                        except asyncio.TimeoutError:
-                            continue
-            except ConnectionClosed:
-                continue
+                        with contextlib.suppress(TimeoutError):
+                            await cp.closed(timeout=0.1)
+                            break
             except InvalidStatus as exc:
                 assert exc.response.status_code == 429
                 stats["refused"] += 1
@@ -187,18 +189,8 @@ async def test_stubborn_duplicates_no_longer_evict_each_other_forever(flappy, cp
 
 
 # ---- AuthorizationKey (OCPP 1.6 security whitepaper, OCTT TC_073) ---------------------------------
-def basic(cp_id: str, password: bytes) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(cp_id.encode() + b":" + password).decode()}
-
-
-def connect_ws(url: str, headers: dict[str, str]):
-    return websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=5, additional_headers=headers)
-
-
 async def refused(sut, cp_id: str, password: bytes) -> int:
-    with pytest.raises(InvalidStatus) as info:
-        await connect_ws(sut.url(cp_id), basic(cp_id, password))
-    return info.value.response.status_code
+    return (await refused_with(sut.url(cp_id), password)).status_code
 
 
 @pytest.fixture
@@ -210,11 +202,6 @@ async def basic_auth(infrastructure):
         await sut.stop()
 
 
-async def heartbeat(ws) -> list:
-    await ws.send('[2,"hb","Heartbeat",{}]')
-    return json.loads(await asyncio.wait_for(ws.recv(), 5))
-
-
 @pytest.mark.ocpp("ChangeConfiguration", "BootNotification", "Heartbeat")
 async def test_authorization_key_rotation_with_the_decoded_bytes(basic_auth, cp_id):
     """TC_073: the key goes out hex-encoded; the charge point then authenticates with the decoded bytes (not
@@ -222,32 +209,32 @@ async def test_authorization_key_rotation_with_the_decoded_bytes(basic_auth, cp_
     old = b"old-password-123"
     key = b"\xff\xfe\x00:" + os.urandom(16)  # 20 bytes, neither UTF-8 nor free of ':'
     await basic_auth.api("stations", "set_password", charge_point_id=cp_id, password=old.decode())
-    async with connect(basic_auth.url(cp_id), headers=basic(cp_id, old)) as cp:
+    async with connect(basic_auth.url(cp_id), password=old) as cp:
         assert (await cp.boot()).status == "Accepted"
         result = await basic_auth.client.send(cp_id, "ChangeConfiguration",
                                               {"key": "AuthorizationKey", "value": key.hex()})
         assert result.payload == {"status": "Accepted"} and result.warnings == []
         assert cp.received["ChangeConfiguration"] == [{"key": "AuthorizationKey", "value": key.hex()}]
-    async with connect_ws(basic_auth.url(cp_id), basic(cp_id, key)) as ws:
-        assert (await heartbeat(ws))[0] == 3  # booted before: served without a new BootNotification
+    async with connect(basic_auth.url(cp_id), password=key) as cp:
+        await cp.heartbeat()  # booted before: served without a new BootNotification
     assert await refused(basic_auth, cp_id, old) == 401
     # a charge point that presents the hex text itself is not locked out either
-    async with connect_ws(basic_auth.url(cp_id), basic(cp_id, key.hex().encode())) as ws:
-        assert (await heartbeat(ws))[0] == 3
+    async with connect(basic_auth.url(cp_id), password=key.hex()) as cp:
+        await cp.heartbeat()
     station = await basic_auth.api("stations", "get_station", charge_point_id=cp_id)
     assert station["configuration"]["AuthorizationKey"]["value"] == "********"
 
 
 async def test_a_key_that_is_not_hex_is_sent_with_a_warning_and_used_as_text(basic_auth, cp_id):
     await basic_auth.api("stations", "set_password", charge_point_id=cp_id, password="old-password-123")
-    async with connect(basic_auth.url(cp_id), headers=basic(cp_id, b"old-password-123")) as cp:
+    async with connect(basic_auth.url(cp_id), password="old-password-123") as cp:
         await cp.boot()
         result = await basic_auth.client.send(cp_id, "ChangeConfiguration",
                                               {"key": "AuthorizationKey", "value": "plain text key!!"})
         assert result.ok
         assert len(result.warnings) == 1 and "not hexadecimal" in result.warnings[0]
-    async with connect_ws(basic_auth.url(cp_id), basic(cp_id, b"plain text key!!")) as ws:
-        assert (await heartbeat(ws))[0] == 3
+    async with connect(basic_auth.url(cp_id), password="plain text key!!") as cp:
+        await cp.heartbeat()
     assert await refused(basic_auth, cp_id, b"old-password-123") == 401
 
 
@@ -255,7 +242,7 @@ async def test_a_key_whose_answer_was_lost_locks_nobody_out(basic_auth, cp_id):
     """The charge point took the key but its answer never came: old and new both work until it uses the new."""
     key = os.urandom(20)
     await basic_auth.api("stations", "set_password", charge_point_id=cp_id, password="old-password-123")
-    async with connect(basic_auth.url(cp_id), headers=basic(cp_id, b"old-password-123")) as cp:
+    async with connect(basic_auth.url(cp_id), password="old-password-123") as cp:
         await cp.boot()
 
         async def silent(kwargs):
@@ -266,9 +253,9 @@ async def test_a_key_whose_answer_was_lost_locks_nobody_out(basic_auth, cp_id):
         assert result.status == "timeout"
         assert any("both accepted" in warning for warning in result.warnings)
     for _ in range(2):  # a reconnect with the old key (e.g. before it reboots to apply the new one)
-        async with connect_ws(basic_auth.url(cp_id), basic(cp_id, b"old-password-123")):
+        async with connect(basic_auth.url(cp_id), password="old-password-123"):
             pass
-    async with connect_ws(basic_auth.url(cp_id), basic(cp_id, key)):
+    async with connect(basic_auth.url(cp_id), password=key):
         pass  # the new one, which the charge point uses from now on
     assert await refused(basic_auth, cp_id, b"old-password-123") == 401
 

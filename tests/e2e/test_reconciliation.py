@@ -4,8 +4,10 @@ late StopTransaction. End to end: test charge point -> gateway -> RabbitMQ -> st
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from ocpp.v16 import call
@@ -18,11 +20,20 @@ from services.stations.handlers import service as stations_service
 from services.transactions.handlers import service as transactions_service
 from tests.support.chargepoint import connect
 from tests.support.bus_events import Events
+from tests.support.http_api import http_api
 from tests.support.system import System
+
+
+WILD = datetime(2099, 1, 1, tzinfo=timezone.utc)   # a charge point clock gone wrong
 
 
 def iso(moment: datetime) -> str:
     return format_utc(moment)
+
+
+def skew_warnings(caplog, action: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and action in r.getMessage() and "CSMS_CLOCK_SKEW" in r.getMessage()]
 
 
 def energy(wh: int, at: datetime) -> dict:
@@ -58,6 +69,14 @@ async def start(cp, connector: int, tag: str, meter: int, at: datetime) -> int:
     return answer.transaction_id
 
 
+async def start_and_read(cp, connector: int, tag: str, meter: int, at: datetime, reading_wh: int) -> int:
+    """A transaction started at ``at`` with one energy register reading ten minutes later."""
+    transaction_id = await start(cp, connector, tag, meter, at)
+    await cp.call_ok(call.MeterValues(connector_id=connector, transaction_id=transaction_id,
+                                      meter_value=[energy(reading_wh, at + timedelta(minutes=10))]))
+    return transaction_id
+
+
 async def status(cp, connector: int, state: str, at: datetime | None = None) -> None:
     await cp.call_ok(call.StatusNotification(connector_id=connector, error_code="NoError", status=state,
                                              timestamp=iso(at) if at else None))
@@ -69,9 +88,7 @@ async def test_a_boot_closes_the_transactions_the_charge_point_had_open(system, 
     begin = utc_now().replace(microsecond=0) - timedelta(minutes=30)
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
-        ghost = await start(cp, 1, "TAG1", 1000, begin)
-        await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=ghost,
-                                          meter_value=[energy(1800, begin + timedelta(minutes=10))]))
+        ghost = await start_and_read(cp, 1, "TAG1", 1000, begin, 1800)
         blocked = await start(cp, 2, "NOT-KNOWN", 50, begin)   # Invalid: recorded, and closed too
     # power loss: the charge point reboots, it has forgotten both
     async with connect(system.url(cp_id)) as cp:
@@ -216,6 +233,84 @@ async def test_a_start_dated_in_2099_is_ordered_by_when_it_was_received(system, 
         assert closed["timestamp"] < "2099"                 # the estimate is not dated in 2099 either
 
 
+@pytest.mark.ocpp("MeterValues", "StatusNotification")
+async def test_a_reading_dated_in_2099_does_not_freeze_the_last_reading(system, events, cp_id, caplog):
+    """A reading further ahead than CSMS_CLOCK_SKEW is stored as dated but ordered by when it was received: the
+    readings after it still move the transaction's last reading, which the system's close then uses."""
+    caplog.set_level(logging.WARNING, logger="services.transactions.handlers")
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        tx = await start(cp, 1, "TAG1", 0, utc_now() - timedelta(minutes=10))
+        wild = call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[energy(100, WILD)])
+        await cp.call_ok(wild)
+        record = await api(system, "get_transaction", transaction_id=tx)
+        assert record["meter_last"] == 100 and record["meter_last_at"] < "2099"
+        (warning,) = skew_warnings(caplog, "MeterValues")
+        assert "2099-01-01" in warning
+        # a current reading (the charge point's clock was put right) comes after it
+        await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=tx,
+                                          meter_value=[energy(5000, utc_now() + timedelta(seconds=1))]))
+        assert (await api(system, "get_transaction", transaction_id=tx))["meter_last"] == 5000
+        # the 2099 MeterValues resent (its answer was lost): stored once, the last reading stays
+        await cp.call_ok(wild)
+        assert (await api(system, "get_transaction", transaction_id=tx))["meter_last"] == 5000
+        stored = await api(system, "meter_values", transaction_id=tx)
+        assert [(v["timestamp"][:4], v["sampled_value"][0]["value"]) for v in stored] == [
+            ("2099", "100"), (str(utc_now().year), "5000")]         # the reading keeps its own timestamp
+        assert len(skew_warnings(caplog, "MeterValues")) == 1
+        await status(cp, 1, "Available")
+        (closed,) = await events.wait_for("transaction.stopped", transaction_id=tx)
+        assert (closed["reconcile_reason"], closed["meter_stop"], closed["energy_wh"]) == (
+            "connector_available", 5000, 5000)
+
+
+@pytest.mark.ocpp("StartTransaction")
+async def test_a_ghost_dated_in_2099_is_superseded_at_the_new_start(system, events, cp_id):
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        ghost = await start(cp, 1, "TAG1", 0, WILD)
+        begin = utc_now().replace(microsecond=0) + timedelta(seconds=1)
+        new = await start(cp, 1, "TAG1", 10, begin)
+        (closed,) = await events.wait_for("transaction.stopped", transaction_id=ghost)
+        assert (closed["closed_by"], closed["timestamp"]) == ("superseded", iso(begin))
+        record = await api(system, "get_transaction", transaction_id=ghost)
+        assert (record["start"], record["stop"], record["superseded_by"]) == ("2099-01-01T00:00:00Z", iso(begin), new)
+
+
+@pytest.mark.ocpp("StopTransaction", "StatusNotification", "BootNotification")
+@pytest.mark.parametrize("evidence", ["connector_available", "boot"])
+async def test_a_stop_for_an_unknown_id_leaves_a_ghost_that_what_follows_closes(system, events, cp_id, evidence):
+    """The charge point stops a transaction under an id the system never gave (it lost the one it was given):
+    the stop is kept as an orphan, the transaction it meant stays open, and what the charge point reports next
+    -- its connector Available, or its next boot -- closes it."""
+    await api(system, "set_id_tag", id_tag="TAG1")
+    begin = utc_now().replace(microsecond=0) - timedelta(minutes=20)
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        ghost = await start_and_read(cp, 1, "TAG1", 1000, begin, 1400)
+        unknown = ghost + 1000
+        await cp.call_ok(call.StopTransaction(transaction_id=unknown, meter_stop=1500, id_tag="TAG1",
+                                              timestamp=iso(begin + timedelta(minutes=15))))
+        (orphan,) = await events.wait_for("transaction.stopped", transaction_id=unknown)
+        assert (orphan["orphan"], orphan["meter_stop"]) == (True, 1500)
+        assert [o["transaction_id"] for o in await api(system, "list_orphan_stops", charge_point_id=cp_id)] == [
+            unknown]
+        assert (await api(system, "get_transaction", transaction_id=ghost))["status"] == "active"
+        if evidence == "connector_available":
+            await status(cp, 1, "Available", begin + timedelta(minutes=16))
+    if evidence == "boot":
+        async with connect(system.url(cp_id)) as cp:
+            await cp.boot()
+    (closed,) = await events.wait_for("transaction.stopped", transaction_id=ghost)
+    assert (closed["closed_by"], closed["reconciled"], closed["reconcile_reason"]) == ("reconciled", True, evidence)
+    assert (closed["meter_stop"], closed["energy_wh"], closed["orphan"]) == (1400, 400, False)
+    record = await api(system, "get_transaction", transaction_id=ghost)
+    assert (record["status"], record["cp_stopped"]) == ("stopped", False)
+    assert len(await api(system, "list_orphan_stops", charge_point_id=cp_id)) == 1   # kept as it was
+
+
 @pytest.mark.ocpp("StartTransaction", "StopTransaction")
 async def test_an_operator_closes_a_ghost_through_the_api_and_the_cli(system, events, cp_id, monkeypatch, capsys):
     await api(system, "set_id_tag", id_tag="TAG1")
@@ -260,6 +355,87 @@ async def test_an_operator_closes_a_ghost_through_the_api_and_the_cli(system, ev
         record = await api(system, "get_transaction", transaction_id=other)
         assert (record["meter_stop"], record["cp_stopped"], record["estimate"]["meter_stop"]) == (60, True, 42)
     assert os.environ.get("CSMS_NAMESPACE") == system.settings.namespace
+
+
+async def run_cli(*argv: str) -> int:
+    """``csms api ...`` from a shell, against the test system."""
+    return await asyncio.to_thread(cli.main, ["api", *argv])
+
+
+def cli_env(monkeypatch, system) -> None:
+    monkeypatch.setenv("AMQP_URL", system.settings.amqp_url)
+    monkeypatch.setenv("CSMS_NAMESPACE", system.settings.namespace)
+
+
+@pytest.mark.csms(services=["stations", "transactions", "api"])
+@pytest.mark.ocpp("StartTransaction")
+async def test_an_operator_cannot_close_a_transaction_below_its_meter_start(csms_system, cp_id, monkeypatch,
+                                                                           capsys):
+    """A meter_stop below meterStart (negative energy) is refused by the API, over HTTP (400) and on the CLI (one
+    line, exit 2); so is one beyond what a meter reading is kept within."""
+    system = csms_system
+    cli_env(monkeypatch, system)
+    await api(system, "set_id_tag", id_tag="TAG1")
+    async with connect(system.url(cp_id)) as cp, http_api(system) as (_, http):
+        await cp.boot()
+        tx = await start(cp, 1, "TAG1", 1000, utc_now() - timedelta(hours=1))
+        with pytest.raises(ApiCallFailed) as refused:
+            await api(system, "close_transaction", transaction_id=tx, meter_stop=10)
+        assert refused.value.status == 400
+        assert "meter_stop 10 Wh is below the transaction's meter_start 1000 Wh" in refused.value.error
+        status, body = await http.post(f"/transactions/{tx}/close", {"meter_stop": 10}, key="command")
+        assert status == 400 and "below the transaction's meter_start 1000" in body["error"], body
+        status, body = await http.post(f"/transactions/{tx}/close", {"meter_stop": 2 ** 62}, key="command")
+        assert status == 400 and "beyond" in body["error"], body
+        code = await run_cli("transactions", "close_transaction", f"transaction_id={tx}", "meter_stop=10")
+        out, err = capsys.readouterr()
+        assert (code, out) == (2, "") and err.count("\n") == 1, err
+        assert err.startswith("csms: transactions close_transaction: 400 ") and "below" in err
+        assert (await api(system, "get_transaction", transaction_id=tx))["status"] == "active"
+
+        # closing needs a command key; at meterStart it closes with no energy
+        assert (await http.post(f"/transactions/{tx}/close", {"meter_stop": 1000}, key="read"))[0] == 403
+        status, closed = await http.post(f"/transactions/{tx}/close", {"meter_stop": 1000}, key="command")
+        assert status == 200 and (closed["meter_stop"], closed["energy_wh"], closed["closed_by"]) == (
+            1000, 0, "operator")
+        status, body = await http.post(f"/transactions/{tx}/close", {"meter_stop": 10}, key="command")
+        assert status == 409 and "already closed" in body["error"]
+
+
+@pytest.mark.csms(services=["stations", "transactions", "api"])
+@pytest.mark.ocpp("ReserveNow")
+async def test_an_operator_drops_a_reservation_through_the_cli_and_http(csms_system, cp_id, monkeypatch, capsys):
+    system = csms_system
+    cli_env(monkeypatch, system)
+    expiry = iso(utc_now() + timedelta(hours=1))
+    async with connect(system.url(cp_id)) as cp, http_api(system) as (_, http):
+        await cp.boot()
+        for reservation_id in (7, 8):
+            result = await system.client.send(cp_id, "ReserveNow", {"connectorId": 1, "expiryDate": expiry,
+                                                                    "idTag": "TAG1", "reservationId": reservation_id})
+            assert result.payload == {"status": "Accepted"}
+
+        # csms api transactions drop_reservation reservation_id=7: 0, then 3 (answered, not accepted: 404)
+        drop = ("transactions", "drop_reservation", "reservation_id=7", f"charge_point_id={cp_id}")
+        assert await run_cli(*drop) == 0
+        assert json.loads(capsys.readouterr().out) == {"reservation_id": 7, "charge_point_id": cp_id, "dropped": True}
+        assert await run_cli(*drop) == 3
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"csms: transactions drop_reservation: 404 no reservation 7 on {cp_id}\n"
+        assert await run_cli("transactions", "drop_reservation", "reservation_id=x") == 2
+        assert capsys.readouterr().err.count("\n") == 1
+
+        # DELETE /api/v1/reservations/{id}: an admin key; 200, then 404; a bad id is a 400
+        assert (await http.delete("/reservations/8", key="command"))[0] == 403
+        status, body = await http.delete("/reservations/8", key="admin")
+        assert (status, body) == (200, {"reservation_id": 8, "charge_point_id": cp_id, "dropped": True})
+        status, body = await http.delete("/reservations/8", key="admin")
+        assert status == 404 and "no reservation 8" in body["error"]
+        for bad in ("x", str(2 ** 31), "1.5"):
+            status, body = await http.delete(f"/reservations/{bad}", key="admin")
+            assert status == 400, (bad, body)
+        assert await api(system, "list_reservations", charge_point_id=cp_id) == []
+        assert cp.received["CancelReservation"] == []  # the charge point is not told
 
 
 @pytest.mark.ocpp("ReserveNow", "CancelReservation")

@@ -590,6 +590,9 @@ async def test_bad_input_is_refused_not_crashed(system, cp_id):
         for payload, words in (
             (call.StartTransaction(connector_id=2 ** 31, id_tag="TAG1", meter_start=0, timestamp=T0), "connectorId"),
             (call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=2 ** 64, timestamp=T0), "meterStart"),
+            # within 64 bits, but its energy (meterStop - meterStart) would not be
+            (call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=-2 ** 63, timestamp=T0), "meterStart"),
+            (call.StopTransaction(transaction_id=1, meter_stop=2 ** 63 - 1, timestamp=T0), "meterStop"),
             (call.StartTransaction(connector_id=1, id_tag="TA\x00G", meter_start=0, timestamp=T0), "NUL"),
             (call.MeterValues(connector_id=1, transaction_id=-2 ** 40, meter_value=[energy("1")]), "transactionId"),
             (call.MeterValues(connector_id=1, meter_value=[energy("1\x00")]), "NUL"),
@@ -604,6 +607,8 @@ async def test_bad_input_is_refused_not_crashed(system, cp_id):
                                                      timestamp=T0))).transaction_id
         # a reading that is not a number is kept but is not a meter reading
         await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[energy("lots")]))
+        # ... nor is one beyond what a meter reading is kept within (2^62 Wh), once in Wh
+        await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[energy("1e16", "kWh")]))
         record = await api(system, "get_transaction", transaction_id=tx)
         assert record["meter_last"] is None
         assert (await api(system, "meter_values", transaction_id=tx))[0]["sampled_value"][0]["value"] == "lots"

@@ -86,6 +86,7 @@ def mv(timestamp: datetime, *samples: dict) -> MeterValue:
     ({"value": "nan"}, None),
     ({"value": "inf"}, None),
     ({"value": "1e30"}, None),                                                    # does not fit a bigint
+    ({"value": "1e16", "unit": "kWh"}, None),                                     # ... once in Wh
     ({"value": "12", "format": "SignedData"}, None),
     ({"value": "7200", "measurand": "Power.Active.Import", "unit": "W"}, None),
     ({"value": "10", "unit": "varh"}, None),
@@ -97,11 +98,36 @@ def test_energy_register_reading(sample, wh):
 def test_newest_register_reading_is_by_the_readings_own_timestamp():
     values = [mv(NOW, {"value": "300"}), mv(PAST, {"value": "900"}), mv(FUTURE, {"value": "x"}),
               mv(NOW + timedelta(minutes=1), {"value": "5", "measurand": "Voltage", "unit": "V"}, {"value": "400"})]
-    assert rules.newest_register_reading(values) == (NOW + timedelta(minutes=1), 400)
-    assert rules.newest_register_reading([mv(NOW, {"value": "5", "unit": "V", "measurand": "Voltage"})]) is None
+    assert rules.newest_register_reading(values, NOW, 300) == (NOW + timedelta(minutes=1), 400)
+    assert rules.newest_register_reading([mv(NOW, {"value": "5", "unit": "V", "measurand": "Voltage"})],
+                                         NOW, 300) is None
+
+
+def test_a_reading_dated_beyond_the_clock_skew_is_ordered_by_when_it_was_received():
+    wild = datetime(2099, 1, 1, tzinfo=timezone.utc)
+    received = NOW + timedelta(seconds=10)
+    assert rules.newest_register_reading([mv(wild, {"value": "100"})], received, 300) == (received, 100)
+    # in one MeterValues: the 2099 reading counts as received, after a reading taken before that
+    assert rules.newest_register_reading([mv(wild, {"value": "100"}), mv(NOW, {"value": "90"})],
+                                         received, 300) == (received, 100)
+    assert rules.newest_register_reading([mv(NOW + timedelta(seconds=60), {"value": "7"})], NOW, 300) == (
+        NOW + timedelta(seconds=60), 7)                                   # within the skew: as dated
+    assert rules.beyond_skew([NOW, wild, NOW + timedelta(seconds=301)], NOW, 300) == [
+        wild, NOW + timedelta(seconds=301)]
+    assert rules.beyond_skew([NOW + timedelta(seconds=300)], NOW, 300) == []
 
 
 # ---- reconciliation ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("meter_start, meter_stop, problem", [
+    (1000, None, None), (1000, 1000, None), (1000, 5000, None), (-50, 0, None),
+    (1000, 10, "below the transaction's meter_start 1000"), (0, 2 ** 62, "beyond"),
+    (-2 ** 62 + 1, 2 ** 62 - 1, None), (-2 ** 63, 2 ** 62 - 1, "beyond"),  # (a meterStart recorded before the bound)
+])
+def test_an_operators_meter_stop_is_never_below_the_start(meter_start, meter_stop, problem):
+    found = rules.operator_meter_stop_problem(meter_start, meter_stop)
+    assert (found is None) if problem is None else (problem in found)
+
+
 def test_estimated_stop_is_never_before_the_start():
     assert rules.estimated_stop_time(NOW, FUTURE) == FUTURE
     assert rules.estimated_stop_time(NOW, PAST) == NOW
@@ -153,9 +179,12 @@ def test_reservation_a_start_consumes(connector, tag, parent, named, expected):
 
 # ---- bounds -----------------------------------------------------------------------------------------
 def test_values_that_cannot_be_stored_are_named():
-    assert rules.out_of_range({"connectorId": 2 ** 31 - 1, "reservationId": None}, {"meterStart": -2 ** 63}) is None
+    assert rules.out_of_range({"connectorId": 2 ** 31 - 1, "reservationId": None}, {"meterStart": -2 ** 62 + 1}) is None
     assert rules.out_of_range({"connectorId": 2 ** 31}) == "connectorId"
-    assert rules.out_of_range({"a": 1}, {"meterStop": 2 ** 63}) == "meterStop"
+    # meter readings within +-(2^62 - 1) Wh: the energy (their difference) always fits in 64 bits
+    assert rules.out_of_range({"a": 1}, {"meterStop": 2 ** 62 - 1}) is None
+    assert rules.out_of_range({"a": 1}, {"meterStop": 2 ** 62}) == "meterStop"
+    assert rules.out_of_range({"a": 1}, {"meterStart": -2 ** 62}) == "meterStart"
     assert not rules.unstorable_text({"idTag": "ABC", "v": [1, "x", {"k": None}]})
     assert rules.unstorable_text({"idTag": "A\x00"})
     assert rules.unstorable_text([{"value": "\udc80"}])

@@ -116,6 +116,13 @@ class ChargePoint(OcppChargePoint):
                                f"not {count}") from None
         return self.received[action]
 
+    async def closed(self, timeout: float | None = 5.0) -> int | None:
+        """Wait until the connection is closed (e.g. the central system evicted this charge point for a newer
+        connection with its id); the close code. TimeoutError if it is still open after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._connection.wait_closed()
+        return self._connection.close_code
+
     # ---- CALLs to the central system ----------------------------------------------------------------------
     async def call_ok(self, payload):
         """Send a CALL and return the CALLRESULT payload (raises on CALLERROR)."""
