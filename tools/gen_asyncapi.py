@@ -32,6 +32,7 @@ from csms.contracts import events as event_module  # noqa: E402
 from csms.contracts.bus import ApiReply, ApiRequest, Command, CommandResult, OcppCall, OcppReply  # noqa: E402
 from csms.contracts.events import Event  # noqa: E402
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES  # noqa: E402
+from csms.contracts.schema import ANSWERED, standard_bounds  # noqa: E402
 from csms.envelopes import MAX_REQUEST_BYTES  # noqa: E402
 from csms.service import Service  # noqa: E402
 from services.registry import load_services  # noqa: E402
@@ -47,22 +48,14 @@ NAMES = Names.of(Settings.model_construct(namespace=NAMESPACE))
 
 # ---- JSON Schemas ----------------------------------------------------------------------------------------
 
-_CONSTRAINTS = {"ge": ("minimum", max), "le": ("maximum", min), "gt": ("exclusiveMinimum", max),
-                "lt": ("exclusiveMaximum", min)}
-
-
 def _draft07(node: Any) -> Any:
-    """pydantic's schema as draft-07: ``definitions`` instead of ``$defs``; ``$ref`` alone in its object."""
+    """pydantic's schema as draft-07: ``definitions`` instead of ``$defs``; ``$ref`` alone in its object; bounds
+    under their JSON Schema names (``csms.contracts.schema``)."""
     if isinstance(node, list):
         return [_draft07(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {("definitions" if key == "$defs" else key): _draft07(value) for key, value in node.items()}
-    if "type" in out:  # pydantic leaves a constraint after a BeforeValidator under its own name: JSON Schema's
-        for constraint, (keyword, tighter) in _CONSTRAINTS.items():
-            if isinstance(out.get(constraint), (int, float)) and not isinstance(out[constraint], bool):
-                bound = out.pop(constraint)  # both apply when validating: keep the tighter
-                out[keyword] = tighter(bound, out[keyword]) if keyword in out else bound
+    out = standard_bounds({("definitions" if key == "$defs" else key): _draft07(value) for key, value in node.items()})
     if "$ref" in out:
         out["$ref"] = out["$ref"].replace("#/$defs/", "#/definitions/")
         if len(out) > 1:  # draft-07 ignores the siblings of $ref
@@ -137,6 +130,17 @@ def result_annotation(handler: Any) -> Any:
     except Exception:  # noqa: BLE001 - an annotation that cannot be resolved says nothing
         return Any
     return Any if hint is None or hint is type(None) else hint
+
+
+def result_schema(annotation: Any) -> dict:
+    """The schema of an API operation's result; a CommandResult of a known action (its ``ACTION``) has its
+    payload typed as that action's answer when answered, like the command replies."""
+    schema = model_schema(annotation, "serialization", by_alias=False)
+    action = getattr(annotation, "ACTION", None)
+    if isinstance(annotation, type) and issubclass(annotation, CommandResult) and action in RESPONSES:
+        payload = _embed(schema, model_schema(RESPONSES[action]))
+        schema.update({"if": ANSWERED, "then": {"properties": {"payload": payload}, "required": ["payload"]}})
+    return schema
 
 
 def owners(services: list[Service]) -> tuple[dict[str, str], dict[str, str], dict[str, list[str]]]:
@@ -324,8 +328,7 @@ class Builder:
                 description=f"The outcome of a {action} command; payload is the charge point's answer when "
                             f"status is answered.",
                 fields={"action": const(action)},
-                when=({"properties": {"status": {"const": "answered"}}, "required": ["status"]}, "payload",
-                      model_schema(RESPONSES[action]))))
+                when=(ANSWERED, "payload", model_schema(RESPONSES[action]))))
             self.rpc(op_id, channel={
                 "address": op_id, "title": f"{action} commands",
                 "description": f"{action} commands for charge points, to the service that owns {action}.",
@@ -352,7 +355,7 @@ class Builder:
                     ApiRequest, "validation", title=f"ApiRequest {service.name}.{operation}",
                     description=(handler.__doc__ or f"{service.name}.{operation}").strip().splitlines()[0],
                     fields={"operation": const(operation), "params": params}))
-                result = model_schema(result_annotation(handler), "serialization", by_alias=False)
+                result = result_schema(result_annotation(handler))
                 reply = self.schema(f"api/{service.name}.{operation}.reply.json", specialise(
                     ApiReply, "serialization", title=f"ApiReply {service.name}.{operation}",
                     description=f"The answer of {service.name}.{operation}; result when ok.",
