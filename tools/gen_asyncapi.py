@@ -26,12 +26,13 @@ sys.path[:0] = [str(ROOT / "libs"), str(ROOT)]
 
 from pydantic import BaseModel, TypeAdapter  # noqa: E402
 
-from csms.bus import Names, api_key, call_key, command_key  # noqa: E402
+from csms.bus import CORRELATION_HEADER, Names, api_key, call_key, command_key  # noqa: E402
 from csms.config import Settings  # noqa: E402
 from csms.contracts import events as event_module  # noqa: E402
 from csms.contracts.bus import ApiReply, ApiRequest, Command, CommandResult, OcppCall, OcppReply  # noqa: E402
 from csms.contracts.events import Event  # noqa: E402
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES  # noqa: E402
+from csms.contracts.schema import ANSWERED, standard_bounds  # noqa: E402
 from csms.envelopes import MAX_REQUEST_BYTES  # noqa: E402
 from csms.service import Service  # noqa: E402
 from services.registry import load_services  # noqa: E402
@@ -47,22 +48,14 @@ NAMES = Names.of(Settings.model_construct(namespace=NAMESPACE))
 
 # ---- JSON Schemas ----------------------------------------------------------------------------------------
 
-_CONSTRAINTS = {"ge": ("minimum", max), "le": ("maximum", min), "gt": ("exclusiveMinimum", max),
-                "lt": ("exclusiveMaximum", min)}
-
-
 def _draft07(node: Any) -> Any:
-    """pydantic's schema as draft-07: ``definitions`` instead of ``$defs``; ``$ref`` alone in its object."""
+    """pydantic's schema as draft-07: ``definitions`` instead of ``$defs``; ``$ref`` alone in its object; bounds
+    under their JSON Schema names (``csms.contracts.schema``)."""
     if isinstance(node, list):
         return [_draft07(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {("definitions" if key == "$defs" else key): _draft07(value) for key, value in node.items()}
-    if "type" in out:  # pydantic leaves a constraint after a BeforeValidator under its own name: JSON Schema's
-        for constraint, (keyword, tighter) in _CONSTRAINTS.items():
-            if isinstance(out.get(constraint), (int, float)) and not isinstance(out[constraint], bool):
-                bound = out.pop(constraint)  # both apply when validating: keep the tighter
-                out[keyword] = tighter(bound, out[keyword]) if keyword in out else bound
+    out = standard_bounds({("definitions" if key == "$defs" else key): _draft07(value) for key, value in node.items()})
     if "$ref" in out:
         out["$ref"] = out["$ref"].replace("#/$defs/", "#/definitions/")
         if len(out) > 1:  # draft-07 ignores the siblings of $ref
@@ -139,6 +132,17 @@ def result_annotation(handler: Any) -> Any:
     return Any if hint is None or hint is type(None) else hint
 
 
+def result_schema(annotation: Any) -> dict:
+    """The schema of an API operation's result; a CommandResult of a known action (its ``ACTION``) has its
+    payload typed as that action's answer when answered, like the command replies."""
+    schema = model_schema(annotation, "serialization", by_alias=False)
+    action = getattr(annotation, "ACTION", None)
+    if isinstance(annotation, type) and issubclass(annotation, CommandResult) and action in RESPONSES:
+        payload = _embed(schema, model_schema(RESPONSES[action]))
+        schema.update({"if": ANSWERED, "then": {"properties": {"payload": payload}, "required": ["payload"]}})
+    return schema
+
+
 def owners(services: list[Service]) -> tuple[dict[str, str], dict[str, str], dict[str, list[str]]]:
     calls = {action: s.name for s in services for action in s.calls}
     commands = {action: s.name for s in services for action in s.commands}
@@ -177,6 +181,40 @@ EVENT_PROPERTIES = {
     "content_type": {"required": True, "value": "application/json"},
 }
 
+# the application headers (AMQP ``headers`` table) of requests and events: libs/csms/bus.py ``Bus.publish``
+HEADERS_FILE = "headers.json"
+HEADERS_SCHEMA = {
+    "$schema": DRAFT_07, "title": "ApplicationHeaders",
+    "description": ("The AMQP headers table of requests and events. Every header is optional: a message without "
+                    "any is handled the same. Publishers may add headers of their own; consumers ignore the ones "
+                    "they do not know."),
+    "type": "object",
+    "properties": {
+        CORRELATION_HEADER: {"type": "string", "description": (
+            "The id of the end-to-end operation this message belongs to, for the logs: the gateway starts one "
+            "per charge point CALL; every request and event published while handling a message carries the "
+            "id that message had, and each process logs it as correlation_id. Set one on a request of yours to "
+            "follow it through the logs; unrelated to the AMQP correlation_id property, which matches a reply "
+            "to its request.")},
+        "traceparent": {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                        "description": (
+            "W3C Trace Context (https://www.w3.org/TR/trace-context/): present when the publisher records "
+            "OpenTelemetry traces (OTEL_TRACES_EXPORTER); the consumer continues the trace from it, so one "
+            "CALL or command is one trace across the gateway and the services. Send your own to join them.")},
+        "tracestate": {"type": "string", "description": "W3C Trace Context vendor state, with traceparent."},
+    },
+    "additionalProperties": True,
+}
+HEADERS_REF = {"$ref": f"./schemas/{HEADERS_FILE}"}
+
+
+def _headers(**extra: dict) -> dict:
+    """The message's headers: the application headers, and ``extra`` ones of that message only."""
+    if not extra:
+        return dict(HEADERS_REF)
+    return {"allOf": [dict(HEADERS_REF), {"type": "object", "properties": extra}]}
+
+
 DESCRIPTION = f"""\
 The RabbitMQ bus of the OCPP 1.6J central system: charge point CALLs, commands to charge points, the
 services' own APIs and domain events. Generated by `tools/gen_asyncapi.py` from the code; one JSON Schema
@@ -194,6 +232,11 @@ service is bound to take comes back at once (basic.return) instead of vanishing;
 caller's timeout. The reply is published to the default exchange with routing key `reply_to` and the
 request's `correlation_id`, so any number of requests can be open on one reply queue. The AMQP `type`
 property is not needed: what a request is follows from the exchange it came through.
+
+**Headers.** Requests and events may carry the application headers `{CORRELATION_HEADER}` (the end-to-end
+operation's id, for the logs) and `traceparent` / `tracestate` (W3C Trace Context, when the publisher records
+traces); none is required (`schemas/{HEADERS_FILE}`). Replies carry none: a reply is matched by its AMQP
+`correlation_id` property.
 
 **Every request gets a reply**, a malformed one included: a body that is not a JSON object of at most
 {MAX_REQUEST_BYTES} bytes with the envelope's fields, or whose `action`/`operation` disagrees with the routing
@@ -230,7 +273,7 @@ def _channel_binding_exchange(name: str, kind: str) -> dict:
 def _request_message(name: str, title: str, summary: str, schema_file: str) -> dict:
     return {
         "name": name, "title": title, "summary": summary, "contentType": "application/json",
-        "payload": {"$ref": f"./schemas/{schema_file}"},
+        "payload": {"$ref": f"./schemas/{schema_file}"}, "headers": _headers(),
         "correlationId": {"location": "$message.header#/correlation_id",
                           "description": "The AMQP correlation_id property."},
         "x-amqp-properties": REQUEST_PROPERTIES,
@@ -275,7 +318,10 @@ class Builder:
                 "channel": {"$ref": "#/channels/replies"},
                 "messages": [{"$ref": f"#/channels/replies/messages/{op_id}.reply"}],
             },
-            "bindings": {"amqp": {"mandatory": True, "deliveryMode": 1, "bindingVersion": AMQP}},
+            # the services ack a request once handled (a crash before that redelivers it); gateways take
+            # commands without acks (each has its own timeout)
+            "bindings": {"amqp": {"mandatory": True, "deliveryMode": 1, "ack": service != "gateway",
+                                  "bindingVersion": AMQP}},
             "tags": [{"name": name} for name in dict.fromkeys((tag, service))],
             "x-service": service,
         }
@@ -324,8 +370,7 @@ class Builder:
                 description=f"The outcome of a {action} command; payload is the charge point's answer when "
                             f"status is answered.",
                 fields={"action": const(action)},
-                when=({"properties": {"status": {"const": "answered"}}, "required": ["status"]}, "payload",
-                      model_schema(RESPONSES[action]))))
+                when=(ANSWERED, "payload", model_schema(RESPONSES[action]))))
             self.rpc(op_id, channel={
                 "address": op_id, "title": f"{action} commands",
                 "description": f"{action} commands for charge points, to the service that owns {action}.",
@@ -352,7 +397,7 @@ class Builder:
                     ApiRequest, "validation", title=f"ApiRequest {service.name}.{operation}",
                     description=(handler.__doc__ or f"{service.name}.{operation}").strip().splitlines()[0],
                     fields={"operation": const(operation), "params": params}))
-                result = model_schema(result_annotation(handler), "serialization", by_alias=False)
+                result = result_schema(result_annotation(handler))
                 reply = self.schema(f"api/{service.name}.{operation}.reply.json", specialise(
                     ApiReply, "serialization", title=f"ApiReply {service.name}.{operation}",
                     description=f"The answer of {service.name}.{operation}; result when ok.",
@@ -382,6 +427,7 @@ class Builder:
             self.messages[op_id] = {
                 "name": event_type, "title": cls.__name__, "summary": schema["description"].splitlines()[0],
                 "contentType": "application/json", "payload": {"$ref": f"./schemas/{path}"},
+                "headers": _headers(),
                 "bindings": {"amqp": {"messageType": event_type, "bindingVersion": AMQP}},
                 "x-amqp-properties": EVENT_PROPERTIES,
             }
@@ -431,8 +477,7 @@ class Builder:
         self.messages["gateway.control"] = {
             "name": "control", "title": "GatewayControl", "summary": "Between gateway instances only",
             "contentType": "application/json", "payload": {"$ref": f"./schemas/{control}"},
-            "headers": {"type": "object", "properties": {"instance": {
-                "type": "string", "description": "The sending gateway instance."}}},
+            "headers": _headers(instance={"type": "string", "description": "The sending gateway instance."}),
             "bindings": {"amqp": {"messageType": "control", "bindingVersion": AMQP}},
         }
         self.channels["gateway.command"]["messages"]["control"] = {"$ref": "#/components/messages/gateway.control"}
@@ -474,8 +519,8 @@ class Builder:
         self.messages["dead-letter"] = {
             "name": "dead-letter", "title": "A dead-lettered event", "contentType": "application/json",
             "payload": {"$ref": f"./schemas/{base}"},
-            "headers": {"type": "object", "properties": {"x-death": {
-                "type": "array", "description": "RabbitMQ's record of where the message was rejected."}}},
+            "headers": _headers(**{"x-death": {
+                "type": "array", "description": "RabbitMQ's record of where the message was rejected."}}),
         }
         self.operations["dead-letter"] = {
             "action": "send", "channel": {"$ref": "#/channels/dead-letter"}, "title": "Dead-letter an event",
@@ -522,7 +567,7 @@ def render() -> dict[Path, str]:
     builder = Builder()
     document = builder.document()
     files = {DOCUMENT: json.dumps(document, indent=2, ensure_ascii=False) + "\n"}
-    for path, schema in builder.schemas.items():
+    for path, schema in {**builder.schemas, HEADERS_FILE: HEADERS_SCHEMA}.items():
         files[SCHEMAS / path] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
     return files
 

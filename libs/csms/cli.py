@@ -39,6 +39,7 @@ from csms import ocpp16
 from csms.client import ApiCallFailed, CsmsClient
 from csms.config import Settings, load_settings
 from csms.contracts.bus import CommandResult
+from csms.contracts.schema import standardise
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ACCEPTED, EXIT_CALL_ERROR, EXIT_UNREACHABLE, EXIT_REFUSED = range(7)
 CONNECT_TIMEOUT = 10.0
@@ -148,15 +149,49 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def bounds(schema: dict[str, Any]) -> str:
+    """The bounds a parameter's JSON Schema sets, for people: ``1 to 1000``, ``1 to 20 characters``, ``> 0``,
+    ``at most 96 items`` (those of every alternative; an optional parameter's null has none)."""
+    found = []
+    for option in schema.get("anyOf", [schema]):
+        low = option.get("minimum", option.get("exclusiveMinimum"))
+        high = option.get("maximum", option.get("exclusiveMaximum"))
+        strict_low, strict_high = "exclusiveMinimum" in option, "exclusiveMaximum" in option
+        if low is not None and high is not None and not strict_low and not strict_high:
+            found.append(f"{_number(low)} to {_number(high)}")
+        else:
+            if low is not None:
+                found.append(f"{'>' if strict_low else '>='} {_number(low)}")
+            if high is not None:
+                found.append(f"{'<' if strict_high else '<='} {_number(high)}")
+        shortest, longest = option.get("minLength"), option.get("maxLength")
+        if longest is not None:
+            found.append(f"{shortest or 0} to {longest} characters" if shortest else f"at most {longest} characters")
+        elif shortest:
+            found.append(f"at least {shortest} characters")
+        if option.get("maxItems") is not None:
+            found.append(f"at most {option['maxItems']} items")
+    return ", ".join(dict.fromkeys(found))
+
+
 def parameters(model: type[BaseModel] | None) -> list[str]:
     if model is None:
         return ["(parameters not declared: see the service's documentation)"]
+    try:
+        properties = standardise(model.model_json_schema(by_alias=False)).get("properties", {})
+    except Exception:  # noqa: BLE001 - a model without a JSON Schema still lists its parameters, unbounded
+        properties = {}
     lines = []
     for name, field in model.model_fields.items():
         kind = _type_name(field.annotation)
-        need = "required" if field.is_required() else f"default {field.default!r}"
+        limits = bounds(properties.get(name, {}))
+        need = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
         description = f" -- {field.description}" if field.description else ""
-        lines.append(f"{name}: {kind} ({need}){description}")
+        lines.append(f"{name}: {kind}{', ' + limits if limits else ''} ({need}){description}")
     return lines or ["(no parameters)"]
 
 

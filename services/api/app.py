@@ -14,6 +14,7 @@ enforce; a bad one is a 400 naming it, never a 500.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -40,6 +41,7 @@ from csms.contracts.api.smart_charging import PutSiteParams
 from csms.contracts.base import format_utc
 from csms.contracts.bus import CommandResult
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES
+from csms.contracts.schema import ANSWERED, standardise
 from csms.ops.logs import outage_of
 from csms.service import ApiError
 from services.api import auth, dashboard, rules
@@ -237,6 +239,15 @@ async def close_transaction(request: Request, transaction_id: TransactionId, bod
                   response_model=list[tx.ActiveTransaction], summary="Transactions holding the connectors")
 async def active_transactions(request: Request, charge_point_id: CpId, _: Caller = Depends(auth.read)) -> Any:
     return Json(await call(request, "transactions", "active_transactions", charge_point_id=charge_point_id))
+
+
+@transactions.get("/id-tags", response_model=list[tx.IdTagView], summary="List id tags")
+async def list_id_tags(request: Request, query: Annotated[tx.ListIdTagsParams, Query()],
+                       _: Caller = Depends(auth.read)) -> Any:
+    """In case-insensitive order, optionally by stored ``status``; each with the idTagInfo it gets now
+    (parents and expiry applied); ``after`` = the last id_tag of the previous page."""
+    items = await call(request, "transactions", "list_id_tags", **dump(query))
+    return page(request, items, query.limit, items[-1]["id_tag"] if items else None)
 
 
 @transactions.get("/id-tags/{id_tag}", response_model=tx.IdTagView, summary="Get an id tag")
@@ -743,7 +754,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document, with the OCPP request models of the command routes, without FastAPI's 422 (bad input
-    is a 400 here) and with the security requirement of every route stated."""
+    is a 400 here), with the security requirement of every route stated and bounds under their JSON Schema names
+    (pydantic leaves some as ``ge``/``le``: ``csms.contracts.schema``)."""
     if app.openapi_schema:
         return app.openapi_schema
     document = get_openapi(title=app.title, version=app.version, openapi_version="3.1.0",
@@ -759,5 +771,27 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     for path in document.get("paths", {}).values():
         for operation in path.values():
             operation.get("responses", {}).pop("422", None)
-    app.openapi_schema = document
+    _type_command_answers(document)
+    app.openapi_schema = standardise(document)
     return document
+
+
+def _type_command_answers(document: dict[str, Any]) -> None:
+    """Each command route answers ``<Action>Result``: the CommandResult whose payload is that action's OCPP
+    response model when status is answered (as the AsyncAPI command replies say), so a client -- and
+    schemathesis -- checks the charge point's answer, not just an object."""
+    components = document["components"]["schemas"]
+    for action in ocpp16.ALL_CSMS_TO_CP:
+        name, response = f"{action}Result", RESPONSES[action].__name__
+        if name in components or response not in components:
+            raise ValueError(f"OpenAPI components: {name} taken or {response} missing")
+        components[name] = {
+            "title": name, "allOf": [{"$ref": "#/components/schemas/CommandResult"}],
+            "description": f"The outcome of {action}; payload is the charge point's {action}.conf ({response}) "
+                           f"when status is answered.",
+            "if": copy.deepcopy(ANSWERED),
+            "then": {"properties": {"payload": {"$ref": f"#/components/schemas/{response}"}}, "required": ["payload"]},
+        }
+        operation = document["paths"][f"{PREFIX}/charge-points/{{charge_point_id}}/commands/{action}"]["post"]
+        operation["responses"]["200"]["content"]["application/json"]["schema"] = {
+            "$ref": f"#/components/schemas/{name}"}

@@ -11,10 +11,10 @@ import uuid
 
 from csms import ocpp16, pki
 from csms.contracts.api.diagnostics import (
-    DiagnosticsRequestView, EndpointsParams, EndpointsView, FileView, FirmwareSigningParams, FirmwareSigningView,
-    FirmwareUpdatesParams, FirmwareUpdateView, FirmwareView, GetFileParams, GetFirmwareUpdateParams, GetLogParams,
-    GetRequestParams, ListFilesParams, ListFirmwareParams, ListLogsParams, ListRequestsParams, LogRequestView,
-    RequestDiagnosticsParams, RequestLogParams,
+    DiagnosticsRequested, DiagnosticsRequestView, EndpointsParams, EndpointsView, FileView, FirmwareSigningParams,
+    FirmwareSigningView, FirmwareUpdatesParams, FirmwareUpdateView, FirmwareView, GetFileParams,
+    GetFirmwareUpdateParams, GetLogParams, GetRequestParams, ListFilesParams, ListFirmwareParams, ListLogsParams,
+    ListRequestsParams, LogRequested, LogRequestView, RequestDiagnosticsParams, RequestLogParams,
 )
 from csms.contracts.bus import Command, CommandResult
 from csms.contracts.events import (
@@ -504,7 +504,7 @@ async def api_endpoints(ctx: ApiContext, params: EndpointsParams) -> EndpointsVi
 
 
 @service.api("request_diagnostics")
-async def api_request_diagnostics(ctx: ApiContext, params: RequestDiagnosticsParams) -> dict:
+async def api_request_diagnostics(ctx: ApiContext, params: RequestDiagnosticsParams) -> DiagnosticsRequested:
     """Send GetDiagnostics with the ``csms:<protocol>`` placeholder; returns its CommandResult (``server``
     holds request_id and the masked upload URL)."""
     request = GetDiagnosticsRequest(location=f"{rules.PLACEHOLDER_SCHEME}:{params.protocol}",
@@ -513,7 +513,7 @@ async def api_request_diagnostics(ctx: ApiContext, params: RequestDiagnosticsPar
     command = Command(charge_point_id=params.charge_point_id, action="GetDiagnostics", payload=request.to_ocpp(),
                       timeout=params.command_timeout or ctx.settings.command_timeout)
     result = await get_diagnostics(CommandContext(ctx.service, command=command), request)
-    return result.model_dump(mode="json")
+    return DiagnosticsRequested.model_validate(result.model_dump())
 
 
 @service.api("list_logs")
@@ -531,7 +531,7 @@ async def api_get_log(ctx: ApiContext, params: GetLogParams) -> LogRequestView:
 
 
 @service.api("request_log")
-async def api_request_log(ctx: ApiContext, params: RequestLogParams) -> dict:
+async def api_request_log(ctx: ApiContext, params: RequestLogParams) -> LogRequested:
     """Send GetLog with the ``csms:<protocol>`` placeholder; returns its CommandResult (``server`` holds
     request_id, the requestId chosen and the masked upload URL)."""
     request = GetLogRequest(log=LogParameters(remote_location=f"{rules.PLACEHOLDER_SCHEME}:{params.protocol}",
@@ -542,7 +542,7 @@ async def api_request_log(ctx: ApiContext, params: RequestLogParams) -> dict:
     command = Command(charge_point_id=params.charge_point_id, action="GetLog", payload=request.to_ocpp(),
                       timeout=params.command_timeout or ctx.settings.command_timeout)
     result = await get_log(CommandContext(ctx.service, command=command), request)
-    return result.model_dump(mode="json")
+    return LogRequested.model_validate(result.model_dump())
 
 
 @service.api("firmware_signing")

@@ -11,8 +11,8 @@ from csms import pki
 from csms.contracts.api.security import (
     CaCertificateParams, CaCertificateView, CertificateRef, CertificateView, InstalledCertificatesParams,
     InstalledCertificateView, ListCertificatesParams, ListSecurityEventsParams, ListSignRequestsParams,
-    RenewalView, RenewCertificateParams, RevokeCertificateParams, ScanExpiringParams, SecurityEventView,
-    SignRequestView,
+    RenewalRequested, RenewalView, RenewCertificateParams, RevokeCertificateParams, ScanExpiringParams,
+    SecurityEventView, SignRequestView,
 )
 from csms.contracts.bus import Command, CommandResult
 from csms.contracts.events import CertificateChanged, SecurityEventReceived
@@ -403,13 +403,13 @@ async def api_list_security_events(ctx: ApiContext, params: ListSecurityEventsPa
 
 
 @service.api("renew_certificate")
-async def api_renew_certificate(ctx: ApiContext, params: RenewCertificateParams) -> dict:
+async def api_renew_certificate(ctx: ApiContext, params: RenewCertificateParams) -> RenewalRequested:
     """Send ExtendedTriggerMessage(SignChargePointCertificate) now; returns its CommandResult."""
     request = ExtendedTriggerMessageRequest(requested_message=SIGN_CHARGE_POINT_CERTIFICATE)
     command = Command(charge_point_id=params.charge_point_id, action="ExtendedTriggerMessage",
                       payload=request.to_ocpp(), timeout=params.command_timeout or ctx.settings.command_timeout)
     result = await extended_trigger_message(CommandContext(ctx.service, command=command), request)
-    return result.model_dump(mode="json")
+    return RenewalRequested.model_validate(result.model_dump())
 
 
 @service.api("scan_expiring")

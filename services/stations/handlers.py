@@ -9,8 +9,9 @@ import binascii
 import logging
 
 from csms.contracts.api.stations import (
-    AdmitParams, AdmitResult, AuthenticateParams, ListStationsParams, RegisterParams, RegisterVendorParams,
-    SetBootStatusParams, SetPasswordParams, SetSecurityProfileParams, StationParams, StationSummary, StationView,
+    AdmitParams, AdmitResult, AuthenticateParams, ListStationsParams, RegisterParams, RegisterResult,
+    RegisterVendorParams, RegisterVendorResult, SetBootStatusParams, SetBootStatusResult, SetPasswordParams,
+    SetPasswordResult, SetSecurityProfileParams, SetSecurityProfileResult, StationParams, StationSummary, StationView,
 )
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import CommandResult
@@ -294,33 +295,33 @@ async def api_list_stations(ctx: ApiContext, params: ListStationsParams) -> list
 
 
 @service.api("set_boot_status")
-async def api_set_boot_status(ctx: ApiContext, params: SetBootStatusParams) -> dict:
+async def api_set_boot_status(ctx: ApiContext, params: SetBootStatusParams) -> SetBootStatusResult:
     """Operator override of the BootNotification answer for one station (null clears it)."""
     await records(ctx).set_override(params.charge_point_id, params.status)
-    return {"charge_point_id": params.charge_point_id, "status": params.status}
+    return SetBootStatusResult(charge_point_id=params.charge_point_id, status=params.status)
 
 
 @service.api("register")
-async def api_register(ctx: ApiContext, params: RegisterParams) -> dict:
+async def api_register(ctx: ApiContext, params: RegisterParams) -> RegisterResult:
     """Accept this station under the ``registered`` boot policy (``registered=false`` withdraws it)."""
     await records(ctx).set_registered(params.charge_point_id, params.registered, utc_now())
-    return {"charge_point_id": params.charge_point_id, "registered": params.registered}
+    return RegisterResult(charge_point_id=params.charge_point_id, registered=params.registered)
 
 
 @service.api("set_password")
-async def api_set_password(ctx: ApiContext, params: SetPasswordParams) -> dict:
+async def api_set_password(ctx: ApiContext, params: SetPasswordParams) -> SetPasswordResult:
     """Set the Basic-auth password (AuthorizationKey) a charge point must present (``GATEWAY_AUTH=basic``)."""
     digest = await asyncio.to_thread(credentials.hash_secret, credentials.key_bytes(params.password))
     await records(ctx).set_password(params.charge_point_id, digest, "operator")
-    return {"charge_point_id": params.charge_point_id, "warnings": credentials.key_warnings(params.password)}
+    return SetPasswordResult(charge_point_id=params.charge_point_id, warnings=credentials.key_warnings(params.password))
 
 
 @service.api("set_security_profile")
-async def api_set_security_profile(ctx: ApiContext, params: SetSecurityProfileParams) -> dict:
+async def api_set_security_profile(ctx: ApiContext, params: SetSecurityProfileParams) -> SetSecurityProfileResult:
     """Record the security profile a station is accepted at (the gateway refuses it below that from now on)."""
     await records(ctx).set_security_profile(params.charge_point_id, params.security_profile, "operator", utc_now())
     log.warning("%s: security profile set to %s by an operator", params.charge_point_id, params.security_profile)
-    return {"charge_point_id": params.charge_point_id, "security_profile": params.security_profile}
+    return SetSecurityProfileResult(charge_point_id=params.charge_point_id, security_profile=params.security_profile)
 
 
 @service.api("admit")
@@ -361,7 +362,7 @@ async def api_authenticate(ctx: ApiContext, params: AuthenticateParams) -> bool:
 
 
 @service.api("register_vendor")
-async def api_register_vendor(ctx: ApiContext, params: RegisterVendorParams) -> dict:
+async def api_register_vendor(ctx: ApiContext, params: RegisterVendorParams) -> RegisterVendorResult:
     """Accept DataTransfer from charge points for this vendorId (the data is published as an event)."""
     await records(ctx).add_vendor(params.vendor_id)
-    return {"vendor_id": params.vendor_id}
+    return RegisterVendorResult(vendor_id=params.vendor_id)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from csms.contracts.api.transactions import (
     ActiveTransaction, ChargePointParams, CloseTransactionParams, ConnectorMeterValuesParams, DeletedIdTag,
-    DroppedReservation, DropReservationParams, IdTagParams, IdTagView, ListTransactionsParams, LocalListView,
+    DroppedReservation, DropReservationParams, IdTagParams, IdTagView, ListIdTagsParams, ListTransactionsParams,
+    LocalListView,
     MeterValuesParams, MeterValueView, OrphanStopsParams, OrphanStopView, QueryMeterValuesParams, ReservationView,
     SetIdTagParams, TransactionParams, TransactionView,
 )
@@ -399,13 +400,17 @@ async def get_local_list_version(ctx: CommandContext, req: GetLocalListVersionRe
 
 
 # ---- API: id tags ---------------------------------------------------------------------------------------
+def _tag_view(record: dict, info: IdTagInfo) -> IdTagView:
+    return IdTagView(id_tag=record["id_tag"], status=record["status"], expiry_date=record["expiry_date"],
+                     parent_id_tag=record["parent_id_tag"], updated_at=record["updated_at"],
+                     id_tag_info=_info_dict(info))
+
+
 async def _id_tag_view(ctx: ServiceContext, id_tag: str) -> IdTagView:
     record = await _stores(ctx).id_tags.get(id_tag)
     if record is None:
         raise ApiError(f"unknown id tag {id_tag!r}", 404)
-    return IdTagView(id_tag=record["id_tag"], status=record["status"], expiry_date=record["expiry_date"],
-                     parent_id_tag=record["parent_id_tag"], updated_at=record["updated_at"],
-                     id_tag_info=_info_dict(await authorize_tag(ctx, id_tag)))
+    return _tag_view(record, await authorize_tag(ctx, id_tag))
 
 
 @service.api("set_id_tag")
@@ -419,6 +424,15 @@ async def api_set_id_tag(ctx: ApiContext, params: SetIdTagParams) -> IdTagView:
 @service.api("get_id_tag")
 async def api_get_id_tag(ctx: ApiContext, params: IdTagParams) -> IdTagView:
     return await _id_tag_view(ctx, params.id_tag)
+
+
+@service.api("list_id_tags")
+async def api_list_id_tags(ctx: ApiContext, params: ListIdTagsParams) -> list[IdTagView]:
+    """Id tags in case-insensitive order, ``limit`` at a time (``after`` = the last id_tag of the previous
+    page), optionally by stored status; each with the idTagInfo it gets now (parents and expiry applied)."""
+    records, tags = await _stores(ctx).id_tags.page(params.status, params.after, params.limit)
+    now = utc_now()
+    return [_tag_view(record, rules.authorize(record["id_tag"], tags, now)) for record in records]
 
 
 @service.api("delete_id_tag")

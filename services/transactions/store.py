@@ -173,6 +173,8 @@ class IdTagStore(Protocol):
                      now: datetime) -> None: ...
     async def get(self, id_tag: str) -> dict[str, Any] | None: ...
     async def delete(self, id_tag: str) -> str | None: ...
+    async def page(self, status: str | None, after: str | None, limit: int
+                   ) -> tuple[list[dict[str, Any]], dict[str, TagRecord]]: ...
 
 
 class TransactionStore(Protocol):
@@ -325,6 +327,19 @@ _CHAIN_CTE = """chain AS (
         WHERE c.depth < {max_depth}
     )""".format(max_depth=rules.MAX_PARENT_DEPTH)
 
+# the known ancestors of several tags at once ($1: their parents, case-folded), as far as a chain is followed
+_ANCESTORS = """
+    WITH RECURSIVE chain AS (
+        SELECT 1 AS depth, id_tag_folded, id_tag, status, expiry_date, parent_id_tag, parent_folded
+        FROM tx_id_tags WHERE id_tag_folded = ANY($1::text[])
+      UNION
+        SELECT c.depth + 1, t.id_tag_folded, t.id_tag, t.status, t.expiry_date, t.parent_id_tag, t.parent_folded
+        FROM chain c JOIN tx_id_tags t ON t.id_tag_folded = c.parent_folded
+        WHERE c.depth < {max_depth}
+    )
+    SELECT DISTINCT ON (id_tag_folded) * FROM chain ORDER BY id_tag_folded, depth""".format(
+    max_depth=rules.MAX_PARENT_DEPTH)
+
 
 # ---- PostgreSQL implementations ---------------------------------------------------------------------------
 
@@ -356,6 +371,17 @@ class PgIdTags:
     async def delete(self, id_tag: str) -> str | None:
         return await self.pool.fetchval("DELETE FROM tx_id_tags WHERE id_tag_folded = $1 RETURNING id_tag",
                                         fold(id_tag))
+
+    async def page(self, status: str | None, after: str | None, limit: int
+                   ) -> tuple[list[dict[str, Any]], dict[str, TagRecord]]:
+        """Up to ``limit`` tags after ``after`` in case-folded order (the primary key's), and the records of
+        them and their known ancestors (to give each its idTagInfo without a query per tag)."""
+        where, args = _filters([("status = {}", status), ("id_tag_folded > {}", fold(after) if after else None)])
+        rows = [dict(row) for row in await self.pool.fetch(
+            f"SELECT * FROM tx_id_tags {_where(where)} ORDER BY id_tag_folded LIMIT {int(limit)}", *args)]
+        parents = sorted({row["parent_folded"] for row in rows if row["parent_folded"]})
+        ancestors = [dict(row) for row in await self.pool.fetch(_ANCESTORS, parents)] if parents else []
+        return rows, _tag_records(rows + ancestors)
 
 
 _START_FACTS = f"""

@@ -297,7 +297,7 @@ async def test_read_routes_reach_every_service(system, cp_id):
         for path in (f"/charge-points/{cp_id}/charging-profiles", f"/charge-points/{cp_id}/composite-reports",
                      f"/charge-points/{cp_id}/reservations", f"/charge-points/{cp_id}/installed-certificates",
                      "/sites", "/diagnostics", "/files", "/logs", "/firmware", "/firmware-updates", "/certificates",
-                     "/security-events", "/ca-certificate", f"/charge-points/{cp_id}/local-list",
+                     "/security-events", "/ca-certificate", f"/charge-points/{cp_id}/local-list", "/id-tags",
                      f"/charge-points/{cp_id}/connectors"):
             status, body = await api.get(path, key="read")
             assert status == 200, (path, body)

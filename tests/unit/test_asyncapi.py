@@ -84,3 +84,78 @@ def _subclasses(cls):
         if sub.EVENT_TYPE and sub.__module__ == "csms.contracts.events":
             yield sub
         yield from _subclasses(sub)
+
+
+def _schema(path: str) -> dict:
+    return json.loads((DOCUMENT.parent / "schemas" / path).read_text())
+
+
+def _described(schema: dict, definitions: dict) -> bool:
+    """A schema that says what is in it: a model (its properties; none with nothing else allowed), a list of
+    those, or a plain value."""
+    if "$ref" in schema:
+        return _described(definitions[schema["$ref"].rsplit("/", 1)[-1]], definitions)
+    if "anyOf" in schema:
+        return all(_described(option, definitions) for option in schema["anyOf"])
+    if schema.get("type") == "array":
+        return _described(schema.get("items", {}), definitions)
+    if schema.get("type") == "object":
+        return (bool(schema.get("properties")) or isinstance(schema.get("additionalProperties"), dict)
+                or ("properties" in schema and schema.get("additionalProperties") is False))
+    return "type" in schema
+
+
+def test_api_results_and_parameters_are_described_by_models():
+    # smart_charging's results are typed by its own change (list_sites, list_presets, list_preset_rules too)
+    bare = []
+    for service in load_services():
+        for operation in service.apis:
+            if service.name == "smart_charging":
+                continue
+            reply = _schema(f"api/{service.name}.{operation}.reply.json")
+            if not _described(reply["then"]["properties"]["result"], reply.get("definitions", {})):
+                bare.append(f"{service.name}.{operation} result")
+            request = _schema(f"api/{service.name}.{operation}.json")
+            if not _described(request["properties"]["params"].get("allOf", [{}])[0], request.get("definitions", {})):
+                bare.append(f"{service.name}.{operation} params")
+    assert not bare, bare
+    # an operation that sends a command answers its CommandResult, the charge point's payload typed when answered
+    for operation, response in (("diagnostics.request_diagnostics", "GetDiagnosticsResponse"),
+                                ("diagnostics.request_log", "GetLogResponse"),
+                                ("security.renew_certificate", "ExtendedTriggerMessageResponse")):
+        reply = _schema(f"api/{operation}.reply.json")
+        result = reply["definitions"][reply["then"]["properties"]["result"]["$ref"].rsplit("/", 1)[-1]]
+        assert result["if"] == {"properties": {"status": {"const": "answered"}}, "required": ["status"]}
+        assert result["then"]["properties"]["payload"] == {"$ref": f"#/definitions/{response}"}, operation
+        assert response in reply["definitions"]
+
+
+def test_the_application_headers_are_declared_as_the_code_sets_them():
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from csms.bus import CORRELATION_HEADER
+    from csms.ops import tracing
+
+    headers = _schema("headers.json")
+    assert set(headers["properties"]) == {CORRELATION_HEADER, "traceparent", "tracestate"}
+    # the names the trace context really travels under: what the bus injects with tracing on
+    tracing.set_provider(TracerProvider())
+    try:
+        with tracing.span("test"):
+            injected = tracing.inject({})
+    finally:
+        tracing.set_provider(None)
+    assert "traceparent" in injected and set(injected) <= set(headers["properties"])
+    document = json.loads(DOCUMENT.read_text())
+    messages = document["components"]["messages"]
+    reference = {"$ref": "./schemas/headers.json"}
+    for name, operation in document["operations"].items():
+        for ref in operation["messages"]:
+            channel, _, key = ref["$ref"].removeprefix("#/channels/").partition("/messages/")
+            message = messages[document["channels"][channel]["messages"][key]["$ref"].rsplit("/", 1)[-1]]
+            declared = message["headers"]
+            assert declared == reference or declared["allOf"][0] == reference, name
+    replies = document["channels"]["replies"]["messages"]
+    assert all("headers" not in messages[ref["$ref"].rsplit("/", 1)[-1]] for ref in replies.values())
+    assert document["operations"]["command.Reset"]["bindings"]["amqp"]["ack"] is True
+    assert document["operations"]["gateway.command"]["bindings"]["amqp"]["ack"] is False

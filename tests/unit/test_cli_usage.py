@@ -88,8 +88,19 @@ def test_operations_list_parameters_from_the_api_models(capsys):
     assert cli.main(["operations", "stations"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("stations\n")
-    assert "  get_station" in out and "charge_point_id: str (required)" in out
+    assert "  get_station" in out and "charge_point_id: str, 1 to 255 characters (required)" in out
     assert "status: 'Accepted' | 'Pending' | 'Rejected' | null (required)" in out
+    # bounds from the parameter models, pydantic's ge/le after a validator included
+    assert "limit: int, 1 to 5000 (default 500) -- at most this many stations" in out
+    assert "security_profile: int | null, 0 to 3 (required)" in out
+    assert cli.main(["operations", "transactions"]) == 0
+    out = capsys.readouterr().out
+    assert "after: int | null, -2147483648 to 2147483647 (default None)" in out
+    assert "limit: int, 1 to 10000 (default 1000)" in out and "id_tag: str, 1 to 20 characters (required)" in out
+    assert cli.main(["operations", "diagnostics"]) == 0
+    assert "command_timeout: float | null, > 0, <= 300 (default None)" in capsys.readouterr().out
+    assert cli.main(["operations", "smart_charging"]) == 0
+    assert "PydanticUndefined" not in capsys.readouterr().out  # a default_factory's value is shown
     assert cli.main(["operations"]) == 0
     out = capsys.readouterr().out
     assert {"stations", "transactions", "diagnostics", "smart_charging"} <= {
@@ -108,7 +119,7 @@ def test_help_lists_commands_and_the_operations_of_every_service(capsys):
     assert "get_station" in capsys.readouterr().out
     assert run(["api", "transactions", "list_transactions", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "limit:" in out and "charge_point_id:" in out
+    assert "limit: int, 1 to 1000 (default 100)" in out and "charge_point_id:" in out
 
 
 def test_completion_scripts_and_completions(capsys, monkeypatch):

@@ -5,11 +5,12 @@ and results.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StringConstraints, model_serializer
 
 from csms.contracts.base import UtcDatetime
+from csms.contracts.bus import CommandResult
 
 MAX_ID_LENGTH = 255
 DEFAULT_LIMIT = 100
@@ -243,3 +244,36 @@ class EndpointsView(BaseModel):
     ftp_port: int
     firmware_upload_url: str   # PUT an image here ({name} is the placeholder)
     files_url: str
+
+
+class DiagnosticsUpload(BaseModel):
+    """The GetDiagnostics request the central system recorded for a command it sent."""
+
+    request_id: str                              # get_request / GET /diagnostics/{request_id}
+    upload_url: str                              # where the charge point was told to upload, token masked
+    protocol: str                                # http, ftp (this system's intake) or the external URL's scheme
+    target: Literal["csms", "external"]
+    file_name: str | None = None                 # the fileName the charge point answered
+    status: str                                  # the request's status after the answer
+
+
+class DiagnosticsRequested(CommandResult):
+    """request_diagnostics' answer: the CommandResult of the GetDiagnostics sent (``payload`` is the charge
+    point's GetDiagnostics.conf when answered); ``server`` the request recorded (null: refused before sending)."""
+
+    ACTION: ClassVar[str] = "GetDiagnostics"
+    server: DiagnosticsUpload | None = None
+
+
+class LogUpload(DiagnosticsUpload):
+    """The GetLog request the central system recorded for a command it sent."""
+
+    ocpp_request_id: int                         # the requestId sent (chosen by the central system)
+
+
+class LogRequested(CommandResult):
+    """request_log's answer: the CommandResult of the GetLog sent (``payload`` is the charge point's GetLog.conf
+    when answered); ``server`` the request recorded (null: refused before sending)."""
+
+    ACTION: ClassVar[str] = "GetLog"
+    server: LogUpload | None = None

@@ -7,11 +7,12 @@ private keys never leave the CA).
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from csms.contracts.base import UtcDatetime
+from csms.contracts.bus import CommandResult
 
 MAX_ID_LENGTH = 255
 DEFAULT_LIMIT = 100
@@ -169,3 +170,10 @@ class RenewalView(BaseModel):
     fingerprint: str
     not_after: UtcDatetime
     status: str                        # the charge point's answer, or offline / timeout / ...
+
+
+class RenewalRequested(CommandResult):
+    """renew_certificate's answer: the CommandResult of the ExtendedTriggerMessage(SignChargePointCertificate)
+    sent (``payload`` is the charge point's ExtendedTriggerMessage.conf when answered)."""
+
+    ACTION: ClassVar[str] = "ExtendedTriggerMessage"

@@ -95,6 +95,30 @@ class AdmitResult(BaseModel):
     security_profile_pending: SecurityProfile | None = None
 
 
+class SetBootStatusResult(BaseModel):
+    charge_point_id: str
+    status: BootStatus | None                 # the BootNotification answer it gets from now on (null: the policy's)
+
+
+class RegisterResult(BaseModel):
+    charge_point_id: str
+    registered: bool
+
+
+class SetPasswordResult(BaseModel):
+    charge_point_id: str
+    warnings: list[str] = Field(default_factory=list)   # why the password is weak (it is set all the same)
+
+
+class SetSecurityProfileResult(BaseModel):
+    charge_point_id: str
+    security_profile: SecurityProfile | None
+
+
+class RegisterVendorResult(BaseModel):
+    vendor_id: str
+
+
 class ConnectorView(BaseModel):
     status: str
     error_code: str

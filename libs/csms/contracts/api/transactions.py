@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from csms.contracts.base import UtcDatetime
 
 MAX_TRANSACTIONS_PAGE = 1000
+MAX_ID_TAGS_PAGE = 1000
 MAX_METER_VALUES_PAGE = 10_000
 MAX_CHARGE_POINT_ID = 255
 
@@ -69,6 +70,15 @@ class SetIdTagParams(Params):
         if self.parent_id_tag is not None and self.parent_id_tag.casefold() == self.id_tag.casefold():
             raise ValueError("an id tag cannot be its own parent")
         return self
+
+
+class ListIdTagsParams(Params):
+    """Id tags by id (case-insensitive order), filtered; ``after`` = the last id_tag of the previous page."""
+    status: IdTagStatus | None = Field(None, description=(
+        "only tags stored with this status (an Accepted tag past its expiry_date is still stored Accepted; its "
+        "id_tag_info says Expired)"))
+    limit: Int = Field(100, ge=1, le=MAX_ID_TAGS_PAGE, description="at most this many id tags")
+    after: OptionalIdTag = Field(None, description="continue after this id tag (pages)")
 
 
 class TransactionParams(Params):
