@@ -180,6 +180,52 @@ async def test_csms_db_upgrade_keeps_every_diagnostics_row(schema):
         await sut.stop()
 
 
+# ---- transactions: transactions_0002 -> transactions_0003 (meter values found by when they were received) --------
+async def test_csms_db_upgrade_keeps_every_meter_value_and_indexes_them_by_receipt(schema):
+    from datetime import date
+
+    from csms.db import Database
+    from services.transactions import maintenance
+
+    await upgrade_with_the_cli(schema, "transactions@transactions_0002")
+    assert await migrate.current(schema) == {"transactions_0002"}
+    database = await Database(schema).connect()
+    try:
+        await maintenance.run_once(database.pool, 0, today=date(2026, 11, 25), ahead=1)  # 24, 25, 26 November
+    finally:
+        await database.close()
+    connection = await connect(schema)
+    try:
+        await connection.execute("""
+            INSERT INTO tx_meter_values (charge_point_id, connector_id, transaction_id, source, sampled_at,
+                                         sampled_value, received_at, call_digest, seq)
+            SELECT 'CP-' || (n % 3), 1, n % 7, 'MeterValues',
+                   CASE WHEN n % 10 = 0 THEN '1970-01-01T00:00:00Z'::timestamptz
+                        ELSE '2026-11-24T00:00:00Z'::timestamptz + n * interval '1 minute' END,
+                   jsonb_build_array(jsonb_build_object('value', n::text)),
+                   '2026-11-24T00:00:05Z'::timestamptz + n * interval '1 minute', 'digest-' || n, 1
+            FROM generate_series(1, 3000) AS n
+        """)
+        before = [dict(row) for row in await connection.fetch("SELECT tableoid::regclass::text AS part, * "
+                                                              "FROM tx_meter_values ORDER BY id")]
+        assert {row["part"] for row in before} == {"tx_meter_values_default", "tx_meter_values_p20261124",
+                                                   "tx_meter_values_p20261125", "tx_meter_values_p20261126"}
+
+        await upgrade_with_the_cli(schema)
+        assert "transactions_0003" in await migrate.current(schema)
+        assert [dict(row) for row in await connection.fetch("SELECT tableoid::regclass::text AS part, * "
+                                                            "FROM tx_meter_values ORDER BY id")] == before
+        indexed = await connection.fetch("""
+            SELECT c.relname FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_am a ON a.oid = x.relam
+            JOIN pg_class c ON c.oid = i.indrelid JOIN pg_attribute t ON t.attrelid = c.oid AND t.attnum = i.indkey[0]
+            WHERE a.amname = 'brin' AND t.attname = 'received_at' AND c.relnamespace = current_schema()::regnamespace
+        """)
+        assert {row["relname"] for row in indexed} == {"tx_meter_values", "tx_meter_values_default",
+                                                      *(row["part"] for row in before)}
+    finally:
+        await connection.close()
+
+
 # ---- a schema behind the code is refused --------------------------------------------------------------------
 async def test_db_current_exits_1_when_behind_and_0_at_the_heads(schema):
     await upgrade_with_the_cli(schema, "stations@stations_0001")
