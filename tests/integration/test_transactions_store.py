@@ -18,24 +18,14 @@ from csms.service import CallContext
 from services.transactions import handlers, maintenance, rules
 from services.transactions.outbox import EventRelay
 from services.transactions.store import OutboxEvent, Stores
-from tests.support.system import drop_schema
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-async def schema(settings):
-    await migrate.ensure_database(settings)
-    try:
-        yield settings
-    finally:
-        await drop_schema(settings)
-
-
-@pytest.fixture
-async def pool(schema):
-    await migrate.upgrade(schema)
-    database = await Database(schema).connect()
+async def pool(empty_schema):
+    await migrate.upgrade(empty_schema)
+    database = await Database(empty_schema).connect()
     try:
         yield database.pool
     finally:
@@ -50,7 +40,8 @@ async def connect(settings) -> asyncpg.Connection:
 
 
 # ---- migrations ---------------------------------------------------------------------------------------
-async def test_upgrading_a_database_with_data_keeps_every_record(schema):
+async def test_upgrading_a_database_with_data_keeps_every_record(empty_schema):
+    schema = empty_schema
     await migrate.upgrade(schema, "transactions@transactions_0001")
     assert await migrate.current(schema) >= {"transactions_0001"}
     connection = await connect(schema)
