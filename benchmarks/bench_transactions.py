@@ -1,7 +1,8 @@
 """CALL throughput of the transactions path: N charge points each run transactions (StartTransaction,
 MeterValues, StopTransaction) through gateway -> RabbitMQ -> transactions service -> back.
 
-Runs, in the same process and on the same machine, one after the other:
+Every charge point boots first (BootNotification, not timed: the gateway refuses other CALLs of a station that
+has not booted). Runs, in the same process and on the same machine, one after the other:
 
 * ``heartbeat``: Heartbeat round trips (stations service, Redis): the yardstick of the bus itself;
 * ``redis``: the Redis-only transactions service as it was before PostgreSQL became the system of record
@@ -9,9 +10,11 @@ Runs, in the same process and on the same machine, one after the other:
 * ``postgresql``: the transactions service of this checkout (PostgreSQL, outbox, partitions).
 
 and prints calls/s and latencies of each, with the ratios. Uses the local RabbitMQ, Redis and PostgreSQL, each
-run in a namespace and schema of its own (removed afterwards).
+run in a namespace and schema of its own (removed afterwards). CALLERRORs (e.g. a service too slow) are counted
+and shown; a side that does not start, whose charge points fail or that answers no CALL at all is named with its
+first error and the run exits 1 (no ratio is printed from a broken side).
 
-    python benchmarks/bench_transactions.py --charge-points 20 --transactions 5 --meter-calls 10
+    python benchmarks/bench_transactions.py --charge-points 20 --transactions 3 --meter-calls 10
     python benchmarks/bench_transactions.py --shared-tag-open 913 --meter-calls 0   # starts with a busy fleet tag
 """
 from __future__ import annotations
@@ -63,6 +66,10 @@ def load_baseline(rev: str) -> Service:
     return module.service
 
 
+class SideFailed(Exception):
+    """A side of the benchmark did not work: the message says which and why."""
+
+
 class Frames:
     """A bare OCPP-J client: CALLs one at a time, latency per CALL."""
 
@@ -73,15 +80,26 @@ class Frames:
         self.latencies = latencies
         self.next_id = 0
 
-    async def call(self, action: str, payload: dict) -> dict | None:
+    async def boot(self) -> None:
+        """BootNotification (not timed): until it is answered Accepted the gateway refuses every other CALL."""
+        answer = await self.call("BootNotification", {"chargePointVendor": "Bench", "chargePointModel": "B1"},
+                                 timed=False)
+        if answer is None or answer.get("status") != "Accepted":
+            raise SideFailed(f"BootNotification not accepted: {answer or Frames.errors[-1]}")
+
+    async def call(self, action: str, payload: dict, timed: bool = True) -> dict | None:
         """The CALLRESULT payload; None (counted in ``errors``) for a CALLERROR, e.g. a service too slow."""
         self.next_id += 1
         started = time.perf_counter()
         await self.ws.send(json.dumps([2, str(self.next_id), action, payload]))
         while True:
             frame = json.loads(await self.ws.recv())
+            if frame[0] == 2:  # a command from the CSMS (e.g. a GetConfiguration after boot): answer it
+                await self.ws.send(json.dumps([3, frame[1], {}]))
+                continue
             if frame[0] == 3 and frame[1] == str(self.next_id):
-                self.latencies.append(time.perf_counter() - started)
+                if timed:
+                    self.latencies.append(time.perf_counter() - started)
                 return frame[2]
             if frame[0] == 4 and frame[1] == str(self.next_id):
                 Frames.errors.append(f"{action}: {frame[2]} {frame[3]}")
@@ -96,6 +114,7 @@ async def seed(url: str, count: int) -> None:
     """``count`` open transactions of the shared tag, on the connectors of one charge point."""
     async with websockets.connect(url, subprotocols=["ocpp1.6"]) as ws:
         cp = Frames(ws, [])
+        await cp.boot()
         for connector in range(1, count + 1):
             await cp.call("StartTransaction", {"connectorId": connector, "idTag": "FLEET", "meterStart": 0,
                                                "timestamp": iso(DAY)})
@@ -104,6 +123,7 @@ async def seed(url: str, count: int) -> None:
 async def transactions(url: str, index: int, args, latencies: list[float]) -> None:
     async with websockets.connect(url, subprotocols=["ocpp1.6"]) as ws:
         cp = Frames(ws, latencies)
+        await cp.boot()
         for number in range(args.transactions):
             begin = DAY + timedelta(hours=number, minutes=index)
             started = await cp.call("StartTransaction", {"connectorId": 1, "idTag": id_tag(args, index),
@@ -124,23 +144,39 @@ async def transactions(url: str, index: int, args, latencies: list[float]) -> No
 async def heartbeats(url: str, index: int, args, latencies: list[float]) -> None:
     async with websockets.connect(url, subprotocols=["ocpp1.6"]) as ws:
         cp = Frames(ws, latencies)
+        await cp.boot()
         for _ in range(args.transactions * (args.meter_calls + 2)):
             await cp.call("Heartbeat", {})
 
 
 async def run(name: str, services: list[Service], client, args, infra: Infrastructure) -> dict:
-    sut = await System(make_settings(infra), services).start()
+    """One side: its own system, the charge points' stream, calls/s and latencies. Raises SideFailed (naming the
+    side and the first error) when the system does not start, a charge point fails or a CALL is refused."""
     try:
-        if args.shared_tag_open and client is transactions:
-            await seed(sut.url("BENCH-SEED"), args.shared_tag_open)
+        sut = await System(make_settings(infra), services).start()
+    except Exception as error:  # noqa: BLE001 - any start-up failure of a side is reported as that side's
+        raise SideFailed(f"{name}: the system did not start: {type(error).__name__}: {error}") from error
+    try:
         latencies: list[float] = []
         Frames.errors.clear()
+        if args.shared_tag_open and client is transactions:
+            await seed(sut.url("BENCH-SEED"), args.shared_tag_open)
         started = time.perf_counter()
-        await asyncio.gather(*(client(sut.url(f"BENCH-{i}"), i, args, latencies) for i in range(args.charge_points)))
+        outcomes = await asyncio.gather(*(client(sut.url(f"BENCH-{i}"), i, args, latencies)
+                                          for i in range(args.charge_points)), return_exceptions=True)
         elapsed = time.perf_counter() - started
+    except SideFailed as error:
+        raise SideFailed(f"{name}: {error}") from error
     finally:
         await sut.stop()
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failures:
+        raise SideFailed(f"{name}: {len(failures)} of {args.charge_points} charge points failed, e.g."
+                         f" {type(failures[0]).__name__}: {failures[0]}")
     errors = list(Frames.errors)
+    if not latencies:
+        raise SideFailed(f"{name}: no CALL answered, {len(errors)} CALLERRORs"
+                         + (f", e.g. {errors[0]}" if errors else ""))
     result = {"name": name, "calls": len(latencies), "seconds": elapsed, "per_second": len(latencies) / elapsed,
               "p50_ms": statistics.median(latencies) * 1000,
               "p95_ms": sorted(latencies)[int(0.95 * (len(latencies) - 1))] * 1000}
@@ -150,7 +186,7 @@ async def run(name: str, services: list[Service], client, args, infra: Infrastru
     return result
 
 
-async def main() -> None:
+async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--charge-points", type=int, default=20)
     parser.add_argument("--transactions", type=int, default=5, help="per charge point")
@@ -165,16 +201,26 @@ async def main() -> None:
                            os.environ.get("TEST_DATABASE_URL", DEFAULT_DATABASE))
     from services.transactions.handlers import service as transactions_service
 
-    baseline = load_baseline(args.baseline_rev)
+    try:
+        baseline = load_baseline(args.baseline_rev)
+    except (subprocess.CalledProcessError, ImportError, AttributeError, SyntaxError) as error:
+        print(f"bench_transactions: the baseline transactions service at {args.baseline_rev} does not load:"
+              f" {getattr(error, 'stderr', '') or error}".strip(), file=sys.stderr)
+        return 1
     print(f"{args.charge_points} charge points x {args.transactions} transactions x (start, {args.meter_calls}"
           f" MeterValues of {args.readings} readings, stop)", flush=True)
-    beat = await run("heartbeat", [stations_service], heartbeats, args, infra)
-    redis = await run("redis", [stations_service, baseline], transactions, args, infra)
-    durable = await run("postgresql", [stations_service, transactions_service], transactions, args, infra)
+    try:
+        beat = await run("heartbeat", [stations_service], heartbeats, args, infra)
+        redis = await run("redis", [stations_service, baseline], transactions, args, infra)
+        durable = await run("postgresql", [stations_service, transactions_service], transactions, args, infra)
+    except SideFailed as error:
+        print(f"bench_transactions: {error}", file=sys.stderr)
+        return 1
     print(f"postgresql / redis: throughput x{durable['per_second'] / redis['per_second']:.2f},"
           f" p50 latency x{durable['p50_ms'] / redis['p50_ms']:.2f};"
           f" postgresql / heartbeat throughput x{durable['per_second'] / beat['per_second']:.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

@@ -310,6 +310,14 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = _env("CSMS_EVENT_LOOP", "uvloop")
 
     @model_validator(mode="after")
+    def _pool_order(self) -> "Settings":
+        # never clamped quietly: a pool smaller than asked for is a mistake the operator should hear about
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError(f"DATABASE_POOL_MIN ({self.db_pool_min}) must not exceed DATABASE_POOL_MAX "
+                             f"({self.db_pool_max})")
+        return self
+
+    @model_validator(mode="after")
     def _backoff_order(self) -> "Settings":
         if self.backoff_initial > self.backoff_max:
             raise ValueError("RECONNECT_BACKOFF_INITIAL must not exceed RECONNECT_BACKOFF_MAX")

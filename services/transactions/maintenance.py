@@ -2,8 +2,11 @@
 
 * daily partitions of ``tx_meter_values`` created ahead (yesterday, today and PARTITIONS_AHEAD days); rows the
   DEFAULT partition holds for such a day are moved into it in the same transaction;
-* partitions older than ``METER_VALUES_RETENTION_DAYS`` dropped, and DEFAULT rows older than that deleted
-  (0 keeps everything);
+* retention (``METER_VALUES_RETENTION_DAYS``; 0 keeps everything) goes by when a reading was *received*, never by
+  the charge point's clock alone: a daily partition whose day is older than the cutoff is dropped, but the rows in
+  it received on or after the cutoff (a charge point with its clock behind, or one sending what it buffered while
+  offline) move to DEFAULT first; DEFAULT rows (wild clocks: 1970, 2099) are deleted once they were received before
+  the cutoff. So every reading is kept at least that many days after it arrived;
 * expired reservations and RemoteStart profiles nobody started with deleted.
 
 Several replicas may run it: each step holds a transaction-level advisory lock.
@@ -34,6 +37,7 @@ class Report:
     created: list[str] = field(default_factory=list)
     moved: int = 0
     dropped: list[str] = field(default_factory=list)
+    kept: int = 0              # rows of dropped partitions received after the cutoff, moved to DEFAULT
     default_deleted: int = 0
     expired_reservations: int = 0
     expired_profiles: int = 0
@@ -83,6 +87,27 @@ async def _create_partition(connection: asyncpg.Connection, day: date) -> int | 
         return moved
 
 
+async def _drop_partition(connection: asyncpg.Connection, day: date, cutoff: datetime) -> int | None:
+    """Drop the partition of ``day``, keeping (in DEFAULT) its rows received at or after ``cutoff``; the number
+    kept, None if another replica dropped it first."""
+    name = rules.partition_name(day)
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+        if day not in await partitions(connection):
+            return None
+        # no reading may land in the partition between the copy and the drop: the lock DROP takes anyway, taken
+        # first (on the parent, as an insert does: no deadlock, no upgrade), held for the copy too, which the BRIN
+        # index on received_at (tx_meter_values_by_received) keeps short
+        await connection.execute(f"LOCK TABLE ONLY {PARENT} IN ACCESS EXCLUSIVE MODE")
+        await connection.execute(f"CREATE TEMP TABLE tx_mv_keeping (LIKE {PARENT}) ON COMMIT DROP")
+        kept = int((await connection.execute(
+            f"INSERT INTO tx_mv_keeping SELECT * FROM {name} WHERE received_at >= $1", cutoff)).split()[-1])
+        await connection.execute(f"DROP TABLE {name}")
+        if kept:  # no partition covers the day any more: they land in DEFAULT
+            await connection.execute(f"INSERT INTO {PARENT} SELECT * FROM tx_mv_keeping")
+        return kept
+
+
 async def run_once(pool: asyncpg.Pool, retention_days: int, today: date | None = None,
                    ahead: int = PARTITIONS_AHEAD) -> Report:
     today = today or utc_now().date()
@@ -99,20 +124,21 @@ async def run_once(pool: asyncpg.Pool, retention_days: int, today: date | None =
         cutoff = rules.retention_cutoff(today, retention_days)
         if cutoff is not None:
             for day in rules.partitions_to_drop((await partitions(connection)).keys(), cutoff):
-                async with connection.transaction():
-                    await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
-                    name = rules.partition_name(day)
-                    await connection.execute(f"DROP TABLE IF EXISTS {name}")
-                    report.dropped.append(name)
+                kept = await _drop_partition(connection, day, _midnight(cutoff))
+                if kept is not None:
+                    report.kept += kept
+                    report.dropped.append(rules.partition_name(day))
+            # by when they were received: a reading a charge point dated 1970 a minute ago stays
             report.default_deleted = int((await connection.execute(
-                f"DELETE FROM {DEFAULT_PARTITION} WHERE sampled_at < $1", _midnight(cutoff))).split()[-1])
+                f"DELETE FROM {DEFAULT_PARTITION} WHERE received_at < $1", _midnight(cutoff))).split()[-1])
         report.expired_reservations = int((await connection.execute(
             "DELETE FROM tx_reservations WHERE expiry_date <= now()")).split()[-1])
         report.expired_profiles = int((await connection.execute(
             "DELETE FROM tx_pending_profiles WHERE expires_at <= now()")).split()[-1])
     if report.created or report.dropped or report.moved or report.default_deleted:
-        log.info("meter value partitions: created %s (%d rows moved from DEFAULT), dropped %s, %d old DEFAULT rows "
-                 "deleted", report.created, report.moved, report.dropped, report.default_deleted)
+        log.info("meter value partitions: created %s (%d rows moved from DEFAULT), dropped %s (%d rows received "
+                 "since the cutoff kept in DEFAULT), %d DEFAULT rows received before the cutoff deleted",
+                 report.created, report.moved, report.dropped, report.kept, report.default_deleted)
     return report
 
 

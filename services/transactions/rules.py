@@ -266,7 +266,8 @@ def partitions_wanted(today: date, ahead: int) -> list[date]:
 
 
 def retention_cutoff(today: date, retention_days: int) -> date | None:
-    """Readings dated before this day are dropped; None keeps everything (retention 0)."""
+    """Readings received before this day (and, in a daily partition, dated before it) are dropped; None keeps
+    everything (retention 0)."""
     return today - timedelta(days=retention_days) if retention_days > 0 else None
 
 

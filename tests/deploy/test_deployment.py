@@ -214,8 +214,20 @@ def test_dev_runs_everything_in_one_pod_with_its_own_infrastructure():
     [csms] = deployments.values()
     assert csms["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "services.all"]
     infrastructure = set(of_kind(docs, "Deployment")) - set(deployments)
-    assert infrastructure == {"rabbitmq", "redis", "postgres"}
+    assert infrastructure == {"rabbitmq", "redis"}
     assert {"rabbitmq", "redis", "postgres"} <= set(of_kind(docs, "Service"))
+    # PostgreSQL, the system of record, keeps its data on a claim of its StatefulSet, not on the pod
+    [postgres] = of_kind(docs, "StatefulSet").values()
+    assert postgres["metadata"]["name"] == "postgres" and postgres["spec"]["replicas"] == 1
+    assert of_kind(docs, "Service")[postgres["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    [claim] = postgres["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["resources"]["requests"]["storage"]
+    pod = postgres["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    data = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}[claim["metadata"]["name"]]
+    assert claim["metadata"]["name"] not in {v["name"] for v in pod.get("volumes", [])}  # not an emptyDir
+    pgdata = {e["name"]: e.get("value") for e in container.get("env", [])}["PGDATA"]
+    assert pgdata.startswith(data + "/")
     secrets = of_kind(docs, "Secret")
     assert any(name.startswith("csms-credentials") for name in secrets)
     settings = config(docs)

@@ -27,6 +27,17 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(module):
     assert lines == ["invalid setting GATEWAY_AUTH='basci': Input should be 'none' or 'basic'"]
 
 
+def test_a_database_pool_smaller_than_its_minimum_stops_a_process_with_one_line():
+    """It was clamped quietly (a pool of DATABASE_POOL_MAX whatever DATABASE_POOL_MIN asked for)."""
+    # nothing to reach: without the check the process would wait for its servers (and the test time out)
+    result = run("services.transactions", DATABASE_POOL_MIN="8", DATABASE_POOL_MAX="4", OPS_PORT="0",
+                 DATABASE_URL="postgresql://postgres@127.0.0.1:1/none", AMQP_URL="amqp://guest:guest@127.0.0.1:1/",
+                 REDIS_URL="redis://127.0.0.1:1/0")
+    assert result.returncode == 2
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines == ["invalid setting DATABASE_POOL_MIN (8) must not exceed DATABASE_POOL_MAX (4)"]
+
+
 @pytest.mark.parametrize("env, named", [
     ({"OPS_PORT": "70000"}, "OPS_PORT='70000'"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
@@ -34,6 +45,13 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(module):
     ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER='jaeger'"),
     ({"RECONNECT_BACKOFF_INITIAL": "10", "RECONNECT_BACKOFF_MAX": "1"},
      "RECONNECT_BACKOFF_INITIAL must not exceed RECONNECT_BACKOFF_MAX"),
+    ({"DATABASE_POOL_MIN": "20"}, "DATABASE_POOL_MIN (20) must not exceed DATABASE_POOL_MAX (10)"),
+    ({"DATABASE_POOL_MIN": "3", "DATABASE_POOL_MAX": "2"},
+     "DATABASE_POOL_MIN (3) must not exceed DATABASE_POOL_MAX (2)"),
+    ({"DATABASE_POOL_MAX": "0"}, "DATABASE_POOL_MAX='0'"),
+    ({"DATABASE_POOL_MIN": "101", "DATABASE_POOL_MAX": "500"}, "DATABASE_POOL_MIN='101'"),
+    ({"DATABASE_SCHEMA": "Bad-Schema"}, "DATABASE_SCHEMA='Bad-Schema'"),
+    ({"DATABASE_MIGRATE": "maybe"}, "DATABASE_MIGRATE='maybe'"),
 ])
 def test_operations_settings_are_checked(env, named, monkeypatch, capsys):
     for key, value in env.items():

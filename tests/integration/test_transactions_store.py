@@ -18,24 +18,14 @@ from csms.service import CallContext
 from services.transactions import handlers, maintenance, rules
 from services.transactions.outbox import EventRelay
 from services.transactions.store import OutboxEvent, Stores
-from tests.support.system import drop_schema
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-async def schema(settings):
-    await migrate.ensure_database(settings)
-    try:
-        yield settings
-    finally:
-        await drop_schema(settings)
-
-
-@pytest.fixture
-async def pool(schema):
-    await migrate.upgrade(schema)
-    database = await Database(schema).connect()
+async def pool(empty_schema):
+    await migrate.upgrade(empty_schema)
+    database = await Database(empty_schema).connect()
     try:
         yield database.pool
     finally:
@@ -50,7 +40,8 @@ async def connect(settings) -> asyncpg.Connection:
 
 
 # ---- migrations ---------------------------------------------------------------------------------------
-async def test_upgrading_a_database_with_data_keeps_every_record(schema):
+async def test_upgrading_a_database_with_data_keeps_every_record(empty_schema):
+    schema = empty_schema
     await migrate.upgrade(schema, "transactions@transactions_0001")
     assert await migrate.current(schema) >= {"transactions_0001"}
     connection = await connect(schema)
@@ -85,7 +76,7 @@ async def test_upgrading_a_database_with_data_keeps_every_record(schema):
             "SELECT id, transaction_id, sampled_at, sampled_value FROM tx_meter_values ORDER BY id")
 
         await migrate.upgrade(schema)
-        assert "transactions_0002" in await migrate.current(schema)
+        assert {"transactions_0002", "transactions_0003"} & await migrate.current(schema) == {"transactions_0003"}
         for table, rows in before.items():
             assert await connection.fetch(f"SELECT * FROM {table} ORDER BY 1, 2") == rows, table
         assert await connection.fetch(
@@ -208,11 +199,13 @@ async def partition_rows(connection) -> dict[str, int]:
     return {row["part"]: row["count"] for row in rows}
 
 
-async def insert_reading(connection, at: datetime, seq: int) -> None:
+async def insert_reading(connection, at: datetime, seq: int, received: datetime | None = None) -> None:
+    """A reading the charge point dated ``at``, received at ``received`` (by default: then, a right clock)."""
     await connection.execute("""
         INSERT INTO tx_meter_values (charge_point_id, connector_id, source, sampled_at, sampled_value, received_at,
                                      call_digest, seq)
-        VALUES ('CP-1', 1, 'MeterValues', $1, '[]', now(), 'd', $2)""", at, seq)
+        VALUES ('CP-1', 1, 'MeterValues', $1, jsonb_build_array($2::int), $3, 'd', $2::int)""", at, seq,
+                             received or at)
 
 
 async def test_meter_values_are_partitioned_by_day_with_retention(pool, settings):
@@ -222,10 +215,11 @@ async def test_meter_values_are_partitioned_by_day_with_retention(pool, settings
     assert (await maintenance.run_once(pool, 0, today=today, ahead=2)).created == []  # idempotent
     connection = await connect(settings)
     try:
-        await insert_reading(connection, datetime(2026, 11, 25, 9, tzinfo=timezone.utc), 1)
-        await insert_reading(connection, datetime(2099, 1, 1, tzinfo=timezone.utc), 2)      # a wild clock
-        await insert_reading(connection, datetime(2026, 11, 28, 1, tzinfo=timezone.utc), 3)  # beyond the window
-        await insert_reading(connection, datetime(2026, 10, 1, tzinfo=timezone.utc), 4)      # old
+        now = datetime(2026, 11, 25, 9, tzinfo=timezone.utc)
+        await insert_reading(connection, now, 1)
+        await insert_reading(connection, datetime(2099, 1, 1, tzinfo=timezone.utc), 2, now)      # a wild clock
+        await insert_reading(connection, datetime(2026, 11, 28, 1, tzinfo=timezone.utc), 3, now)  # beyond the window
+        await insert_reading(connection, datetime(2026, 10, 1, tzinfo=timezone.utc), 4)          # old
         assert await partition_rows(connection) == {"tx_meter_values_p20261125": 1, "tx_meter_values_default": 3}
         # a reading's own timestamp decides; a unique key still holds across partitions
         await connection.execute("""
@@ -243,10 +237,53 @@ async def test_meter_values_are_partitioned_by_day_with_retention(pool, settings
         assert (report.dropped, report.default_deleted) == ([], 1)
         assert await partition_rows(connection) == {"tx_meter_values_p20261125": 1, "tx_meter_values_p20261128": 1,
                                                     "tx_meter_values_default": 1}
-        # much later, with one day of retention, the old days' partitions go
+        # much later, with one day of retention, the old days' partitions go, and so does the 2099 reading:
+        # received more than a day before, whatever its clock says
         report = await maintenance.run_once(pool, 1, today=date(2026, 12, 31), ahead=0)
         assert report.dropped == [rules.partition_name(today + timedelta(days=d)) for d in (-1, 0, 1, 2, 3)]
-        assert await partition_rows(connection) == {"tx_meter_values_default": 1}  # 2099 stays until then
+        assert (report.kept, report.default_deleted) == (0, 1)
+        assert await partition_rows(connection) == {}
+    finally:
+        await connection.close()
+
+
+async def test_retention_never_loses_a_reading_because_of_the_charge_points_clock(pool, settings):
+    """Retention goes by when a reading was received: a charge point whose clock says 1970, or one that is 55 days
+    behind (or sends what it buffered offline), has its readings kept METER_VALUES_RETENTION_DAYS after they
+    arrived, not deleted at the next maintenance run."""
+    day = timedelta(days=1)
+    october, today = date(2026, 10, 1), date(2026, 11, 25)
+    await maintenance.run_once(pool, 0, today=october, ahead=0)      # the partitions of 30 September, 1 October
+    await maintenance.run_once(pool, 0, today=today, ahead=0)        # 24, 25 November
+    then = datetime(2026, 10, 1, 9, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 25, 8, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    connection = await connect(settings)
+    try:
+        await insert_reading(connection, then, 1)                                  # old, right clock: goes
+        await insert_reading(connection, then + timedelta(hours=1), 2, now)        # 55 days behind, received now
+        await insert_reading(connection, epoch, 3, now)                            # 1970, received now
+        await insert_reading(connection, epoch, 4, then)                           # 1970, received in October: goes
+        await insert_reading(connection, datetime(2099, 1, 1, tzinfo=timezone.utc), 5, then)  # 2099, October: goes
+        await insert_reading(connection, now, 6)                                   # today, right clock
+        assert await partition_rows(connection) == {"tx_meter_values_p20261001": 2, "tx_meter_values_default": 3,
+                                                    "tx_meter_values_p20261125": 1}
+        before = {row["seq"]: dict(row) for row in await connection.fetch("SELECT * FROM tx_meter_values")}
+
+        report = await maintenance.run_once(pool, 30, today=today, ahead=0)
+        assert report.dropped == ["tx_meter_values_p20260930", "tx_meter_values_p20261001"]
+        assert (report.kept, report.default_deleted) == (1, 2)
+        after = {row["seq"]: dict(row) for row in await connection.fetch("SELECT * FROM tx_meter_values")}
+        assert after == {seq: before[seq] for seq in (2, 3, 6)}  # the same rows, ids and values unchanged
+        assert await partition_rows(connection) == {"tx_meter_values_default": 2, "tx_meter_values_p20261125": 1}
+        assert (await maintenance.run_once(pool, 30, today=today, ahead=0)).default_deleted == 0
+
+        # they get their full retention after they arrived, then go like any other
+        report = await maintenance.run_once(pool, 30, today=today + 30 * day, ahead=0)
+        assert report.default_deleted == 0 and len(await connection.fetch("SELECT 1 FROM tx_meter_values")) == 3
+        report = await maintenance.run_once(pool, 30, today=today + 31 * day, ahead=0)
+        assert report.default_deleted == 2 and "tx_meter_values_p20261125" in report.dropped
+        assert await partition_rows(connection) == {}
     finally:
         await connection.close()
 

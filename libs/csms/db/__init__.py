@@ -72,12 +72,14 @@ class Database:
         self.settings = settings
         self.min_size = settings.db_pool_min if min_size is None else min_size
         self.max_size = settings.db_pool_max if max_size is None else max_size
+        if self.min_size > self.max_size:  # the settings refuse this at start; code must not ask for it either
+            raise ValueError(f"pool min_size {self.min_size} exceeds max_size {self.max_size}")
         self.reset_session = reset_session
         self.pool: asyncpg.Pool | None = None
 
     async def connect(self) -> "Database":
         self.pool = await asyncpg.create_pool(
-            dsn(self.settings), min_size=min(self.min_size, self.max_size), max_size=self.max_size,
+            dsn(self.settings), min_size=self.min_size, max_size=self.max_size,
             server_settings={"search_path": self.settings.database_schema, "timezone": "UTC",
                              "application_name": "csms"},
             init=_init_connection, reset=None if self.reset_session else _keep_session,
