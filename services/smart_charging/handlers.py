@@ -353,7 +353,7 @@ async def on_meter_values(ctx: ServiceContext, event: MeterValuesReceived) -> No
     """What a charge point draws; a site member drawing clearly less (or again up to) its cap is rebalanced."""
     if event.transaction_id is None:
         return
-    amps, watts = rules.draw_from_meter_values(event.meter_value)
+    amps, watts = rules.draw_from_meter_values(event)
     if amps is None and watts is None:
         return
     st = store(ctx)

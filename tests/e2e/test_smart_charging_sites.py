@@ -165,6 +165,71 @@ async def test_site_limit_holds_at_every_instant_through_starts_and_stops(system
         assert len(pushed) == count   # a dry run sends nothing
 
 
+@pytest.mark.ocpp("SetChargingProfile", "StartTransaction", "MeterValues")
+async def test_meter_values_move_the_caps_and_a_charger_refusing_a_lower_cap_is_pinned(system, monkeypatch):
+    from services.smart_charging import balancing
+    monkeypatch.setattr(balancing, "DRAW_THROTTLE", 0.0)   # every crossing rebalances (default: once in 30 s)
+    ids = ["DRAW-CP-A", "DRAW-CP-B"]
+    pushed: list[tuple[str, float]] = []
+    refuse: set[str] = set()
+
+    def recorder(cp_id):
+        def responder(kwargs):
+            if cp_id in refuse:
+                return {"status": "Rejected"}
+            period = kwargs["cs_charging_profiles"]["charging_schedule"]["charging_schedule_period"][0]
+            pushed.append((cp_id, float(period["limit"])))
+            return {"status": "Accepted"}
+        return responder
+
+    async def caps_are(expected: dict[str, float]):
+        site = await system.api("smart_charging", "get_site", site_id="garage")
+        return {m["charge_point_id"]: m["cap_now"] for m in site["members"]} == expected
+
+    async with connect(system.url(ids[0])) as a, connect(system.url(ids[1])) as b, \
+            Events(system.settings, "charging.site_rebalanced") as rebalanced:
+        cps = dict(zip(ids, (a, b)))
+        await system.api("smart_charging", "put_site", site_id="garage", unit="A", limit=SITE_LIMIT)
+        transactions = {}
+        for cp_id, cp in cps.items():
+            cp.responses["SetChargingProfile"] = recorder(cp_id)
+            await cp.boot()
+            await system.api("transactions", "set_id_tag", id_tag=f"TAG-{cp_id}")
+            await system.api("smart_charging", "add_site_member", site_id="garage", charge_point_id=cp_id)
+            answer = await cp.call_ok(call.StartTransaction(connector_id=1, id_tag=f"TAG-{cp_id}", meter_start=0,
+                                                            timestamp=iso(datetime.now(UTC))))
+            transactions[cp_id] = answer.transaction_id
+        await eventually(lambda: caps_are({ids[0]: 16.0, ids[1]: 16.0}))
+
+        async def draw(cp_id: str, amps: float) -> None:
+            # per phase, the way charge points report it; the most loaded phase counts
+            await cps[cp_id].call_ok(call.MeterValues(
+                connector_id=1, transaction_id=transactions[cp_id], meter_value=[{
+                    "timestamp": iso(datetime.now(UTC)), "sampled_value": [
+                        {"value": "1500", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                        *({"value": f"{amps - d:g}", "measurand": "Current.Import", "unit": "A", "phase": phase}
+                          for phase, d in (("L1", 0), ("L2", 0.2), ("L3", 0.1)))]}]))
+
+        # A draws 4 A of its 16: it keeps 4 A + 1 A headroom, B gets the rest
+        await draw(ids[0], 4.0)
+        await eventually(lambda: caps_are({ids[0]: 5.0, ids[1]: 27.0}))
+        # A draws up to its cap again and would get 16 back, but B does not take its lower cap: B is pinned at
+        # 27 A and A keeps what is left (5 A); the site limit holds
+        refuse.add(ids[1])
+        await draw(ids[0], 5.0)
+
+        async def pinned():
+            return [e for e in rebalanced.items if e["failed"] == [ids[1]]]
+        [event] = await eventually(pinned)
+        assert event["caps"] == {ids[0]: 5.0, ids[1]: 27.0}
+        assert await caps_are({ids[0]: 5.0, ids[1]: 27.0})
+    held = dict.fromkeys(ids, 0.0)
+    for cp_id, limit in pushed:
+        held[cp_id] = limit
+        assert sum(held.values()) <= SITE_LIMIT + 1e-9, pushed
+    assert held == {ids[0]: 5.0, ids[1]: 27.0}
+
+
 async def test_site_dry_run_with_priorities_and_a_time_varying_limit(system):
     soon = datetime.now(UTC).replace(microsecond=0)
     later = soon + timedelta(hours=2)
