@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pytest
+
 from csms.charging.compare import compare
 from csms.charging.sites import Member, Site, plan, share, to_periods, transition, value_at
 
@@ -68,6 +70,26 @@ def test_compare_normalises_before_it_disagrees() -> None:
                                                                          duration=600)] == [
         ("limit", 16.0, 32.0), ("limit", 8.0, 32.0)]
     assert compare(predicted, {"status": "Rejected"}, start=start, duration=600)[0]["kind"] == "status"
+
+
+@pytest.mark.parametrize("shift, agree", [(2, True), (3, False), (4, False), (5, False), (-2, True), (-3, False)])
+def test_compare_tolerates_boundaries_up_to_2_seconds_apart(shift: int, agree: bool) -> None:
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    predicted = _answer("2024-01-01T00:00:00Z", [(0, 16.0), (300, 8.0)])
+    reported = _answer("2024-01-01T00:00:00Z", [(0, 16.0), (300 + shift, 8.0)])
+    differences = compare(predicted, reported, start=start, duration=600)
+    assert (differences == []) is agree, differences
+    if not agree:
+        assert [d["kind"] for d in differences] == ["limit"]
+
+
+@pytest.mark.parametrize("shift, agree", [(2, True), (3, False), (5, False)])
+def test_compare_tolerates_a_start_up_to_2_seconds_apart(shift: int, agree: bool) -> None:
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    predicted = _answer("2024-01-01T00:00:00Z", [(0, 16.0)])
+    reported = _answer(f"2024-01-01T00:00:0{shift}Z", [(0, 16.0)])
+    kinds = [d["kind"] for d in compare(predicted, reported, start=start, duration=600)]
+    assert (kinds == []) is agree and (agree or kinds == ["start"])
 
 
 # ---- what a member draws, from its meter values (services/smart_charging/rules.py) ------------------------
