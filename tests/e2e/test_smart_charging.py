@@ -539,3 +539,30 @@ async def test_composite_schedule_api_follows_time(system, cp_id):
         with pytest.raises(ApiCallFailed) as failed:
             await system.api("smart_charging", "composite_schedule", charge_point_id=cp_id, **bad)
         assert failed.value.status == 400
+
+
+@pytest.mark.ocpp("SetChargingProfile")
+async def test_dates_out_of_range_are_a_400_naming_them_never_a_500(csms_system, cp_id):
+    from tests.support.http_api import http_api
+    system = csms_system
+    async with connect(system.url(cp_id)):
+        await set_profile(system, cp_id, 1, profile(1, 16, kind="Relative", periods=[(0, 16), (3600, 8)]))
+    for start in ("9999-12-31T23:00:00Z", "0001-01-01T00:00:00+01:00", "1969-12-31T23:59:59Z"):
+        with pytest.raises(ApiCallFailed) as failed:
+            await system.api("smart_charging", "composite_schedule", charge_point_id=cp_id, connector_id=1,
+                             duration=7200, start=start)
+        assert failed.value.status == 400 and "start" in failed.value.error, failed.value.error
+    with pytest.raises(ApiCallFailed) as failed:
+        await system.api("smart_charging", "put_site", site_id="far", unit="A", limit=32,
+                         schedule=[{"start": "9999-12-31T23:00:00Z", "limit": 16}])
+    assert failed.value.status == 400
+    async with http_api(system) as (_, api):
+        status, body = await api.get(f"/charge-points/{cp_id}/composite-schedule", key="read", params={
+            "connector_id": 1, "duration": 7200, "start": "9999-12-31T23:00:00Z"})
+        assert status == 400 and "start must be at or after 1970-01-01T00:00:00Z" in body["error"], body
+        status, body = await api.put("/sites/far", {"unit": "A", "limit": 32, "schedule": [
+            {"start": "9999-12-31T23:00:00Z", "limit": 16}]})
+        assert status == 400, body
+        status, body = await api.get(f"/charge-points/{cp_id}/composite-schedule", key="read", params={
+            "connector_id": 1, "duration": 7200, "start": "8999-12-31T23:00:00Z"})
+        assert status == 200 and body["status"] == "Accepted"

@@ -159,3 +159,45 @@ def test_an_ordinary_composite_is_not_truncated() -> None:
     composite = compute_composite([_daily(1, periods=24)], connector_id=1, start=T0, duration=7 * 86400)
     assert composite.truncated is None and "truncated" not in composite.explain()
     assert composite.duration == 7 * 86400 and len(composite.periods) == 7 * 24
+
+
+# ---- dates at the edge of the calendar: a clear error, never a crash -------------------------------------
+@pytest.mark.parametrize("start", [datetime(9999, 12, 31, 23, tzinfo=UTC), datetime(1969, 12, 31, tzinfo=UTC),
+                                   datetime(9000, 1, 1, tzinfo=UTC)])
+def test_a_window_starting_out_of_range_is_a_value_error_naming_the_bounds(start: datetime) -> None:
+    relative = StoredProfile(1, prof(1, [(0, 16), (3600, 8)], kind="Relative"))
+    with pytest.raises(ValueError, match="start must be at or after 1970-01-01T00:00:00Z and before 9000"):
+        compute_composite([relative], connector_id=1, start=start, duration=7200)
+    # the last start allowed renders every instant of a year-long window
+    last = datetime(8999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    for preset in PRESETS.values():
+        composite = compute_composite([StoredProfile(1, prof(1, [(3600, 8)], kind="Relative"))], connector_id=1,
+                                      start=last, duration=10**9, conventions=preset)
+        composite.render()
+        composite.explain()
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00",
+                                   "1969-12-31T23:59:59Z"])
+def test_api_dates_out_of_range_are_validation_errors(value: str) -> None:
+    from pydantic import ValidationError
+
+    from csms.contracts.api.smart_charging import CompositeScheduleParams, PutSiteParams
+    with pytest.raises(ValidationError):
+        CompositeScheduleParams(charge_point_id="CP", connector_id=1, duration=60, start=value)
+    with pytest.raises(ValidationError):
+        PutSiteParams(site_id="s", unit="A", limit=32, schedule=[{"start": value, "limit": 16}])
+
+
+def test_a_reported_answer_beyond_the_calendar_is_unreadable_not_an_error() -> None:
+    from csms.charging.compare import compare
+    predicted = {"status": "Accepted", "chargingSchedule": {"startSchedule": "2024-05-01T00:00:00Z", "duration": 60,
+                 "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16}]}}
+    # its first period begins in the year 10000
+    reported = {"status": "Accepted", "chargingSchedule": {"startSchedule": "9999-12-31T23:59:00Z", "duration": 600,
+                "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 120, "limit": 16}]}}
+    assert compare(predicted, reported, start=T0, duration=60) == [
+        {"kind": "unreadable", "predicted": True, "reported": False}]
+    offset = {**reported, "chargingSchedule": {**reported["chargingSchedule"], "startSchedule": "0001-01-01T00:00:00+01:00",
+                                               "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16}]}}
+    assert compare(predicted, offset, start=T0, duration=60)[0]["kind"] == "unreadable"

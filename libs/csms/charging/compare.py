@@ -17,6 +17,9 @@ from typing import Any
 from csms.charging.composite import Electrical, epoch
 from csms.charging.profiles import parse_datetime
 
+# instants an answer may name (a charge point's clock can say anything): beyond them it cannot be read
+_LOWEST = epoch(datetime(1, 1, 2, tzinfo=timezone.utc))
+_HIGHEST = epoch(datetime(9999, 12, 30, tzinfo=timezone.utc))
 TIME_TOLERANCE = 2      # seconds
 LIMIT_TOLERANCE = 0.05  # A or W
 MAX_DIFFERENCES = 20
@@ -52,6 +55,8 @@ def normalise(answer: dict[str, Any] | None, *, fallback_start: datetime, fallba
             end = start + (int(periods[index + 1]["startPeriod"]) if index + 1 < len(periods) else duration)
             limit = float(period["limit"])
             phases = period.get("numberPhases")
+            if not (_LOWEST <= begin <= _HIGHEST and _LOWEST <= end <= _HIGHEST):
+                raise ValueError("instant out of range")
             if not math.isfinite(limit) or end <= begin:
                 continue
             if unit and unit != source_unit and limit >= 0:

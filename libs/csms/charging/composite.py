@@ -52,6 +52,9 @@ from csms.charging.profiles import (
 )
 
 MAX_WINDOW = 366 * 86400        # seconds a composite is computed for, at most (a longer request is capped)
+# where a composite window may start: every instant it renders stays a representable date-time
+EARLIEST_START = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST_START = datetime(9000, 1, 1, tzinfo=timezone.utc)
 # Work and answer bounds: the composite is computed in time order and ends, said so (``Composite.truncated``),
 # at the first instant past any of them, whatever the profiles stored and the window asked for.
 MAX_PERIODS_OUT = 1000          # periods in one composite (ChargingScheduleMaxPeriods-sized answers)
@@ -104,6 +107,18 @@ def epoch(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return math.floor((value - _EPOCH).total_seconds())
+
+
+def check_start(start: datetime) -> datetime:
+    """``start`` if a composite window may start there, else ValueError (naive = UTC)."""
+    try:
+        aware = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+        if EARLIEST_START <= aware < LATEST_START:
+            return start
+    except (OverflowError, TypeError, AttributeError):
+        pass
+    raise ValueError(f"start must be at or after {_format(epoch(EARLIEST_START))} and before "
+                     f"{_format(epoch(LATEST_START))}")
 
 
 def _instant(value: str) -> int:
@@ -379,6 +394,7 @@ def compute_composite(
     if isinstance(connector_id, bool) or not isinstance(connector_id, int) or connector_id < 0:
         raise ValueError("connector id must be a non-negative integer")
     conv = conventions
+    check_start(start)
     begin_dt = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
     begin_dt = begin_dt.astimezone(timezone.utc).replace(microsecond=0)
     begin = epoch(begin_dt)

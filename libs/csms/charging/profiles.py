@@ -106,7 +106,10 @@ def parse_datetime(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00, 9999-12-31T23:59-01:00
+        raise ValueError(f"{value!r} is not a representable UTC date-time") from None
 
 
 def _is_int(value: object) -> TypeGuard[int]:

@@ -1,11 +1,15 @@
 """Parameters of the smart_charging service's API operations (``smart_charging.<operation>``)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from csms.charging.composite import check_start
 from csms.contracts.base import UtcDatetime
+
+# a composite window or a site limit step starts between 1970-01-01 and 9000-01-01 (UTC)
+BoundedUtc = Annotated[UtcDatetime, AfterValidator(check_start)]
 
 ChargePointId = Field(min_length=1, max_length=255)
 MAX_LIMIT = 1e9
@@ -28,7 +32,7 @@ class CompositeScheduleParams(ChargePointParams):
     connector_id: int = Field(ge=0, le=1000)
     duration: int = Field(ge=1, le=2**31 - 1)
     charging_rate_unit: Literal["A", "W"] | None = None
-    start: UtcDatetime | None = None
+    start: BoundedUtc | None = None
     # compute with this preset instead of the charge point's
     preset: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -81,7 +85,7 @@ class ReportsParams(ChargePointParams):
 
 
 class SiteLimitStep(Params):
-    start: UtcDatetime
+    start: BoundedUtc
     limit: float = Field(ge=0, le=MAX_LIMIT, allow_inf_nan=False)
 
 
