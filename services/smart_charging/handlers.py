@@ -11,7 +11,7 @@ from typing import Any
 
 from csms.charging import (
     PRESETS, ProfileRejected, StoredProfile, TxInfo, apply_clear, apply_set, compute_composite, parse_datetime,
-    resolve, validate_profile,
+    resolve, transaction_disagreement, validate_profile,
 )
 from csms.charging.compare import compare
 from csms.charging.conventions import Conventions
@@ -103,6 +103,20 @@ async def transactions_api(ctx: ServiceContext, cp: str) -> dict[int, TxInfo]:
     return result
 
 
+async def active_transactions(ctx: ServiceContext, cp: str) -> dict[int, TxInfo]:
+    """connector id -> active transaction: the transactions service's, else this service's own records (from
+    its events), said so in a warning on a command."""
+    try:
+        return await transactions_api(ctx, cp)
+    except ServiceUnavailable as exc:
+        note = f"the transactions service did not answer ({exc}); its transactions as this service recorded them"
+        if isinstance(ctx, CommandContext):
+            ctx.warn(note)
+        else:
+            log.warning("%s: %s", cp, note)
+        return await store(ctx).active_transactions(cp)
+
+
 async def station_connectors(ctx: ServiceContext, cp: str) -> list[int]:
     """Connector ids (> 0) the station reported; [] when unknown."""
     try:
@@ -124,23 +138,16 @@ async def server_schedule(ctx: ServiceContext, cp: str, connector_id: int, durat
     choice, conventions, record = await conventions_of(ctx, cp, preset)
     profiles = await store(ctx).profiles(cp)
 
-    async def transactions() -> dict[int, TxInfo]:
-        try:
-            return await transactions_api(ctx, cp)
-        except ServiceUnavailable as exc:
-            log.warning("composite schedule of %s computed from this service's own transaction records: %s", cp, exc)
-            return await store(ctx).active_transactions(cp)
-
     connectors = record.capabilities.connectors
     if connector_id == 0:
-        active, reported = await asyncio.gather(transactions(), station_connectors(ctx, cp))
+        active, reported = await asyncio.gather(active_transactions(ctx, cp), station_connectors(ctx, cp))
         known = set(reported) | set(active) | {s.connector_id for s in profiles}
         if connectors:
             known |= set(range(1, connectors + 1))
             known = {c for c in known if c <= connectors}
         connector_ids = sorted(c for c in known if c > 0) or [1]
     else:
-        active, connector_ids = await transactions(), None
+        active, connector_ids = await active_transactions(ctx, cp), None
     composite = compute_composite(
         profiles, connector_id=connector_id, start=start, duration=duration, unit=unit, connector_ids=connector_ids,
         transactions=active, electrical=record.electrical, conventions=conventions, preset=choice.preset,
@@ -158,28 +165,27 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
     profile: dict[str, Any] = payload["csChargingProfiles"]
     is_tx_profile = profile.get("chargingProfilePurpose") == rules.TX_PROFILE
 
-    transaction_id: int | None = None
-    if is_tx_profile and connector_id > 0:
-        try:
-            tx = (await transactions_api(ctx, cp)).get(connector_id)
-        except ServiceUnavailable as exc:
-            return ctx.refuse(f"cannot check the active transaction on connector {connector_id}: {exc}")
-        transaction_id = tx.transaction_id if tx else None
     st = store(ctx)
     if (await st.charge_point(cp)).configuration_at is None:
         await learn_configuration(ctx, cp)
     _, conventions, record = await conventions_of(ctx, cp)
     try:
-        rules.check_set_profile(await st.profiles(cp), connector_id, profile, transaction_id=transaction_id,
-                                capabilities=record.capabilities, conventions=conventions)
+        rules.check_set_profile(await st.profiles(cp), connector_id, profile, capabilities=record.capabilities,
+                                conventions=conventions)
     except ProfileRejected as exc:
         return ctx.refuse(exc.reason, {"connectorId": connector_id,
                                        "chargingProfileId": profile.get("chargingProfileId")})
-    if is_tx_profile and profile.get("transactionId") is None:
-        profile["transactionId"] = transaction_id
+    if is_tx_profile:
+        # what the records say of the connector's transaction is a warning: the charge point decides
+        tx = (await active_transactions(ctx, cp)).get(connector_id)
+        disagreement = transaction_disagreement(connector_id, profile, tx.transaction_id if tx else None)
+        if disagreement:
+            ctx.warn(disagreement)
+        if profile.get("transactionId") is None and tx is not None:
+            profile["transactionId"] = tx.transaction_id
 
     def install(profiles: list[StoredProfile], stopped: set[int]):
-        if is_tx_profile and profile["transactionId"] in stopped:
+        if is_tx_profile and profile.get("transactionId") in stopped:
             return profiles, None
         return apply_set(profiles, connector_id, profile)
 
@@ -193,7 +199,7 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
         return _busy(ctx)
     if new_and_replaced is None:
         log.info("%s: TxProfile %s accepted after transaction %s stopped; not stored", cp,
-                 profile["chargingProfileId"], profile["transactionId"])
+                 profile["chargingProfileId"], profile.get("transactionId"))
         return result
     new_id = int(profile["chargingProfileId"])
     gone = [s for s in new_and_replaced if not (s.connector_id == connector_id and s.profile_id == new_id)]
@@ -307,7 +313,7 @@ async def _install_remote_start_profile(ctx: ServiceContext, event: TransactionS
     cp, connector_id = event.charge_point_id, event.connector_id
     profile = {**event.charging_profile, "transactionId": event.transaction_id}
     try:
-        validate_profile(connector_id, profile, transaction_id=event.transaction_id)
+        validate_profile(connector_id, profile)
     except ProfileRejected as exc:
         log.warning("%s: RemoteStart profile of transaction %s not recorded: %s", cp, event.transaction_id,
                     exc.reason)

@@ -33,9 +33,10 @@ def conventions_for(*, operator_choice: str | None, vendor: str | None, model: s
 
 
 def check_set_profile(existing: list[StoredProfile], connector_id: int, profile: dict[str, Any], *,
-                      transaction_id: int | None, capabilities: Capabilities, conventions: Conventions) -> None:
-    """Raise csms.charging.ProfileRejected for what OCPP or the charge point's advertised limits would reject."""
-    validate_profile(connector_id, profile, transaction_id=transaction_id, capabilities=capabilities)
+                      capabilities: Capabilities, conventions: Conventions) -> None:
+    """Raise csms.charging.ProfileRejected for what OCPP or the charge point's advertised limits would reject
+    (not for what the records think of its transactions: that is a warning, the charge point decides)."""
+    validate_profile(connector_id, profile, capabilities=capabilities)
     check_capacity(existing, connector_id, profile, capabilities.max_profiles, conventions.capacity)
 
 

@@ -101,7 +101,7 @@ def test_number_phases_is_that_of_the_limiting_profile() -> None:
 
 def test_relative_with_start_schedule_and_late_first_period() -> None:
     relative = prof(1, [(600, 10)], kind="Relative", startSchedule="2030-01-01T00:00:00Z")
-    validate_profile(1, relative, transaction_id=None)
+    validate_profile(1, relative)
     composite = compute_composite([StoredProfile(1, relative)], connector_id=1, start=T0, duration=1200,
                                   transactions={1: TxInfo(5, T0)})
     assert limits(composite) == [(0, None), (600, 10.0)]   # runs from the transaction start; startSchedule unused

@@ -20,7 +20,7 @@ UTC = timezone.utc
 
 
 def stored(connector_id: int, profile: dict[str, Any]) -> StoredProfile:
-    validate_profile(connector_id, profile, transaction_id=None, require_transaction=False)
+    validate_profile(connector_id, profile)
     return StoredProfile(connector_id, profile)
 
 

@@ -356,7 +356,7 @@ def _valid(profiles: list[StoredProfile], connectors: set[int], ignored: dict[in
             if len(valid) >= MAX_PROFILES or len(periods) > budget:
                 ignored[pid] = f"more than the {MAX_PROFILES} profiles or {MAX_PROFILE_PERIODS} periods a composite reads"
                 continue
-            validate_profile(stored.connector_id, stored.profile, transaction_id=None, require_transaction=False)
+            validate_profile(stored.connector_id, stored.profile)
         except Exception as exc:  # noqa: BLE001 - a bad stored profile must not break the composite
             ignored[pid] = str(exc)[:200] or type(exc).__name__
             continue
