@@ -24,6 +24,7 @@ from csms.contracts.base import utc_now
 from csms.contracts.events import SiteRebalanced
 from csms.service import ApiError, Service, ServiceContext
 from services.smart_charging import rules
+from services.smart_charging.configuration import known_charge_point
 from services.smart_charging.publish import profile_lock, publish_changes
 from services.smart_charging.store import LockBusy, MemberRecord, PgStore, redis_lock, throttle
 
@@ -195,9 +196,10 @@ async def _push_all(ctx: ServiceContext, site: Site, stack_level: int | None, ca
 
 async def _push(ctx: ServiceContext, site: Site, stack_level: int | None, cp: str, schedule: Schedule,
                 begin: int) -> tuple[bool, str]:
-    """Send one member its cap; record it (profile and cap) when the charge point accepts it."""
+    """Send one member its cap within what it advertises (its configuration keys, read first if they never
+    were); record it (profile and cap) when the charge point accepts it."""
     st = PgStore(ctx.db)
-    record = await st.charge_point(cp)
+    record = await known_charge_point(ctx, cp)
     capabilities = record.capabilities
     unit, values = site.unit, schedule
     if capabilities.allowed_units and unit not in capabilities.allowed_units:
@@ -205,7 +207,7 @@ async def _push(ctx: ServiceContext, site: Site, stack_level: int | None, cp: st
         unit = capabilities.allowed_units[0]
         values = [(t, v * factor if unit == "W" else v / factor) for t, v in schedule]
         values = [(t, float(int(v * 10) / 10)) for t, v in values]  # down to 0.1: never more than planned
-    level = stack_level if stack_level is not None else (capabilities.max_stack_level or 0)
+    level = rules.site_stack_level(stack_level, capabilities.max_stack_level)
     profile = rules.site_cap_profile(to_periods(values, begin, capabilities.max_periods or MAX_PERIODS), unit=unit,
                                      start=_iso(begin), stack_level=level)
     try:

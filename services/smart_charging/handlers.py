@@ -33,7 +33,8 @@ from csms.contracts.ocpp16 import (
 from csms.service import ApiContext, ApiError, CommandContext, Service, ServiceContext
 from services.smart_charging import balancing, rules
 from services.smart_charging.publish import profile_lock, publish_changes
-from services.smart_charging.store import CONFIGURATION_KEYS, LockBusy, PgStore, throttle
+from services.smart_charging.configuration import known_charge_point, learn_configuration
+from services.smart_charging.store import LockBusy, PgStore
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +65,6 @@ async def conventions_of(ctx: ServiceContext, cp: str, preset: str | None = None
         operator_choice=record.preset, vendor=record.vendor, model=record.model, firmware=record.firmware_version,
         rules=await st.rules(), default=await st.setting("default_preset", rules.DEFAULT_PRESET), custom=custom)
     return choice, conventions, record
-
-
-async def learn_configuration(ctx: ServiceContext, cp: str, *, every: float = 60.0) -> bool:
-    """Read the charge point's smart-charging configuration keys (GetConfiguration), at most once per
-    ``every`` seconds; True when they were read."""
-    if every > 0 and not await throttle(ctx.redis, ctx.key("smart_charging", cp, "configuration"), every):
-        return False
-    result = await ctx.send_command(cp, "GetConfiguration", {"key": list(CONFIGURATION_KEYS)},
-                                    timeout=ctx.settings.sc_configuration_timeout)
-    if not result.ok or not isinstance(result.payload, dict):
-        log.info("%s: configuration keys not read (%s %s)", cp, result.status, result.error_description)
-        return False
-    keys = {item["key"]: item.get("value") for item in result.payload.get("configurationKey") or []
-            if isinstance(item, dict) and item.get("key") in CONFIGURATION_KEYS}
-    unknown = [key for key in result.payload.get("unknownKey") or [] if key in CONFIGURATION_KEYS]
-    await store(ctx).set_configuration(cp, keys, unknown, utc_now())
-    log.info("%s: smart charging configuration %s (unknown: %s)", cp, keys, unknown)
-    return True
 
 
 async def transactions_api(ctx: ServiceContext, cp: str) -> dict[int, TxInfo]:
@@ -166,8 +149,7 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
     is_tx_profile = profile.get("chargingProfilePurpose") == rules.TX_PROFILE
 
     st = store(ctx)
-    if (await st.charge_point(cp)).configuration_at is None:
-        await learn_configuration(ctx, cp)
+    await known_charge_point(ctx, cp)
     _, conventions, record = await conventions_of(ctx, cp)
     try:
         rules.check_set_profile(await st.profiles(cp), connector_id, profile, capabilities=record.capabilities,
@@ -252,6 +234,7 @@ async def get_composite_schedule(ctx: CommandContext, req: GetCompositeScheduleR
     if req.duration <= 0:
         return ctx.refuse("duration must be a positive number of seconds")
     cp = ctx.charge_point_id
+    await known_charge_point(ctx, cp)   # NumberOfConnectors: a connector it does not have is Rejected
     start = utc_now()
     forwarded = asyncio.create_task(ctx.forward())
     try:

@@ -130,6 +130,13 @@ def draw_from_meter_values(event: MeterValuesReceived) -> tuple[float | None, fl
             _draw(samples, "Power.Active.Import", _POWER_UNITS, sum))
 
 
+def site_stack_level(site_level: int | None, max_stack_level: int | None) -> int:
+    """The stack level of a site cap: the site's, else the charge point's highest (ChargeProfileMaxStackLevel),
+    else 0 -- never above what the charge point advertises (it would reject it)."""
+    level = site_level if site_level is not None else (max_stack_level or 0)
+    return level if max_stack_level is None else min(level, max_stack_level)
+
+
 def site_cap_profile(periods: list[dict[str, Any]], *, unit: str, start: str, stack_level: int) -> dict[str, Any]:
     """The ChargePointMaxProfile that carries a site member's cap."""
     return {"chargingProfileId": SITE_PROFILE_ID, "stackLevel": stack_level,

@@ -339,6 +339,50 @@ async def test_boot_rule_chooses_the_preset_and_configuration_keys_refuse_before
         assert (view["preset"], view["preset_source"]) == ("microocpp", "charge_point")
 
 
+@pytest.mark.ocpp("GetConfiguration", "GetCompositeSchedule")
+async def test_get_composite_schedule_reads_the_configuration_first_and_rejects_a_missing_connector(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()   # SMART_CHARGING_READ_CONFIGURATION=on_demand: nothing read yet
+        assert cp.received["GetConfiguration"] == []
+        result = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 3, "duration": 600})
+        assert len(cp.received["GetConfiguration"]) == 1       # NumberOfConnectors 2, read when first needed
+        assert result.server["status"] == "Rejected"
+        assert "connector 3 does not exist (NumberOfConnectors: 2)" in result.server["conventions"]["rejected"]
+        await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 600})
+        assert len(cp.received["GetConfiguration"]) == 1       # known now: not read again
+
+
+@pytest.mark.ocpp("GetConfiguration", "SetChargingProfile", "StartTransaction")
+async def test_site_caps_are_pushed_within_what_the_charge_point_advertises(system, cp_id):
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    async with connect(system.url(cp_id)) as cp:
+        cp.responses["GetConfiguration"] = {"configuration_key": [
+            {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "3"},
+            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Power"},
+            {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": "1"},
+            {"key": "NumberOfConnectors", "readonly": True, "value": "1"}]}
+        await cp.boot()
+        await system.api("transactions", "set_id_tag", id_tag="TAG-ADV")
+        # a site at stack level 10 in A whose limit drops in an hour: two periods in A at level 10 as planned
+        await system.api("smart_charging", "put_site", site_id="adv", unit="A", limit=16, stack_level=10,
+                         schedule=[{"start": iso(soon), "limit": 10}])
+        await system.api("smart_charging", "add_site_member", site_id="adv", charge_point_id=cp_id)
+        await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-ADV", meter_start=0,
+                                               timestamp=iso(datetime.now(UTC))))
+
+        async def pushed_a_cap():
+            return [p for p in cp.received["SetChargingProfile"]
+                    if p["cs_charging_profiles"]["charging_schedule"]["charging_schedule_period"][0]["limit"] > 0]
+        [sent] = await eventually(pushed_a_cap)
+        assert len(cp.received["GetConfiguration"]) == 1       # read before the first cap
+    profile = sent["cs_charging_profiles"]
+    assert profile["stack_level"] == 3                          # ChargeProfileMaxStackLevel
+    schedule = profile["charging_schedule"]
+    assert schedule["charging_rate_unit"] == "W"                # Power only: 16 A -> 16 x 230 V x 3
+    # one period (ChargingScheduleMaxPeriods): the lowest of what the plan holds, never more than planned
+    assert schedule["charging_schedule_period"] == [{"start_period": 0, "limit": 6900.0}]
+
+
 async def test_presets_are_data_operators_can_add_and_choose(system, cp_id):
     presets = await system.api("smart_charging", "list_presets")
     assert presets["default"] == "spec"

@@ -153,3 +153,10 @@ def test_draw_ignores_what_it_cannot_read() -> None:
     broken = _event(("2026-01-01T10:00:00Z", [_sample("Current.Import", "4", "A")]))
     broken.meter_value.append({"timestamp": "not a time", "sampled_value": []})
     assert draw_from_meter_values(broken) == (4.0, None)
+
+
+@pytest.mark.parametrize("site_level, advertised, expected", [
+    (None, None, 0), (None, 5, 5), (2, 5, 2), (10, 3, 3), (10, None, 10), (0, 0, 0)])
+def test_a_site_cap_is_never_above_the_charge_points_max_stack_level(site_level, advertised, expected) -> None:
+    from services.smart_charging.rules import site_stack_level
+    assert site_stack_level(site_level, advertised) == expected
