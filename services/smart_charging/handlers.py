@@ -157,6 +157,9 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
     except ProfileRejected as exc:
         return ctx.refuse(exc.reason, {"connectorId": connector_id,
                                        "chargingProfileId": profile.get("chargingProfileId")})
+    refusal = await _site_conflict(ctx, cp, connector_id, profile, record.capabilities.max_stack_level)
+    if refusal:
+        return ctx.refuse(refusal, {"connectorId": connector_id, "chargingProfileId": profile.get("chargingProfileId")})
     if is_tx_profile:
         # what the records say of the connector's transaction is a warning: the charge point decides
         tx = (await active_transactions(ctx, cp)).get(connector_id)
@@ -190,6 +193,21 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
     return result
 
 
+async def _site_conflict(ctx: CommandContext, cp: str, connector_id: int, profile: dict[str, Any],
+                         max_stack_level: int | None) -> str | None:
+    """The refusal of a profile that would replace or override the charge point's site cap (a warning for one
+    it prevails over); None for a charge point in no site."""
+    site_id = await store(ctx).site_of(cp)
+    loaded = None if site_id is None else await store(ctx).site(site_id)
+    if loaded is None:
+        return None
+    level = rules.site_stack_level(loaded[2], max_stack_level)
+    refusal, warning = rules.site_conflict(connector_id, profile, site_id=loaded[0].site_id, level=level)
+    if warning:
+        ctx.warn(warning)
+    return refusal
+
+
 def _busy(ctx: CommandContext) -> CommandResult:
     return CommandResult(status="timeout", charge_point_id=ctx.charge_point_id, action=ctx.command.action,
                          error_description="another charging profile command for this charge point is in progress")
@@ -221,9 +239,15 @@ async def clear_charging_profile(ctx: CommandContext, req: ClearChargingProfileR
     except LockBusy:
         return _busy(ctx)
     if answered is not None and answered != predicted:
-        result = result.model_copy(update={"warnings": [*result.warnings, (
-            f"the charge point answered {answered}; the profiles recorded for it predicted {predicted}")]})
+        ctx.warn(f"the charge point answered {answered}; the profiles recorded for it predicted {predicted}")
     await publish_changes(ctx, cp, "cleared", removed)
+    site_id = await st.site_of(cp) if rules.site_cap_cleared(removed) else None
+    if site_id is not None:
+        # the operator's clear is done; the site's fuse must hold: its cap goes back at once
+        await st.set_cap(cp, None)
+        outcome = await balancing.rebalance(ctx, site_id, reason=f"site cap of {cp} cleared", cause=cp)
+        status = outcome.get("pushed", {}).get(cp, outcome.get("skipped", "not pushed"))
+        ctx.warn(f"the cap of site {site_id!r} was cleared with the other profiles and pushed again ({status})")
     return result
 
 

@@ -137,6 +137,32 @@ def site_stack_level(site_level: int | None, max_stack_level: int | None) -> int
     return level if max_stack_level is None else min(level, max_stack_level)
 
 
+def site_conflict(connector_id: int, profile: dict[str, Any], *, site_id: str, level: int) -> tuple[str | None, str | None]:
+    """``(refusal, warning)`` for a SetChargingProfile to a member of site ``site_id`` whose cap is a
+    ChargePointMaxProfile at stack level ``level``: what would replace or override the cap -- and with it the
+    site's fuse -- is refused with the way out; a ChargePointMaxProfile under the cap is sent with a warning
+    (the cap prevails while it is in effect, which is always)."""
+    if profile.get("chargingProfileId") == SITE_PROFILE_ID:
+        return (f"chargingProfileId {SITE_PROFILE_ID} is the cap of site {site_id!r} on this charge point; "
+                "use another id"), None
+    if profile.get("chargingProfilePurpose") != CHARGE_POINT_MAX or connector_id != 0:
+        return None, None
+    stack_level = profile.get("stackLevel")
+    if isinstance(stack_level, int) and stack_level >= level:
+        verb = "replace" if stack_level == level else "override"
+        return (f"this charge point is in site {site_id!r}, whose cap is its ChargePointMaxProfile at stack level "
+                f"{level}: a ChargePointMaxProfile at stack level {stack_level} would {verb} it and break the "
+                "site limit; limit it with a TxDefaultProfile or TxProfile, use a stack level under "
+                f"{level}, or take it out of the site first"), None
+    return None, (f"the cap of site {site_id!r} (ChargePointMaxProfile at stack level {level}) prevails over this "
+                  "profile while the charge point is in the site")
+
+
+def site_cap_cleared(removed: list[StoredProfile]) -> bool:
+    """Whether a ClearChargingProfile took a site cap with it (by the records)."""
+    return any(s.profile_id == SITE_PROFILE_ID and s.connector_id == 0 for s in removed)
+
+
 def site_cap_profile(periods: list[dict[str, Any]], *, unit: str, start: str, stack_level: int) -> dict[str, Any]:
     """The ChargePointMaxProfile that carries a site member's cap."""
     return {"chargingProfileId": SITE_PROFILE_ID, "stackLevel": stack_level,

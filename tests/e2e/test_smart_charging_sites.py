@@ -383,6 +383,59 @@ async def test_site_caps_are_pushed_within_what_the_charge_point_advertises(syst
     assert schedule["charging_schedule_period"] == [{"start_period": 0, "limit": 6900.0}]
 
 
+@pytest.mark.ocpp("SetChargingProfile", "ClearChargingProfile", "StartTransaction")
+async def test_an_operators_profile_cannot_replace_or_override_a_site_cap_and_a_clear_puts_it_back(system, cp_id):
+    def cap_profiles():
+        return [p["cs_charging_profiles"] for p in cp.received["SetChargingProfile"]
+                if p["cs_charging_profiles"]["charging_profile_id"] == 2_000_000_000]
+
+    async with connect(system.url(cp_id)) as cp:
+        cp.responses["GetConfiguration"] = {"configuration_key": [
+            {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "8"}]}
+        await cp.boot()
+        await system.api("transactions", "set_id_tag", id_tag="TAG-FUSE")
+        await system.api("smart_charging", "put_site", site_id="fuse", unit="A", limit=SITE_LIMIT, stack_level=3)
+        await system.api("smart_charging", "add_site_member", site_id="fuse", charge_point_id=cp_id)
+        await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-FUSE", meter_start=0,
+                                               timestamp=iso(datetime.now(UTC))))
+
+        async def capped():
+            site = await system.api("smart_charging", "get_site", site_id="fuse")
+            return site["members"][0]["cap_now"] == SITE_LIMIT
+        await eventually(capped)
+        sent_before = len(cp.received["SetChargingProfile"])
+
+        def cp_max(profile_id: int, stack_level: int, limit: float) -> dict:
+            return {**tx_default(profile_id, limit, stackLevel=stack_level), "chargingProfilePurpose": "ChargePointMaxProfile"}
+
+        async def send(connector_id: int, profile: dict):
+            return await system.client.send(cp_id, "SetChargingProfile", {"connectorId": connector_id,
+                                                                         "csChargingProfiles": profile})
+        # at the cap's stack level it would replace the cap, above it override it: refused, naming the site
+        for level, verb in ((3, "replace"), (6, "override")):
+            refused = await send(0, cp_max(5, level, 63))
+            assert refused.status == "invalid", refused
+            assert "site 'fuse'" in refused.error_description and f"would {verb} it" in refused.error_description
+        refused = await send(1, tx_default(2_000_000_000, 10))
+        assert refused.status == "invalid" and "is the cap of site 'fuse'" in refused.error_description
+        assert len(cp.received["SetChargingProfile"]) == sent_before
+        # under the cap: sent, with a warning that the cap prevails; a lower Tx limit is the way to limit it more
+        under = await send(0, cp_max(5, 1, 10))
+        assert under.payload == {"status": "Accepted"} and "prevails" in under.warnings[0]
+        assert (await send(1, tx_default(6, 10))).payload == {"status": "Accepted"}
+
+        # an ordinary "clear everything" takes the cap with it: the cap is pushed again at once
+        caps = len(cap_profiles())
+        cleared = await system.client.send(cp_id, "ClearChargingProfile", {})
+        assert cleared.payload == {"status": "Accepted"}
+        assert any("pushed again (Accepted)" in w for w in cleared.warnings), cleared.warnings
+        assert len(cap_profiles()) == caps + 1
+        assert cap_profiles()[-1]["stack_level"] == 3
+        assert cap_profiles()[-1]["charging_schedule"]["charging_schedule_period"][0]["limit"] == SITE_LIMIT
+    listed = await system.api("smart_charging", "list_profiles", charge_point_id=cp_id)
+    assert [p["profile"]["chargingProfileId"] for p in listed] == [2_000_000_000]
+
+
 async def test_presets_are_data_operators_can_add_and_choose(system, cp_id):
     presets = await system.api("smart_charging", "list_presets")
     assert presets["default"] == "spec"

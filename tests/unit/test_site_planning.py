@@ -160,3 +160,23 @@ def test_draw_ignores_what_it_cannot_read() -> None:
 def test_a_site_cap_is_never_above_the_charge_points_max_stack_level(site_level, advertised, expected) -> None:
     from services.smart_charging.rules import site_stack_level
     assert site_stack_level(site_level, advertised) == expected
+
+
+def _cp_max(profile_id: int, stack_level: int) -> dict:
+    return {"chargingProfileId": profile_id, "stackLevel": stack_level, "chargingProfilePurpose": "ChargePointMaxProfile",
+            "chargingProfileKind": "Relative", "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+                {"startPeriod": 0, "limit": 10}]}}
+
+
+@pytest.mark.parametrize("connector_id, profile, refused, warned", [
+    (0, _cp_max(5, 3), "would replace it", None),
+    (0, _cp_max(5, 4), "would override it", None),
+    (0, _cp_max(5, 2), None, "prevails"),
+    (0, _cp_max(2_000_000_000, 0), "is the cap of site 's1'", None),
+    (1, {**_cp_max(7, 9), "chargingProfilePurpose": "TxDefaultProfile"}, None, None),
+])
+def test_a_profile_that_would_replace_or_override_a_site_cap_is_refused(connector_id, profile, refused, warned) -> None:
+    from services.smart_charging.rules import site_conflict
+    refusal, warning = site_conflict(connector_id, profile, site_id="s1", level=3)
+    assert (refusal is None) is (refused is None) and (refused is None or refused in refusal)
+    assert (warning is None) is (warned is None) and (warned is None or warned in warning)
