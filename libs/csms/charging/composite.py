@@ -276,12 +276,21 @@ class Composite:
         index = bisect_right([p.start for p in self.periods], offset) - 1
         return None if index < 0 or offset >= self.duration else self.periods[index].limit
 
+    def gap_inside(self) -> bool:
+        """Whether time without a limit lies between limited periods, which the "truncate" convention answers
+        Rejected (open-ocpp cannot merge non-contiguous periods)."""
+        if self.conventions.no_limit != "truncate":
+            return False
+        limited = [i for i, p in enumerate(self.periods) if p.limit is not None]
+        return bool(limited) and any(p.limit is None for p in self.periods[limited[0]:limited[-1]])
+
     def explain(self) -> dict[str, Any]:
         """Which preset and settings this composite was computed with (and what was left out)."""
+        rejected = self.rejected or ("time without a limit between limited periods" if self.gap_inside() else None)
         return {"preset": self.preset, "settings": self.conventions.as_dict(),
                 "requested_duration": self.requested_duration, "computed_duration": self.duration,
                 "ignored_profiles": [{"chargingProfileId": pid, "reason": why} for pid, why in self.ignored],
-                **({"rejected": self.rejected} if self.rejected else {}),
+                **({"rejected": rejected} if rejected else {}),
                 **({"truncated": {"at": _format(epoch(self.start) + self.duration), "reason": self.truncated}}
                    if self.truncated else {})}
 
@@ -302,9 +311,11 @@ class Composite:
                 end = periods[last + 1].start if last + 1 < len(periods) else end
             periods = [p for p in periods if begin <= p.start < end]
             if conv.no_limit == "truncate":
-                gap = next((i for i, p in enumerate(periods) if p.limit is None), None)
-                if gap is not None:
-                    end, periods = periods[gap].start, periods[:gap]
+                if self.gap_inside():
+                    return None
+                last = max(i for i, p in enumerate(periods) if p.limit is not None)
+                if last + 1 < len(periods):   # truncated at the last covered instant
+                    end, periods = periods[last + 1].start, periods[:last + 1]
         elif not any(p.limit is not None for p in periods) and conv.no_limit == "default_limit_or_rejected":
             return None
         default = conv.default_limit_watts if self.unit == "W" else conv.default_limit_amps
