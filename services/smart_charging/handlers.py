@@ -17,9 +17,12 @@ from csms.charging.compare import compare
 from csms.charging.conventions import Conventions
 from csms.client import ApiCallFailed
 from csms.contracts.api.smart_charging import (
-    ChargePointParams, ChargePointPresetParams, CompositeScheduleParams, DefaultPresetParams, ElectricalParams,
-    ListProfilesParams, PresetNameParams, PresetRuleParams, PutPresetParams, PutSiteParams, ReportsParams,
-    RuleIdParams, SiteIdParams, SiteMemberParams,
+    CapabilitiesView, ChargePointParams, ChargePointPresetParams, ChargePointView, CompositeReportView,
+    CompositeScheduleParams, CompositeScheduleView, DefaultPresetParams, DefaultPresetView, DeletedPreset,
+    DeletedRule, DeletedSite, ElectricalParams, ElectricalView, ListProfilesParams, PresetDefinition,
+    PresetNameParams, PresetRuleParams, PresetRuleView, PresetsView, PresetView, ProfileView, PutPresetParams,
+    PutSiteParams, RemovedMember, ReportsParams, RuleIdParams, SiteIdParams, SiteMemberParams, SitePlanView,
+    SiteView,
 )
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import CommandResult
@@ -389,43 +392,45 @@ async def stop_planner(svc: Service) -> None:
 
 # ---- API: profiles and composites ------------------------------------------------------------------
 @service.api("list_profiles")
-async def api_list_profiles(ctx: ApiContext, params: ListProfilesParams) -> list[dict]:
+async def api_list_profiles(ctx: ApiContext, params: ListProfilesParams) -> list[ProfileView]:
     """Stored profiles ``[{connector_id, profile}]`` in installation order; ``connector_id`` filters on the
     connector a profile is installed on (0 = station-wide ones only)."""
-    return [{"connector_id": s.connector_id, "profile": s.profile}
+    return [ProfileView(connector_id=s.connector_id, profile=s.profile)
             for s in await store(ctx).profiles(params.charge_point_id)
             if params.connector_id is None or s.connector_id == params.connector_id]
 
 
 @service.api("composite_schedule")
-async def api_composite_schedule(ctx: ApiContext, params: CompositeScheduleParams) -> dict:
+async def api_composite_schedule(ctx: ApiContext, params: CompositeScheduleParams) -> CompositeScheduleView:
     """The server-side composite schedule (GetCompositeSchedule.conf shape + ``conventions``) without asking
     the charge point; ``preset`` computes it with another preset than the charge point's."""
     try:
-        return await server_schedule(ctx, params.charge_point_id, params.connector_id, params.duration,
+        view = await server_schedule(ctx, params.charge_point_id, params.connector_id, params.duration,
                                      params.charging_rate_unit, params.start or utc_now(), params.preset)
     except KeyError:
         raise ApiError(f"unknown preset {params.preset!r}", 404) from None
+    return CompositeScheduleView.model_validate(view)
 
 
 @service.api("list_composite_reports")
-async def api_list_composite_reports(ctx: ApiContext, params: ReportsParams) -> list[dict]:
+async def api_list_composite_reports(ctx: ApiContext, params: ReportsParams) -> list[CompositeReportView]:
     """GetCompositeSchedule answers kept next to their predictions, newest first."""
     rows = await store(ctx).reports(params.charge_point_id, params.limit)
-    return [{**row, "requested_at": format_utc(row["requested_at"])} for row in rows]
+    return [CompositeReportView.model_validate({**row, "requested_at": format_utc(row["requested_at"])})
+            for row in rows]
 
 
 @service.api("set_electrical")
-async def api_set_electrical(ctx: ApiContext, params: ElectricalParams) -> dict:
+async def api_set_electrical(ctx: ApiContext, params: ElectricalParams) -> ElectricalView:
     """The station's supply, for A <-> W conversion: ``voltage`` (V) and ``phases`` (1..3)."""
     await store(ctx).set_electrical(params.charge_point_id, float(params.voltage), params.phases)
-    return {"charge_point_id": params.charge_point_id, "voltage": float(params.voltage), "phases": params.phases}
+    return ElectricalView(charge_point_id=params.charge_point_id, voltage=float(params.voltage), phases=params.phases)
 
 
 @service.api("get_electrical")
-async def api_get_electrical(ctx: ApiContext, params: ChargePointParams) -> dict:
+async def api_get_electrical(ctx: ApiContext, params: ChargePointParams) -> ElectricalView:
     electrical = (await store(ctx).charge_point(params.charge_point_id)).electrical
-    return {"charge_point_id": params.charge_point_id, "voltage": electrical.voltage, "phases": electrical.phases}
+    return ElectricalView(charge_point_id=params.charge_point_id, voltage=electrical.voltage, phases=electrical.phases)
 
 
 # ---- API: conventions ---------------------------------------------------------------------------------
@@ -436,22 +441,22 @@ async def _known_preset(ctx: ServiceContext, name: str) -> None:
 
 
 @service.api("list_presets")
-async def api_list_presets(ctx: ApiContext, params: dict) -> dict:
+async def api_list_presets(ctx: ApiContext, params: dict) -> PresetsView:
     """Every preset with its settings, and the global default."""
     custom = await store(ctx).custom_presets()
-    presets = {name: {"builtin": True, "settings": conv.as_dict()} for name, conv in PRESETS.items()}
+    presets = {name: PresetView(builtin=True, settings=conv) for name, conv in PRESETS.items()}
     for name, definition in custom.items():
+        view = PresetView(builtin=False, base=definition["base"], overrides=definition["settings"])
         try:
-            settings = resolve(name, custom).as_dict()
+            view.settings = resolve(name, custom)
         except (KeyError, ValueError) as exc:
-            settings = {"error": str(exc)}
-        presets[name] = {"builtin": False, "base": definition["base"], "overrides": definition["settings"],
-                         "settings": settings}
-    return {"default": await store(ctx).setting("default_preset", rules.DEFAULT_PRESET), "presets": presets}
+            view.error = str(exc)
+        presets[name] = view
+    return PresetsView(default=await store(ctx).setting("default_preset", rules.DEFAULT_PRESET), presets=presets)
 
 
 @service.api("put_preset")
-async def api_put_preset(ctx: ApiContext, params: PutPresetParams) -> dict:
+async def api_put_preset(ctx: ApiContext, params: PutPresetParams) -> PresetDefinition:
     """Define (or redefine) a custom preset: a built-in ``base`` with some settings changed."""
     if params.name in PRESETS:
         raise ApiError(f"{params.name!r} is a built-in preset", 409)
@@ -462,28 +467,28 @@ async def api_put_preset(ctx: ApiContext, params: PutPresetParams) -> dict:
     except ValueError as exc:
         raise ApiError(str(exc)) from None
     await store(ctx).put_preset(params.name, params.base, params.settings)
-    return {"name": params.name, "base": params.base, "settings": conventions.as_dict()}
+    return PresetDefinition(name=params.name, base=params.base, settings=conventions)
 
 
 @service.api("delete_preset")
-async def api_delete_preset(ctx: ApiContext, params: PresetNameParams) -> dict:
+async def api_delete_preset(ctx: ApiContext, params: PresetNameParams) -> DeletedPreset:
     if await store(ctx).preset_in_use(params.name):
         raise ApiError(f"preset {params.name!r} is in use (a charge point, a rule or the default)", 409)
     if not await store(ctx).delete_preset(params.name):
         raise ApiError(f"unknown custom preset {params.name!r}", 404)
-    return {"name": params.name, "deleted": True}
+    return DeletedPreset(name=params.name, deleted=True)
 
 
 @service.api("set_default_preset")
-async def api_set_default_preset(ctx: ApiContext, params: DefaultPresetParams) -> dict:
+async def api_set_default_preset(ctx: ApiContext, params: DefaultPresetParams) -> DefaultPresetView:
     """The preset used for charge points without a choice of their own or a matching boot rule."""
     await _known_preset(ctx, params.preset)
     await store(ctx).set_setting("default_preset", params.preset)
-    return {"default": params.preset}
+    return DefaultPresetView(default=params.preset)
 
 
 @service.api("set_charge_point_preset")
-async def api_set_charge_point_preset(ctx: ApiContext, params: ChargePointPresetParams) -> dict:
+async def api_set_charge_point_preset(ctx: ApiContext, params: ChargePointPresetParams) -> ChargePointView:
     """The operator's preset for one charge point (None: back to the automatic choice)."""
     if params.preset is not None:
         await _known_preset(ctx, params.preset)
@@ -492,27 +497,28 @@ async def api_set_charge_point_preset(ctx: ApiContext, params: ChargePointPreset
 
 
 @service.api("get_charge_point")
-async def api_get_charge_point(ctx: ApiContext, params: ChargePointParams) -> dict:
+async def api_get_charge_point(ctx: ApiContext, params: ChargePointParams) -> ChargePointView:
     """What smart charging knows of a charge point: its preset and why, its advertised limits, its supply."""
     choice, conventions, record = await conventions_of(ctx, params.charge_point_id)
     capabilities = record.capabilities
-    return {
-        "charge_point_id": params.charge_point_id, "preset": choice.preset, "preset_source": choice.source,
-        "rule_id": choice.rule_id, "operator_preset": record.preset, "settings": conventions.as_dict(),
-        "vendor": record.vendor, "model": record.model, "firmware_version": record.firmware_version,
-        "voltage": record.electrical.voltage, "phases": record.electrical.phases,
-        "configuration": record.configuration, "unknown_keys": record.unknown_keys,
-        "configuration_at": format_utc(record.configuration_at) if record.configuration_at else None,
-        "capabilities": {"max_stack_level": capabilities.max_stack_level,
-                         "allowed_units": list(capabilities.allowed_units) if capabilities.allowed_units else None,
-                         "max_periods": capabilities.max_periods, "max_profiles": capabilities.max_profiles,
-                         "connectors": capabilities.connectors, "phase_switch": capabilities.phase_switch},
-        "site_id": await store(ctx).site_of(params.charge_point_id),
-    }
+    return ChargePointView(
+        charge_point_id=params.charge_point_id, preset=choice.preset, preset_source=choice.source,
+        rule_id=choice.rule_id, operator_preset=record.preset, settings=conventions,
+        vendor=record.vendor, model=record.model, firmware_version=record.firmware_version,
+        voltage=record.electrical.voltage, phases=record.electrical.phases,
+        configuration=record.configuration, unknown_keys=record.unknown_keys,
+        configuration_at=format_utc(record.configuration_at) if record.configuration_at else None,
+        capabilities=CapabilitiesView(
+            max_stack_level=capabilities.max_stack_level,
+            allowed_units=list(capabilities.allowed_units) if capabilities.allowed_units else None,
+            max_periods=capabilities.max_periods, max_profiles=capabilities.max_profiles,
+            connectors=capabilities.connectors, phase_switch=capabilities.phase_switch),
+        site_id=await store(ctx).site_of(params.charge_point_id),
+    )
 
 
 @service.api("refresh_configuration")
-async def api_refresh_configuration(ctx: ApiContext, params: ChargePointParams) -> dict:
+async def api_refresh_configuration(ctx: ApiContext, params: ChargePointParams) -> ChargePointView:
     """Read the charge point's smart-charging configuration keys again now."""
     if not await learn_configuration(ctx, params.charge_point_id, every=0):
         raise ApiError("the charge point did not answer GetConfiguration", 409)
@@ -520,34 +526,34 @@ async def api_refresh_configuration(ctx: ApiContext, params: ChargePointParams) 
 
 
 @service.api("add_preset_rule")
-async def api_add_preset_rule(ctx: ApiContext, params: PresetRuleParams) -> dict:
+async def api_add_preset_rule(ctx: ApiContext, params: PresetRuleParams) -> PresetRuleView:
     """Choose ``preset`` for charge points whose BootNotification matches the (shell-style) patterns."""
     await _known_preset(ctx, params.preset)
     rule_id = await store(ctx).add_rule(params.preset, params.vendor, params.model, params.firmware, params.priority)
-    return {"rule_id": rule_id, **params.model_dump()}
+    return PresetRuleView(rule_id=rule_id, **params.model_dump())
 
 
 @service.api("list_preset_rules")
-async def api_list_preset_rules(ctx: ApiContext, params: dict) -> list[dict]:
-    return [vars(rule) for rule in await store(ctx).rules()]
+async def api_list_preset_rules(ctx: ApiContext, params: dict) -> list[PresetRuleView]:
+    return [PresetRuleView(**vars(rule)) for rule in await store(ctx).rules()]
 
 
 @service.api("delete_preset_rule")
-async def api_delete_preset_rule(ctx: ApiContext, params: RuleIdParams) -> dict:
+async def api_delete_preset_rule(ctx: ApiContext, params: RuleIdParams) -> DeletedRule:
     if not await store(ctx).delete_rule(params.rule_id):
         raise ApiError(f"unknown rule {params.rule_id}", 404)
-    return {"rule_id": params.rule_id, "deleted": True}
+    return DeletedRule(rule_id=params.rule_id, deleted=True)
 
 
 # ---- API: sites ------------------------------------------------------------------------------------
 @service.api("put_site")
-async def api_put_site(ctx: ApiContext, params: PutSiteParams) -> dict:
+async def api_put_site(ctx: ApiContext, params: PutSiteParams) -> SiteView:
     """Create or change a site: a limit per phase (A) or in total (W), optionally varying in time."""
     return await balancing.put_site(ctx, params)
 
 
 @service.api("get_site")
-async def api_get_site(ctx: ApiContext, params: SiteIdParams) -> dict:
+async def api_get_site(ctx: ApiContext, params: SiteIdParams) -> SiteView:
     return await balancing.site_view(ctx, params.site_id)
 
 
@@ -557,34 +563,34 @@ async def api_list_sites(ctx: ApiContext, params: dict) -> list[str]:
 
 
 @service.api("delete_site")
-async def api_delete_site(ctx: ApiContext, params: SiteIdParams) -> dict:
+async def api_delete_site(ctx: ApiContext, params: SiteIdParams) -> DeletedSite:
     """Forget a site (the caps its members hold stay until replaced or cleared)."""
     if not await store(ctx).delete_site(params.site_id):
         raise ApiError(f"unknown site {params.site_id!r}", 404)
-    return {"site_id": params.site_id, "deleted": True}
+    return DeletedSite(site_id=params.site_id, deleted=True)
 
 
 @service.api("add_site_member")
-async def api_add_site_member(ctx: ApiContext, params: SiteMemberParams) -> dict:
+async def api_add_site_member(ctx: ApiContext, params: SiteMemberParams) -> SiteView:
     """Put a charge point under a site (moving it from another one) and rebalance."""
     return await balancing.add_member(ctx, params)
 
 
 @service.api("remove_site_member")
-async def api_remove_site_member(ctx: ApiContext, params: ChargePointParams) -> dict:
+async def api_remove_site_member(ctx: ApiContext, params: ChargePointParams) -> RemovedMember:
     site_id = await store(ctx).remove_member(params.charge_point_id)
     if site_id is None:
         raise ApiError(f"{params.charge_point_id!r} is in no site", 404)
     await balancing.rebalance(ctx, site_id, reason="member removed")
-    return {"charge_point_id": params.charge_point_id, "site_id": site_id, "removed": True}
+    return RemovedMember(charge_point_id=params.charge_point_id, site_id=site_id, removed=True)
 
 
 @service.api("site_plan")
-async def api_site_plan(ctx: ApiContext, params: SiteIdParams) -> dict:
+async def api_site_plan(ctx: ApiContext, params: SiteIdParams) -> SitePlanView:
     """Dry run: the caps a rebalance would push now, and why (nothing is sent)."""
-    return await balancing.rebalance(ctx, params.site_id, reason="dry run", dry_run=True)
+    return SitePlanView.model_validate(await balancing.rebalance(ctx, params.site_id, reason="dry run", dry_run=True))
 
 
 @service.api("rebalance_site")
-async def api_rebalance_site(ctx: ApiContext, params: SiteIdParams) -> dict:
-    return await balancing.rebalance(ctx, params.site_id, reason="operator")
+async def api_rebalance_site(ctx: ApiContext, params: SiteIdParams) -> SitePlanView:
+    return SitePlanView.model_validate(await balancing.rebalance(ctx, params.site_id, reason="operator"))
