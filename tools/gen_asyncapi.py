@@ -58,8 +58,6 @@ def _draft07(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     out = {("definitions" if key == "$defs" else key): _draft07(value) for key, value in node.items()}
-    if "prefixItems" in out:  # a tuple: draft-07 says it with an array of schemas under items
-        out["items"] = out.pop("prefixItems")
     if "type" in out:  # pydantic leaves a constraint after a BeforeValidator under its own name: JSON Schema's
         for constraint, (keyword, tighter) in _CONSTRAINTS.items():
             if isinstance(out.get(constraint), (int, float)) and not isinstance(out[constraint], bool):

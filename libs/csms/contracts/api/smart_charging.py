@@ -295,7 +295,12 @@ class DeletedRule(View):
     deleted: bool
 
 
-CapSchedule = list[tuple[IsoText, float]]  # [(from, value)], the last value holding on
+# [[from, value], ...], the last value holding on (the pair's schema is written out: a tuple's prefixItems is
+# not draft-07, which asyncapi/ uses)
+CapStep = Annotated[tuple[IsoText, float], WithJsonSchema({
+    "type": "array", "minItems": 2, "maxItems": 2, "description": "[from (UTC ISO-8601), value]",
+    "items": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]}})]
+CapSchedule = list[CapStep]
 
 
 class SiteStepView(View):
