@@ -234,8 +234,9 @@ class Settings(BaseSettings):
     sc_rebalance_interval: float = _env("SMART_CHARGING_REBALANCE_INTERVAL", 300.0, ge=0, le=86400)
     # smart charging: seconds a GetConfiguration sent to learn a charge point's limits waits for its answer
     sc_configuration_timeout: float = _env("SMART_CHARGING_CONFIGURATION_TIMEOUT", 5.0, gt=0, le=600)
-    # smart charging: when to read a charge point's limits (GetConfiguration): on_demand = before the first
-    # SetChargingProfile (no extra traffic in a boot storm), on_boot = also after every accepted BootNotification
+    # smart charging: when to read a charge point's limits (GetConfiguration): on_demand = when first needed, before
+    # its first SetChargingProfile, GetCompositeSchedule or site cap (no extra traffic in a boot storm), on_boot =
+    # also after every accepted BootNotification
     sc_read_configuration: Literal["on_demand", "on_boot"] = _env("SMART_CHARGING_READ_CONFIGURATION", "on_demand")
 
     # ---- operations (issue 8): logs, health/metrics endpoint, drain, reconnects, traces ----------

@@ -37,6 +37,7 @@ from csms.contracts.api.api import (
     ActivityEntry, CloseTransactionBody, CommandAccepted, CommandRecord, Connectivity, CreatedKey, CreateKeyBody, CreateKeyParams,
     ErrorBody, IdTagBody, IsoTime, KeyView, WebhookBody, WhoAmI, check_webhook_url,
 )
+from csms.contracts.api import smart_charging as sc
 from csms.contracts.api.smart_charging import PutSiteParams
 from csms.contracts.base import format_utc
 from csms.contracts.bus import CommandResult
@@ -291,7 +292,7 @@ async def local_list(request: Request, charge_point_id: CpId, _: Caller = Depend
 charging = APIRouter(tags=["smart charging"])
 
 
-@charging.get("/charge-points/{charge_point_id}/charging-profiles", response_model=list[dict[str, Any]],
+@charging.get("/charge-points/{charge_point_id}/charging-profiles", response_model=list[sc.ProfileView],
               summary="Charging profiles the charge point accepted")
 async def charging_profiles(request: Request, charge_point_id: CpId,
                             connector_id: int | None = Query(None, ge=0, le=1000),
@@ -302,7 +303,7 @@ async def charging_profiles(request: Request, charge_point_id: CpId,
     return Json(await call(request, "smart_charging", "list_profiles", **params))
 
 
-@charging.get("/charge-points/{charge_point_id}/composite-schedule", response_model=dict[str, Any],
+@charging.get("/charge-points/{charge_point_id}/composite-schedule", response_model=sc.CompositeScheduleView,
               summary="Predicted composite schedule")
 async def composite_schedule(
         request: Request, charge_point_id: CpId, connector_id: int = Query(ge=0, le=1000),
@@ -320,7 +321,7 @@ async def composite_schedule(
                            **{k: v for k, v in params.items() if v is not None}))
 
 
-@charging.get("/charge-points/{charge_point_id}/composite-reports", response_model=list[dict[str, Any]],
+@charging.get("/charge-points/{charge_point_id}/composite-reports", response_model=list[sc.CompositeReportView],
               summary="Composite schedules the charge point reported")
 async def composite_reports(request: Request, charge_point_id: CpId, limit: int = Query(20, ge=1, le=500),
                             _: Caller = Depends(auth.read)) -> Any:
@@ -359,28 +360,28 @@ async def list_sites(request: Request, _: Caller = Depends(auth.read)) -> Any:
     return Json(await call(request, "smart_charging", "list_sites"))
 
 
-@charging.get("/sites/{site_id}", response_model=dict[str, Any], summary="Get a site")
+@charging.get("/sites/{site_id}", response_model=sc.SiteView, summary="Get a site")
 async def get_site(request: Request, site_id: SiteId, _: Caller = Depends(auth.read)) -> Any:
     return Json(await call(request, "smart_charging", "get_site", site_id=site_id))
 
 
-@charging.put("/sites/{site_id}", response_model=dict[str, Any], summary="Create or change a site")
+@charging.put("/sites/{site_id}", response_model=sc.SiteView, summary="Create or change a site")
 async def put_site(request: Request, site_id: SiteId, body: SiteBody, _: Caller = Depends(auth.admin)) -> Any:
     """A limit per phase (A) or in total (W), optionally varying in time; members share it."""
     return Json(await call(request, "smart_charging", "put_site", site_id=site_id, **dump(body)))
 
 
-@charging.delete("/sites/{site_id}", response_model=dict[str, Any], summary="Delete a site")
+@charging.delete("/sites/{site_id}", response_model=sc.DeletedSite, summary="Delete a site")
 async def delete_site(request: Request, site_id: SiteId, _: Caller = Depends(auth.admin)) -> Any:
     return Json(await call(request, "smart_charging", "delete_site", site_id=site_id))
 
 
-@charging.get("/sites/{site_id}/plan", response_model=dict[str, Any], summary="What a rebalance would push now")
+@charging.get("/sites/{site_id}/plan", response_model=sc.SitePlanView, summary="What a rebalance would push now")
 async def site_plan(request: Request, site_id: SiteId, _: Caller = Depends(auth.read)) -> Any:
     return Json(await call(request, "smart_charging", "site_plan", site_id=site_id))
 
 
-@charging.put("/sites/{site_id}/members/{charge_point_id}", response_model=dict[str, Any],
+@charging.put("/sites/{site_id}/members/{charge_point_id}", response_model=sc.SiteView,
               summary="Put a station under a site")
 async def put_site_member(request: Request, site_id: SiteId, charge_point_id: CpId, body: SiteMemberBody,
                           _: Caller = Depends(auth.admin)) -> Any:
@@ -388,7 +389,7 @@ async def put_site_member(request: Request, site_id: SiteId, charge_point_id: Cp
                            charge_point_id=charge_point_id, **dump(body)))
 
 
-@charging.delete("/sites/{site_id}/members/{charge_point_id}", response_model=dict[str, Any],
+@charging.delete("/sites/{site_id}/members/{charge_point_id}", response_model=sc.RemovedMember,
                  summary="Take a station out of a site")
 async def delete_site_member(request: Request, site_id: SiteId, charge_point_id: CpId,
                              _: Caller = Depends(auth.admin)) -> Any:

@@ -13,9 +13,10 @@ Events followed: ``station.booted`` (vendor/model/firmware for the preset rules;
 ``transaction.stopped`` (its TxProfiles are discarded; site rebalance), ``meter.values`` (draw of site
 members).
 
-Decisions where OCPP is silent (``rules.py``): a TxProfile is checked against the transaction active on its
-connector and gets its id filled in; what the charge point's advertised limits or OCPP forbid is refused
-before sending; a ClearChargingProfile answered otherwise than the records predict comes back with a
+Decisions where OCPP is silent (``rules.py``): a TxProfile is sent whatever the records say of its
+connector's transaction (a disagreement comes back as a warning; the id of the transaction they show is
+filled in when it has none); what the charge point's advertised limits or OCPP forbid is refused before
+sending; a ClearChargingProfile answered otherwise than the records predict comes back with a
 warning; the preset of a charge point is the operator's choice for it, else the first boot rule matching it,
 else the global default.
 """

@@ -19,11 +19,12 @@ from typing import Any
 from csms.charging import apply_set, epoch
 from csms.charging.profiles import MAX_PERIODS
 from csms.charging.sites import DRAWING_FULL, DRAWING_LESS, Member, Schedule, Site, plan, rebase, to_periods, transition, value_at
-from csms.contracts.api.smart_charging import PutSiteParams, SiteMemberParams
+from csms.contracts.api.smart_charging import MemberView, PutSiteParams, SiteMemberParams, SiteStepView, SiteView
 from csms.contracts.base import utc_now
 from csms.contracts.events import SiteRebalanced
 from csms.service import ApiError, Service, ServiceContext
 from services.smart_charging import rules
+from services.smart_charging.configuration import known_charge_point
 from services.smart_charging.publish import profile_lock, publish_changes
 from services.smart_charging.store import LockBusy, MemberRecord, PgStore, redis_lock, throttle
 
@@ -48,7 +49,7 @@ async def _load(ctx: ServiceContext, site_id: str) -> tuple[Site, str, int | Non
     return loaded
 
 
-async def put_site(ctx: ServiceContext, params: PutSiteParams) -> dict[str, Any]:
+async def put_site(ctx: ServiceContext, params: PutSiteParams) -> SiteView:
     site = Site(params.site_id, params.unit, float(params.limit),
                 tuple((epoch(step.start), float(step.limit)) for step in params.schedule), params.strategy)
     await PgStore(ctx.db).put_site(site, params.name, params.stack_level)
@@ -56,21 +57,21 @@ async def put_site(ctx: ServiceContext, params: PutSiteParams) -> dict[str, Any]
     return await site_view(ctx, site.site_id)
 
 
-async def site_view(ctx: ServiceContext, site_id: str) -> dict[str, Any]:
+async def site_view(ctx: ServiceContext, site_id: str) -> SiteView:
     site, name, stack_level = await _load(ctx, site_id)
     now = epoch(utc_now())
     members = await PgStore(ctx.db).members(site_id)
-    return {
-        "site_id": site.site_id, "name": name, "unit": site.unit, "limit": site.limit,
-        "schedule": [{"start": _iso(t), "limit": v} for t, v in site.schedule], "strategy": site.strategy,
-        "stack_level": stack_level, "limit_now": site.limit_at(now),
-        "members": [{"charge_point_id": m.charge_point_id, "priority": m.priority, "max_limit": m.max_limit,
-                     "cap_now": None if m.cap is None else value_at(m.cap, now), "cap": _schedule_view(m.cap)}
-                    for m in members],
-    }
+    return SiteView(
+        site_id=site.site_id, name=name, unit=site.unit, limit=site.limit,
+        schedule=[SiteStepView(start=_iso(t), limit=v) for t, v in site.schedule], strategy=site.strategy,
+        stack_level=stack_level, limit_now=site.limit_at(now),
+        members=[MemberView(charge_point_id=m.charge_point_id, priority=m.priority, max_limit=m.max_limit,
+                            cap_now=None if m.cap is None else value_at(m.cap, now), cap=_schedule_view(m.cap))
+                 for m in members],
+    )
 
 
-async def add_member(ctx: ServiceContext, params: SiteMemberParams) -> dict[str, Any]:
+async def add_member(ctx: ServiceContext, params: SiteMemberParams) -> SiteView:
     await _load(ctx, params.site_id)
     before = await PgStore(ctx.db).put_member(params.site_id, params.charge_point_id, params.priority,
                                               params.max_limit)
@@ -195,9 +196,10 @@ async def _push_all(ctx: ServiceContext, site: Site, stack_level: int | None, ca
 
 async def _push(ctx: ServiceContext, site: Site, stack_level: int | None, cp: str, schedule: Schedule,
                 begin: int) -> tuple[bool, str]:
-    """Send one member its cap; record it (profile and cap) when the charge point accepts it."""
+    """Send one member its cap within what it advertises (its configuration keys, read first if they never
+    were); record it (profile and cap) when the charge point accepts it."""
     st = PgStore(ctx.db)
-    record = await st.charge_point(cp)
+    record = await known_charge_point(ctx, cp)
     capabilities = record.capabilities
     unit, values = site.unit, schedule
     if capabilities.allowed_units and unit not in capabilities.allowed_units:
@@ -205,7 +207,7 @@ async def _push(ctx: ServiceContext, site: Site, stack_level: int | None, cp: st
         unit = capabilities.allowed_units[0]
         values = [(t, v * factor if unit == "W" else v / factor) for t, v in schedule]
         values = [(t, float(int(v * 10) / 10)) for t, v in values]  # down to 0.1: never more than planned
-    level = stack_level if stack_level is not None else (capabilities.max_stack_level or 0)
+    level = rules.site_stack_level(stack_level, capabilities.max_stack_level)
     profile = rules.site_cap_profile(to_periods(values, begin, capabilities.max_periods or MAX_PERIODS), unit=unit,
                                      start=_iso(begin), stack_level=level)
     try:

@@ -11,15 +11,18 @@ from typing import Any
 
 from csms.charging import (
     PRESETS, ProfileRejected, StoredProfile, TxInfo, apply_clear, apply_set, compute_composite, parse_datetime,
-    resolve, validate_profile,
+    resolve, transaction_disagreement, validate_profile,
 )
 from csms.charging.compare import compare
 from csms.charging.conventions import Conventions
 from csms.client import ApiCallFailed
 from csms.contracts.api.smart_charging import (
-    ChargePointParams, ChargePointPresetParams, CompositeScheduleParams, DefaultPresetParams, ElectricalParams,
-    ListProfilesParams, PresetNameParams, PresetRuleParams, PutPresetParams, PutSiteParams, ReportsParams,
-    RuleIdParams, SiteIdParams, SiteMemberParams,
+    CapabilitiesView, ChargePointParams, ChargePointPresetParams, ChargePointView, CompositeReportView,
+    CompositeScheduleParams, CompositeScheduleView, DefaultPresetParams, DefaultPresetView, DeletedPreset,
+    DeletedRule, DeletedSite, ElectricalParams, ElectricalView, ListProfilesParams, PresetDefinition,
+    PresetNameParams, PresetRuleParams, PresetRuleView, PresetsView, PresetView, ProfileView, PutPresetParams,
+    PutSiteParams, RemovedMember, ReportsParams, RuleIdParams, SiteIdParams, SiteMemberParams, SitePlanView,
+    SiteView,
 )
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import CommandResult
@@ -33,7 +36,8 @@ from csms.contracts.ocpp16 import (
 from csms.service import ApiContext, ApiError, CommandContext, Service, ServiceContext
 from services.smart_charging import balancing, rules
 from services.smart_charging.publish import profile_lock, publish_changes
-from services.smart_charging.store import CONFIGURATION_KEYS, LockBusy, PgStore, throttle
+from services.smart_charging.configuration import known_charge_point, learn_configuration
+from services.smart_charging.store import LockBusy, PgStore
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +70,6 @@ async def conventions_of(ctx: ServiceContext, cp: str, preset: str | None = None
     return choice, conventions, record
 
 
-async def learn_configuration(ctx: ServiceContext, cp: str, *, every: float = 60.0) -> bool:
-    """Read the charge point's smart-charging configuration keys (GetConfiguration), at most once per
-    ``every`` seconds; True when they were read."""
-    if every > 0 and not await throttle(ctx.redis, ctx.key("smart_charging", cp, "configuration"), every):
-        return False
-    result = await ctx.send_command(cp, "GetConfiguration", {"key": list(CONFIGURATION_KEYS)},
-                                    timeout=ctx.settings.sc_configuration_timeout)
-    if not result.ok or not isinstance(result.payload, dict):
-        log.info("%s: configuration keys not read (%s %s)", cp, result.status, result.error_description)
-        return False
-    keys = {item["key"]: item.get("value") for item in result.payload.get("configurationKey") or []
-            if isinstance(item, dict) and item.get("key") in CONFIGURATION_KEYS}
-    unknown = [key for key in result.payload.get("unknownKey") or [] if key in CONFIGURATION_KEYS]
-    await store(ctx).set_configuration(cp, keys, unknown, utc_now())
-    log.info("%s: smart charging configuration %s (unknown: %s)", cp, keys, unknown)
-    return True
-
-
 async def transactions_api(ctx: ServiceContext, cp: str) -> dict[int, TxInfo]:
     """connector id -> active transaction, from the transactions service; raises ServiceUnavailable."""
     try:
@@ -101,6 +87,20 @@ async def transactions_api(ctx: ServiceContext, cp: str) -> dict[int, TxInfo]:
         if connector_id not in result or tx.start > result[connector_id].start:
             result[connector_id] = tx
     return result
+
+
+async def active_transactions(ctx: ServiceContext, cp: str) -> dict[int, TxInfo]:
+    """connector id -> active transaction: the transactions service's, else this service's own records (from
+    its events), said so in a warning on a command."""
+    try:
+        return await transactions_api(ctx, cp)
+    except ServiceUnavailable as exc:
+        note = f"the transactions service did not answer ({exc}); its transactions as this service recorded them"
+        if isinstance(ctx, CommandContext):
+            ctx.warn(note)
+        else:
+            log.warning("%s: %s", cp, note)
+        return await store(ctx).active_transactions(cp)
 
 
 async def station_connectors(ctx: ServiceContext, cp: str) -> list[int]:
@@ -124,23 +124,16 @@ async def server_schedule(ctx: ServiceContext, cp: str, connector_id: int, durat
     choice, conventions, record = await conventions_of(ctx, cp, preset)
     profiles = await store(ctx).profiles(cp)
 
-    async def transactions() -> dict[int, TxInfo]:
-        try:
-            return await transactions_api(ctx, cp)
-        except ServiceUnavailable as exc:
-            log.warning("composite schedule of %s computed from this service's own transaction records: %s", cp, exc)
-            return await store(ctx).active_transactions(cp)
-
     connectors = record.capabilities.connectors
     if connector_id == 0:
-        active, reported = await asyncio.gather(transactions(), station_connectors(ctx, cp))
+        active, reported = await asyncio.gather(active_transactions(ctx, cp), station_connectors(ctx, cp))
         known = set(reported) | set(active) | {s.connector_id for s in profiles}
         if connectors:
             known |= set(range(1, connectors + 1))
             known = {c for c in known if c <= connectors}
         connector_ids = sorted(c for c in known if c > 0) or [1]
     else:
-        active, connector_ids = await transactions(), None
+        active, connector_ids = await active_transactions(ctx, cp), None
     composite = compute_composite(
         profiles, connector_id=connector_id, start=start, duration=duration, unit=unit, connector_ids=connector_ids,
         transactions=active, electrical=record.electrical, conventions=conventions, preset=choice.preset,
@@ -158,28 +151,29 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
     profile: dict[str, Any] = payload["csChargingProfiles"]
     is_tx_profile = profile.get("chargingProfilePurpose") == rules.TX_PROFILE
 
-    transaction_id: int | None = None
-    if is_tx_profile and connector_id > 0:
-        try:
-            tx = (await transactions_api(ctx, cp)).get(connector_id)
-        except ServiceUnavailable as exc:
-            return ctx.refuse(f"cannot check the active transaction on connector {connector_id}: {exc}")
-        transaction_id = tx.transaction_id if tx else None
     st = store(ctx)
-    if (await st.charge_point(cp)).configuration_at is None:
-        await learn_configuration(ctx, cp)
+    await known_charge_point(ctx, cp)
     _, conventions, record = await conventions_of(ctx, cp)
     try:
-        rules.check_set_profile(await st.profiles(cp), connector_id, profile, transaction_id=transaction_id,
-                                capabilities=record.capabilities, conventions=conventions)
+        rules.check_set_profile(await st.profiles(cp), connector_id, profile, capabilities=record.capabilities,
+                                conventions=conventions)
     except ProfileRejected as exc:
         return ctx.refuse(exc.reason, {"connectorId": connector_id,
                                        "chargingProfileId": profile.get("chargingProfileId")})
-    if is_tx_profile and profile.get("transactionId") is None:
-        profile["transactionId"] = transaction_id
+    refusal = await _site_conflict(ctx, cp, connector_id, profile, record.capabilities.max_stack_level)
+    if refusal:
+        return ctx.refuse(refusal, {"connectorId": connector_id, "chargingProfileId": profile.get("chargingProfileId")})
+    if is_tx_profile:
+        # what the records say of the connector's transaction is a warning: the charge point decides
+        tx = (await active_transactions(ctx, cp)).get(connector_id)
+        disagreement = transaction_disagreement(connector_id, profile, tx.transaction_id if tx else None)
+        if disagreement:
+            ctx.warn(disagreement)
+        if profile.get("transactionId") is None and tx is not None:
+            profile["transactionId"] = tx.transaction_id
 
     def install(profiles: list[StoredProfile], stopped: set[int]):
-        if is_tx_profile and profile["transactionId"] in stopped:
+        if is_tx_profile and profile.get("transactionId") in stopped:
             return profiles, None
         return apply_set(profiles, connector_id, profile)
 
@@ -193,13 +187,28 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
         return _busy(ctx)
     if new_and_replaced is None:
         log.info("%s: TxProfile %s accepted after transaction %s stopped; not stored", cp,
-                 profile["chargingProfileId"], profile["transactionId"])
+                 profile["chargingProfileId"], profile.get("transactionId"))
         return result
     new_id = int(profile["chargingProfileId"])
     gone = [s for s in new_and_replaced if not (s.connector_id == connector_id and s.profile_id == new_id)]
     await publish_changes(ctx, cp, "cleared", gone)
     await publish_changes(ctx, cp, "set", [StoredProfile(connector_id, profile)])
     return result
+
+
+async def _site_conflict(ctx: CommandContext, cp: str, connector_id: int, profile: dict[str, Any],
+                         max_stack_level: int | None) -> str | None:
+    """The refusal of a profile that would replace or override the charge point's site cap (a warning for one
+    it prevails over); None for a charge point in no site."""
+    site_id = await store(ctx).site_of(cp)
+    loaded = None if site_id is None else await store(ctx).site(site_id)
+    if loaded is None:
+        return None
+    level = rules.site_stack_level(loaded[2], max_stack_level)
+    refusal, warning = rules.site_conflict(connector_id, profile, site_id=loaded[0].site_id, level=level)
+    if warning:
+        ctx.warn(warning)
+    return refusal
 
 
 def _busy(ctx: CommandContext) -> CommandResult:
@@ -233,9 +242,15 @@ async def clear_charging_profile(ctx: CommandContext, req: ClearChargingProfileR
     except LockBusy:
         return _busy(ctx)
     if answered is not None and answered != predicted:
-        result = result.model_copy(update={"warnings": [*result.warnings, (
-            f"the charge point answered {answered}; the profiles recorded for it predicted {predicted}")]})
+        ctx.warn(f"the charge point answered {answered}; the profiles recorded for it predicted {predicted}")
     await publish_changes(ctx, cp, "cleared", removed)
+    site_id = await st.site_of(cp) if rules.site_cap_cleared(removed) else None
+    if site_id is not None:
+        # the operator's clear is done; the site's fuse must hold: its cap goes back at once
+        await st.set_cap(cp, None)
+        outcome = await balancing.rebalance(ctx, site_id, reason=f"site cap of {cp} cleared", cause=cp)
+        status = outcome.get("pushed", {}).get(cp, outcome.get("skipped", "not pushed"))
+        ctx.warn(f"the cap of site {site_id!r} was cleared with the other profiles and pushed again ({status})")
     return result
 
 
@@ -246,6 +261,7 @@ async def get_composite_schedule(ctx: CommandContext, req: GetCompositeScheduleR
     if req.duration <= 0:
         return ctx.refuse("duration must be a positive number of seconds")
     cp = ctx.charge_point_id
+    await known_charge_point(ctx, cp)   # NumberOfConnectors: a connector it does not have is Rejected
     start = utc_now()
     forwarded = asyncio.create_task(ctx.forward())
     try:
@@ -307,7 +323,7 @@ async def _install_remote_start_profile(ctx: ServiceContext, event: TransactionS
     cp, connector_id = event.charge_point_id, event.connector_id
     profile = {**event.charging_profile, "transactionId": event.transaction_id}
     try:
-        validate_profile(connector_id, profile, transaction_id=event.transaction_id)
+        validate_profile(connector_id, profile)
     except ProfileRejected as exc:
         log.warning("%s: RemoteStart profile of transaction %s not recorded: %s", cp, event.transaction_id,
                     exc.reason)
@@ -353,7 +369,7 @@ async def on_meter_values(ctx: ServiceContext, event: MeterValuesReceived) -> No
     """What a charge point draws; a site member drawing clearly less (or again up to) its cap is rebalanced."""
     if event.transaction_id is None:
         return
-    amps, watts = rules.draw_from_meter_values(event.meter_value)
+    amps, watts = rules.draw_from_meter_values(event)
     if amps is None and watts is None:
         return
     st = store(ctx)
@@ -376,43 +392,45 @@ async def stop_planner(svc: Service) -> None:
 
 # ---- API: profiles and composites ------------------------------------------------------------------
 @service.api("list_profiles")
-async def api_list_profiles(ctx: ApiContext, params: ListProfilesParams) -> list[dict]:
+async def api_list_profiles(ctx: ApiContext, params: ListProfilesParams) -> list[ProfileView]:
     """Stored profiles ``[{connector_id, profile}]`` in installation order; ``connector_id`` filters on the
     connector a profile is installed on (0 = station-wide ones only)."""
-    return [{"connector_id": s.connector_id, "profile": s.profile}
+    return [ProfileView(connector_id=s.connector_id, profile=s.profile)
             for s in await store(ctx).profiles(params.charge_point_id)
             if params.connector_id is None or s.connector_id == params.connector_id]
 
 
 @service.api("composite_schedule")
-async def api_composite_schedule(ctx: ApiContext, params: CompositeScheduleParams) -> dict:
+async def api_composite_schedule(ctx: ApiContext, params: CompositeScheduleParams) -> CompositeScheduleView:
     """The server-side composite schedule (GetCompositeSchedule.conf shape + ``conventions``) without asking
     the charge point; ``preset`` computes it with another preset than the charge point's."""
     try:
-        return await server_schedule(ctx, params.charge_point_id, params.connector_id, params.duration,
+        view = await server_schedule(ctx, params.charge_point_id, params.connector_id, params.duration,
                                      params.charging_rate_unit, params.start or utc_now(), params.preset)
     except KeyError:
         raise ApiError(f"unknown preset {params.preset!r}", 404) from None
+    return CompositeScheduleView.model_validate(view)
 
 
 @service.api("list_composite_reports")
-async def api_list_composite_reports(ctx: ApiContext, params: ReportsParams) -> list[dict]:
+async def api_list_composite_reports(ctx: ApiContext, params: ReportsParams) -> list[CompositeReportView]:
     """GetCompositeSchedule answers kept next to their predictions, newest first."""
     rows = await store(ctx).reports(params.charge_point_id, params.limit)
-    return [{**row, "requested_at": format_utc(row["requested_at"])} for row in rows]
+    return [CompositeReportView.model_validate({**row, "requested_at": format_utc(row["requested_at"])})
+            for row in rows]
 
 
 @service.api("set_electrical")
-async def api_set_electrical(ctx: ApiContext, params: ElectricalParams) -> dict:
+async def api_set_electrical(ctx: ApiContext, params: ElectricalParams) -> ElectricalView:
     """The station's supply, for A <-> W conversion: ``voltage`` (V) and ``phases`` (1..3)."""
     await store(ctx).set_electrical(params.charge_point_id, float(params.voltage), params.phases)
-    return {"charge_point_id": params.charge_point_id, "voltage": float(params.voltage), "phases": params.phases}
+    return ElectricalView(charge_point_id=params.charge_point_id, voltage=float(params.voltage), phases=params.phases)
 
 
 @service.api("get_electrical")
-async def api_get_electrical(ctx: ApiContext, params: ChargePointParams) -> dict:
+async def api_get_electrical(ctx: ApiContext, params: ChargePointParams) -> ElectricalView:
     electrical = (await store(ctx).charge_point(params.charge_point_id)).electrical
-    return {"charge_point_id": params.charge_point_id, "voltage": electrical.voltage, "phases": electrical.phases}
+    return ElectricalView(charge_point_id=params.charge_point_id, voltage=electrical.voltage, phases=electrical.phases)
 
 
 # ---- API: conventions ---------------------------------------------------------------------------------
@@ -423,22 +441,22 @@ async def _known_preset(ctx: ServiceContext, name: str) -> None:
 
 
 @service.api("list_presets")
-async def api_list_presets(ctx: ApiContext, params: dict) -> dict:
+async def api_list_presets(ctx: ApiContext, params: dict) -> PresetsView:
     """Every preset with its settings, and the global default."""
     custom = await store(ctx).custom_presets()
-    presets = {name: {"builtin": True, "settings": conv.as_dict()} for name, conv in PRESETS.items()}
+    presets = {name: PresetView(builtin=True, settings=conv) for name, conv in PRESETS.items()}
     for name, definition in custom.items():
+        view = PresetView(builtin=False, base=definition["base"], overrides=definition["settings"])
         try:
-            settings = resolve(name, custom).as_dict()
+            view.settings = resolve(name, custom)
         except (KeyError, ValueError) as exc:
-            settings = {"error": str(exc)}
-        presets[name] = {"builtin": False, "base": definition["base"], "overrides": definition["settings"],
-                         "settings": settings}
-    return {"default": await store(ctx).setting("default_preset", rules.DEFAULT_PRESET), "presets": presets}
+            view.error = str(exc)
+        presets[name] = view
+    return PresetsView(default=await store(ctx).setting("default_preset", rules.DEFAULT_PRESET), presets=presets)
 
 
 @service.api("put_preset")
-async def api_put_preset(ctx: ApiContext, params: PutPresetParams) -> dict:
+async def api_put_preset(ctx: ApiContext, params: PutPresetParams) -> PresetDefinition:
     """Define (or redefine) a custom preset: a built-in ``base`` with some settings changed."""
     if params.name in PRESETS:
         raise ApiError(f"{params.name!r} is a built-in preset", 409)
@@ -449,28 +467,28 @@ async def api_put_preset(ctx: ApiContext, params: PutPresetParams) -> dict:
     except ValueError as exc:
         raise ApiError(str(exc)) from None
     await store(ctx).put_preset(params.name, params.base, params.settings)
-    return {"name": params.name, "base": params.base, "settings": conventions.as_dict()}
+    return PresetDefinition(name=params.name, base=params.base, settings=conventions)
 
 
 @service.api("delete_preset")
-async def api_delete_preset(ctx: ApiContext, params: PresetNameParams) -> dict:
+async def api_delete_preset(ctx: ApiContext, params: PresetNameParams) -> DeletedPreset:
     if await store(ctx).preset_in_use(params.name):
         raise ApiError(f"preset {params.name!r} is in use (a charge point, a rule or the default)", 409)
     if not await store(ctx).delete_preset(params.name):
         raise ApiError(f"unknown custom preset {params.name!r}", 404)
-    return {"name": params.name, "deleted": True}
+    return DeletedPreset(name=params.name, deleted=True)
 
 
 @service.api("set_default_preset")
-async def api_set_default_preset(ctx: ApiContext, params: DefaultPresetParams) -> dict:
+async def api_set_default_preset(ctx: ApiContext, params: DefaultPresetParams) -> DefaultPresetView:
     """The preset used for charge points without a choice of their own or a matching boot rule."""
     await _known_preset(ctx, params.preset)
     await store(ctx).set_setting("default_preset", params.preset)
-    return {"default": params.preset}
+    return DefaultPresetView(default=params.preset)
 
 
 @service.api("set_charge_point_preset")
-async def api_set_charge_point_preset(ctx: ApiContext, params: ChargePointPresetParams) -> dict:
+async def api_set_charge_point_preset(ctx: ApiContext, params: ChargePointPresetParams) -> ChargePointView:
     """The operator's preset for one charge point (None: back to the automatic choice)."""
     if params.preset is not None:
         await _known_preset(ctx, params.preset)
@@ -479,27 +497,28 @@ async def api_set_charge_point_preset(ctx: ApiContext, params: ChargePointPreset
 
 
 @service.api("get_charge_point")
-async def api_get_charge_point(ctx: ApiContext, params: ChargePointParams) -> dict:
+async def api_get_charge_point(ctx: ApiContext, params: ChargePointParams) -> ChargePointView:
     """What smart charging knows of a charge point: its preset and why, its advertised limits, its supply."""
     choice, conventions, record = await conventions_of(ctx, params.charge_point_id)
     capabilities = record.capabilities
-    return {
-        "charge_point_id": params.charge_point_id, "preset": choice.preset, "preset_source": choice.source,
-        "rule_id": choice.rule_id, "operator_preset": record.preset, "settings": conventions.as_dict(),
-        "vendor": record.vendor, "model": record.model, "firmware_version": record.firmware_version,
-        "voltage": record.electrical.voltage, "phases": record.electrical.phases,
-        "configuration": record.configuration, "unknown_keys": record.unknown_keys,
-        "configuration_at": format_utc(record.configuration_at) if record.configuration_at else None,
-        "capabilities": {"max_stack_level": capabilities.max_stack_level,
-                         "allowed_units": list(capabilities.allowed_units) if capabilities.allowed_units else None,
-                         "max_periods": capabilities.max_periods, "max_profiles": capabilities.max_profiles,
-                         "connectors": capabilities.connectors, "phase_switch": capabilities.phase_switch},
-        "site_id": await store(ctx).site_of(params.charge_point_id),
-    }
+    return ChargePointView(
+        charge_point_id=params.charge_point_id, preset=choice.preset, preset_source=choice.source,
+        rule_id=choice.rule_id, operator_preset=record.preset, settings=conventions,
+        vendor=record.vendor, model=record.model, firmware_version=record.firmware_version,
+        voltage=record.electrical.voltage, phases=record.electrical.phases,
+        configuration=record.configuration, unknown_keys=record.unknown_keys,
+        configuration_at=format_utc(record.configuration_at) if record.configuration_at else None,
+        capabilities=CapabilitiesView(
+            max_stack_level=capabilities.max_stack_level,
+            allowed_units=list(capabilities.allowed_units) if capabilities.allowed_units else None,
+            max_periods=capabilities.max_periods, max_profiles=capabilities.max_profiles,
+            connectors=capabilities.connectors, phase_switch=capabilities.phase_switch),
+        site_id=await store(ctx).site_of(params.charge_point_id),
+    )
 
 
 @service.api("refresh_configuration")
-async def api_refresh_configuration(ctx: ApiContext, params: ChargePointParams) -> dict:
+async def api_refresh_configuration(ctx: ApiContext, params: ChargePointParams) -> ChargePointView:
     """Read the charge point's smart-charging configuration keys again now."""
     if not await learn_configuration(ctx, params.charge_point_id, every=0):
         raise ApiError("the charge point did not answer GetConfiguration", 409)
@@ -507,34 +526,34 @@ async def api_refresh_configuration(ctx: ApiContext, params: ChargePointParams) 
 
 
 @service.api("add_preset_rule")
-async def api_add_preset_rule(ctx: ApiContext, params: PresetRuleParams) -> dict:
+async def api_add_preset_rule(ctx: ApiContext, params: PresetRuleParams) -> PresetRuleView:
     """Choose ``preset`` for charge points whose BootNotification matches the (shell-style) patterns."""
     await _known_preset(ctx, params.preset)
     rule_id = await store(ctx).add_rule(params.preset, params.vendor, params.model, params.firmware, params.priority)
-    return {"rule_id": rule_id, **params.model_dump()}
+    return PresetRuleView(rule_id=rule_id, **params.model_dump())
 
 
 @service.api("list_preset_rules")
-async def api_list_preset_rules(ctx: ApiContext, params: dict) -> list[dict]:
-    return [vars(rule) for rule in await store(ctx).rules()]
+async def api_list_preset_rules(ctx: ApiContext, params: dict) -> list[PresetRuleView]:
+    return [PresetRuleView(**vars(rule)) for rule in await store(ctx).rules()]
 
 
 @service.api("delete_preset_rule")
-async def api_delete_preset_rule(ctx: ApiContext, params: RuleIdParams) -> dict:
+async def api_delete_preset_rule(ctx: ApiContext, params: RuleIdParams) -> DeletedRule:
     if not await store(ctx).delete_rule(params.rule_id):
         raise ApiError(f"unknown rule {params.rule_id}", 404)
-    return {"rule_id": params.rule_id, "deleted": True}
+    return DeletedRule(rule_id=params.rule_id, deleted=True)
 
 
 # ---- API: sites ------------------------------------------------------------------------------------
 @service.api("put_site")
-async def api_put_site(ctx: ApiContext, params: PutSiteParams) -> dict:
+async def api_put_site(ctx: ApiContext, params: PutSiteParams) -> SiteView:
     """Create or change a site: a limit per phase (A) or in total (W), optionally varying in time."""
     return await balancing.put_site(ctx, params)
 
 
 @service.api("get_site")
-async def api_get_site(ctx: ApiContext, params: SiteIdParams) -> dict:
+async def api_get_site(ctx: ApiContext, params: SiteIdParams) -> SiteView:
     return await balancing.site_view(ctx, params.site_id)
 
 
@@ -544,34 +563,34 @@ async def api_list_sites(ctx: ApiContext, params: dict) -> list[str]:
 
 
 @service.api("delete_site")
-async def api_delete_site(ctx: ApiContext, params: SiteIdParams) -> dict:
+async def api_delete_site(ctx: ApiContext, params: SiteIdParams) -> DeletedSite:
     """Forget a site (the caps its members hold stay until replaced or cleared)."""
     if not await store(ctx).delete_site(params.site_id):
         raise ApiError(f"unknown site {params.site_id!r}", 404)
-    return {"site_id": params.site_id, "deleted": True}
+    return DeletedSite(site_id=params.site_id, deleted=True)
 
 
 @service.api("add_site_member")
-async def api_add_site_member(ctx: ApiContext, params: SiteMemberParams) -> dict:
+async def api_add_site_member(ctx: ApiContext, params: SiteMemberParams) -> SiteView:
     """Put a charge point under a site (moving it from another one) and rebalance."""
     return await balancing.add_member(ctx, params)
 
 
 @service.api("remove_site_member")
-async def api_remove_site_member(ctx: ApiContext, params: ChargePointParams) -> dict:
+async def api_remove_site_member(ctx: ApiContext, params: ChargePointParams) -> RemovedMember:
     site_id = await store(ctx).remove_member(params.charge_point_id)
     if site_id is None:
         raise ApiError(f"{params.charge_point_id!r} is in no site", 404)
     await balancing.rebalance(ctx, site_id, reason="member removed")
-    return {"charge_point_id": params.charge_point_id, "site_id": site_id, "removed": True}
+    return RemovedMember(charge_point_id=params.charge_point_id, site_id=site_id, removed=True)
 
 
 @service.api("site_plan")
-async def api_site_plan(ctx: ApiContext, params: SiteIdParams) -> dict:
+async def api_site_plan(ctx: ApiContext, params: SiteIdParams) -> SitePlanView:
     """Dry run: the caps a rebalance would push now, and why (nothing is sent)."""
-    return await balancing.rebalance(ctx, params.site_id, reason="dry run", dry_run=True)
+    return SitePlanView.model_validate(await balancing.rebalance(ctx, params.site_id, reason="dry run", dry_run=True))
 
 
 @service.api("rebalance_site")
-async def api_rebalance_site(ctx: ApiContext, params: SiteIdParams) -> dict:
-    return await balancing.rebalance(ctx, params.site_id, reason="operator")
+async def api_rebalance_site(ctx: ApiContext, params: SiteIdParams) -> SitePlanView:
+    return SitePlanView.model_validate(await balancing.rebalance(ctx, params.site_id, reason="operator"))

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
+
+from pydantic import TypeAdapter, ValidationError
 
 from csms.charging import Capabilities, Composite, StoredProfile, check_capacity, validate_profile
 from csms.charging.conventions import Choice, Conventions, PresetRule, choose, match_rule, resolve
+from csms.contracts.events import MeterValuesReceived
+from csms.contracts.ocpp16 import MeterValue, SampledValue
 
 TX_PROFILE = "TxProfile"
 CHARGE_POINT_MAX = "ChargePointMaxProfile"
@@ -29,9 +33,10 @@ def conventions_for(*, operator_choice: str | None, vendor: str | None, model: s
 
 
 def check_set_profile(existing: list[StoredProfile], connector_id: int, profile: dict[str, Any], *,
-                      transaction_id: int | None, capabilities: Capabilities, conventions: Conventions) -> None:
-    """Raise csms.charging.ProfileRejected for what OCPP or the charge point's advertised limits would reject."""
-    validate_profile(connector_id, profile, transaction_id=transaction_id, capabilities=capabilities)
+                      capabilities: Capabilities, conventions: Conventions) -> None:
+    """Raise csms.charging.ProfileRejected for what OCPP or the charge point's advertised limits would reject
+    (not for what the records think of its transactions: that is a warning, the charge point decides)."""
+    validate_profile(connector_id, profile, capabilities=capabilities)
     check_capacity(existing, connector_id, profile, capabilities.max_profiles, conventions.capacity)
 
 
@@ -68,35 +73,94 @@ def tx_profiles_ending(profiles: list[StoredProfile], transaction_id: int,
     return [s for s in profiles if ends(s)]
 
 
-_MEASURANDS_A = ("Current.Import",)
-_MEASURANDS_W = ("Power.Active.Import",)
+_PER_PHASE = ("L1", "L2", "L3", "L1-N", "L2-N", "L3-N")
+_POWER_UNITS = {None: 1.0, "W": 1.0, "kW": 1000.0}
+_CURRENT_UNITS = {None: 1.0, "A": 1.0}
+_MAX_READING = 1e9
+_meter_value = TypeAdapter(MeterValue)
 
 
-def draw_from_meter_values(meter_value: list[dict[str, Any]]) -> tuple[float | None, float | None]:
-    """``(amps, watts)`` drawn now from a MeterValues payload (latest reading; the highest phase current;
-    kW converted). Unknown, unparseable or absurd values are ignored."""
-    amps: float | None = None
-    watts: float | None = None
-    readings = sorted((mv for mv in meter_value if isinstance(mv, dict)), key=lambda mv: str(mv.get("timestamp")))
-    for reading in readings[-1:]:
-        for sample in reading.get("sampledValue") or []:
-            if not isinstance(sample, dict):
-                continue
-            measurand = sample.get("measurand", "Energy.Active.Import.Register")
-            try:
-                value = float(sample.get("value"))
-            except (TypeError, ValueError):
-                continue
-            if not math.isfinite(value) or not 0 <= value <= 1e9:
-                continue
-            unit = sample.get("unit")
-            if measurand in _MEASURANDS_A:
-                if sample.get("phase") in (None, "L1", "L2", "L3"):
-                    amps = value if amps is None else max(amps, value)
-            elif measurand in _MEASURANDS_W and sample.get("phase") in (None, "L1", "L2", "L3"):
-                w = value * 1000 if unit == "kW" else value
-                watts = w if sample.get("phase") is None or watts is None else watts + w
-    return amps, watts
+def _readings(meter_value: list[dict[str, Any]]) -> list[MeterValue]:
+    """The MeterValue items of a ``meter.values`` event that parse (an item that does not is left out)."""
+    readings = []
+    for item in meter_value:
+        try:
+            readings.append(_meter_value.validate_python(item))
+        except ValidationError:
+            continue
+    return readings
+
+
+def _draw(samples: list[SampledValue], measurand: str, units: dict[str | None, float],
+          per_phase: Callable[[list[float]], float]) -> float | None:
+    """One measurand's draw: the phase-less (total) value when the reading has one, else ``per_phase`` of the
+    values by phase. Unknown units, unparseable, negative or absurd values are left out."""
+    total: float | None = None
+    phases: dict[str, float] = {}
+    for sample in samples:
+        if (sample.measurand or "Energy.Active.Import.Register") != measurand or sample.unit not in units:
+            continue
+        try:
+            value = float(sample.value) * units[sample.unit]
+        except ValueError:
+            continue
+        if not math.isfinite(value) or not 0 <= value <= _MAX_READING:
+            continue
+        if sample.phase is None:
+            total = value
+        elif sample.phase in _PER_PHASE:
+            phases[sample.phase[:2]] = value
+    if total is not None:
+        return total
+    return per_phase(list(phases.values())) if phases else None
+
+
+def draw_from_meter_values(event: MeterValuesReceived) -> tuple[float | None, float | None]:
+    """``(amps, watts)`` a charge point draws now, from the latest reading of a MeterValues event (by instant).
+
+    Current.Import in A per phase: the phase-less value when given, else the most loaded phase (a site limit in
+    A is per phase). Power.Active.Import in W (kW converted): the phase-less total when given, else the sum of
+    the phases -- never both, which would count the power twice."""
+    readings = _readings(event.meter_value)
+    if not readings:
+        return None, None
+    latest = max(range(len(readings)), key=lambda i: (readings[i].timestamp, i))
+    samples = readings[latest].sampled_value
+    return (_draw(samples, "Current.Import", _CURRENT_UNITS, max),
+            _draw(samples, "Power.Active.Import", _POWER_UNITS, sum))
+
+
+def site_stack_level(site_level: int | None, max_stack_level: int | None) -> int:
+    """The stack level of a site cap: the site's, else the charge point's highest (ChargeProfileMaxStackLevel),
+    else 0 -- never above what the charge point advertises (it would reject it)."""
+    level = site_level if site_level is not None else (max_stack_level or 0)
+    return level if max_stack_level is None else min(level, max_stack_level)
+
+
+def site_conflict(connector_id: int, profile: dict[str, Any], *, site_id: str, level: int) -> tuple[str | None, str | None]:
+    """``(refusal, warning)`` for a SetChargingProfile to a member of site ``site_id`` whose cap is a
+    ChargePointMaxProfile at stack level ``level``: what would replace or override the cap -- and with it the
+    site's fuse -- is refused with the way out; a ChargePointMaxProfile under the cap is sent with a warning
+    (the cap prevails while it is in effect, which is always)."""
+    if profile.get("chargingProfileId") == SITE_PROFILE_ID:
+        return (f"chargingProfileId {SITE_PROFILE_ID} is the cap of site {site_id!r} on this charge point; "
+                "use another id"), None
+    if profile.get("chargingProfilePurpose") != CHARGE_POINT_MAX or connector_id != 0:
+        return None, None
+    stack_level = profile.get("stackLevel")
+    if isinstance(stack_level, int) and stack_level >= level:
+        verb = "replace" if stack_level == level else "override"
+        return (f"this charge point is in site {site_id!r}, whose cap is its ChargePointMaxProfile at stack level "
+                f"{level}: a ChargePointMaxProfile at stack level {stack_level} would {verb} it and break the "
+                "site limit; limit it with a TxDefaultProfile or TxProfile, use a stack level under "
+                f"{level}, or take it out of the site first"), None
+    return None, (f"the cap of site {site_id!r} (ChargePointMaxProfile at stack level {level}) prevails over this "
+                  "profile while the charge point is in the site")
+
+
+def site_cap_cleared(removed: list[StoredProfile]) -> bool:
+    """Whether a ClearChargingProfile took a site cap with it (by the records)."""
+    return any(s.profile_id == SITE_PROFILE_ID and s.connector_id == 0 for s in removed)
 
 
 def site_cap_profile(periods: list[dict[str, Any]], *, unit: str, start: str, stack_level: int) -> dict[str, Any]:

@@ -160,7 +160,6 @@ async def test_set_profile_rejected_by_charge_point_is_not_stored(system, cp_id)
 @pytest.mark.parametrize("connector_id, prof, reason", [
     (1, profile(1, 16, purpose="ChargePointMaxProfile"), "ChargePointMaxProfile can only be set on connector 0"),
     (0, profile(1, 16, purpose="TxProfile"), "TxProfile cannot be set on connector 0"),
-    (1, profile(1, 16, purpose="TxProfile"), "TxProfile requires an active transaction on connector 1"),
     (1, profile(1, 16, kind="Recurring"), "Recurring profile requires recurrencyKind"),
     (1, profile(1, 16, stack_level=2**31), "stackLevel must be an integer 0..2147483647, got 2147483648"),
     (3, profile(1, 16), "connector 3 does not exist (NumberOfConnectors: 2)"),
@@ -311,18 +310,33 @@ async def test_tx_profile_needs_a_transaction_and_ends_with_it(system, cp_id):
     async with connect(system.url(cp_id)) as cp, Events(system.settings) as events:
         await cp.boot()
         await set_profile(system, cp_id, 1, profile(1, 32))
-        refused = await set_profile(system, cp_id, 1, profile(2, 10, purpose="TxProfile"))
-        assert refused.status == "invalid"
-        assert cp.received["SetChargingProfile"][-1]["cs_charging_profiles"]["charging_profile_id"] == 1
+        # no transaction in the records: sent anyway with a warning, the charge point's answer counts (a TxProfile
+        # it rejects is not stored)
+        running: set[int] = set()
+
+        def charge_point(kwargs):
+            tx = kwargs["cs_charging_profiles"].get("transaction_id")
+            ok = kwargs["connector_id"] == 1 and running and (tx is None or tx in running)
+            return {"status": "Accepted" if ok else "Rejected"}
+        cp.responses["SetChargingProfile"] = charge_point
+        early = await set_profile(system, cp_id, 1, profile(2, 10, purpose="TxProfile"))
+        assert (early.status, early.payload) == ("answered", {"status": "Rejected"})
+        assert early.warnings == ["the records show no active transaction on connector 1 (a TxProfile needs one)"]
+        assert cp.received["SetChargingProfile"][-1]["cs_charging_profiles"]["charging_profile_id"] == 2
+        assert await stored(system, cp_id) == [(1, 1)]
 
         tx_id = await start_transaction(system, cp, connector_id=1)
-        # a TxProfile naming another transaction is refused; on connector 2 there is none
+        running.add(tx_id)
+        # a TxProfile naming another transaction, and one on connector 2 (none there): sent, with warnings
         wrong = await set_profile(system, cp_id, 1, profile(2, 10, purpose="TxProfile", transactionId=tx_id + 100))
-        assert wrong.status == "invalid" and "does not match" in wrong.error_description
-        assert (await set_profile(system, cp_id, 2, profile(2, 10, purpose="TxProfile"))).status == "invalid"
+        assert wrong.payload == {"status": "Rejected"} and "does not match" in wrong.warnings[0]
+        other = await set_profile(system, cp_id, 2, profile(2, 10, purpose="TxProfile"))
+        assert other.payload == {"status": "Rejected"} and "connector 2" in other.warnings[0]
+        assert len(cp.received["SetChargingProfile"]) == 4
+        assert await stored(system, cp_id) == [(1, 1)]
 
         result = await set_profile(system, cp_id, 1, profile(2, 10, purpose="TxProfile"))
-        assert result.payload == {"status": "Accepted"}
+        assert result.payload == {"status": "Accepted"} and result.warnings == []
         # sent with the active transaction's id filled in, and stored so
         assert cp.received["SetChargingProfile"][-1]["cs_charging_profiles"]["transaction_id"] == tx_id
         listed = await system.api("smart_charging", "list_profiles", charge_point_id=cp_id, connector_id=1)
@@ -342,6 +356,25 @@ async def test_tx_profile_needs_a_transaction_and_ends_with_it(system, cp_id):
         assert periods(composite.server["chargingSchedule"]) == [(0, 32.0)]
         changes = await events.wait(3)
         assert changes[-1] == {"charge_point_id": cp_id, "connector_id": 1, "change": "cleared", "profile_ids": [2]}
+
+
+@pytest.mark.ocpp("SetChargingProfile")
+async def test_tx_profile_is_sent_when_the_transactions_service_does_not_answer(settings, cp_id):
+    from services.smart_charging.handlers import service as smart_charging_service
+    from services.stations.handlers import service as stations_service
+    sut = await System(settings, [stations_service, smart_charging_service]).start()
+    try:
+        async with connect(sut.url(cp_id)) as cp:
+            await cp.boot()
+            result = await set_profile(sut, cp_id, 1, profile(2, 10, purpose="TxProfile"))
+            assert result.payload == {"status": "Accepted"}   # the charge point has the transaction
+            assert "the transactions service did not answer" in result.warnings[0]
+            assert "no active transaction on connector 1" in result.warnings[1]
+            assert len(cp.received["SetChargingProfile"]) == 1
+        # stored unbound: it ends with the next transaction that stops on connector 1
+        assert await stored(sut, cp_id) == [(1, 2)]
+    finally:
+        await sut.stop()
 
 
 @pytest.mark.ocpp("SetChargingProfile", "StartTransaction", "StopTransaction")
@@ -539,3 +572,30 @@ async def test_composite_schedule_api_follows_time(system, cp_id):
         with pytest.raises(ApiCallFailed) as failed:
             await system.api("smart_charging", "composite_schedule", charge_point_id=cp_id, **bad)
         assert failed.value.status == 400
+
+
+@pytest.mark.ocpp("SetChargingProfile")
+async def test_dates_out_of_range_are_a_400_naming_them_never_a_500(csms_system, cp_id):
+    from tests.support.http_api import http_api
+    system = csms_system
+    async with connect(system.url(cp_id)):
+        await set_profile(system, cp_id, 1, profile(1, 16, kind="Relative", periods=[(0, 16), (3600, 8)]))
+    for start in ("9999-12-31T23:00:00Z", "0001-01-01T00:00:00+01:00", "1969-12-31T23:59:59Z"):
+        with pytest.raises(ApiCallFailed) as failed:
+            await system.api("smart_charging", "composite_schedule", charge_point_id=cp_id, connector_id=1,
+                             duration=7200, start=start)
+        assert failed.value.status == 400 and "start" in failed.value.error, failed.value.error
+    with pytest.raises(ApiCallFailed) as failed:
+        await system.api("smart_charging", "put_site", site_id="far", unit="A", limit=32,
+                         schedule=[{"start": "9999-12-31T23:00:00Z", "limit": 16}])
+    assert failed.value.status == 400
+    async with http_api(system) as (_, api):
+        status, body = await api.get(f"/charge-points/{cp_id}/composite-schedule", key="read", params={
+            "connector_id": 1, "duration": 7200, "start": "9999-12-31T23:00:00Z"})
+        assert status == 400 and "start must be at or after 1970-01-01T00:00:00Z" in body["error"], body
+        status, body = await api.put("/sites/far", {"unit": "A", "limit": 32, "schedule": [
+            {"start": "9999-12-31T23:00:00Z", "limit": 16}]})
+        assert status == 400, body
+        status, body = await api.get(f"/charge-points/{cp_id}/composite-schedule", key="read", params={
+            "connector_id": 1, "duration": 7200, "start": "8999-12-31T23:00:00Z"})
+        assert status == 200 and body["status"] == "Accepted"

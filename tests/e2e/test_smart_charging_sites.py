@@ -165,6 +165,71 @@ async def test_site_limit_holds_at_every_instant_through_starts_and_stops(system
         assert len(pushed) == count   # a dry run sends nothing
 
 
+@pytest.mark.ocpp("SetChargingProfile", "StartTransaction", "MeterValues")
+async def test_meter_values_move_the_caps_and_a_charger_refusing_a_lower_cap_is_pinned(system, monkeypatch):
+    from services.smart_charging import balancing
+    monkeypatch.setattr(balancing, "DRAW_THROTTLE", 0.0)   # every crossing rebalances (default: once in 30 s)
+    ids = ["DRAW-CP-A", "DRAW-CP-B"]
+    pushed: list[tuple[str, float]] = []
+    refuse: set[str] = set()
+
+    def recorder(cp_id):
+        def responder(kwargs):
+            if cp_id in refuse:
+                return {"status": "Rejected"}
+            period = kwargs["cs_charging_profiles"]["charging_schedule"]["charging_schedule_period"][0]
+            pushed.append((cp_id, float(period["limit"])))
+            return {"status": "Accepted"}
+        return responder
+
+    async def caps_are(expected: dict[str, float]):
+        site = await system.api("smart_charging", "get_site", site_id="garage")
+        return {m["charge_point_id"]: m["cap_now"] for m in site["members"]} == expected
+
+    async with connect(system.url(ids[0])) as a, connect(system.url(ids[1])) as b, \
+            Events(system.settings, "charging.site_rebalanced") as rebalanced:
+        cps = dict(zip(ids, (a, b)))
+        await system.api("smart_charging", "put_site", site_id="garage", unit="A", limit=SITE_LIMIT)
+        transactions = {}
+        for cp_id, cp in cps.items():
+            cp.responses["SetChargingProfile"] = recorder(cp_id)
+            await cp.boot()
+            await system.api("transactions", "set_id_tag", id_tag=f"TAG-{cp_id}")
+            await system.api("smart_charging", "add_site_member", site_id="garage", charge_point_id=cp_id)
+            answer = await cp.call_ok(call.StartTransaction(connector_id=1, id_tag=f"TAG-{cp_id}", meter_start=0,
+                                                            timestamp=iso(datetime.now(UTC))))
+            transactions[cp_id] = answer.transaction_id
+        await eventually(lambda: caps_are({ids[0]: 16.0, ids[1]: 16.0}))
+
+        async def draw(cp_id: str, amps: float) -> None:
+            # per phase, the way charge points report it; the most loaded phase counts
+            await cps[cp_id].call_ok(call.MeterValues(
+                connector_id=1, transaction_id=transactions[cp_id], meter_value=[{
+                    "timestamp": iso(datetime.now(UTC)), "sampled_value": [
+                        {"value": "1500", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                        *({"value": f"{amps - d:g}", "measurand": "Current.Import", "unit": "A", "phase": phase}
+                          for phase, d in (("L1", 0), ("L2", 0.2), ("L3", 0.1)))]}]))
+
+        # A draws 4 A of its 16: it keeps 4 A + 1 A headroom, B gets the rest
+        await draw(ids[0], 4.0)
+        await eventually(lambda: caps_are({ids[0]: 5.0, ids[1]: 27.0}))
+        # A draws up to its cap again and would get 16 back, but B does not take its lower cap: B is pinned at
+        # 27 A and A keeps what is left (5 A); the site limit holds
+        refuse.add(ids[1])
+        await draw(ids[0], 5.0)
+
+        async def pinned():
+            return [e for e in rebalanced.items if e["failed"] == [ids[1]]]
+        [event] = await eventually(pinned)
+        assert event["caps"] == {ids[0]: 5.0, ids[1]: 27.0}
+        assert await caps_are({ids[0]: 5.0, ids[1]: 27.0})
+    held = dict.fromkeys(ids, 0.0)
+    for cp_id, limit in pushed:
+        held[cp_id] = limit
+        assert sum(held.values()) <= SITE_LIMIT + 1e-9, pushed
+    assert held == {ids[0]: 5.0, ids[1]: 27.0}
+
+
 async def test_site_dry_run_with_priorities_and_a_time_varying_limit(system):
     soon = datetime.now(UTC).replace(microsecond=0)
     later = soon + timedelta(hours=2)
@@ -272,6 +337,103 @@ async def test_boot_rule_chooses_the_preset_and_configuration_keys_refuse_before
         assert (await send(1, tx_default(1, 10))).payload == {"status": "Accepted"}   # same id: allowed there
         view = await system.api("smart_charging", "get_charge_point", charge_point_id=cp_id)
         assert (view["preset"], view["preset_source"]) == ("microocpp", "charge_point")
+
+
+@pytest.mark.ocpp("GetConfiguration", "GetCompositeSchedule")
+async def test_get_composite_schedule_reads_the_configuration_first_and_rejects_a_missing_connector(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()   # SMART_CHARGING_READ_CONFIGURATION=on_demand: nothing read yet
+        assert cp.received["GetConfiguration"] == []
+        result = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 3, "duration": 600})
+        assert len(cp.received["GetConfiguration"]) == 1       # NumberOfConnectors 2, read when first needed
+        assert result.server["status"] == "Rejected"
+        assert "connector 3 does not exist (NumberOfConnectors: 2)" in result.server["conventions"]["rejected"]
+        await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 600})
+        assert len(cp.received["GetConfiguration"]) == 1       # known now: not read again
+
+
+@pytest.mark.ocpp("GetConfiguration", "SetChargingProfile", "StartTransaction")
+async def test_site_caps_are_pushed_within_what_the_charge_point_advertises(system, cp_id):
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    async with connect(system.url(cp_id)) as cp:
+        cp.responses["GetConfiguration"] = {"configuration_key": [
+            {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "3"},
+            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": "Power"},
+            {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": "1"},
+            {"key": "NumberOfConnectors", "readonly": True, "value": "1"}]}
+        await cp.boot()
+        await system.api("transactions", "set_id_tag", id_tag="TAG-ADV")
+        # a site at stack level 10 in A whose limit drops in an hour: two periods in A at level 10 as planned
+        await system.api("smart_charging", "put_site", site_id="adv", unit="A", limit=16, stack_level=10,
+                         schedule=[{"start": iso(soon), "limit": 10}])
+        await system.api("smart_charging", "add_site_member", site_id="adv", charge_point_id=cp_id)
+        await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-ADV", meter_start=0,
+                                               timestamp=iso(datetime.now(UTC))))
+
+        async def pushed_a_cap():
+            return [p for p in cp.received["SetChargingProfile"]
+                    if p["cs_charging_profiles"]["charging_schedule"]["charging_schedule_period"][0]["limit"] > 0]
+        [sent] = await eventually(pushed_a_cap)
+        assert len(cp.received["GetConfiguration"]) == 1       # read before the first cap
+    profile = sent["cs_charging_profiles"]
+    assert profile["stack_level"] == 3                          # ChargeProfileMaxStackLevel
+    schedule = profile["charging_schedule"]
+    assert schedule["charging_rate_unit"] == "W"                # Power only: 16 A -> 16 x 230 V x 3
+    # one period (ChargingScheduleMaxPeriods): the lowest of what the plan holds, never more than planned
+    assert schedule["charging_schedule_period"] == [{"start_period": 0, "limit": 6900.0}]
+
+
+@pytest.mark.ocpp("SetChargingProfile", "ClearChargingProfile", "StartTransaction")
+async def test_an_operators_profile_cannot_replace_or_override_a_site_cap_and_a_clear_puts_it_back(system, cp_id):
+    def cap_profiles():
+        return [p["cs_charging_profiles"] for p in cp.received["SetChargingProfile"]
+                if p["cs_charging_profiles"]["charging_profile_id"] == 2_000_000_000]
+
+    async with connect(system.url(cp_id)) as cp:
+        cp.responses["GetConfiguration"] = {"configuration_key": [
+            {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "8"}]}
+        await cp.boot()
+        await system.api("transactions", "set_id_tag", id_tag="TAG-FUSE")
+        await system.api("smart_charging", "put_site", site_id="fuse", unit="A", limit=SITE_LIMIT, stack_level=3)
+        await system.api("smart_charging", "add_site_member", site_id="fuse", charge_point_id=cp_id)
+        await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-FUSE", meter_start=0,
+                                               timestamp=iso(datetime.now(UTC))))
+
+        async def capped():
+            site = await system.api("smart_charging", "get_site", site_id="fuse")
+            return site["members"][0]["cap_now"] == SITE_LIMIT
+        await eventually(capped)
+        sent_before = len(cp.received["SetChargingProfile"])
+
+        def cp_max(profile_id: int, stack_level: int, limit: float) -> dict:
+            return {**tx_default(profile_id, limit, stackLevel=stack_level), "chargingProfilePurpose": "ChargePointMaxProfile"}
+
+        async def send(connector_id: int, profile: dict):
+            return await system.client.send(cp_id, "SetChargingProfile", {"connectorId": connector_id,
+                                                                         "csChargingProfiles": profile})
+        # at the cap's stack level it would replace the cap, above it override it: refused, naming the site
+        for level, verb in ((3, "replace"), (6, "override")):
+            refused = await send(0, cp_max(5, level, 63))
+            assert refused.status == "invalid", refused
+            assert "site 'fuse'" in refused.error_description and f"would {verb} it" in refused.error_description
+        refused = await send(1, tx_default(2_000_000_000, 10))
+        assert refused.status == "invalid" and "is the cap of site 'fuse'" in refused.error_description
+        assert len(cp.received["SetChargingProfile"]) == sent_before
+        # under the cap: sent, with a warning that the cap prevails; a lower Tx limit is the way to limit it more
+        under = await send(0, cp_max(5, 1, 10))
+        assert under.payload == {"status": "Accepted"} and "prevails" in under.warnings[0]
+        assert (await send(1, tx_default(6, 10))).payload == {"status": "Accepted"}
+
+        # an ordinary "clear everything" takes the cap with it: the cap is pushed again at once
+        caps = len(cap_profiles())
+        cleared = await system.client.send(cp_id, "ClearChargingProfile", {})
+        assert cleared.payload == {"status": "Accepted"}
+        assert any("pushed again (Accepted)" in w for w in cleared.warnings), cleared.warnings
+        assert len(cap_profiles()) == caps + 1
+        assert cap_profiles()[-1]["stack_level"] == 3
+        assert cap_profiles()[-1]["charging_schedule"]["charging_schedule_period"][0]["limit"] == SITE_LIMIT
+    listed = await system.api("smart_charging", "list_profiles", charge_point_id=cp_id)
+    assert [p["profile"]["chargingProfileId"] for p in listed] == [2_000_000_000]
 
 
 async def test_presets_are_data_operators_can_add_and_choose(system, cp_id):

@@ -13,6 +13,7 @@ from csms.charging import (
     apply_clear,
     apply_set,
     profiles_for_connector,
+    transaction_disagreement,
     validate_profile,
 )
 
@@ -104,7 +105,10 @@ def without(profile: dict[str, Any], *keys: str) -> dict[str, Any]:
     ],
 )
 def test_valid_profiles_are_accepted(connector_id: int, profile: dict, transaction_id: int | None) -> None:
-    validate_profile(connector_id, profile, transaction_id=transaction_id)
+    validate_profile(connector_id, profile)
+    # a transaction the records show (or not) never makes a profile invalid: the charge point decides
+    assert (transaction_disagreement(connector_id, profile, transaction_id) is None) is (
+        profile["chargingProfilePurpose"] != "TxProfile" or transaction_id is not None)
 
 
 # --- validate_profile: rejected -------------------------------------------------------------
@@ -115,10 +119,6 @@ def test_valid_profiles_are_accepted(connector_id: int, profile: dict, transacti
     [
         pytest.param(1, make_profile(purpose="ChargePointMaxProfile"), None, "connector 0", id="cp-max-not-on-0"),
         pytest.param(0, make_profile(purpose="TxProfile"), 7, "connector 0", id="tx-profile-on-0"),
-        pytest.param(1, make_profile(purpose="TxProfile"), None, "active transaction", id="tx-profile-no-tx"),
-        pytest.param(
-            1, make_profile(purpose="TxProfile", transactionId=8), 7, "does not match", id="tx-profile-other-tx"
-        ),
         pytest.param(
             1, make_profile(purpose="TxDefaultProfile", transactionId=7), 7, "only allowed", id="tx-id-on-default"
         ),
@@ -209,15 +209,30 @@ def test_invalid_profiles_are_rejected(
     connector_id: int, profile: dict, transaction_id: int | None, reason: str
 ) -> None:
     with pytest.raises(ProfileRejected) as excinfo:
-        validate_profile(connector_id, profile, transaction_id=transaction_id)
+        validate_profile(connector_id, profile)
     assert reason in excinfo.value.reason
 
 
 def test_profile_rejected_is_a_value_error_carrying_its_reason() -> None:
     with pytest.raises(ValueError, match="connector 0") as excinfo:
-        validate_profile(2, make_profile(purpose="ChargePointMaxProfile"), transaction_id=None)
+        validate_profile(2, make_profile(purpose="ChargePointMaxProfile"))
     assert isinstance(excinfo.value, ProfileRejected)
     assert str(excinfo.value) == excinfo.value.reason
+
+
+@pytest.mark.parametrize(("profile", "transaction_id", "warning"), [
+    (make_profile(purpose="TxProfile"), None, "the records show no active transaction on connector 1"),
+    (make_profile(purpose="TxProfile", transactionId=8), 7,
+     "TxProfile transactionId 8 does not match the transaction the records show active on connector 1 (7)"),
+    (make_profile(purpose="TxProfile", transactionId=7), 7, None),
+    (make_profile(purpose="TxProfile"), 7, None),
+    (make_profile(purpose="TxDefaultProfile"), None, None),
+])
+def test_what_the_records_say_of_a_tx_profiles_transaction_is_a_warning(
+        profile: dict, transaction_id: int | None, warning: str | None) -> None:
+    validate_profile(1, profile)   # valid whatever the records say
+    message = transaction_disagreement(1, profile, transaction_id)
+    assert message == warning or (warning is not None and message is not None and message.startswith(warning))
 
 
 # --- apply_set ---------------------------------------------------------------------------------

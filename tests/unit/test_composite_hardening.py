@@ -101,7 +101,103 @@ def test_number_phases_is_that_of_the_limiting_profile() -> None:
 
 def test_relative_with_start_schedule_and_late_first_period() -> None:
     relative = prof(1, [(600, 10)], kind="Relative", startSchedule="2030-01-01T00:00:00Z")
-    validate_profile(1, relative, transaction_id=None)
+    validate_profile(1, relative)
     composite = compute_composite([StoredProfile(1, relative)], connector_id=1, start=T0, duration=1200,
                                   transactions={1: TxInfo(5, T0)})
     assert limits(composite) == [(0, None), (600, 10.0)]   # runs from the transaction start; startSchedule unused
+
+
+# ---- bounded work and answers: no stored data and no window makes a composite expensive -------------------
+def _daily(profile_id: int, *, connector: int = 1, periods: int = 1000, kind: str = "Recurring") -> StoredProfile:
+    profile = prof(profile_id, [(n * 86, 6 + (n + profile_id) % 20) for n in range(periods)], kind=kind,
+                   stack_level=profile_id)
+    if kind == "Recurring":
+        profile["recurrencyKind"] = "Daily"
+    return StoredProfile(connector, profile)
+
+
+def test_a_1000_period_daily_profile_over_a_year_stops_at_the_period_bound_and_says_where() -> None:
+    from csms.charging.composite import MAX_PERIODS_OUT
+    for profiles in ([_daily(1)], [_daily(n) for n in range(11)]):
+        composite = compute_composite(profiles, connector_id=1, start=T0, duration=366 * 86400)
+        assert len(composite.periods) == MAX_PERIODS_OUT
+        assert composite.duration < composite.requested_duration
+        truncated = composite.explain()["truncated"]
+        assert "periods" in truncated["reason"]
+        at = datetime.fromisoformat(truncated["at"])
+        assert (at - T0).total_seconds() == composite.duration
+        schedule = composite.render()
+        assert len(schedule["chargingSchedulePeriod"]) <= MAX_PERIODS_OUT
+        assert schedule["duration"] == composite.duration
+        assert composite.periods[-1].start < composite.duration
+
+
+def test_work_is_bounded_in_changes_and_lookups_whatever_is_stored() -> None:
+    from csms.charging.composite import MAX_INSTANTS, MAX_LOOKUPS, MAX_PROFILES
+    # many profiles whose changes never change the result (the highest stack level always wins)
+    top = StoredProfile(1, prof(1000, [(0, 6)], stack_level=1000))
+    composite = compute_composite([top, *(_daily(n) for n in range(40))], connector_id=1, start=T0,
+                                  duration=366 * 86400)
+    assert [p.limit for p in composite.periods] == [6.0]
+    # (an instant several profiles change at is looked at once per profile: at most 41 past the bound)
+    assert composite.instants <= MAX_INSTANTS + 41 and composite.lookups <= MAX_LOOKUPS + 41 + 1
+    assert "changes" in composite.explain()["truncated"]["reason"]
+    # a station-wide composite over 1000 connectors, each with a transaction of its own
+    transactions = {c: TxInfo(c, datetime(2024, 4, 30, 23, 59, tzinfo=UTC)) for c in range(1, 1001)}
+    station = compute_composite([_daily(1, connector=0), _daily(2, connector=0, kind="Relative")], connector_id=0,
+                                connector_ids=list(range(1, 1001)), transactions=transactions, start=T0,
+                                duration=366 * 86400)
+    assert station.lookups <= MAX_LOOKUPS + 3 * 1000 and station.truncated
+    # more stored profiles than a composite reads: the lowest stack levels are left out, said so
+    many = compute_composite([_daily(n, periods=10) for n in range(MAX_PROFILES + 5)], connector_id=1, start=T0,
+                             duration=3600)
+    left_out = [pid for pid, why in many.ignored if "profiles" in why]
+    assert left_out == list(range(5))
+
+
+def test_an_ordinary_composite_is_not_truncated() -> None:
+    composite = compute_composite([_daily(1, periods=24)], connector_id=1, start=T0, duration=7 * 86400)
+    assert composite.truncated is None and "truncated" not in composite.explain()
+    assert composite.duration == 7 * 86400 and len(composite.periods) == 7 * 24
+
+
+# ---- dates at the edge of the calendar: a clear error, never a crash -------------------------------------
+@pytest.mark.parametrize("start", [datetime(9999, 12, 31, 23, tzinfo=UTC), datetime(1969, 12, 31, tzinfo=UTC),
+                                   datetime(9000, 1, 1, tzinfo=UTC)])
+def test_a_window_starting_out_of_range_is_a_value_error_naming_the_bounds(start: datetime) -> None:
+    relative = StoredProfile(1, prof(1, [(0, 16), (3600, 8)], kind="Relative"))
+    with pytest.raises(ValueError, match="start must be at or after 1970-01-01T00:00:00Z and before 9000"):
+        compute_composite([relative], connector_id=1, start=start, duration=7200)
+    # the last start allowed renders every instant of a year-long window
+    last = datetime(8999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    for preset in PRESETS.values():
+        composite = compute_composite([StoredProfile(1, prof(1, [(3600, 8)], kind="Relative"))], connector_id=1,
+                                      start=last, duration=10**9, conventions=preset)
+        composite.render()
+        composite.explain()
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00",
+                                   "1969-12-31T23:59:59Z"])
+def test_api_dates_out_of_range_are_validation_errors(value: str) -> None:
+    from pydantic import ValidationError
+
+    from csms.contracts.api.smart_charging import CompositeScheduleParams, PutSiteParams
+    with pytest.raises(ValidationError):
+        CompositeScheduleParams(charge_point_id="CP", connector_id=1, duration=60, start=value)
+    with pytest.raises(ValidationError):
+        PutSiteParams(site_id="s", unit="A", limit=32, schedule=[{"start": value, "limit": 16}])
+
+
+def test_a_reported_answer_beyond_the_calendar_is_unreadable_not_an_error() -> None:
+    from csms.charging.compare import compare
+    predicted = {"status": "Accepted", "chargingSchedule": {"startSchedule": "2024-05-01T00:00:00Z", "duration": 60,
+                 "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16}]}}
+    # its first period begins in the year 10000
+    reported = {"status": "Accepted", "chargingSchedule": {"startSchedule": "9999-12-31T23:59:00Z", "duration": 600,
+                "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 120, "limit": 16}]}}
+    assert compare(predicted, reported, start=T0, duration=60) == [
+        {"kind": "unreadable", "predicted": True, "reported": False}]
+    offset = {**reported, "chargingSchedule": {**reported["chargingSchedule"], "startSchedule": "0001-01-01T00:00:00+01:00",
+                                               "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16}]}}
+    assert compare(predicted, offset, start=T0, duration=60)[0]["kind"] == "unreadable"

@@ -59,7 +59,7 @@ def profile(
 
 def stored(connector_id: int, prof: dict[str, Any], transaction_id: int | None = None) -> StoredProfile:
     """Install a profile, checking it against the storage rules first so tests use legal input."""
-    validate_profile(connector_id, prof, transaction_id=transaction_id)
+    validate_profile(connector_id, prof)
     return StoredProfile(connector_id, prof)
 
 

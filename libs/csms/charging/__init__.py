@@ -14,6 +14,7 @@ from csms.charging.profiles import (
     check_capacity,
     parse_datetime,
     profiles_for_connector,
+    transaction_disagreement,
     validate_profile,
 )
 
@@ -21,5 +22,5 @@ __all__ = [
     "PRESETS", "Capabilities", "Composite", "Conventions", "Electrical", "Period", "PresetRule",
     "ProfileRejected", "StoredProfile", "TxInfo", "apply_clear", "apply_set", "check_capacity", "choose",
     "compute_composite", "compute_composite_schedule", "epoch", "match_rule", "parse_datetime",
-    "profiles_for_connector", "resolve", "validate_profile",
+    "profiles_for_connector", "resolve", "transaction_disagreement", "validate_profile",
 ]

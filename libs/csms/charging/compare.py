@@ -9,6 +9,7 @@ period boundaries and ``LIMIT_TOLERANCE`` on limits.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -16,6 +17,9 @@ from typing import Any
 from csms.charging.composite import Electrical, epoch
 from csms.charging.profiles import parse_datetime
 
+# instants an answer may name (a charge point's clock can say anything): beyond them it cannot be read
+_LOWEST = epoch(datetime(1, 1, 2, tzinfo=timezone.utc))
+_HIGHEST = epoch(datetime(9999, 12, 30, tzinfo=timezone.utc))
 TIME_TOLERANCE = 2      # seconds
 LIMIT_TOLERANCE = 0.05  # A or W
 MAX_DIFFERENCES = 20
@@ -51,6 +55,8 @@ def normalise(answer: dict[str, Any] | None, *, fallback_start: datetime, fallba
             end = start + (int(periods[index + 1]["startPeriod"]) if index + 1 < len(periods) else duration)
             limit = float(period["limit"])
             phases = period.get("numberPhases")
+            if not (_LOWEST <= begin <= _HIGHEST and _LOWEST <= end <= _HIGHEST):
+                raise ValueError("instant out of range")
             if not math.isfinite(limit) or end <= begin:
                 continue
             if unit and unit != source_unit and limit >= 0:
@@ -65,10 +71,10 @@ def normalise(answer: dict[str, Any] | None, *, fallback_start: datetime, fallba
     return (unit or source_unit), segments
 
 
-def _value_at(segments: list[Segment], t: float) -> float | None:
-    for segment in segments:
-        if segment.start <= t < segment.end:
-            return segment.limit
+def _value_at(segments: list[Segment], starts: list[int], t: float) -> float | None:
+    index = bisect_right(starts, t) - 1   # segments are ordered and do not overlap
+    if index >= 0 and t < segments[index].end:
+        return segments[index].limit
     return None
 
 
@@ -96,10 +102,11 @@ def compare(predicted: dict[str, Any] | None, reported: dict[str, Any] | None, *
         differences.append({"kind": "no_overlap"})
         return differences
     cuts = sorted({begin, end, *(s.start for s in ours + theirs if begin < s.start < end)})
+    our_starts, their_starts = [s.start for s in ours], [s.start for s in theirs]
     for a, b in zip(cuts, cuts[1:]):
-        if b - a <= 2 * TIME_TOLERANCE:  # a boundary the two place a second or two apart
+        if b - a <= TIME_TOLERANCE:  # a boundary the two place up to TIME_TOLERANCE seconds apart
             continue
-        mine, other = _value_at(ours, (a + b) / 2), _value_at(theirs, (a + b) / 2)
+        mine, other = _value_at(ours, our_starts, (a + b) / 2), _value_at(theirs, their_starts, (a + b) / 2)
         if mine is None or other is None or abs(mine - other) > LIMIT_TOLERANCE:
             differences.append({"kind": "limit", "at": _iso(a), "until": _iso(b), "predicted": mine,
                                 "reported": other})

@@ -1,6 +1,11 @@
 """Composite schedules (OCPP 1.6 §3.13, GetCompositeSchedule), computed the way a given charge point does.
 
 The calculation is pure and runs on integer epoch seconds (UTC), so no stored number can overflow a date.
+It walks the window in time order, reading each profile's changes only as far as it gets, and ends early --
+said so in ``Composite.truncated``, with the instant -- past :data:`MAX_PERIODS_OUT` periods, :data:`MAX_INSTANTS`
+changes or :data:`MAX_LOOKUPS` lookups; it reads at most :data:`MAX_PROFILES` stored profiles
+(:data:`MAX_PROFILE_PERIODS` periods). So no stored data and no window makes one composite cost more than a
+few tens of milliseconds (``benchmarks/bench_composite.py``).
 Where implementations differ, :class:`~csms.charging.conventions.Conventions` decides (topic numbers in
 brackets); the result (:class:`Composite`) keeps "no limit" explicit (``limit=None``) and says which
 preset and settings it used; :meth:`Composite.render` turns it into the OCPP ``chargingSchedule`` the way
@@ -33,11 +38,12 @@ uses the most phases among them.
 """
 from __future__ import annotations
 
+import heapq
 import math
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from csms.charging.conventions import SPEC, Conventions
 from csms.charging.profiles import (
@@ -46,7 +52,18 @@ from csms.charging.profiles import (
 )
 
 MAX_WINDOW = 366 * 86400        # seconds a composite is computed for, at most (a longer request is capped)
-MAX_CHANGE_POINTS = 200_000     # instants evaluated in one composite, at most (the window shrinks to fit)
+# where a composite window may start: every instant it renders stays a representable date-time
+EARLIEST_START = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST_START = datetime(9000, 1, 1, tzinfo=timezone.utc)
+# Work and answer bounds: the composite is computed in time order and ends, said so (``Composite.truncated``),
+# at the first instant past any of them, whatever the profiles stored and the window asked for.
+MAX_PERIODS_OUT = 1000          # periods in one composite (ChargingScheduleMaxPeriods-sized answers)
+MAX_INSTANTS = 20_000           # change points looked at (every profile's, duplicates included)
+MAX_LOOKUPS = 50_000            # profile limits looked up and summed (instants x (profiles + connectors))
+# Stored profiles read for one composite, at most: those that apply to the connectors asked, highest stack
+# level first, in number and in periods; the rest are left out, said so in ``ignored``.
+MAX_PROFILES = 100
+MAX_PROFILE_PERIODS = 20_000
 _RECURRENCE = {"Daily": 86400, "Weekly": 7 * 86400}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -92,6 +109,18 @@ def epoch(value: datetime) -> int:
     return math.floor((value - _EPOCH).total_seconds())
 
 
+def check_start(start: datetime) -> datetime:
+    """``start`` if a composite window may start there, else ValueError (naive = UTC)."""
+    try:
+        aware = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+        if EARLIEST_START <= aware < LATEST_START:
+            return start
+    except (OverflowError, TypeError, AttributeError):
+        pass
+    raise ValueError(f"start must be at or after {_format(epoch(EARLIEST_START))} and before "
+                     f"{_format(epoch(LATEST_START))}")
+
+
 def _instant(value: str) -> int:
     return epoch(parse_datetime(value))
 
@@ -115,6 +144,16 @@ class _Schedule:
     offsets: list[int]
     limits: list[tuple[float, int | None]]
     before_start: bool  # a recurrence also applies before its first startSchedule
+    relative: bool = False
+    within: tuple[int, ...] = ()  # offsets in one occurrence where the limit may change, increasing
+
+    def __post_init__(self) -> None:
+        if self.within:  # a copy run from another anchor (``at``)
+            return
+        within = sorted({0, *self.offsets, *(() if self.duration is None else (self.duration,))})
+        if self.recurrence is not None:  # a later occurrence replaces an earlier one from its start on
+            within = [o for o in within if o < self.recurrence]
+        self.within = tuple(within)
 
     @classmethod
     def prepare(cls, profile: dict[str, Any], anchor: int, conventions: Conventions) -> "_Schedule":
@@ -139,7 +178,12 @@ class _Schedule:
             offsets=[int(p["startPeriod"]) for p in periods],
             limits=[(max(float(p["limit"]), float(floor or 0)), p.get("numberPhases")) for p in periods],
             before_start=conventions.recurring_before_start == "applies",
+            relative=kind == RELATIVE,
         )
+
+    def at(self, anchor: int) -> "_Schedule":
+        """The same profile run from ``anchor`` (a Relative one's transaction start); others do not move."""
+        return self if not self.relative or anchor == self.start else replace(self, start=anchor)
 
     def _occurrence(self, t: int) -> int | None:
         if self.recurrence is None:
@@ -163,21 +207,25 @@ class _Schedule:
         value, phases = self.limits[index]
         return _Raw(value, self.unit, phases)
 
-    def change_points(self, begin: int, end: int, out: set[int]) -> None:
-        """Add every instant in ``(begin, end)`` at which this profile's limit may change."""
-        for t in (self.valid_from, self.valid_to):
-            if t is not None and begin < t < end:
-                out.add(t)
+    def change_points(self, begin: int, end: int) -> Iterator[int]:
+        """The instants in ``(begin, end)`` at which this profile's limit may change, increasing, generated
+        lazily (only as far as the caller reads)."""
+        edges = sorted(t for t in (self.valid_from, self.valid_to) if t is not None and begin < t < end)
+        return heapq.merge(edges, self._schedule_points(begin, end))
+
+    def _schedule_points(self, begin: int, end: int) -> Iterator[int]:
+        within = self.within
         occurrence = self._occurrence(begin)
         if occurrence is None:
             occurrence = self.start
         while occurrence < end:
-            for t in [occurrence, *(occurrence + o for o in self.offsets),
-                      *(() if self.duration is None else (occurrence + self.duration,))]:
-                if begin < t < end:
-                    out.add(t)
-            if self.recurrence is None or len(out) > MAX_CHANGE_POINTS:
-                break
+            for index in range(max(0, bisect_right(within, begin - occurrence)), len(within)):
+                t = occurrence + within[index]
+                if t >= end:
+                    return
+                yield t
+            if self.recurrence is None:
+                return
             occurrence += self.recurrence
 
 
@@ -216,6 +264,9 @@ class Composite:
     requested_duration: int = 0
     rejected: str | None = None                       # why the charge point would answer Rejected
     ignored: tuple[tuple[int, str], ...] = field(default=())  # stored profiles left out: (id, why)
+    truncated: str | None = None                      # why the composite ends before the window does
+    instants: int = 0                                 # change points looked at (bounded: MAX_INSTANTS)
+    lookups: int = 0                                  # profile limits looked up (bounded: MAX_LOOKUPS)
 
     @property
     def limited(self) -> bool:
@@ -225,12 +276,23 @@ class Composite:
         index = bisect_right([p.start for p in self.periods], offset) - 1
         return None if index < 0 or offset >= self.duration else self.periods[index].limit
 
+    def gap_inside(self) -> bool:
+        """Whether time without a limit lies between limited periods, which the "truncate" convention answers
+        Rejected (open-ocpp cannot merge non-contiguous periods)."""
+        if self.conventions.no_limit != "truncate":
+            return False
+        limited = [i for i, p in enumerate(self.periods) if p.limit is not None]
+        return bool(limited) and any(p.limit is None for p in self.periods[limited[0]:limited[-1]])
+
     def explain(self) -> dict[str, Any]:
         """Which preset and settings this composite was computed with (and what was left out)."""
+        rejected = self.rejected or ("time without a limit between limited periods" if self.gap_inside() else None)
         return {"preset": self.preset, "settings": self.conventions.as_dict(),
                 "requested_duration": self.requested_duration, "computed_duration": self.duration,
                 "ignored_profiles": [{"chargingProfileId": pid, "reason": why} for pid, why in self.ignored],
-                **({"rejected": self.rejected} if self.rejected else {})}
+                **({"rejected": rejected} if rejected else {}),
+                **({"truncated": {"at": _format(epoch(self.start) + self.duration), "reason": self.truncated}}
+                   if self.truncated else {})}
 
     def render(self) -> dict[str, Any] | None:
         """The OCPP ``chargingSchedule`` as the preset renders it; None when the answer is Rejected."""
@@ -249,9 +311,11 @@ class Composite:
                 end = periods[last + 1].start if last + 1 < len(periods) else end
             periods = [p for p in periods if begin <= p.start < end]
             if conv.no_limit == "truncate":
-                gap = next((i for i, p in enumerate(periods) if p.limit is None), None)
-                if gap is not None:
-                    end, periods = periods[gap].start, periods[:gap]
+                if self.gap_inside():
+                    return None
+                last = max(i for i, p in enumerate(periods) if p.limit is not None)
+                if last + 1 < len(periods):   # truncated at the last covered instant
+                    end, periods = periods[last + 1].start, periods[:last + 1]
         elif not any(p.limit is not None for p in periods) and conv.no_limit == "default_limit_or_rejected":
             return None
         default = conv.default_limit_watts if self.unit == "W" else conv.default_limit_amps
@@ -285,18 +349,32 @@ def _round(value: float, conventions: Conventions) -> float:
     return round(value, 6)
 
 
-def _prepare_all(profiles: list[StoredProfile], conventions: Conventions, anchor: int,
-                 ignored: dict[int, str]) -> list[tuple[StoredProfile, _Schedule]]:
-    """Stored profiles that can be evaluated; any other is left out with the reason (never an error)."""
-    prepared = []
-    for stored in profiles:
+def _valid(profiles: list[StoredProfile], connectors: set[int], ignored: dict[int, str]) -> list[StoredProfile]:
+    """The stored profiles on ``connectors`` that can be evaluated, within :data:`MAX_PROFILE_PERIODS`; any other
+    on them is left out with the reason (never an error)."""
+    def key(stored: StoredProfile) -> int:
+        # ChargePointMaxProfiles and Tx limits at higher stack levels win: they are read first
+        level = stored.profile.get("stackLevel") if isinstance(stored.profile, dict) else None
+        return -level if isinstance(level, int) and not isinstance(level, bool) else 0
+
+    relevant = [s for s in profiles if isinstance(s, StoredProfile) and s.connector_id in connectors]
+    valid, budget = [], MAX_PROFILE_PERIODS
+    for stored in sorted(relevant, key=key):
+        pid = stored.profile.get("chargingProfileId") if isinstance(stored.profile, dict) else None
+        pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else -1
         try:
-            validate_profile(stored.connector_id, stored.profile, transaction_id=None, require_transaction=False)
-            prepared.append((stored, _Schedule.prepare(stored.profile, anchor, conventions)))
+            periods = stored.profile["chargingSchedule"]["chargingSchedulePeriod"]
+            if len(valid) >= MAX_PROFILES or len(periods) > budget:
+                ignored[pid] = f"more than the {MAX_PROFILES} profiles or {MAX_PROFILE_PERIODS} periods a composite reads"
+                continue
+            validate_profile(stored.connector_id, stored.profile)
         except Exception as exc:  # noqa: BLE001 - a bad stored profile must not break the composite
-            pid = stored.profile.get("chargingProfileId") if isinstance(stored.profile, dict) else None
-            ignored[pid if isinstance(pid, int) else -1] = str(exc)[:200] or type(exc).__name__
-    return prepared
+            ignored[pid] = str(exc)[:200] or type(exc).__name__
+            continue
+        budget -= len(periods)
+        valid.append(stored)
+    order = {id(s): n for n, s in enumerate(profiles)}
+    return sorted(valid, key=lambda s: order[id(s)])   # installation order: it breaks stack-level ties
 
 
 def compute_composite(
@@ -327,6 +405,7 @@ def compute_composite(
     if isinstance(connector_id, bool) or not isinstance(connector_id, int) or connector_id < 0:
         raise ValueError("connector id must be a non-negative integer")
     conv = conventions
+    check_start(start)
     begin_dt = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
     begin_dt = begin_dt.astimezone(timezone.utc).replace(microsecond=0)
     begin = epoch(begin_dt)
@@ -338,7 +417,13 @@ def compute_composite(
                          rejected=f"connector {connector_id} does not exist (NumberOfConnectors: {connectors})")
 
     ignored: dict[int, str] = {}
+    # each stored profile parsed once (run from the window start); a connector's chain moves Relative ones
     targets = sorted({c for c in (connector_ids or [1]) if c > 0}) if connector_id == 0 else [connector_id]
+    prepared = [(stored, _Schedule.prepare(stored.profile, begin, conv))
+                for stored in _valid(profiles, {0, *targets}, ignored)]
+    by_connector: dict[int, list[tuple[StoredProfile, _Schedule]]] = {}
+    for stored, schedule in prepared:
+        by_connector.setdefault(stored.connector_id, []).append((stored, schedule))
 
     def chain(connector: int) -> list[_Stack]:
         tx = transactions.get(connector)
@@ -346,47 +431,74 @@ def compute_composite(
             return []
         anchor = begin if tx is None else epoch(tx.start)
         own, station, tx_stack = [], [], []
-        for stored, schedule in _prepare_all(profiles, conv, anchor, ignored):
+        for stored, schedule in [*by_connector.get(connector, []), *by_connector.get(0, [])]:
             if stored.purpose == TX_PROFILE and stored.connector_id == connector and _tx_applies(stored, tx):
-                tx_stack.append(schedule)
+                tx_stack.append(schedule.at(anchor))
             elif stored.purpose == TX_DEFAULT and stored.connector_id == connector:
-                own.append(schedule)
+                own.append(schedule.at(anchor))
             elif stored.purpose == TX_DEFAULT and stored.connector_id == 0:
-                station.append(schedule)
+                station.append(schedule.at(anchor))
         if conv.default_precedence == "stack_level":
             # one stack; at the same level the connector's profile (listed first) shadows connector 0's
             merged = sorted([*own, *station], key=lambda s: -s.stack_level)
             return [_Stack(tx_stack), _Stack(merged)]
         return [_Stack(tx_stack), _Stack(own), _Stack(station)]
 
-    chains = {c: chain(c) for c in targets}
-    station_max = _Stack([s for stored, s in _prepare_all(profiles, conv, begin, ignored)
-                          if stored.purpose == CHARGE_POINT_MAX and stored.connector_id == 0])
+    # connectors alike (no profile of their own, no transaction) share one chain, looked up once per instant
+    shared: dict[tuple, list[_Stack]] = {}
+    chains: dict[int, list[_Stack]] = {}
+    for c in targets:
+        key = (c,) if by_connector.get(c) or c in transactions else ()
+        if key not in shared:
+            shared[key] = chain(c)
+        chains[c] = shared[key]
+    station_max = _Stack([schedule for stored, schedule in by_connector.get(0, []) if stored.purpose == CHARGE_POINT_MAX])
     if unit is None:
         unit = _default_unit([*chains.values(), [station_max]], begin)
 
-    points = {begin}
-    for stack in [station_max, *(stack for stacks in chains.values() for stack in stacks)]:
-        for schedule in stack.schedules:
-            schedule.change_points(begin, end, points)
-    ordered = sorted(points)
-    if len(ordered) > MAX_CHANGE_POINTS:  # too many changes to evaluate: a shorter window, said so
-        ordered = ordered[:MAX_CHANGE_POINTS]
-        end = ordered[-1]
-        window = end - begin
-
+    # every schedule once, each yielding its changes
+    schedules = {id(s): s for stack in [station_max, *(st for stacks in shared.values() for st in stacks)]
+                 for s in stack.schedules}
+    instants = heapq.merge(*(s.change_points(begin, end) for s in schedules.values()))
     evaluate = _Evaluator(conv, electrical, unit, connector_id == 0)
     periods: list[Period] = []
-    for t in ordered:
-        parts = [_first(chains[c], t) for c in targets]
-        value, phases = evaluate(parts, station_max.limit_at(t))
-        if value is not None:
-            value = _round(value, conv)
-        if periods and (periods[-1].limit, periods[-1].phases) == (value, phases):
+    truncated: str | None = None
+    # work per instant: a lookup in every schedule of every chain and the station maximum, and one term per
+    # connector in the sum
+    per_instant = len(station_max.schedules) + sum(len(st.schedules) for stacks in shared.values() for st in stacks) \
+        + len(targets)
+    looked = lookups = 0
+    previous = None
+    for t in _chain_first(begin, instants):
+        looked += 1
+        if t == previous:
             continue
-        periods.append(Period(t - begin, value, phases))
+        previous = t
+        lookups += per_instant
+        if periods and (looked > MAX_INSTANTS or lookups > MAX_LOOKUPS):  # the first instant always counts
+            truncated = f"more than {MAX_INSTANTS} changes or {MAX_LOOKUPS} profile limits to evaluate"
+        else:
+            limits = {key: _first(stacks, t) for key, stacks in shared.items()}
+            parts = [limits[(c,) if (c,) in shared else ()] for c in targets]
+            value, phases = evaluate(parts, station_max.limit_at(t))
+            if value is not None:
+                value = _round(value, conv)
+            if periods and (periods[-1].limit, periods[-1].phases) == (value, phases):
+                continue
+            if len(periods) < MAX_PERIODS_OUT:
+                periods.append(Period(t - begin, value, phases))
+                continue
+            truncated = f"more than {MAX_PERIODS_OUT} periods"
+        end, window = t, t - begin   # the composite ends here, said so
+        break
     return Composite(begin_dt, window, unit, tuple(periods), conv, preset, duration,
-                     ignored=tuple(sorted(ignored.items())))
+                     ignored=tuple(sorted(ignored.items())), truncated=truncated, instants=looked,
+                     lookups=lookups)
+
+
+def _chain_first(first: int, rest: Iterator[int]) -> Iterator[int]:
+    yield first
+    yield from rest
 
 
 class _Evaluator:

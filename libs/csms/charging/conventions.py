@@ -114,7 +114,9 @@ PRESETS: dict[str, Conventions] = {
         conversion="none", number_phases="minimum_omit_3", duration="requested", rounding="raw",
         clear_nothing_installed="Unknown", capacity="same_id_allowed",
     ),
-    # c-jimenez/open-ocpp (src/chargepoint/smartcharging and tests/chargepoint/smartcharging)
+    # c-jimenez/open-ocpp (src/chargepoint/smartcharging and tests/chargepoint/smartcharging): "truncate" = the
+    # composite runs from the first instant a limit covers to the last one; time without a limit between them
+    # is Rejected (its period merge cannot join non-contiguous periods)
     "open-ocpp": replace(
         SPEC, no_limit="truncate", tx_default_without_transaction="as_if_started_now",
         default_precedence="connector_wins", conversion="period_phases", number_phases="limiting",

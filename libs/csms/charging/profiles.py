@@ -106,7 +106,10 @@ def parse_datetime(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00, 9999-12-31T23:59-01:00
+        raise ValueError(f"{value!r} is not a representable UTC date-time") from None
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -127,9 +130,9 @@ def _optional_datetime(container: dict[str, Any], key: str) -> datetime | None:
         raise ProfileRejected(f"{key} is not an ISO-8601 date-time: {value!r}") from None
 
 
-def _validate_target(connector_id: int, profile: dict[str, Any], transaction_id: int | None,
-                     require_transaction: bool) -> None:
-    """Purpose vs. connector and transaction rules (OCPP 1.6 §3.13.1, §5.16)."""
+def _validate_target(connector_id: int, profile: dict[str, Any]) -> None:
+    """Purpose vs. connector rules (OCPP 1.6 §3.13.1, §5.16). Whether a transaction is active is the charge
+    point's to decide (:func:`transaction_disagreement` says what the records think)."""
     purpose = profile.get("chargingProfilePurpose")
     if purpose not in PURPOSES:
         raise ProfileRejected(f"unknown chargingProfilePurpose {purpose!r}")
@@ -144,14 +147,21 @@ def _validate_target(connector_id: int, profile: dict[str, Any], transaction_id:
         return
     if connector_id == 0:
         raise ProfileRejected("TxProfile cannot be set on connector 0")
-    if not require_transaction:
-        return
+
+
+def transaction_disagreement(connector_id: int, profile: dict[str, Any], transaction_id: int | None) -> str | None:
+    """What the records say against a TxProfile, given the transaction they show active on its connector
+    (``None``: none); None when they agree. A warning, never a refusal: the charge point knows its
+    transactions (one the records do not hold, or not as active, can be running)."""
+    if profile.get("chargingProfilePurpose") != TX_PROFILE:
+        return None
+    wanted = profile.get("transactionId")
     if transaction_id is None:
-        raise ProfileRejected(f"TxProfile requires an active transaction on connector {connector_id}")
-    if profile_tx is not None and profile_tx != transaction_id:
-        raise ProfileRejected(
-            f"TxProfile transactionId {profile_tx} does not match active transaction {transaction_id}"
-        )
+        return f"the records show no active transaction on connector {connector_id} (a TxProfile needs one)"
+    if wanted is not None and wanted != transaction_id:
+        return (f"TxProfile transactionId {wanted} does not match the transaction the records show active on "
+                f"connector {connector_id} ({transaction_id})")
+    return None
 
 
 def _validate_kind(profile: dict[str, Any], schedule: dict[str, Any]) -> None:
@@ -213,14 +223,9 @@ def _validate_schedule(schedule: dict[str, Any], capabilities: Capabilities) -> 
             raise ProfileRejected(f"numberPhases must be 1..{MAX_PHASES}, got {phases!r}")
 
 
-def validate_profile(connector_id: int, profile: dict[str, Any], *, transaction_id: int | None,
-                     capabilities: Capabilities | None = None, require_transaction: bool = True) -> None:
-    """Raise :class:`ProfileRejected` if ``profile`` may not be installed on ``connector_id``.
-
-    ``transaction_id`` is the id of the transaction active on that connector, if any; with
-    ``require_transaction=False`` a TxProfile is not checked against it (used for stored profiles and for
-    the RemoteStart profile, whose transaction exists by construction). ``capabilities`` are the charge
-    point's advertised limits.
+def validate_profile(connector_id: int, profile: dict[str, Any], *, capabilities: Capabilities | None = None) -> None:
+    """Raise :class:`ProfileRejected` if OCPP or the charge point's advertised limits (``capabilities``) do not
+    allow ``profile`` on ``connector_id``. Transactions are not checked here (:func:`transaction_disagreement`).
     """
     capabilities = capabilities or Capabilities()
     if not isinstance(profile, dict):
@@ -238,7 +243,7 @@ def validate_profile(connector_id: int, profile: dict[str, Any], *, transaction_
     if not _is_int(stack_level) or not 0 <= stack_level <= max_stack:
         source = " (ChargeProfileMaxStackLevel)" if capabilities.max_stack_level is not None else ""
         raise ProfileRejected(f"stackLevel must be an integer 0..{max_stack}{source}, got {stack_level!r}")
-    _validate_target(connector_id, profile, transaction_id, require_transaction)
+    _validate_target(connector_id, profile)
     schedule = profile.get("chargingSchedule")
     if not isinstance(schedule, dict):
         raise ProfileRejected("chargingSchedule is required")

@@ -11,7 +11,10 @@ def as_utc(value: datetime) -> datetime:
     """Naive datetimes are read as UTC; aware ones are converted to UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00: a ValueError is a validation error, not a crash
+        raise ValueError("date-time out of range once converted to UTC") from None
 
 
 def format_utc(value: datetime) -> str:
