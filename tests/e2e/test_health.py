@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 
 import pytest
+import websockets
 from ocpp.exceptions import InternalError
 
+from csms.contracts.ocpp16 import HeartbeatResponse
 from csms.ops.health import OpsServer
 from csms.ops.logs import OutageLog, quiet_libraries
 from services.registry import load_services
-from tests.support.chargepoint import connect
+from tests.support.chargepoint import boot_raw, connect
 from tests.support.process import CsmsProcess, eventually_status, http_get
 from tests.support.proxy import TcpProxy
 from tests.support.system import System, remove_test_system
+
+OUTAGE_SECONDS = 8.0
 
 
 @pytest.fixture
@@ -145,3 +150,123 @@ async def test_redis_and_postgresql_outages_make_services_unready_and_heal(setti
         await system.stop()
         await redis_proxy.stop()
         await pg_proxy.stop()
+
+
+async def test_a_reply_that_meets_a_closed_channel_is_the_outage_not_a_traceback(settings, rabbit_proxy, cp_id,
+                                                                                monkeypatch, caplog):
+    """A service answers a CALL after RabbitMQ went away (the reply and the ack meet a closed channel): counted,
+    one outage line, no traceback from the consumer's task."""
+    settings = settings.replace(amqp_url=rabbit_proxy.url(settings.amqp_url))
+    quiet_libraries()  # as configure_logging() does in a process
+    outages = OutageLog(every=30, backoff=(0.1, 0.5))
+    system = await System(settings, load_services(), outages=outages).start()
+    stations = next(s for s in system.services if s.name == "stations")
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_heartbeat(ctx, request):
+        """Finishes its work as RabbitMQ goes away. The consumer's task is cancelled when its channel closes; a
+        handler that completes in that moment (its reply published after the reply channel closed, before the
+        cancellation arrives) is played here by one that carries on through the cancellation."""
+        entered.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            await release.wait()
+        return HeartbeatResponse(current_time="2026-01-01T00:00:00Z")
+    monkeypatch.setitem(stations.calls, "Heartbeat", slow_heartbeat)
+    try:
+        async with connect(system.url(cp_id)) as cp:
+            await cp.boot()
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                heartbeat = asyncio.create_task(cp.heartbeat())
+                await asyncio.wait_for(entered.wait(), 5)
+                rabbit_proxy.refuse()
+                async with asyncio.timeout(10):
+                    while not stations.bus.rpc_channel.is_closed:
+                        await asyncio.sleep(0.01)
+                release.set()  # the answer goes out on the closed channel
+                async with asyncio.timeout(10):
+                    while not stations.metrics.value("csms_replies_unsent_total"):
+                        await asyncio.sleep(0.05)
+                with pytest.raises(InternalError):  # the gateway lost RabbitMQ too: "temporarily unavailable"
+                    await heartbeat
+                await asyncio.sleep(0.5)  # the consumer's task has ended
+                rabbit_proxy.accept()
+                for _ in range(150):
+                    if not outages.down:
+                        break
+                    await asyncio.sleep(0.1)
+            assert (await cp.boot()).status == "Accepted"
+        assert stations.metrics.value("csms_replies_unsent_total") == 1
+        outage_lines = [r.getMessage() for r in caplog.records if r.name == "csms.outage"]
+        assert [line.split(" (")[0].split(" after")[0] for line in outage_lines] == [
+            "rabbitmq unreachable", "rabbitmq reachable again"], outage_lines
+        problems = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+        assert not problems, [(r.name, r.getMessage()) for r in problems]
+    finally:
+        release.set()
+        rabbit_proxy.accept()
+        await system.stop()
+
+
+async def _heartbeat_until(ws, stop: asyncio.Event, answers: dict[str, int]) -> None:
+    """A charge point that sends a Heartbeat every 0.1 s (waiting for each answer) until ``stop``."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        await ws.send(json.dumps([2, f"hb-{n}", "Heartbeat", {}]))
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        kind = "result" if frame[0] == 3 else frame[2]
+        answers[kind] = answers.get(kind, 0) + 1
+        await asyncio.sleep(0.1)
+
+
+def _problems(process: CsmsProcess) -> list[dict]:
+    """Lines with a traceback or at ERROR (or above), and lines that are not JSON (a raw traceback)."""
+    return [line for line in process.lines
+            if "traceback" in line or line.get("level") in ("ERROR", "CRITICAL") or "raw" in line]
+
+
+async def test_an_outage_under_load_is_two_lines_and_no_traceback(settings, rabbit_proxy):
+    """services.all with 5 charge points sending a Heartbeat every 0.1 s throughout a RabbitMQ cut: replies that
+    meet a closing channel, consumer callbacks and channel recovery are the expected outage, not errors."""
+    process = await CsmsProcess("services.all", settings.replace(amqp_url=rabbit_proxy.url(settings.amqp_url)),
+                                DATABASE_MIGRATE="true", RECONNECT_BACKOFF_INITIAL="0.1",
+                                RECONNECT_BACKOFF_MAX="1", LOG_REPEAT_SECONDS="300").start()
+    stop, answers, sockets, load = asyncio.Event(), {}, [], []
+    try:
+        port = int((await process.wait_for_message(r"gateway \S+ listening on [^:]+:(\d+)", timeout=60)).group(1))
+        ops = await process.ops_port()
+        await eventually_status(ops, "/readyz", 200, timeout=60)
+        for i in range(5):
+            ws = await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/LOAD-{i}-{settings.namespace[-6:]}",
+                                          subprotocols=["ocpp1.6"])
+            sockets.append(ws)
+            await boot_raw(ws)
+        load = [asyncio.create_task(_heartbeat_until(ws, stop, answers)) for ws in sockets]
+        await asyncio.sleep(1.0)
+        rabbit_proxy.refuse()
+        await eventually_status(ops, "/readyz", 503, timeout=10)
+        await asyncio.sleep(OUTAGE_SECONDS)
+        rabbit_proxy.accept()
+        await eventually_status(ops, "/readyz", 200, timeout=30)
+        await asyncio.sleep(2.0)  # the load goes on after the outage
+        stop.set()
+        await asyncio.gather(*load)
+        assert answers.get("result", 0) > 0 and answers.get("InternalError", 0) > 0, answers
+        outage_lines = [m for m in process.messages() if m.startswith(("rabbitmq ", "redis ", "postgresql "))]
+        problems = _problems(process)
+        print(json.dumps({"outage": outage_lines, "problems": problems}, indent=1))
+        assert [re.match(r"\w+ (unreachable|reachable again)", m).group(0) for m in outage_lines
+                if "still unreachable" not in m] == ["rabbitmq unreachable", "rabbitmq reachable again"], \
+            (outage_lines, problems)
+        assert not problems, problems
+    finally:
+        stop.set()
+        for task in load:
+            task.cancel()
+        for ws in sockets:
+            await ws.close()
+        await process.stop()
+        await remove_test_system(settings, load_services())
