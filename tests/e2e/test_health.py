@@ -61,6 +61,33 @@ async def test_a_process_started_before_rabbitmq_becomes_ready_once_it_appears(s
         await remove_test_system(settings, [])
 
 
+async def test_a_process_started_before_postgresql_says_once_that_it_migrates(settings, infrastructure):
+    """services.all in development mode (DATABASE_MIGRATE not set) while PostgreSQL refuses: one line says the
+    schema is migrated at start and why (not one per attempt, and nothing claiming DATABASE_MIGRATE is set)."""
+    pg_proxy = await TcpProxy.for_url(infrastructure.database_url, 5432).start()
+    pg_proxy.refuse()
+    process = CsmsProcess("services.all", settings.replace(database_url=pg_proxy.url(settings.database_url)),
+                          RECONNECT_BACKOFF_INITIAL="0.1", RECONNECT_BACKOFF_MAX="0.3")
+    del process.env["DATABASE_MIGRATE"]
+    await process.start()
+    try:
+        ops = await process.ops_port()
+        await process.wait_for_message(r"postgresql unreachable \(migrations\)")
+        await asyncio.sleep(1.5)  # several refused attempts
+        pg_proxy.accept()
+        await eventually_status(ops, "/readyz", 200, timeout=60)
+        messages = process.messages()
+        about = [m for m in messages if "DATABASE_MIGRATE" in m]
+        assert len(about) == 1 and about[0].startswith(
+            "development mode (DATABASE_MIGRATE not set): the database of postgresql://"), about
+        assert sum(m.startswith("postgresql unreachable") for m in messages) == 1, messages
+        assert sum(" migrated: " in m for m in messages) == 1, messages
+    finally:
+        await process.stop()
+        await pg_proxy.stop()
+        await remove_test_system(settings, load_services())
+
+
 async def test_readyz_turns_false_when_rabbitmq_goes_away_and_true_when_it_returns(settings, rabbit_proxy, cp_id,
                                                                                   caplog):
     settings = settings.replace(amqp_url=rabbit_proxy.url(settings.amqp_url))
