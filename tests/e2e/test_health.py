@@ -11,7 +11,9 @@ import re
 import pytest
 import websockets
 from ocpp.exceptions import InternalError
+from prometheus_client.parser import text_string_to_metric_families
 
+from csms.client import CsmsClient
 from csms.contracts.ocpp16 import HeartbeatResponse
 from csms.ops.health import OpsServer
 from csms.ops.logs import OutageLog, quiet_libraries
@@ -88,50 +90,56 @@ async def test_a_process_started_before_postgresql_says_once_that_it_migrates(se
         await remove_test_system(settings, load_services())
 
 
-async def test_readyz_turns_false_when_rabbitmq_goes_away_and_true_when_it_returns(settings, rabbit_proxy, cp_id,
-                                                                                  caplog):
-    settings = settings.replace(amqp_url=rabbit_proxy.url(settings.amqp_url))
-    quiet_libraries()  # as configure_logging() does in a process
-    outages = OutageLog(every=30)
-    system = await System(settings, load_services(), outages=outages).start()
-    ops = await OpsServer("127.0.0.1", 0, [*system.services, *system.gateways]).start()
+async def test_readyz_turns_false_when_rabbitmq_goes_away_and_true_when_it_returns(settings, rabbit_proxy, cp_id):
+    """services.all as a process of its own, behind a RabbitMQ proxy: its ops endpoint says not ready while
+    RabbitMQ is gone and ready once the connections, consumers and bindings are restored; the outage is two log
+    lines and one reconnect in /metrics."""
+    process = await CsmsProcess("services.all", settings.replace(amqp_url=rabbit_proxy.url(settings.amqp_url)),
+                                DATABASE_MIGRATE="true", LOG_REPEAT_SECONDS="300").start()
+    client = await CsmsClient(settings).__aenter__()  # the test's own, straight to RabbitMQ
     try:
-        status, body = await http_get(ops.port, "/readyz")
-        assert status == 200, body
-        parts = json.loads(body)["parts"]
-        assert set(parts) == {"gateway", "stations", "transactions", "diagnostics", "smart_charging", "security", "api"}
+        port = int((await process.wait_for_message(r"gateway \S+ listening on [^:]+:(\d+)", timeout=60)).group(1))
+        ops = await process.ops_port()
+        parts = json.loads(await eventually_status(ops, "/readyz", 200, timeout=60))["parts"]
+        assert set(parts) == {"gateway", "stations", "transactions", "diagnostics", "smart_charging", "security", "api",
+                              "http_api"}
         assert parts["stations"] == {"started": True, "not_draining": True, "rabbitmq": True, "consumers": True,
                                      "redis": True, "postgresql": True}
-        async with connect(system.url(cp_id)) as cp:
+        url = f"ws://127.0.0.1:{port}/ocpp/{cp_id}"
+        async with connect(url) as cp:
             await cp.boot()
-        caplog.clear()
-        with caplog.at_level(logging.INFO):
-            rabbit_proxy.refuse()
-            body = await eventually_status(ops.port, "/readyz", 503)
-            assert json.loads(body)["parts"]["gateway"]["rabbitmq"] is False
-            await asyncio.sleep(1.0)  # an outage long enough for several reconnect attempts
-            rabbit_proxy.accept()
-            await eventually_status(ops.port, "/readyz", 200, timeout=15)
-        outage_lines = [r.getMessage() for r in caplog.records if r.name == "csms.outage"]
+        rabbit_proxy.refuse()
+        await eventually_status(ops, "/readyz", 503)
+        async with asyncio.timeout(10):  # every part notices; the gateway's check names RabbitMQ
+            while json.loads((await http_get(ops, "/readyz"))[1])["parts"]["gateway"]["rabbitmq"]:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # an outage long enough for several reconnect attempts
+        rabbit_proxy.accept()
+        await eventually_status(ops, "/readyz", 200, timeout=30)
+        await process.wait_for_message(r"^rabbitmq reachable again")
+        outage_lines = [m for m in process.messages() if m.startswith("rabbitmq ")]
         assert len(outage_lines) == 2, outage_lines  # one when it went away, one when it came back
         assert outage_lines[0].startswith("rabbitmq unreachable (reconnecting)")
         assert outage_lines[1].startswith("rabbitmq reachable again after")
-        assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
-        gateway = system.gateways[0]
-        assert gateway.metrics.value("csms_reconnects_total", dependency="rabbitmq") == 1
+        assert not _problems(process), _problems(process)
+        status, page = await http_get(ops, "/metrics")
+        assert status == 200
+        reconnects = {sample.labels["service"]: sample.value for family in text_string_to_metric_families(page)
+                      for sample in family.samples
+                      if sample.name == "csms_reconnects_total" and sample.labels.get("dependency") == "rabbitmq"}
+        assert reconnects["gateway"] == 1 and reconnects["stations"] == 1, reconnects
         # everything works again: consumers, bindings and reply queues were restored
-        async with connect(system.url(cp_id)) as cp:
+        async with connect(url) as cp:
             assert (await cp.boot()).status == "Accepted"
-            assert (await system.send(cp_id, "ClearCache", {})).status == "answered"
-        # requests go without publisher confirms: one nobody takes still comes back at once after the
-        # reconnect (basic.return on the reopened channel), not after its timeout
-        started = asyncio.get_running_loop().time()
-        result = await system.send(f"{cp_id}-gone", "ClearCache", {}, timeout=20)
+            assert (await client.send(cp_id, "ClearCache", {})).status == "answered"
+        # requests go without publisher confirms: one nobody takes still comes back (basic.return on the reopened
+        # channel) -- an unanswered one would end "timeout" after its 20 s, not "offline"
+        result = await client.send(f"{cp_id}-gone", "ClearCache", {}, timeout=20)
         assert result.status == "offline", result
-        assert asyncio.get_running_loop().time() - started < 5
     finally:
-        await ops.stop()
-        await system.stop()
+        await client.__aexit__(None, None, None)
+        await process.stop()
+        await remove_test_system(settings, load_services())
 
 
 async def test_redis_and_postgresql_outages_make_services_unready_and_heal(settings, infrastructure, cp_id, caplog):
