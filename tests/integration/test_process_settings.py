@@ -21,6 +21,17 @@ def run(module: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
+def refused(env: dict[str, str], monkeypatch, capsys) -> str:
+    """The one line load_settings() prints for ``env`` before it exits 2."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    return line
+
+
 @pytest.mark.parametrize("module", ["services.gateway", "services.stations", "services.all", "services.api"])
 def test_a_bad_setting_exits_2_with_one_line_naming_it(module):
     result = run(module, GATEWAY_AUTH="basci")
@@ -38,12 +49,7 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(module):
      "RECONNECT_BACKOFF_INITIAL must not exceed RECONNECT_BACKOFF_MAX"),
 ])
 def test_operations_settings_are_checked(env, named, monkeypatch, capsys):
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    with pytest.raises(SystemExit) as info:
-        load_settings()
-    assert info.value.code == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
+    line = refused(env, monkeypatch, capsys)
     assert line.startswith("invalid setting ") and named in line
 
 
@@ -85,12 +91,7 @@ def test_the_defaults_admit_no_charge_point_without_credentials():
     ({"FILES_PUBLIC_FTP_URL": "sftp://files"}, "must start with ftp:// or ftps://"),
 ])
 def test_security_settings_are_checked(env, named, monkeypatch, capsys):
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    with pytest.raises(SystemExit) as info:
-        load_settings()
-    assert info.value.code == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
+    line = refused(env, monkeypatch, capsys)
     assert line.startswith("invalid setting ") and named in line
 
 
@@ -132,11 +133,7 @@ def _alias(name: str) -> str:
 
 @pytest.mark.parametrize("variable", sorted(SECRET_VALUES))
 def test_an_invalid_secret_is_never_echoed(variable, monkeypatch, capsys):
-    monkeypatch.setenv(variable, SECRET_VALUES[variable])
-    with pytest.raises(SystemExit) as info:
-        load_settings()
-    assert info.value.code == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
+    line = refused({variable: SECRET_VALUES[variable]}, monkeypatch, capsys)
     assert line.startswith("invalid setting ") and variable in line, line
     assert MARK not in line, line
 
@@ -155,11 +152,7 @@ def test_credentials_are_masked_and_secrets_hidden_in_the_line():
 
 def test_a_misspelt_part_in_amqp_service_urls_is_refused_naming_the_parts(monkeypatch, capsys):
     """A part not named falls back to AMQP_URL (the shared credentials): a typo must not do that silently."""
-    monkeypatch.setenv("AMQP_SERVICE_URLS", '{"gatway": "amqps://gw:pw@mq/"}')
-    with pytest.raises(SystemExit) as info:
-        load_settings()
-    assert info.value.code == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
+    line = refused({"AMQP_SERVICE_URLS": '{"gatway": "amqps://gw:pw@mq/"}'}, monkeypatch, capsys)
     assert line == ("invalid setting AMQP_SERVICE_URLS={'gatway': 'amqps://gw:***@mq/'}: Value error, 'gatway' is "
                     "not a part name; the parts are gateway, stations, transactions, smart_charging, diagnostics, "
                     "security, api")
@@ -181,12 +174,7 @@ def test_the_part_names_are_the_parts_that_run():
     ({"FILES_OPERATOR_TOKEN": "sixteen chars ok but spaced"}, "FILES_OPERATOR_TOKEN=<hidden>"),
 ])
 def test_sizes_lifetimes_and_the_operator_token_are_bounded(env, named, monkeypatch, capsys):
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    with pytest.raises(SystemExit) as info:
-        load_settings()
-    assert info.value.code == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
+    line = refused(env, monkeypatch, capsys)
     assert line.startswith("invalid setting ") and named in line, line
 
 
