@@ -15,6 +15,7 @@ import os
 
 from csms.config import Settings
 from csms.ops.lifecycle import main
+from csms.ops.logs import OutageLog
 from services.api.server import HttpApi
 from services.gateway.app import Gateway
 from services.registry import load_services
@@ -32,8 +33,13 @@ def development(settings: Settings) -> Settings:
                  "(development only) to let charge points without a recorded profile in without credentials")
     if os.environ.get("DATABASE_MIGRATE"):
         return settings
-    log.warning("development mode: DATABASE_MIGRATE not set, so the database is created and migrated")
-    return settings.replace(db_migrate=True)
+    return settings.replace(db_migrate=True)  # said by prepare(): one line about migrating, with its reason
+
+
+async def prepare(settings: Settings, outages: OutageLog) -> None:
+    reason = "DATABASE_MIGRATE is set" if os.environ.get("DATABASE_MIGRATE") \
+        else "development mode (DATABASE_MIGRATE not set)"
+    await prepare_database(settings, outages, reason=reason)
 
 
 def parts(settings: Settings) -> list:
@@ -41,4 +47,4 @@ def parts(settings: Settings) -> list:
 
 
 if __name__ == "__main__":
-    main("all", parts, prepare=prepare_database, adjust=development)
+    main("all", parts, prepare=prepare, adjust=development)

@@ -128,6 +128,12 @@ class Unroutable(Exception):
     """Nobody is bound to take this message (no service owns it / charge point offline)."""
 
 
+# what publishing, acking or reopening raises when the channel or connection is gone (an outage, a reconnect)
+CHANNEL_GONE: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelClosed, ConnectionError)
+
+
 class CoalescingTransport:
     """The AMQP socket's transport, with the frames written in one event-loop iteration sent in one system call.
 
@@ -196,6 +202,23 @@ class CsmsChannel(RobustChannel):
     aiormq hands a returned message to the return callbacks only when it matches an outstanding confirm, so
     on a channel without confirms (the request/reply channel) it would be dropped; here the returned message is
     read and passed on as it is. Installed on every (re)opening of the channel."""
+
+    async def _on_close(self, closing: asyncio.Future) -> BaseException | None:
+        """The channel closed. aio_pika reopens it at once -- which fails while the connection itself is down
+        (``RuntimeError: <Connection> closed``), logged at ERROR by its callback runner. That is the outage, not
+        an error: the robust connection restores every channel once it is back."""
+        try:
+            return await super()._on_close(closing)
+        except (RuntimeError, *CHANNEL_GONE) as exc:
+            if self._connection_usable():
+                raise
+            log.debug("channel %s not reopened while its connection is down (%s): restored on reconnect",
+                      self, logs.describe(exc))
+            return exc
+
+    def _connection_usable(self) -> bool:
+        transport = self._connection.transport
+        return transport is not None and not transport.connection.is_closed
 
     async def _on_open(self) -> None:
         await super()._on_open()
@@ -298,6 +321,9 @@ class Bus:
             raise
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
+        if self.outages is not None:
+            # RabbitMQ is back when every connection of the process is (not the first to reconnect)
+            self.outages.hold("rabbitmq", self, lambda: self.connected)
         return self
 
     def queue_arguments(self, **arguments: Any) -> dict[str, Any]:
@@ -334,6 +360,8 @@ class Bus:
 
     async def close(self) -> None:
         self._closing = True
+        if self.outages is not None:
+            self.outages.release("rabbitmq", self)
         if self.connection is not None:
             connection, self.connection = self.connection, None
             await connection.close()
@@ -368,15 +396,31 @@ class Bus:
             message_id=event.event_id,
         )
 
-    async def reply(self, request: AbstractIncomingMessage, body: BusModel) -> None:
+    async def reply(self, request: AbstractIncomingMessage, body: BusModel) -> bool:
+        """Answer a request; False when the answer could not be sent because the channel is gone. That is an
+        expected outage, not an error: counted (``csms_replies_unsent_total``) and reported to the outage log
+        (one rate-limited line); the caller learns it from its own timeout or lost connection."""
         if not request.reply_to:
-            return
+            return True
         message = aio_pika.Message(
             body=body.to_bytes(), content_type="application/json", correlation_id=request.correlation_id
         )
         # not mandatory: a caller that gave up and closed its reply queue is no error of ours; not confirmed:
         # the caller's timeout covers a reply lost on the way
-        await self.rpc_channel.default_exchange.publish(message, request.reply_to, mandatory=False)
+        try:
+            channel = self.rpc_channel
+            if channel is None:
+                raise aiormq.exceptions.ChannelInvalidStateError("the bus is closed")
+            await channel.default_exchange.publish(message, request.reply_to, mandatory=False)
+        except CHANNEL_GONE as exc:
+            if self.metrics is not None:
+                self.metrics.reply_unsent()
+            if self.outages is not None:
+                self.outages.failed("rabbitmq", exc, "a reply not sent")
+            else:
+                log.warning("reply not sent: %s", logs.describe(exc))
+            return False
+        return True
 
 
 class RpcClient:

@@ -17,12 +17,27 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+# the parts of a process that may have RabbitMQ credentials of their own (AMQP_SERVICE_URLS): the gateway and
+# every service (tests/integration/test_process_settings.py checks this against the registry)
+PROCESS_PARTS = ("gateway", "stations", "transactions", "smart_charging", "diagnostics", "security", "api")
+
+
+# what the client libraries connect to (aio-pika, redis-py, asyncpg)
+_URL_SCHEMES = {"amqp_url": ("amqp", "amqps"), "redis_url": ("redis", "rediss", "unix"),
+                "database_url": ("postgresql", "postgres")}
 
 
 def _env(name: str, default: Any = None, **kwargs: Any) -> Any:
     """A setting read from environment variable ``name`` (or passed by its field name)."""
     return Field(default, validation_alias=AliasChoices(name, name.lower()), **kwargs)
+
+
+def _secret(name: str, default: Any = "", **kwargs: Any) -> Any:
+    """A setting that is a secret (a token, a password): never echoed in an error (:func:`describe_error`), nor in
+    the settings' repr."""
+    return _env(name, default, repr=False, **kwargs)
 
 
 def _key_part(part: object) -> str:
@@ -34,14 +49,15 @@ def _key_part(part: object) -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, populate_by_name=True)
 
-    amqp_url: str = _env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    # the URLs carry credentials: an error about them shows them masked (describe_error)
+    amqp_url: str = _env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", max_length=2048)
     # RabbitMQ credentials per process part, JSON: {"gateway": "amqp://gw:...@host/", "stations": ...}; a part not
     # named uses AMQP_URL (one process per service can simply get its own AMQP_URL instead)
     amqp_service_urls: dict[str, str] = _env("AMQP_SERVICE_URLS", {})
-    redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0", max_length=2048)
     namespace: str = _env("CSMS_NAMESPACE", "csms", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # PostgreSQL: the system of record. The schema holds every table (and alembic's version table).
-    database_url: str = _env("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/csms")
+    database_url: str = _env("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/csms", max_length=2048)
     database_schema: str = _env("DATABASE_SCHEMA", "public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     db_pool_min: int = _env("DATABASE_POOL_MIN", 1, ge=0, le=100)
     db_pool_max: int = _env("DATABASE_POOL_MAX", 10, ge=1, le=500)
@@ -66,7 +82,7 @@ class Settings(BaseSettings):
     gateway_tls_port: int = _env("GATEWAY_TLS_PORT", 9443, ge=0, le=65535)
     gateway_tls_cert_file: str = _env("GATEWAY_TLS_CERT_FILE", "")
     gateway_tls_key_file: str = _env("GATEWAY_TLS_KEY_FILE", "")
-    gateway_tls_key_password: str = _env("GATEWAY_TLS_KEY_PASSWORD", "")
+    gateway_tls_key_password: str = _secret("GATEWAY_TLS_KEY_PASSWORD", max_length=1024)
     # client certificates (profile 3) are trusted when issued by the security service's CA or by a CA in this PEM
     # bundle (e.g. the manufacturer's CA of factory-installed certificates)
     gateway_tls_client_ca_file: str = _env("GATEWAY_TLS_CLIENT_CA_FILE", "")
@@ -128,16 +144,19 @@ class Settings(BaseSettings):
     ftp_port: int = _env("FILES_FTP_PORT", 9021, ge=0, le=65535)
     files_public_host: str = _env("FILES_PUBLIC_HOST", "127.0.0.1")
     files_root: str = _env("FILES_ROOT", "./var/files")
-    upload_max_bytes: int = _env("UPLOAD_MAX_BYTES", 50 * 1024 * 1024, ge=1)
-    upload_ttl: int = _env("UPLOAD_TTL", 3600, ge=1)
-    # Bearer token required for GET /files* and PUT /firmware (operators). Empty: one is generated at the first
-    # start, kept in FILES_ROOT/.operator-token (mode 0600) and printed once -- the routes are never open
-    files_operator_token: str = _env("FILES_OPERATOR_TOKEN", "", max_length=512)
+    # the largest upload (a diagnostics file, a firmware image: at most 4 GiB) and the seconds a one-time upload
+    # URL lives (at most a week)
+    upload_max_bytes: int = _env("UPLOAD_MAX_BYTES", 50 * 1024 * 1024, ge=1, le=4 * 1024 ** 3)
+    upload_ttl: int = _env("UPLOAD_TTL", 3600, ge=1, le=7 * 86400)
+    # Bearer token required for GET /files* and PUT /firmware (operators): 16-512 printable ASCII characters. Empty:
+    # one is generated at the first start, kept in FILES_ROOT/.operator-token (mode 0600) and printed once -- the
+    # routes are never open
+    files_operator_token: str = _secret("FILES_OPERATOR_TOKEN", max_length=512)
     # HTTPS for uploads and downloads and FTPS (explicit, AUTH TLS required) for FTP uploads: certificate chain and
     # key (PEM). Set: the default public URLs are https:// and ftps://
     files_tls_cert_file: str = _env("FILES_TLS_CERT_FILE", "")
     files_tls_key_file: str = _env("FILES_TLS_KEY_FILE", "")
-    files_tls_key_password: str = _env("FILES_TLS_KEY_PASSWORD", "")
+    files_tls_key_password: str = _secret("FILES_TLS_KEY_PASSWORD", max_length=1024)
     # offer FTP (FTPS with FILES_TLS_*) for GetDiagnostics / GetLog uploads at all
     files_ftp_enabled: bool = _env("FILES_FTP_ENABLED", True)
     # FTP passive data ports ("60000-60100" or "60000,60001"; empty: any) and the public address
@@ -156,7 +175,7 @@ class Settings(BaseSettings):
     # start under SECURITY_DEV_DIR (logged at WARNING).
     security_ca_cert_file: str = _env("SECURITY_CA_CERT_FILE", "")
     security_ca_key_file: str = _env("SECURITY_CA_KEY_FILE", "")
-    security_ca_key_password: str = _env("SECURITY_CA_KEY_PASSWORD", "")
+    security_ca_key_password: str = _secret("SECURITY_CA_KEY_PASSWORD", max_length=1024)
     # where development CA and firmware signing material are generated (keys are written mode 0600)
     security_dev_dir: str = _env("SECURITY_DEV_DIR", "./var/security")
     # key type of generated development material
@@ -180,7 +199,7 @@ class Settings(BaseSettings):
     # SECURITY_DEV_DIR (logged at WARNING).
     firmware_signing_cert_file: str = _env("FIRMWARE_SIGNING_CERT_FILE", "")
     firmware_signing_key_file: str = _env("FIRMWARE_SIGNING_KEY_FILE", "")
-    firmware_signing_key_password: str = _env("FIRMWARE_SIGNING_KEY_PASSWORD", "")
+    firmware_signing_key_password: str = _secret("FIRMWARE_SIGNING_KEY_PASSWORD", max_length=1024)
 
     @field_validator("files_public_http_url")
     @classmethod
@@ -198,14 +217,36 @@ class Settings(BaseSettings):
         proxy_networks(value)  # ValueError naming the bad entry
         return value
 
+    @field_validator("amqp_url", "redis_url", "database_url")
+    @classmethod
+    def _connection_url(cls, value: str, info: Any) -> str:
+        schemes = _URL_SCHEMES[info.field_name]
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
+        if info.field_name == "database_url":  # postgresql+asyncpg:// as SQLAlchemy spells it is fine
+            scheme = scheme.partition("+")[0]
+        if scheme not in schemes:
+            raise ValueError(f"must start with {' or '.join(scheme + '://' for scheme in schemes)}")
+        return value
+
     @field_validator("amqp_service_urls")
     @classmethod
     def _service_urls(cls, value: dict[str, str]) -> dict[str, str]:
         for part, url in value.items():
-            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", part):
-                raise ValueError(f"{part!r} is not a part name (gateway, stations, ...)")
+            if part not in PROCESS_PARTS:
+                # a misspelt part would silently fall back to AMQP_URL (the shared credentials)
+                shown = repr(part) if re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", part) else "a key"
+                raise ValueError(f"{shown} is not a part name; the parts are {', '.join(PROCESS_PARTS)}")
             if not url.startswith(("amqp://", "amqps://")):
                 raise ValueError(f"the URL of {part!r} must start with amqp:// or amqps://")
+        return value
+
+    @field_validator("files_operator_token")
+    @classmethod
+    def _operator_token(cls, value: str) -> str:
+        # the generated token has 43 characters; a short one can be guessed, a space or a control character
+        # cannot travel in an Authorization header
+        if value and not (len(value) >= 16 and value.isascii() and value.isprintable() and " " not in value):
+            raise ValueError("must be 16-512 printable ASCII characters without spaces (e.g. openssl rand -hex 32)")
         return value
 
     @field_validator("ftp_passive_ports")
@@ -268,7 +309,7 @@ class Settings(BaseSettings):
     api_port: int = _env("API_PORT", 8080, ge=0, le=65535)
     # a secret: when set, an admin API key with exactly this value exists (created at start, never logged);
     # for the first key of an installation. At least 32 characters. Prefer `csms api-keys create --scope admin`
-    api_bootstrap_admin_key: str = _env("API_BOOTSTRAP_ADMIN_KEY", "", repr=False)
+    api_bootstrap_admin_key: str = _secret("API_BOOTSTRAP_ADMIN_KEY")
     # the longest ``timeout`` (seconds) a command through the HTTP API may wait for the charge point
     api_command_max_timeout: float = _env("API_COMMAND_MAX_TIMEOUT", 120.0, gt=0, le=3600)
     # asynchronous commands one API process runs at once (more: HTTP 429)
@@ -411,23 +452,77 @@ def check_public_url(value: str, schemes: tuple[str, ...], *, allow_path: bool) 
     return f"{parts.scheme.lower()}://{parts.netloc}{path}"
 
 
+def _field_name(loc: object) -> str:
+    """The field an error location names: by field name (keyword arguments) or by variable (the environment)."""
+    name = str(loc)
+    if name in Settings.model_fields:
+        return name
+    for field_name, field in Settings.model_fields.items():
+        if name in (getattr(field.validation_alias, "choices", None) or ()):
+            return field_name
+    return name
+
+
 def _env_name(error: dict) -> str:
-    name = str(error["loc"][0]) if error.get("loc") else "?"
+    name = _field_name(error["loc"][0]) if error.get("loc") else "?"
     field = Settings.model_fields.get(name)
     alias = getattr(field, "validation_alias", None) if field else None
     choices = getattr(alias, "choices", None)
     return str(choices[0]) if choices else name.upper()
 
 
+# the user information of a URL (``scheme://user:password@``), masked wherever a value is echoed
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\s'\"]*)@")
+_ECHO_CHARS = 120  # a longer value is cut in the error line
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the credentials of every URL in it masked: ``amqp://gw:***@mq/``, ``https://***@host/``
+    (a user name alone may be a token)."""
+    def masked(match: re.Match) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user}:***@" if colon else f"{match['scheme']}***@"
+    return _USERINFO.sub(masked, text)
+
+
+def is_secret(field_name: str) -> bool:
+    """A setting whose value is never echoed (declared with ``_secret``)."""
+    field = Settings.model_fields.get(_field_name(field_name))
+    return field is not None and field.repr is False
+
+
+def _echo(field_name: str, value: Any) -> str:
+    """The value of a bad setting as the error line shows it: hidden for a secret, URL credentials masked, long
+    values cut."""
+    if is_secret(field_name):
+        return "<hidden>"
+    text = mask_credentials(repr(value))
+    return text if len(text) <= _ECHO_CHARS else f"{text[:_ECHO_CHARS]}... ({len(text)} characters)"
+
+
 def describe_error(exc: ValidationError) -> str:
-    """One line naming every bad setting, e.g. ``GATEWAY_AUTH='basci': Input should be 'none' or 'basic'``."""
+    """One line naming every bad setting, e.g. ``GATEWAY_AUTH='basci': Input should be 'none' or 'basic'``. The
+    value of a secret is never shown, credentials in a URL are masked."""
     parts = []
     for error in exc.errors():
         if not error.get("loc"):  # a rule over several settings: its message names them (never echo the input)
             parts.append(str(error["msg"]).removeprefix("Value error, "))
             continue
-        parts.append(f"{_env_name(error)}={error.get('input')!r}: {error['msg']}")
-    return "invalid setting " + "; ".join(parts)
+        parts.append(f"{_env_name(error)}={_echo(str(error['loc'][0]), error.get('input'))}: {error['msg']}")
+    return mask_credentials("invalid setting " + "; ".join(parts))
+
+
+def describe_settings_error(exc: SettingsError) -> str:
+    """One line for a value the settings source could not even parse (AMQP_SERVICE_URLS that is not JSON),
+    naming the setting; the value is not shown (it may hold credentials)."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    name = _env_name({"loc": (match.group(1),)}) if match else "?"
+    cause = exc.__cause__
+    if isinstance(cause, ValueError) and type(cause).__name__ == "JSONDecodeError":
+        why = f"not valid JSON ({cause.msg} at character {cause.pos})"  # type: ignore[attr-defined]
+    else:
+        why = "cannot be read" + (f" ({type(cause).__name__})" if cause is not None else "")
+    return f"invalid setting {name}: {why}"
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -435,8 +530,11 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        print(describe_error(exc), file=sys.stderr)
-        raise SystemExit(2) from None
+        line = describe_error(exc)
+    except SettingsError as exc:
+        line = describe_settings_error(exc)
+    print(line, file=sys.stderr)
+    raise SystemExit(2)
 
 
 def get_settings(**overrides: object) -> Settings:

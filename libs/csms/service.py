@@ -35,14 +35,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-import aiormq
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, ValidationError
 
 from csms import envelopes, ocpp16
 from csms.bus import (
-    CORRELATION_HEADER, KIND_API, KIND_CALL, KIND_COMMAND, Bus, RpcClient, Unroutable, api_key, call_key,
+    CHANNEL_GONE, CORRELATION_HEADER, KIND_API, KIND_CALL, KIND_COMMAND, Bus, RpcClient, Unroutable, api_key, call_key,
     charge_point_route,
     command_key,
 )
@@ -433,15 +432,21 @@ class Service:
             self._leave()
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        async with message.process(requeue=False, ignore_processed=True):
+        """Answer, reply, ack. A reply or ack that meets a closed channel (an outage) is counted and reported by
+        the bus (one outage line), never raised into the consumer's task (a traceback per message)."""
+        try:
             reply = await self._answer(message)
-            kind, outcome = _outcome(reply)
-            self.metrics.message(kind, outcome)
-            if not message.reply_to:
-                log.warning("%s: request on %s/%s has no reply_to; its answer is dropped", self.name,
-                            message.exchange, message.routing_key)
-                return
+        except BaseException:
+            await _settle(message.reject(requeue=False))
+            raise
+        kind, outcome = _outcome(reply)
+        self.metrics.message(kind, outcome)
+        if not message.reply_to:
+            log.warning("%s: request on %s/%s has no reply_to; its answer is dropped", self.name,
+                        message.exchange, message.routing_key)
+        else:
             await self.bus.reply(message, reply)
+        await _settle(message.ack())
 
     async def _answer(self, message: AbstractIncomingMessage) -> OcppReply | CommandResult | ApiReply:
         """The reply to any request on the service queue; a malformed one gets an error naming the problem."""
@@ -597,8 +602,7 @@ async def _settle(settlement: Awaitable[Any]) -> None:
     message to the next consumer by itself, so there is nothing left to do."""
     try:
         await settlement
-    except (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPConnectionError,
-            aiormq.exceptions.ChannelClosed, ConnectionError):
+    except CHANNEL_GONE:
         log.debug("delivery not settled: its channel closed (it will be redelivered)")
 
 

@@ -188,17 +188,22 @@ class Gateway:
         """Stop accepting; close every charge point with 1001, spread over GATEWAY_DRAIN_SECONDS so they do not
         all reconnect at once, each after its CALL in flight is answered; wait until every disconnect is
         published."""
-        self.draining = True
+        self.draining = True  # from now on every opening handshake is answered 503 + Retry-After
         if not self.servers:
             return
-        for server in self.servers:
-            server.close(close_connections=False)  # no new sockets; opening handshakes get 503
         links = list(self.links.values())
         window = self.settings.gateway_drain_seconds
         log.info("draining %d charge points over %.1f s", len(links), window)
         step = window / len(links) if links else 0.0
         closing = [self._spawn(self._drain_link(link, index * step)) for index, link in enumerate(links)]
         await asyncio.gather(*closing, return_exceptions=True)
+        # a connection whose handshake was answered just before the drain began
+        late = [self._spawn(self._drain_link(link, 0.0)) for link in self.links.values() if not link.draining]
+        await asyncio.gather(*late, return_exceptions=True)
+        for server in self.servers:
+            # still listening until here, so a charge point that reaches this instance during the drain (before
+            # the Service stops routing to it) is told 503 + Retry-After rather than refused
+            server.close(close_connections=False)
         for server in self.servers:
             await server.wait_closed()  # every handler has returned: the disconnects are published
         log.info("gateway %s drained", self.instance)
@@ -266,9 +271,7 @@ class Gateway:
     # ---- websocket side -----------------------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.draining or not self.bus.connected:
-            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "gateway unavailable, try again\n")
-            response.headers["Retry-After"] = "5"
-            return response
+            return _unavailable(connection)
         try:
             connection.csms_admitted = await self._admit(connection, request)  # type: ignore[attr-defined]
         except Refused as refused:
@@ -318,6 +321,8 @@ class Gateway:
         the charge point sees itself connected is routed here."""
         if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
             return None
+        if self.draining:  # admitted before the drain began, answered after: it would never be drained
+            return _unavailable(connection)
         admitted: Admitted = connection.csms_admitted  # type: ignore[attr-defined]
         cp, session = admitted.charge_point_id, admitted.session
         self._arriving[cp] = (session, asyncio.Event())
@@ -334,9 +339,7 @@ class Gateway:
             if self._arriving.get(cp, (None,))[0] == session:
                 del self._arriving[cp]
             self._report(exc, f"handshake of {cp}")
-            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "gateway unavailable, try again\n")
-            response.headers["Retry-After"] = "5"
-            return response
+            return _unavailable(connection)
         await self.presence.claim(cp, session, admitted.connected_at)
         return None
 
@@ -671,6 +674,13 @@ class Gateway:
                                  error_code=exc.code, error_description=exc.description, error_details=exc.details,
                                  **base)
         return CommandResult(status="answered", payload=frame[2], **base)
+
+
+def _unavailable(connection: ServerConnection) -> Response:
+    """503 + Retry-After to an opening handshake: draining, or RabbitMQ out of reach."""
+    response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "gateway unavailable, try again\n")
+    response.headers["Retry-After"] = "5"
+    return response
 
 
 def _address(ws: ServerConnection) -> str:

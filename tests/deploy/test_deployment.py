@@ -362,3 +362,27 @@ def test_compose_runs_the_security_service_and_serves_tls_from_secrets():
     assert all(service.get("environment", {}).get("GATEWAY_AUTH", "basic") == "basic"
                for service in services.values())
     assert set(compose["secrets"]) == {"csms_tls_cert", "csms_tls_key"}
+
+
+EXEC_COMMAND = re.compile(r"kubectl (?:-n \S+ )?exec deploy/(?P<deployment>\S+) -- (?P<command>[^`);\n]+)")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_commands_the_manifests_suggest_exist_in_the_image(overlay):
+    """``kubectl exec deploy/X -- CMD`` in a manifest's comments: X is a Deployment of the overlay and CMD runs in
+    the image. The image installs the dependencies, not the project, so there is no ``csms`` script: the CLI is
+    ``python -m csms.cli`` (the subcommand must exist: its --help answers)."""
+    texts = [path.read_text() for path in sorted((KUSTOMIZE / "overlays" / overlay).rglob("*.yaml"))]
+    found = [match for text in texts for match in EXEC_COMMAND.finditer(text)]
+    assert found, f"the {overlay} overlay suggests no command"
+    deployments = of_kind(resources(overlay), "Deployment")
+    for match in found:
+        assert match["deployment"] in deployments, match.group(0)
+        words = match["command"].split()
+        assert words[:3] == ["python", "-m", "csms.cli"], match.group(0)
+        subcommand = [w for w in words[3:] if not w.startswith("-") and "=" not in w][:2]
+        done = subprocess.run([sys.executable, "-m", "csms.cli", *subcommand, "--help"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.startswith("Usage: csms"), (match.group(0), done.stderr)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY libs /app/libs" in dockerfile and "PYTHONPATH=/app/libs:/app" in dockerfile

@@ -169,3 +169,103 @@ async def test_a_sigkilled_gateways_charge_points_go_offline_within_the_presence
             await asyncio.wait_for(ws.recv(), 5)
     finally:
         await gateway.stop()
+
+
+async def _gateway(settings, **env: str) -> tuple[CsmsProcess, int, int]:
+    """A gateway subprocess, ready: (process, websocket port, ops port)."""
+    gateway = await CsmsProcess("services.gateway", settings, **env).start()
+    port = int((await gateway.wait_for_message(r"gateway \S+ listening on [^:]+:(\d+)")).group(1))
+    ops = await gateway.ops_port()
+    await eventually_status(ops, "/readyz", 200)
+    return gateway, port, ops
+
+
+async def test_closes_are_spread_over_the_window_and_newcomers_get_503(settings, services_only):
+    """GATEWAY_DRAIN_SECONDS spreads the closes: the charge points see them one by one, in the order they
+    connected, across the window (not in one burst); a handshake during the drain is answered 503 + Retry-After."""
+    window, count = 3.0, 6
+    gateway, port, ops = await _gateway(settings, GATEWAY_DRAIN_SECONDS=str(window))
+    loop = asyncio.get_running_loop()
+    try:
+        ids = [f"SPREAD-{i}-{settings.namespace[-6:]}" for i in range(count)]
+        sockets = []
+        for cp in ids:  # one after the other: the drain closes them in this order
+            ws = await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{cp}", subprotocols=["ocpp1.6"])
+            await boot_raw(ws)
+            sockets.append(ws)
+        closed: list[tuple[float, str, int]] = []
+
+        async def watch(cp: str, ws) -> None:
+            await ws.wait_closed()
+            closed.append((loop.time(), cp, ws.close_code))
+        watchers = [asyncio.create_task(watch(cp, ws)) for cp, ws in zip(ids, sockets)]
+        gateway.signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            while not closed:
+                await asyncio.sleep(0.01)
+        # newcomers while the others are still being drained: told to come back, not connected
+        assert len(closed) < count
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/LATE-{settings.namespace[-6:]}",
+                                     subprotocols=["ocpp1.6"])
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.headers["Retry-After"] == "5"
+        assert len(closed) < count  # that was during the drain
+        await asyncio.wait_for(asyncio.gather(*watchers), 15)
+        assert await gateway.wait(timeout=15) == 0
+
+        assert [cp for _, cp, _ in closed] == ids  # in the order they connected
+        assert {code for _, _, code in closed} == {1001}
+        times = [t for t, _, _ in closed]
+        step = window / count
+        # the closes fill the window: from the first to the last they span (count - 1) steps of window/count
+        # (here at least half of that: the machine may be slow, it cannot make the spread larger than planned
+        # plus its delay), and no two come in one burst
+        assert times[-1] - times[0] >= 0.5 * (count - 1) * step, times
+        assert all(later - earlier >= 0.25 * step for earlier, later in zip(times, times[1:])), times
+    finally:
+        await gateway.stop()
+
+
+async def test_commands_during_the_drain_answer_offline_at_once(settings, services_only, monkeypatch):
+    """A command for a charge point that is being drained (its CALL in flight still to be answered) or already
+    closed by the drain is answered "offline" by the gateway, not left to time out."""
+    stations = next(s for s in services_only.services if s.name == "stations")
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_heartbeat(ctx, request):  # keeps the first charge point's link busy through the drain
+        entered.set()
+        await release.wait()
+        return HeartbeatResponse(current_time="2026-01-01T00:00:00Z")
+    monkeypatch.setitem(stations.calls, "Heartbeat", slow_heartbeat)
+    gateway, port, ops = await _gateway(settings, GATEWAY_DRAIN_SECONDS="0")
+    try:
+        busy_id, other_id = (f"CMD-{i}-{settings.namespace[-6:]}" for i in range(2))
+        busy = await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{busy_id}", subprotocols=["ocpp1.6"])
+        other = await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{other_id}", subprotocols=["ocpp1.6"])
+        for ws in (busy, other):
+            await boot_raw(ws)
+        await busy.send(json.dumps([2, "in-flight", "Heartbeat", {}]))
+        await asyncio.wait_for(entered.wait(), 5)
+        gateway.signal(signal.SIGTERM)
+        with pytest.raises(websockets.ConnectionClosed):  # the idle one is closed at once
+            await asyncio.wait_for(other.recv(), 10)
+        await eventually_status(ops, "/readyz", 503, timeout=5)
+
+        # a command timeout far beyond the test: an unanswered command would come back "timeout", not "offline"
+        draining = await services_only.send(busy_id, "ClearCache", {}, timeout=60)
+        assert draining.status == "offline", draining
+        assert "shutting down" in (draining.error_description or ""), draining
+        gone = await services_only.send(other_id, "ClearCache", {}, timeout=60)
+        assert gone.status == "offline", gone
+
+        release.set()  # the CALL in flight is answered, then its socket closes too
+        answer = await _recv(busy)
+        assert answer[:2] == [3, "in-flight"], answer
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(busy.recv(), 10)
+        assert busy.close_code == 1001
+        assert await gateway.wait(timeout=15) == 0
+    finally:
+        release.set()
+        await gateway.stop()

@@ -102,6 +102,50 @@ async def test_outage_watcher_probes_until_the_dependency_answers(caplog):
     await outages.close()
 
 
+async def test_an_outage_of_several_connections_ends_when_the_last_is_back(caplog):
+    """Each part of a process has its own RabbitMQ connection, all cut at once: the first to reconnect does not
+    end the outage (a reply failing on another one would open a second); the last one does, in one line."""
+    up = {"gateway": False, "stations": False}
+    outages = OutageLog(every=30, backoff=(10.0, 10.0))
+    for part in up:
+        outages.hold("rabbitmq", part, lambda part=part: up[part])
+    with caplog.at_level(logging.INFO, logger="csms.outage"):
+        outages.failed("rabbitmq", AMQPConnectionError("closed"), "reconnecting")
+        outages.failed("rabbitmq", AMQPConnectionError("closed"), "reconnecting")
+        up["stations"] = True
+        outages.recovered("rabbitmq")  # stations reconnected; the gateway has not
+        assert outages.is_down("rabbitmq")
+        outages.failed("rabbitmq", AMQPConnectionError("channel closed"), "a reply not sent")  # a repeat
+        up["gateway"] = True
+        outages.recovered("rabbitmq")
+        assert not outages.is_down("rabbitmq")
+        outages.release("rabbitmq", "gateway")  # closed on purpose: no longer counted
+        up["gateway"] = False
+        outages.failed("rabbitmq", AMQPConnectionError("closed"))
+        outages.recovered("rabbitmq")
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(":")[0].split(" after")[0] for line in lines] == [
+        "rabbitmq unreachable (reconnecting)", "rabbitmq reachable again", "rabbitmq unreachable",
+        "rabbitmq reachable again"], lines
+    await outages.close()
+
+
+async def test_the_watcher_ends_an_outage_of_held_connections_once_all_are_up(caplog):
+    up = [False]
+    outages = OutageLog(every=30, backoff=(0.01, 0.02))
+    outages.hold("rabbitmq", "gateway", lambda: up[0])
+    outages.failed("rabbitmq", AMQPConnectionError("closed"), "a reply not sent")
+    await asyncio.sleep(0.1)
+    assert outages.is_down("rabbitmq")
+    up[0] = True
+    for _ in range(100):
+        if not outages.is_down("rabbitmq"):
+            break
+        await asyncio.sleep(0.01)
+    assert not outages.is_down("rabbitmq")
+    await outages.close()
+
+
 async def test_until_connected_retries_outages_and_raises_bugs():
     attempts = []
 

@@ -100,11 +100,18 @@ async def check(settings: Settings) -> str | None:
             f"{sorted(want)}: run `csms db upgrade` or start with DATABASE_MIGRATE=true")
 
 
-async def prepare(settings: Settings) -> None:
-    """What a process does before it opens its pool: migrate when DATABASE_MIGRATE is set, else refuse to
-    run on a schema that is behind (one clear line, no traceback)."""
+def announce(settings: Settings, reason: str = "DATABASE_MIGRATE is set") -> None:
+    """The one line a process logs before :func:`prepare` migrates (once, not per attempt while PostgreSQL is
+    unreachable)."""
     if settings.db_migrate:
-        log.warning("DATABASE_MIGRATE is set: upgrading the schema of %s", redacted(settings.database_url))
+        log.warning("%s: the database of %s is created if missing and schema %s upgraded at start", reason,
+                    redacted(settings.database_url), settings.database_schema)
+
+
+async def prepare(settings: Settings) -> None:
+    """What a process does before it opens its pool: migrate when DATABASE_MIGRATE is set (say so first with
+    :func:`announce`), else refuse to run on a schema that is behind (one clear line, no traceback)."""
+    if settings.db_migrate:
         await ensure_database(settings)
         await upgrade(settings)
         return

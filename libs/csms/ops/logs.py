@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -201,7 +202,12 @@ class _Outage:
 class OutageLog:
     """One line when a dependency becomes unreachable, then a summary of repeats at most every ``every``
     seconds, one line when it is back. While it is down, a watcher retries ``probe`` with backoff (for
-    dependencies that reconnect lazily, like Redis and PostgreSQL)."""
+    dependencies that reconnect lazily, like Redis and PostgreSQL).
+
+    A process holds several connections to one dependency (each part of ``services.all`` has its own RabbitMQ
+    connection, cut together in an outage): each is registered with :meth:`hold`, and the dependency counts as
+    back only when every one of them is (the first to reconnect does not end the outage while a reply on another
+    still fails, which would open a second one)."""
 
     def __init__(self, every: float = 30.0, logger: logging.Logger | None = None,
                  backoff: tuple[float, float] = (0.5, 30.0)):
@@ -213,10 +219,27 @@ class OutageLog:
         self.listeners: list[Callable[[str, float], None]] = []
         self.backoff = backoff
         self._watchers: dict[str, asyncio.Task] = {}
+        # per dependency: the connections to it, each with a check that says whether it is up
+        self._holders: dict[str, dict[object, Callable[[], bool]]] = {}
 
     def watch(self, dependency: str, probe: Callable[[], Awaitable[bool]]) -> None:
         """How to tell that ``dependency`` answers again (the first probe registered is used)."""
         self.probes.setdefault(dependency, probe)
+
+    def hold(self, dependency: str, holder: object, is_up: Callable[[], bool]) -> None:
+        """``holder`` keeps a connection to ``dependency`` that reconnects by itself; ``is_up`` tells whether it
+        is up. While any holder is down the outage goes on; the watcher ends it once every holder is up."""
+        self._holders.setdefault(dependency, {})[holder] = is_up
+
+    def release(self, dependency: str, holder: object) -> None:
+        """``holder`` closed its connection on purpose: it no longer counts."""
+        self._holders.get(dependency, {}).pop(holder, None)
+
+    def _all_held_up(self, dependency: str) -> bool:
+        return all(is_up() for is_up in list(self._holders.get(dependency, {}).values()))
+
+    async def _held_probe(self, dependency: str) -> bool:
+        return self._all_held_up(dependency)
 
     def is_down(self, dependency: str) -> bool:
         return dependency in self.down
@@ -237,6 +260,11 @@ class OutageLog:
             outage.reported, outage.repeats = now, 0
 
     def recovered(self, dependency: str) -> None:
+        """``dependency`` answered again. Where connections to it are held (:meth:`hold`), only once every one
+        of them is up: until then the outage goes on (and its watcher checks again)."""
+        if dependency in self.down and not self._all_held_up(dependency):
+            self._start_watcher(dependency)
+            return
         outage = self.down.pop(dependency, None)
         watcher = self._watchers.pop(dependency, None)
         if watcher is not None and watcher is not _current_task():
@@ -250,6 +278,8 @@ class OutageLog:
 
     def _start_watcher(self, dependency: str) -> None:
         probe = self.probes.get(dependency)
+        if probe is None and self._holders.get(dependency):
+            probe = functools.partial(self._held_probe, dependency)
         if probe is None or dependency in self._watchers:
             return
         try:

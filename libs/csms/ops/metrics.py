@@ -66,6 +66,8 @@ class Metrics:
                                    ["service", "dependency"], registry=r)
         self._outage_seconds = Counter("csms_outage_seconds_total", "Seconds dependencies were unreachable",
                                        ["service", "dependency"], registry=r)
+        self._replies_unsent = Counter("csms_replies_unsent_total", "Replies to bus requests that could not be "
+                                       "sent because the channel was gone (an outage)", ["service"], registry=r)
         self._ready = Gauge("csms_ready", "1 when this part is ready (see /readyz)", ["service"], registry=r)
         self._ready.labels(service)
 
@@ -92,6 +94,9 @@ class Metrics:
 
     def message(self, kind: str, outcome: str) -> None:
         self._messages.labels(self.service, kind, outcome).inc()
+
+    def reply_unsent(self) -> None:
+        self._replies_unsent.labels(self.service).inc()
 
     def upload(self, protocol: str | None, size: int) -> None:
         protocol = protocol if protocol in ("http", "ftp") else "other"
