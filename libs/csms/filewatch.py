@@ -13,6 +13,19 @@ log = logging.getLogger("csms.filewatch")
 Stamp = tuple[tuple[str, int, int, int], ...]
 
 
+def reload_or_keep(load: Callable[[], object], errors: type[Exception], what: str, why: str,
+                   logger: logging.Logger) -> bool:
+    """``load()`` again; when it raises ``errors`` the material loaded before stays in use (logged). True when the
+    new material is in use."""
+    try:
+        load()
+    except errors as exc:
+        logger.error("%s not reloaded (%s), the previous one stays in use: %s", what, why, exc)
+        return False
+    logger.info("%s reloaded (%s)", what, why)
+    return True
+
+
 def stamp(paths: Sequence[str]) -> Stamp:
     """What the files look like now (a missing file has its own stamp)."""
     entries = []

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from csms.config import Settings
-from csms.filewatch import FileWatch, stamp
+from csms.filewatch import FileWatch, reload_or_keep, stamp
 from services.diagnostics.ftp_server import ftps_context
 
 log = logging.getLogger("services.diagnostics.tls")
@@ -88,11 +88,7 @@ class FilesTls:
 
     def reload(self, why: str = "requested") -> bool:
         """Load the files again; on failure keep what was loaded. True when new material is in use."""
-        try:
-            self.load()
-        except TlsMaterialError as exc:
-            log.error("file intake TLS material not reloaded (%s), the previous one stays in use: %s", why, exc)
+        if not reload_or_keep(self.load, TlsMaterialError, "file intake TLS material", why, log):
             return False
         self.reloads += 1
-        log.info("file intake TLS material reloaded (%s)", why)
         return True

@@ -23,7 +23,7 @@ from cryptography import x509
 
 from csms import pki
 from csms.config import Settings
-from csms.filewatch import FileWatch, stamp
+from csms.filewatch import FileWatch, reload_or_keep, stamp
 
 log = logging.getLogger("services.gateway.tls")
 
@@ -131,13 +131,9 @@ class GatewayTls:
 
     def reload(self, why: str = "requested") -> bool:
         """Load the files again; on failure keep what was loaded. True when new material is in use."""
-        try:
-            self.load()
-        except TlsUnavailable as exc:
-            log.error("TLS material not reloaded (%s), the previous one stays in use: %s", why, exc)
+        if not reload_or_keep(self.load, TlsUnavailable, "TLS material", why, log):
             return False
         self.reloads += 1
-        log.info("TLS material reloaded (%s)", why)
         return True
 
     def set_csms_cas(self, chain: list[x509.Certificate]) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ftplib
-import os
 import signal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,15 +18,8 @@ from tests.support.process import CsmsProcess
 from tests.support.system import System, create_schema, remove_test_system
 
 
-def replace_material(folder: Path, ca, ca_key) -> x509.Certificate:
-    """A new certificate and key, swapped in the way a Kubernetes Secret update does (rename)."""
-    cert, key = test_pki.issue_server(ca, ca_key, "localhost")
-    staging = folder / "staging"
-    staging.mkdir(exist_ok=True)
-    cert_file, key_file = test_pki.write_pair(staging, "files", [cert], key)
-    os.replace(key_file, folder / "files.key.pem")
-    os.replace(cert_file, folder / "files.crt.pem")
-    return cert
+def replace_material(folder: Path, ca, ca_key, host: str = "localhost") -> x509.Certificate:
+    return test_pki.replace_pair(folder, "files", ca, ca_key, host)
 
 
 async def https_serial(port: int, ca_pem: str) -> int:

@@ -7,7 +7,6 @@ each user is refused (ACCESS_REFUSED) what the README says it cannot do.
 Needs ``rabbitmqctl`` against the local broker (as root): skipped without it, failed under CI=true."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
