@@ -43,6 +43,7 @@ log = logging.getLogger("services.gateway.handshake")
 
 ADMIT_RETRY_AFTER = 10  # seconds a charge point is asked to wait when the handshake cannot be answered
 CA_REFRESH_SECONDS = 300.0  # how often the security service's CA is fetched again
+CLAIM_POLL_SECONDS = 0.1  # how often a clean check asks again for its address's place held by another instance
 CLOSE_POLICY_VIOLATION = 1008  # the charge point may no longer be connected (its certificate was revoked)
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
 
@@ -253,25 +254,28 @@ class Handshake:
                 if standing == "clean":
                     async with self.checks.clean_turn(address) as turn:
                         claim = await self._claim(cp, address)
+                        while not (claim.claimed or claim.failed):  # another instance has the place: wait for it
+                            await asyncio.sleep(CLAIM_POLL_SECONDS)  # (the handshake's budget bounds the wait)
+                            claim = await self._claim(cp, address)
                         if claim.good:
-                            turn.pass_on()  # several of a good address's checks may be in the clean lane
+                            turn.pass_on()  # a good address's checks go side by side
                         if claim.claimed:
-                            return await self._clean_check(cp, address, password)
-                    standing = "suspect"    # it failed meanwhile, or its places in the clean lane are taken
+                            return await self._clean_check(cp, address, password, claim)
+                    standing = "suspect"    # it failed meanwhile
                 return await self._checked(cp, address, password, standing)
         except lanes.TooMany:
             self.gateway.metrics.auth_failure("busy")
             raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many logins from this address at once: try again",
                           {"Retry-After": "1"}) from None
 
-    async def _clean_check(self, cp: str, address: str, password: bytes) -> AdmitResult:
+    async def _clean_check(self, cp: str, address: str, password: bytes, claim: lockout.Claim) -> AdmitResult:
         authenticated = False
         try:
             answer = await self._checked(cp, address, password, "clean")
             authenticated = answer.authenticated is True
             return answer
         finally:
-            await self._release(address, authenticated)
+            await self._release(address, claim, authenticated)
 
     async def _claim(self, cp: str, address: str) -> lockout.Claim:
         guard = self.gateway.logins
@@ -283,22 +287,34 @@ class Handshake:
             log.warning("clean-lane claim for %s skipped: %s", address, exc)
             return lockout.Claim(True)
 
-    async def _release(self, address: str, authenticated: bool) -> None:
+    async def _release(self, address: str, claim: lockout.Claim, authenticated: bool) -> None:
         guard = self.gateway.logins
         if guard is None:
             return
         try:
-            await guard.release(address, authenticated)
+            await guard.release(address, claim, authenticated)
         except RedisError as exc:
             log.warning("clean-lane claim of %s not released (it expires): %s", address, exc)
 
     async def _checked(self, cp: str, address: str, password: bytes, standing: lockout.Standing) -> AdmitResult:
         """The answer, a wrong password counted before the clean turn passes on (the next one sees the failure)."""
-        answer = await self._ask_stations(cp, password, standing)
+        answer = await self._ask_stations(cp, password, standing, address)
         if answer.authenticated is not True:
             await self._failed(cp, address, "wrong_credentials",
                                f"charge point authentication failed for {cp!r} from {address}")
         return answer
+
+    async def _crowded(self, address: str) -> None:
+        guard = self.gateway.logins
+        if guard is None:
+            return
+        try:
+            if await guard.crowded(address):
+                log.warning("source address %s locked for %s s: it failed logins and keeps sending more password "
+                            "checks than are made (charge points that logged in from it before still get in)",
+                            address, self.settings.gateway_auth_lockout)
+        except RedisError as exc:
+            log.warning("crowded login of %s not counted: %s", address, exc)
 
     async def remember(self, cp: str, address: str, *, login: bool) -> None:
         """A known pair (lockout.py): at each login with credentials, and again when its connection ends."""
@@ -357,7 +373,8 @@ class Handshake:
                                                    f"not this charge point")
         return _Certificate(cert, fingerprint)
 
-    async def _ask_stations(self, cp: str, password: bytes | None, standing: lockout.Standing) -> AdmitResult:
+    async def _ask_stations(self, cp: str, password: bytes | None, standing: lockout.Standing,
+                            address: str = "") -> AdmitResult:
         params: dict[str, Any] = {"charge_point_id": cp}
         if password is not None:
             params["password_b64"] = base64.b64encode(password).decode()
@@ -374,9 +391,11 @@ class Handshake:
                 log.warning("the stations service does not know password-check lanes yet (an older version): "
                             "known charge points wait with the others until it is upgraded")
                 self._stations_know_lanes = False
-                return await self._ask_stations(cp, password, "clean")
+                return await self._ask_stations(cp, password, "clean", address)
             level = logging.INFO if standing == "suspect" else logging.WARNING if exc.status == 503 else logging.ERROR
             log.log(level, "cannot admit %s: %s", cp, exc)
+            if standing == "suspect" and exc.status == 503 and password is not None and address:
+                await self._crowded(address)  # no room for a suspect's check: it counts against the address
             raise unavailable() from None
         except ValueError as exc:
             log.error("cannot admit %s: %s", cp, exc)

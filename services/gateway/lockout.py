@@ -10,16 +10,18 @@ per source address and per charge point id, checked before any password is looke
 * A charge point id with ``GATEWAY_AUTH_MAX_FAILURES_PER_ID`` failed logins (from anywhere) within the window is
   locked as well -- but only for the addresses that failed for it: a flood of wrong passwords for an id never
   locks out the real charge point, which does not fail.
+* A suspect address's password check that finds no room to wait at the stations service (503) counts as a failure
+  of the address (not of the id): a flood that sends more than is hashed locks itself out sooner.
 * Handshakes without any credentials (``anonymous``: no Authorization, no client certificate) are answered 401
   without asking anyone; more than ``ANONYMOUS_PER_ADDRESS`` of them from one address within the window get 429
   (known pairs are spared: a charge point may ask for the Basic challenge first).
 * The *standing* of a handshake that is not refused decides where its password check waits (stations
   verifier.py lanes): ``known`` (a known pair that has not failed since), ``clean`` (the address has not failed
-  recently), ``suspect`` (the address or the pair failed recently). A clean check first *claims* a place of its
-  address in the clean lane, shared by every gateway instance (``...:claims``), released once its outcome is
-  counted: a burst from a fresh address puts one check ahead of the suspect lane, not one per instance; an address
-  a charge point authenticated from recently (``...:good``, until it fails) has as many places as
-  ``GATEWAY_AUTH_CHECKS_PER_ADDRESS`` -- the charge points behind one NAT log in side by side.
+  recently), ``suspect`` (the address or the pair failed recently). A clean check first *claims* the one place
+  of its address in the clean lane, shared by every gateway instance (``...:claims``), released once its outcome
+  is counted: a burst from a fresh address puts one check ahead of the suspect lane, not one per instance. An
+  address a charge point authenticated from recently (``...:good``, until it fails) needs no place: the charge
+  points behind one NAT log in side by side (``GATEWAY_AUTH_CHECKS_PER_ADDRESS`` per instance).
 
 Keys (``Settings.key``, each part percent-encoded): ``gateway:auth:address:<addr>:failures|locked|failed|anonymous|claims|good``
 (``failed``: it failed within window + lockout -- it outlives the count a lock resets),
@@ -69,28 +71,22 @@ end
 return {0, 0, 0, 0}
 """
 
-# KEYS: address failed recently, address failures, pair failures, claims, good address
-# ARGV: claim ms, claims allowed for a good address -> {claimed, good}
+# KEYS: address failed recently, address failures, pair failures, claims, good address; ARGV: claim ms
+# -> {claimed, good, failed}: a good address needs no place (its checks are bounded per instance only)
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 or tonumber(redis.call('GET', KEYS[2]) or '0') > 0
     or tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then
-  return {0, 0}
+  return {0, 0, 1}
 end
-local good, limit = 0, 1
-if redis.call('EXISTS', KEYS[5]) == 1 then good, limit = 1, tonumber(ARGV[2]) end
-local n = redis.call('INCR', KEYS[4])
-redis.call('PEXPIRE', KEYS[4], ARGV[1])
-if n > limit then
-  redis.call('DECR', KEYS[4])
-  return {0, good}
-end
-return {1, good}
+if redis.call('EXISTS', KEYS[5]) == 1 then return {1, 1, 0} end
+if redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[1]) then return {1, 0, 0} end
+return {0, 0, 0}
 """
 
-# KEYS: claims, good address; ARGV: it authenticated (1/0), good ms
+# KEYS: claims, good address; ARGV: the place was taken (1/0), it authenticated (1/0), good ms
 _RELEASE = """
-if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
-if ARGV[1] == '1' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+if ARGV[2] == '1' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
 return 0
 """
 
@@ -121,6 +117,22 @@ return {address_locked, id_locked}
 """
 
 
+# KEYS: address failures, address lock, address failed recently; ARGV: window ms, max per address, lockout ms
+# -> address locked now
+_CROWDED = """
+local window, lockout = tonumber(ARGV[1]), tonumber(ARGV[3])
+redis.call('SET', KEYS[3], '1', 'PX', window + lockout)
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], window) end
+if n >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', lockout)
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class Lock:
     refused: bool
@@ -132,7 +144,8 @@ class Lock:
 @dataclass(frozen=True)
 class Claim:
     claimed: bool                   # the check may wait in the clean lane
-    good: bool = False              # the address is good: several of its checks may
+    good: bool = False              # the address is good: no place was needed
+    failed: bool = False            # not claimed: the address or the pair failed meanwhile (else: the place is taken)
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,7 @@ class LoginGuard:
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
         self._failed = redis.register_script(_FAILED)
+        self._crowded = redis.register_script(_CROWDED)
 
     def _keys(self, charge_point_id: str, address: str) -> dict[str, str]:
         key = self.settings.key
@@ -180,22 +194,26 @@ class LoginGuard:
         return Lock(True, int(wait_ms) / 1000, _WHAT[int(what)], "suspect")
 
     async def claim(self, charge_point_id: str, address: str) -> Claim:
-        """A place in the clean lane for one check of this address, shared by every gateway instance (then
-        :meth:`release`): one at a time, or ``GATEWAY_AUTH_CHECKS_PER_ADDRESS`` for a *good* address (a charge
-        point authenticated from it recently and it has not failed since). None when the address or the pair
-        failed meanwhile, or its places are taken. Raises RedisError."""
+        """The one place of this address in the clean lane, shared by every gateway instance (then
+        :meth:`release`) -- none needed for a *good* address (a charge point authenticated from it recently and it
+        has not failed since): its checks are bounded by GATEWAY_AUTH_CHECKS_PER_ADDRESS per instance. Not
+        claimed when the address or the pair failed meanwhile (``failed``), or the place is taken (another
+        instance checks one of its logins). Raises RedisError."""
         k, s = self._keys(charge_point_id, address), self.settings
         ttl_ms = int((s.call_timeout + CLAIM_MARGIN) * 1000)
-        claimed, good = await self._claim(
-            keys=[k["address_failed"], k["address_failures"], k["pair"], k["claims"], k["good"]],
-            args=[ttl_ms, s.gateway_auth_checks_per_address])
-        return Claim(bool(claimed), bool(good))
+        claimed, good, failed = await self._claim(
+            keys=[k["address_failed"], k["address_failures"], k["pair"], k["claims"], k["good"]], args=[ttl_ms])
+        return Claim(bool(claimed), bool(good), bool(failed))
 
-    async def release(self, address: str, authenticated: bool) -> None:
-        """The clean lane's check is over (a failure is counted already); one that authenticated makes the address
-        good. Raises RedisError."""
+    async def release(self, address: str, claim: Claim, authenticated: bool) -> None:
+        """The clean lane's check is over (a failure is counted already): its place is free again; one that
+        authenticated makes the address good. Raises RedisError."""
+        placed = claim.claimed and not claim.good
+        if not (placed or authenticated):
+            return
         k = self._keys("", address)
-        await self._release(keys=[k["claims"], k["good"]], args=[1 if authenticated else 0, self.known_pair_ms])
+        await self._release(keys=[k["claims"], k["good"]],
+                            args=[1 if placed else 0, 1 if authenticated else 0, self.known_pair_ms])
 
     async def failed(self, charge_point_id: str, address: str) -> Counted:
         """Count a failed login. Raises RedisError."""
@@ -206,6 +224,16 @@ class LoginGuard:
             args=[int(s.gateway_auth_failure_window * 1000), s.gateway_auth_max_failures_per_address,
                   s.gateway_auth_max_failures_per_id, int(s.gateway_auth_lockout * 1000)])
         return Counted(bool(address_locked), bool(id_locked))
+
+    async def crowded(self, address: str) -> bool:
+        """A suspect address's check found no room to wait at the stations service (it keeps sending more than is
+        hashed): counted as a failed login of the address -- not of the id or the pair -- so a flood locks itself
+        out sooner (known pairs are spared the address lock). True when this locked it. Raises RedisError."""
+        s, k = self.settings, self._keys("", address)
+        return bool(await self._crowded(
+            keys=[k["address_failures"], k["address_lock"], k["address_failed"]],
+            args=[int(s.gateway_auth_failure_window * 1000), s.gateway_auth_max_failures_per_address,
+                  int(s.gateway_auth_lockout * 1000)]))
 
     async def succeeded(self, charge_point_id: str, address: str, *, login: bool = True) -> None:
         """The charge point authenticated from this address: a known pair from now on. A ``login`` also forgets

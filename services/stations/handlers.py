@@ -349,6 +349,11 @@ async def api_admit(ctx: ApiContext, params: AdmitParams) -> AdmitResult:
             presented = base64.b64decode(params.password_b64, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError("password_b64 is not base64") from None
+    lane = "suspect" if params.suspect else params.lane
+    # a suspect's check that could not wait is refused before the PostgreSQL query (the others first look whether
+    # the password is one verified before: that needs no place)
+    if presented is not None and lane == "suspect" and not verifier().room(lane):
+        raise ApiError("too many password checks waiting: try again shortly", 503)
     store = records(ctx)
     known = await store.admission(cp)
     result = AdmitResult(boot_status=known.boot_status, security_profile=known.security_profile,
@@ -356,8 +361,7 @@ async def api_admit(ctx: ApiContext, params: AdmitParams) -> AdmitResult:
     if presented is None:
         return result
     try:
-        verdict = await verifier().verify(presented, known.credentials,
-                                          lane="suspect" if params.suspect else params.lane)
+        verdict = await verifier().verify(presented, known.credentials, lane=lane)
     except Busy:
         raise ApiError("too many password checks waiting: try again shortly", 503) from None
     if verdict.pending:

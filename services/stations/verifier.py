@@ -8,8 +8,9 @@
   addresses that fail, or from fresh addresses beyond their first check, waits behind every real charge point.
 * At most ``queue`` checks wait in all (STATIONS_AUTH_QUEUE, kept below the bus prefetch: a waiting check holds
   its delivery, and a window full of waiting checks would leave every other request -- real charge points'
-  ``admit`` and BootNotification included -- queued in RabbitMQ behind the flood). Of these ``known`` holds a
-  quarter, ``suspect`` an eighth, ``clean`` the rest; a check that finds its lane full waits in the next one down.
+  ``admit`` and BootNotification included -- queued in RabbitMQ behind the flood). Of these ``known`` and
+  ``suspect`` hold a quarter each, ``clean`` the rest; a check that finds its lane full waits in the next one down.
+  :meth:`PasswordVerifier.room` tells before anything is looked up whether a check of a lane could wait at all.
   A check that waited longer than the caller waits for its answer (CSMS_CALL_TIMEOUT) is dropped unhashed.
   Beyond either, :class:`Busy` at once (the gateway answers 503 + Retry-After) instead of a queue that grows until
   every handshake times out.
@@ -66,6 +67,13 @@ class _Lanes:
     def _stale(self, since: float, now: float) -> bool:
         return self.max_wait is not None and now - since > self.max_wait
 
+    def room(self, lane: Lane) -> bool:
+        """Whether a check of ``lane`` would get a worker or a place to wait now (full lanes may hold stale or
+        abandoned waiters: then it may still get one)."""
+        if self.running < self.workers:
+            return True
+        return any(len(self.waiting[candidate]) < self.bounds[candidate] for candidate in LANES[LANES.index(lane):])
+
     async def acquire(self, lane: Lane) -> None:
         """Raises Busy."""
         if self.running < self.workers:    # (then nobody waits: release() hands each freed slot on)
@@ -110,7 +118,7 @@ class _Lanes:
 class PasswordVerifier:
     def __init__(self, workers: int, queue: int, max_wait: float | None = None):
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="password-check")
-        known, suspect = max(1, queue // 4), max(1, queue // 8)
+        known = suspect = max(1, queue // 4)
         self.bounds: dict[Lane, int] = {"known": known, "clean": max(1, queue - known - suspect), "suspect": suspect}
         self._lanes = _Lanes(workers, self.bounds, max_wait)
         self._key = os.urandom(32)
@@ -148,6 +156,10 @@ class PasswordVerifier:
         self._cache[self._cache_key(stored, presented)] = time.monotonic() + CACHE_SECONDS
         while len(self._cache) > CACHE_ENTRIES:
             self._cache.popitem(last=False)
+
+    def room(self, lane: Lane) -> bool:
+        """Whether a check of ``lane`` could wait now: a caller refuses at once, before looking anything up."""
+        return self._lanes.room(lane)
 
     async def verify(self, presented: bytes, stored: Credentials | None, lane: Lane = "clean") -> Verdict:
         """Whether ``presented`` is the station's password (or its pending one). Raises Busy."""

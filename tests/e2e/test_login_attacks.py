@@ -166,6 +166,23 @@ async def test_probing_ids_tells_nothing_and_handshakes_without_credentials_are_
         await sut.stop()
 
 
+async def test_a_suspect_address_that_sends_more_checks_than_are_made_locks_itself_out(infrastructure):
+    """An address that failed once, then a burst: what the stations service has no room for (503) counts against the
+    address like a wrong password, so the burst locks it -- where the few checks that were made would not have."""
+    sut = await make_system(infrastructure, gateway_auth_max_failures_per_address=5, stations_auth_workers=1,
+                            stations_auth_queue=4)      # one check running, one waiting in the suspect lane
+    try:
+        source = "127.0.0.21"
+        assert await attempt(sut.url("CP-first"), "CP-first", b"wrong-password-xx", source) == 401   # suspect now
+        burst = await asyncio.gather(*(attempt(sut.url(f"CP-burst-{n}"), f"CP-burst-{n}", b"wrong-password-xx",
+                                               source) for n in range(8)))
+        assert 503 in burst and set(burst) <= {401, 503}, burst
+        assert Counter(burst)[401] + 1 < 5                  # the checks that were made alone would not lock it
+        assert await attempt(sut.url("CP-next"), "CP-next", b"wrong-password-xx", source) == 429
+    finally:
+        await sut.stop()
+
+
 async def test_unknown_ids_cost_the_same_password_check_as_known_ones(guarded, cp_id):
     """The time of the answer does not tell which ids exist: a station without a password is checked against a
     dummy hash (the same scrypt work), and the answer is the same 401."""

@@ -235,7 +235,7 @@ async def test_a_pending_key_costs_the_same_scrypt_work_as_an_unknown_id(monkeyp
 
 async def test_known_pairs_then_clean_addresses_then_suspects_get_the_free_worker():
     """One worker, busy: the waiting checks run best lane first, whatever order they came in; the suspect lane is
-    bounded on its own (an eighth of the queue), a full lane spills into the next one down, never up."""
+    bounded on its own (a quarter of the queue), a full lane spills into the next one down, never up."""
     verifier = await PasswordVerifier(workers=1, queue=4).start()
     assert verifier.bounds == {"known": 1, "clean": 2, "suspect": 1}
     stored = Credentials(credentials.hash_secret(b"right-password-1"), None)
@@ -255,7 +255,9 @@ async def test_known_pairs_then_clean_addresses_then_suspects_get_the_free_worke
             await verifier.verify(b"suspect-2", stored, lane="suspect")
         with pytest.raises(Busy):   # every lane from clean down is full
             await verifier.verify(b"clean-2", stored, lane="clean")
+        assert not any(verifier.room(lane) for lane in ("known", "clean", "suspect"))  # (asked before any lookup)
         await asyncio.gather(running, *waiting)
+        assert verifier.room("suspect")
         assert done == ["running", "known-1", "clean-1", "known-2", "suspect-1"]
         assert verifier.lanes_hashed == {"known": 2, "clean": 1, "suspect": 2}
     finally:
