@@ -208,12 +208,10 @@ class LoginGuard:
     async def release(self, address: str, claim: Claim, authenticated: bool) -> None:
         """The clean lane's check is over (a failure is counted already): its place is free again; one that
         authenticated makes the address good. Raises RedisError."""
-        placed = claim.claimed and not claim.good
-        if not (placed or authenticated):
-            return
+        if not claim.claimed or claim.good:
+            return  # no place was taken (a good address stays good through succeeded())
         k = self._keys("", address)
-        await self._release(keys=[k["claims"], k["good"]],
-                            args=[1 if placed else 0, 1 if authenticated else 0, self.known_pair_ms])
+        await self._release(keys=[k["claims"], k["good"]], args=[1, 1 if authenticated else 0, self.known_pair_ms])
 
     async def failed(self, charge_point_id: str, address: str) -> Counted:
         """Count a failed login. Raises RedisError."""
@@ -236,11 +234,13 @@ class LoginGuard:
                   int(s.gateway_auth_lockout * 1000)]))
 
     async def succeeded(self, charge_point_id: str, address: str, *, login: bool = True) -> None:
-        """The charge point authenticated from this address: a known pair from now on. A ``login`` also forgets
-        the pair's failures (its connection ending only keeps the pair known). Raises RedisError."""
+        """The charge point authenticated from this address: a known pair, and a good address, from now on. A
+        ``login`` also forgets the pair's failures (its connection ending only keeps the pair known). Raises
+        RedisError."""
         k = self._keys(charge_point_id, address)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(k["known"], "1", px=self.known_pair_ms)
+            pipe.set(k["good"], "1", px=self.known_pair_ms)
             if login:
                 pipe.delete(k["pair"])
             await pipe.execute()
