@@ -53,6 +53,10 @@ from csms.ops.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+# deliveries a consumer holds at once (its handlers run concurrently): a handler that waits keeps one
+PREFETCH = 64
+
+
 @dataclass(frozen=True)
 class Names:
     calls: str
@@ -306,7 +310,7 @@ class Bus:
         try:
             # publisher confirms + on_return_raises: a mandatory publish nobody takes raises DeliveryError
             self.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await self.channel.set_qos(prefetch_count=64)
+            await self.channel.set_qos(prefetch_count=PREFETCH)
             self.rpc_channel = await connection.channel(publisher_confirms=False)
             n = self.names
             for name, kind in ((n.calls, "topic"), (n.gateway, "direct"), (n.commands, "topic"),

@@ -195,6 +195,7 @@ class Service:
     events: dict[str, EventHandler] = field(default_factory=dict)
     startup: list[Callable[["Service"], Awaitable[None]]] = field(default_factory=list)
     shutdown: list[Callable[["Service"], Awaitable[None]]] = field(default_factory=list)
+    reloading: list[Callable[["Service"], Awaitable[None]]] = field(default_factory=list)  # SIGHUP hooks
 
     # open a PostgreSQL pool on start (every service that keeps records does)
     database: bool = True
@@ -273,6 +274,15 @@ class Service:
     def on_shutdown(self, fn):
         self.shutdown.append(fn)
         return fn
+
+    def on_reload(self, fn):
+        """SIGHUP: read files again (e.g. TLS material), nothing stops (csms.ops.lifecycle)."""
+        self.reloading.append(fn)
+        return fn
+
+    async def reload(self) -> None:
+        for hook in self.reloading:
+            await hook(self)
 
     # ---- runtime ------------------------------------------------------------------------
     async def start(self, settings: Settings | None = None) -> "Service":

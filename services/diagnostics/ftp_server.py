@@ -391,6 +391,13 @@ class FtpIntake:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def set_tls_context(self, context: Any) -> None:
+        """New FTPS material (services/diagnostics/tls.py): control connections from now on use it (AUTH TLS reads
+        the handler class's context; a session's data channels keep its control connection's)."""
+        self.tls_context = context
+        if self._server is not None and context is not None:
+            self._server.handler.ssl_context = context
+
     def run(self, coroutine: Awaitable[T]) -> T:
         """Run ``coroutine`` on the service's event loop and wait for it (called from the FTP thread)."""
         loop = self._loop

@@ -89,8 +89,9 @@ async def start_file_servers(svc: Service) -> None:
     except TokenUnavailable as exc:
         raise RuntimeError(f"diagnostics: {exc}") from None
     if generated:
-        log.warning("*** FILES_OPERATOR_TOKEN is not set: the file intake's operator routes (GET /files, PUT "
-                    "/firmware) need this generated token, shown this once (kept in %s): %s ***", token_file, token)
+        log.warning("*** FILES_OPERATOR_TOKEN is not set: the file intake's operator routes (GET /files, GET "
+                    "/firmware, PUT /firmware) need this generated token, shown this once (kept in %s): %s ***",
+                    token_file, token)
     elif token_file is not None:
         log.info("FILES_OPERATOR_TOKEN is not set: the operator routes need the token kept in %s", token_file)
     intake = FileIntake(settings, RedisGrants(settings, svc.redis), PostgresStore(svc.db.pool),
@@ -106,6 +107,13 @@ async def start_file_servers(svc: Service) -> None:
              "HTTPS" if settings.files_tls else "HTTP", servers.http_port, "FTPS" if settings.files_tls else "FTP",
              servers.ftp_port if servers.ftp_port is not None else "off", intake.urls.http_base,
              intake.urls.ftp_base if servers.ftp is not None else "no FTP")
+
+
+@service.on_reload
+async def reload_file_servers_tls(svc: Service) -> None:
+    """SIGHUP: the file intake's TLS material again (open connections keep theirs)."""
+    if _runtime.servers is not None and _runtime.servers.tls.serving:
+        await asyncio.to_thread(_runtime.servers.tls.reload, "SIGHUP")
 
 
 @service.on_shutdown

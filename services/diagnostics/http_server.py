@@ -4,13 +4,16 @@ download firmware; operators list and download uploads and host firmware.
     PUT|POST /upload/{token}[/{filename}]   one upload per grant; raw body or multipart (first file part)
     GET      /files[?kind=&charge_point_id=&limit=]   operator: uploaded files, newest first
     GET      /files/{file_id}               operator: download an upload
-    GET      /firmware                      hosted firmware images
+    GET      /firmware                      operator: hosted firmware images (names, sizes, hashes)
     GET      /firmware/{name}               charge points download an image
     PUT      /firmware/{name}               operator: host (or replace) an image
 
 The operator routes always need ``Authorization: Bearer <token>`` (FILES_OPERATOR_TOKEN, or the token
-generated at the first start: operator_token.py); charge point routes never do (the upload URL itself is the
-secret). ``Expect: 100-continue`` gets the final refusal before
+generated at the first start: operator_token.py); charge point routes never do: the upload URL itself is the
+secret, and a firmware download is what UpdateFirmware / SignedUpdateFirmware hand a charge point -- a location,
+nothing it could authenticate with (OCPP 1.6 has no credentials for it). No charge point needs the list of images,
+so it is an operator route: the names of what is hosted are not handed to anyone who asks. ``Expect:
+100-continue`` gets the final refusal before
 any body is sent; a Content-Length over the limit is refused without reading the body.
 """
 from __future__ import annotations
@@ -199,6 +202,9 @@ def _download(path: Path, filename: str, sha256: str, missing: str) -> web.Strea
 
 
 async def _handle_list_firmware(request: web.Request) -> web.StreamResponse:
+    denied = _check_operator(request)
+    if denied is not None:
+        return denied
     records = await request.app[INTAKE_KEY].list_firmware()
     return web.json_response([r.model_dump(mode="json") for r in records])
 
@@ -233,8 +239,8 @@ async def _handle_put_firmware(request: web.Request) -> web.StreamResponse:
 def build_http_app(intake: FileIntake, *, operator_token: str) -> web.Application:
     """aiohttp app for uploads (charge points), downloads and firmware hosting.
 
-    ``GET /files*`` and ``PUT /firmware/*`` require ``Authorization: Bearer <operator_token>`` (never open);
-    charge point routes (uploads with a grant token, firmware downloads) never do.
+    ``GET /files*``, ``GET /firmware`` and ``PUT /firmware/*`` require ``Authorization: Bearer <operator_token>``
+    (never open); charge point routes (uploads with a grant token, firmware downloads) never do.
     """
     if not operator_token:
         raise ValueError("the operator routes need a token")

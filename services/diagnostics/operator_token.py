@@ -1,6 +1,6 @@
-"""The bearer token of the file intake's operator routes (GET /files*, PUT /firmware/*): FILES_OPERATOR_TOKEN, or --
-when it is not set -- one generated at the first start, kept in ``FILES_ROOT/.operator-token`` (mode 0600) and
-printed once. The routes are never open."""
+"""The bearer token of the file intake's operator routes (GET /files*, GET /firmware, PUT /firmware/*):
+FILES_OPERATOR_TOKEN, or -- when it is not set -- one generated at the first start, kept in
+``FILES_ROOT/.operator-token`` (mode 0600) and printed once. The routes are never open."""
 from __future__ import annotations
 
 import os

@@ -2,26 +2,23 @@
 
 With FILES_TLS_CERT_FILE / FILES_TLS_KEY_FILE the HTTP server speaks HTTPS and the FTP server FTPS (explicit:
 AUTH TLS is required before logging in, PROT P before any transfer), TLS 1.2 or newer; the default public URLs
-are then https:// and ftps://.
+are then https:// and ftps://. The material is read again when its files change and on SIGHUP (tls.py).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from csms.config import Settings
-from services.diagnostics.ftp_server import FtpIntake, ftps_context, parse_port_range
+from services.diagnostics.ftp_server import FtpIntake, parse_port_range
 from services.diagnostics.http_server import build_http_app
 from services.diagnostics.intake import FileIntake, PublicUrls
+from services.diagnostics.tls import FilesTls, TlsMaterialError
 
-
-class TlsMaterialError(Exception):
-    """FILES_TLS_* cannot be used (one line)."""
+__all__ = ["FileServers", "TlsMaterialError", "run_file_servers"]
 
 
 class FileServers(NamedTuple):
@@ -30,21 +27,7 @@ class FileServers(NamedTuple):
     ftp: FtpIntake | None
     http_port: int        # where the servers listen (the public URLs are intake.urls)
     ftp_port: int | None
-
-
-def https_context(settings: Settings) -> ssl.SSLContext | None:
-    """The HTTPS server context (None without FILES_TLS_CERT_FILE). Raises TlsMaterialError."""
-    if not settings.files_tls:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(settings.files_tls_cert_file, settings.files_tls_key_file,
-                                password=settings.files_tls_key_password or None)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise TlsMaterialError(f"FILES_TLS_CERT_FILE / FILES_TLS_KEY_FILE ({settings.files_tls_cert_file}, "
-                               f"{settings.files_tls_key_file}): {exc}") from None
-    return context
+    tls: FilesTls         # the HTTPS / FTPS material, reloadable
 
 
 @contextlib.asynccontextmanager
@@ -63,27 +46,27 @@ async def run_file_servers(
     FILES_FTP_MASQUERADE_ADDRESS. Raises TlsMaterialError.
     """
     settings = intake.settings
-    https = https_context(settings)
-    try:
-        ftps = ftps_context(settings) if enable_ftp else None
-    except ValueError as exc:
-        raise TlsMaterialError(str(exc)) from None
+    tls = FilesTls(settings, ftps=enable_ftp)
+    tls.load()
     runner = web.AppRunner(build_http_app(intake, operator_token=operator_token), access_log=None)
     await runner.setup()
     ftp: FtpIntake | None = None
     try:
-        site = web.TCPSite(runner, settings.files_host, settings.files_port, ssl_context=https)
+        site = web.TCPSite(runner, settings.files_host, settings.files_port, ssl_context=tls.listening)
         await site.start()
         http_port = _bound_port(runner, settings.files_port)
         if enable_ftp:
             options = dict(ftp_options or {})
             options.setdefault("passive_ports", parse_port_range(settings.ftp_passive_ports))
             options.setdefault("masquerade_address", settings.ftp_masquerade_address or None)
-            ftp = FtpIntake(intake, settings.files_host, settings.ftp_port, tls_context=ftps, **options)
+            ftp = FtpIntake(intake, settings.files_host, settings.ftp_port, tls_context=tls.ftps, **options)
             ftp.start()
+            tls.on_ftps = ftp.set_tls_context
         intake.urls = PublicUrls.from_settings(settings, http_port, ftp.port if ftp else None)
-        yield FileServers(intake, runner, ftp, http_port, ftp.port if ftp else None)
+        tls.watch.start()
+        yield FileServers(intake, runner, ftp, http_port, ftp.port if ftp else None, tls)
     finally:
+        await tls.watch.stop()
         if ftp is not None:
             await asyncio.to_thread(ftp.stop)
         await runner.cleanup()

@@ -55,7 +55,7 @@ from csms.ops.retry import until_connected
 from services.gateway import boot_state
 from services.gateway.admission import Refused
 from services.gateway.flapping import FlapGuard
-from services.gateway.handshake import Admitted, Handshake
+from services.gateway.handshake import ADMIT_RETRY_AFTER, Admitted, Handshake
 from services.gateway.lockout import LoginGuard
 from services.gateway.presence import Presence
 from services.gateway.tls import TlsUnavailable
@@ -93,6 +93,7 @@ class Link:
     security_profile: int | None = None  # the profile this connection presented (handshake.py)
     certificate: str | None = None  # fingerprint of its client certificate (profile 3)
     remote_address: str = ""  # the charge point's address (behind a trusted proxy: from X-Forwarded-For)
+    login_address: str = ""  # the address it authenticated from (its known pair is refreshed when it leaves)
 
     @property
     def call_lock(self) -> asyncio.Lock:
@@ -151,7 +152,8 @@ class Gateway:
         await self.queue.consume(self._on_command, no_ack=True)
         await self.handshake.start()
         options = dict(subprotocols=[SUBPROTOCOL], process_request=self._process_request,
-                       process_response=self._process_response, ping_interval=30, ping_timeout=30, max_size=2 ** 20)
+                       process_response=self._process_response, ping_interval=30, ping_timeout=30, max_size=2 ** 20,
+                       open_timeout=self.handshake.budget + 2)
         self.server = await serve(self._handler, self.settings.gateway_host, self.settings.gateway_port, **options)
         if self.handshake.tls.context is not None:
             self.tls_server = await serve(self._handler, self.settings.gateway_host, self.settings.gateway_tls_port,
@@ -273,7 +275,13 @@ class Gateway:
         if self.draining or not self.bus.connected:
             return _unavailable(connection)
         try:
-            connection.csms_admitted = await self._admit(connection, request)  # type: ignore[attr-defined]
+            async with asyncio.timeout(self.handshake.budget):
+                connection.csms_admitted = await self._admit(connection, request)  # type: ignore[attr-defined]
+        except TimeoutError:  # an answer before websockets gives up on the handshake (open_timeout)
+            log.warning("handshake of %s not decided within %.0f s: 503", request.path, self.handshake.budget)
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "the central system is busy, try again\n")
+            response.headers["Retry-After"] = str(ADMIT_RETRY_AFTER)
+            return response
         except Refused as refused:
             response = connection.respond(refused.status, refused.message + "\n")
             for name, value in refused.headers.items():
@@ -358,7 +366,8 @@ class Gateway:
         logs.bind(charge_point_id=charge_point_id)  # every log line of this connection names it
         link = Link(charge_point_id, ws, session=admitted.session, boot_status=admitted.boot_status,
                     connected_at=admitted.connected_at, security_profile=admitted.security_profile,
-                    certificate=admitted.certificate, remote_address=admitted.remote_address)
+                    certificate=admitted.certificate, remote_address=admitted.remote_address,
+                    login_address=admitted.login_address)
         try:
             await self._attach(link)
         except Exception as exc:  # noqa: BLE001 - the connection could not be announced: let it come back
@@ -401,6 +410,8 @@ class Gateway:
     async def _detach(self, link: Link, code: int | None, reason: str) -> None:
         cp = link.charge_point_id
         await self.presence.release(cp, link.session)
+        if link.login_address:  # a connection that lasted longer than the known pair stays known
+            await self.handshake.remember(cp, link.login_address, login=False)
         for fut in link.pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("charge point disconnected"))

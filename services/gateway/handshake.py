@@ -33,7 +33,7 @@ from csms.config import proxy_networks
 from csms.contracts.api.stations import AdmitResult
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.events import CertificateChanged
-from services.gateway import admission, forwarded, profiles, tls
+from services.gateway import admission, forwarded, lanes, lockout, profiles, tls
 from services.gateway.admission import Refused
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ log = logging.getLogger("services.gateway.handshake")
 
 ADMIT_RETRY_AFTER = 10  # seconds a charge point is asked to wait when the handshake cannot be answered
 CA_REFRESH_SECONDS = 300.0  # how often the security service's CA is fetched again
+CLAIM_POLL_SECONDS = 0.1  # how often a clean check asks again for its address's place held by another instance
 CLOSE_POLICY_VIOLATION = 1008  # the charge point may no longer be connected (its certificate was revoked)
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
 
@@ -56,6 +57,7 @@ class Admitted:
     security_profile: int | None = None
     certificate: str | None = None  # SHA-256 fingerprint of the client certificate (profile 3)
     remote_address: str = ""        # the charge point's address (a trusted proxy's X-Forwarded-For)
+    login_address: str = ""         # the address it authenticated from (lockout.py: a known pair); "": profile 0
     session: str = field(default_factory=lambda: uuid.uuid4().hex)
     connected_at: str = field(default_factory=lambda: format_utc(utc_now()))
 
@@ -79,7 +81,11 @@ class Handshake:
         self.tls = tls.GatewayTls(self.settings)
         self.floor = profiles.floor(self.settings.gateway_auth, self.settings.gateway_min_security_profile)
         self._ca_task: asyncio.Task | None = None
-        self._checking: dict[str, int] = {}  # source address -> password checks in flight
+        self.checks = lanes.ChecksInFlight(self.settings.gateway_auth_checks_per_address)
+        # the longest a handshake may take: its address's turn (another check) and its own stations.admit, plus the
+        # Redis round trips; then 503 + Retry-After (the websocket server's open_timeout is a little longer)
+        self.budget = 2 * self.settings.call_timeout + 2
+        self._stations_know_lanes = True
 
     @property
     def certificates_possible(self) -> bool:
@@ -163,75 +169,73 @@ class Handshake:
         peer = connection.remote_address[0] if connection.remote_address else ""
         via_proxy = bool(self.proxies) and forwarded.trusted(peer, self.proxies)
         address = forwarded.client_address(peer, headers.get("X-Forwarded-For"), self.proxies)
-        suspect = await self._check_lockout(cp, address)
-
         transport = connection.transport
+        authorization = headers.get("Authorization")
+        brings_certificate = tls.peer_certificate(transport) is not None or (
+            via_proxy and bool(headers.get(s.gateway_client_cert_header)))
+        # no credentials at all, where nothing is accepted without: counted per address, answered without asking
+        anonymous = authorization is None and not brings_certificate and self.floor > 0
+        lock = await self._check_lockout(cp, address, anonymous)
+
         # TLS here, or at a trusted proxy: it says so, or it forwards a client certificate (only TLS carries one)
         secure = tls.is_tls(transport) or (via_proxy and (forwarded.forwarded_tls(headers.get("X-Forwarded-Proto"))
                                                           or bool(headers.get(s.gateway_client_cert_header))))
         certificate = self._certificate(cp, transport, headers, via_proxy, peer)
-        authorization = headers.get("Authorization")
-        password = None if certificate.cert is not None else admission.basic_password(authorization, cp)
-        presented_password: bool | None = None
-        if certificate.cert is None and authorization is not None and password is None:
-            presented_password = False  # credentials that cannot be right (another user, not base64 ...)
-
-        # a burst from one fresh address (before any of its failures is counted) never fills the queue of checks
-        if password is not None and self._checking.get(address, 0) >= s.gateway_auth_checks_per_address:
-            self.gateway.metrics.auth_failure("busy")
-            raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many logins from this address at once: try again",
-                          {"Retry-After": "1"})
-        if password is not None:
-            self._checking[address] = self._checking.get(address, 0) + 1
-        try:
-            answer, revoked = await asyncio.gather(self._ask_stations(cp, password, suspect),
-                                                   self._revoked(certificate))
-        finally:
-            if password is not None:
-                left = self._checking[address] - 1
-                if left:
-                    self._checking[address] = left
-                else:
-                    del self._checking[address]
-        if password is not None:
-            presented_password = answer.authenticated is True
-        if certificate.problem is None and revoked:
-            certificate.problem = revoked
+        if anonymous:
+            self.gateway.metrics.auth_failure("missing_credentials")
+            log.info("%s refused from %s: no credentials (HTTP Basic or a client certificate)", cp, address)
+            raise Refused(HTTPStatus.UNAUTHORIZED, profiles.UNAUTHENTICATED, WWW_AUTHENTICATE)
         if certificate.problem is not None:
             await self._failed(cp, address, "certificate", f"{cp}: client certificate refused ({address}): "
                                                            f"{certificate.problem}")
             raise Refused(HTTPStatus.FORBIDDEN, certificate.problem)
+        password = None if certificate.cert is not None else admission.basic_password(authorization, cp)
+        presented_password: bool | None = None
+        if password is not None:
+            answer = await self._check_password(cp, address, password, lock.standing)
+            presented_password = answer.authenticated is True
+        elif certificate.cert is None and authorization is not None:
+            # credentials that cannot be right (another user, not Basic, not base64 ...): refused without asking
+            await self._failed(cp, address, "wrong_credentials",
+                               f"charge point authentication failed for {cp!r} from {address} (unusable credentials)")
+            raise Refused(HTTPStatus.UNAUTHORIZED, profiles.WRONG_CREDENTIALS, WWW_AUTHENTICATE)
+        else:
+            answer, revoked = await asyncio.gather(self._ask_stations(cp, None, lock.standing),
+                                                   self._revoked(certificate))
+            if revoked:
+                await self._failed(cp, address, "certificate", f"{cp}: client certificate refused ({address}): "
+                                                               f"{revoked}")
+                raise Refused(HTTPStatus.FORBIDDEN, revoked)
 
         presented = profiles.Presented(tls=secure, certificate=certificate.cert is not None,
                                        password=presented_password)
         required = profiles.required_profile(answer.security_profile, self.floor)
         decision = profiles.decide(presented, required)
         if decision.status is not None:
-            if presented.password is False:
-                await self._failed(cp, address, "wrong_credentials",
-                                   f"charge point authentication failed for {cp!r} from {address}")
-            else:
+            if presented.password is not False:  # (a wrong password is counted already)
                 reason = "profile_too_low" if decision.status == HTTPStatus.FORBIDDEN else "missing_credentials"
                 self.gateway.metrics.auth_failure(reason)
                 log.warning("%s refused from %s: %s (recorded profile %s, presented %d)", cp, address,
                             decision.reason, answer.security_profile, profiles.presented_profile(presented))
             extra = WWW_AUTHENTICATE if decision.status == HTTPStatus.UNAUTHORIZED else {}
-            raise Refused(decision.status, decision.reason, extra)
+            raise Refused(decision.status, decision.answer, extra)
         profile = profiles.presented_profile(presented)
+        if profile > 0:
+            await self.remember(cp, address, login=True)
         remote = address if address != peer else ""  # "" : the socket's own address:port is reported
         return Admitted(cp, answer.boot_status, security_profile=profile, certificate=certificate.fingerprint,
-                        remote_address=remote)
+                        remote_address=remote, login_address=address if profile > 0 else "")
 
-    async def _check_lockout(self, cp: str, address: str) -> bool:
-        """Raises Refused (429) when the address or the id is locked for it; True when the address is suspect."""
+    async def _check_lockout(self, cp: str, address: str, anonymous: bool = False) -> lockout.Lock:
+        """Raises Refused (429) when the address or the id is locked for it; else the handshake's standing."""
         guard = self.gateway.logins
         if guard is None:
-            return False
+            return lockout.Lock(False)
         try:
-            lock = await guard.check(cp, address)
+            lock = await guard.check(cp, address, anonymous)
         except RedisError as exc:
             log.warning("login lockout check for %s skipped: %s", cp, exc)
-            return False
+            return lockout.Lock(False)
         if lock.refused:
             self.gateway.metrics.auth_failure("locked")
             retry_after = max(1, math.ceil(lock.retry_after))
@@ -239,7 +243,88 @@ class Handshake:
                      retry_after)
             raise Refused(HTTPStatus.TOO_MANY_REQUESTS,
                           f"too many failed logins: try again in {retry_after} s", {"Retry-After": str(retry_after)})
-        return lock.suspect
+        return lock
+
+    async def _check_password(self, cp: str, address: str, password: bytes, standing: lockout.Standing
+                              ) -> AdmitResult:
+        """The stations service's answer with the password checked in the lane of the handshake's standing
+        (lanes.py). Raises Refused."""
+        try:
+            with self.checks.hold(address):
+                if standing == "clean":
+                    async with self.checks.clean_turn(address) as turn:
+                        claim = await self._claim(cp, address)
+                        while not (claim.claimed or claim.failed):  # another instance has the place: wait for it
+                            await asyncio.sleep(CLAIM_POLL_SECONDS)  # (the handshake's budget bounds the wait)
+                            claim = await self._claim(cp, address)
+                        if claim.good:
+                            turn.pass_on()  # a good address's checks go side by side
+                        if claim.claimed:
+                            return await self._clean_check(cp, address, password, claim)
+                    standing = "suspect"    # it failed meanwhile
+                return await self._checked(cp, address, password, standing)
+        except lanes.TooMany:
+            self.gateway.metrics.auth_failure("busy")
+            raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many logins from this address at once: try again",
+                          {"Retry-After": "1"}) from None
+
+    async def _clean_check(self, cp: str, address: str, password: bytes, claim: lockout.Claim) -> AdmitResult:
+        authenticated = False
+        try:
+            answer = await self._checked(cp, address, password, "clean")
+            authenticated = answer.authenticated is True
+            return answer
+        finally:
+            await self._release(address, claim, authenticated)
+
+    async def _claim(self, cp: str, address: str) -> lockout.Claim:
+        guard = self.gateway.logins
+        if guard is None:
+            return lockout.Claim(True)
+        try:
+            return await guard.claim(cp, address)
+        except RedisError as exc:
+            log.warning("clean-lane claim for %s skipped: %s", address, exc)
+            return lockout.Claim(True)
+
+    async def _release(self, address: str, claim: lockout.Claim, authenticated: bool) -> None:
+        guard = self.gateway.logins
+        if guard is None:
+            return
+        try:
+            await guard.release(address, claim, authenticated)
+        except RedisError as exc:
+            log.warning("clean-lane claim of %s not released (it expires): %s", address, exc)
+
+    async def _checked(self, cp: str, address: str, password: bytes, standing: lockout.Standing) -> AdmitResult:
+        """The answer, a wrong password counted before the clean turn passes on (the next one sees the failure)."""
+        answer = await self._ask_stations(cp, password, standing, address)
+        if answer.authenticated is not True:
+            await self._failed(cp, address, "wrong_credentials",
+                               f"charge point authentication failed for {cp!r} from {address}")
+        return answer
+
+    async def _crowded(self, address: str) -> None:
+        guard = self.gateway.logins
+        if guard is None:
+            return
+        try:
+            if await guard.crowded(address):
+                log.warning("source address %s locked for %s s: it failed logins and keeps sending more password "
+                            "checks than are made (charge points that logged in from it before still get in)",
+                            address, self.settings.gateway_auth_lockout)
+        except RedisError as exc:
+            log.warning("crowded login of %s not counted: %s", address, exc)
+
+    async def remember(self, cp: str, address: str, *, login: bool) -> None:
+        """A known pair (lockout.py): at each login with credentials, and again when its connection ends."""
+        guard = self.gateway.logins
+        if guard is None or not address:
+            return
+        try:
+            await guard.succeeded(cp, address, login=login)
+        except RedisError as exc:
+            log.warning("login of %s from %s not remembered: %s", cp, address, exc)
 
     async def _failed(self, cp: str, address: str, reason: str, message: str) -> None:
         self.gateway.metrics.auth_failure(reason)
@@ -254,8 +339,9 @@ class Handshake:
             return
         s = self.settings
         if counted.address_locked:
-            log.warning("source address %s locked for %s s after %d failed logins within %s s", address,
-                        s.gateway_auth_lockout, s.gateway_auth_max_failures_per_address, s.gateway_auth_failure_window)
+            log.warning("source address %s locked for %s s after %d failed logins within %s s (charge points that "
+                        "logged in from it before still get in)", address, s.gateway_auth_lockout,
+                        s.gateway_auth_max_failures_per_address, s.gateway_auth_failure_window)
         if counted.id_locked:
             log.warning("charge point id %r locked for %s s after %d failed logins within %s s (addresses that "
                         "have not failed for it still get in)", cp, s.gateway_auth_lockout,
@@ -287,16 +373,29 @@ class Handshake:
                                                    f"not this charge point")
         return _Certificate(cert, fingerprint)
 
-    async def _ask_stations(self, cp: str, password: bytes | None, suspect: bool) -> AdmitResult:
-        # (only sent when true: a stations service of the previous version refuses the parameter -- suspects only)
-        extra = {"suspect": True} if suspect and password is not None else {}
+    async def _ask_stations(self, cp: str, password: bytes | None, standing: lockout.Standing,
+                            address: str = "") -> AdmitResult:
+        params: dict[str, Any] = {"charge_point_id": cp}
+        if password is not None:
+            params["password_b64"] = base64.b64encode(password).decode()
+            # (``suspect`` is understood by stations services of the previous version too; ``lane`` is new)
+            if standing == "suspect":
+                params["suspect"] = True
+            elif standing == "known" and self._stations_know_lanes:
+                params["lane"] = "known"
         try:
             return AdmitResult.model_validate(await call_api(
-                self.gateway.rpc, "stations", "admit", timeout=self.settings.call_timeout, charge_point_id=cp,
-                password_b64=base64.b64encode(password).decode() if password is not None else None, **extra))
+                self.gateway.rpc, "stations", "admit", timeout=self.settings.call_timeout, **params))
         except ApiCallFailed as exc:
-            level = logging.INFO if suspect else logging.WARNING if exc.status == 503 else logging.ERROR
+            if exc.status == 400 and "lane" in params and "lane" in str(exc):
+                log.warning("the stations service does not know password-check lanes yet (an older version): "
+                            "known charge points wait with the others until it is upgraded")
+                self._stations_know_lanes = False
+                return await self._ask_stations(cp, password, "clean", address)
+            level = logging.INFO if standing == "suspect" else logging.WARNING if exc.status == 503 else logging.ERROR
             log.log(level, "cannot admit %s: %s", cp, exc)
+            if standing == "suspect" and exc.status == 503 and password is not None and address:
+                await self._crowded(address)  # no room for a suspect's check: it counts against the address
             raise unavailable() from None
         except ValueError as exc:
             log.error("cannot admit %s: %s", cp, exc)

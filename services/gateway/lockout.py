@@ -1,40 +1,96 @@
 """Failed charge point logins, counted in Redis across gateway instances: a rate limit and a temporary lockout
-per source address and per charge point id, checked before any password is looked at (docs/adr/basic-auth-under-attack.md).
+per source address and per charge point id, checked before any password is looked at
+(docs/adr/basic-auth-under-attack.md).
 
 * An address with ``GATEWAY_AUTH_MAX_FAILURES_PER_ADDRESS`` failed logins within ``GATEWAY_AUTH_FAILURE_WINDOW``
-  seconds is locked for ``GATEWAY_AUTH_LOCKOUT`` seconds: every handshake from it gets 429 + Retry-After.
+  seconds is locked for ``GATEWAY_AUTH_LOCKOUT`` seconds: every handshake from it gets 429 + Retry-After --
+  except from a *known pair*: a charge point id that logged in successfully from that address within
+  ``KNOWN_PAIR_SECONDS`` (OWASP's device-cookie lockout: one misconfigured or hostile device behind a carrier NAT
+  must not lock out its neighbours). The id lock below still applies to a known pair.
 * A charge point id with ``GATEWAY_AUTH_MAX_FAILURES_PER_ID`` failed logins (from anywhere) within the window is
   locked as well -- but only for the addresses that failed for it: a flood of wrong passwords for an id never
   locks out the real charge point, which does not fail.
-* An address that failed recently but is not locked is *suspect*: the stations service checks its passwords on
-  threads of their own, so a flood never delays the logins of addresses that do not fail.
+* A suspect address's password check that finds no room to wait at the stations service (503) counts as a failure
+  of the address (not of the id): a flood that sends more than is hashed locks itself out sooner.
+* Handshakes without any credentials (``anonymous``: no Authorization, no client certificate) are answered 401
+  without asking anyone; more than ``ANONYMOUS_PER_ADDRESS`` of them from one address within the window get 429
+  (known pairs are spared: a charge point may ask for the Basic challenge first).
+* The *standing* of a handshake that is not refused decides where its password check waits (stations
+  verifier.py lanes): ``known`` (a known pair that has not failed since), ``clean`` (the address has not failed
+  recently), ``suspect`` (the address or the pair failed recently). A clean check first *claims* the one place
+  of its address in the clean lane, shared by every gateway instance (``...:claims``), released once its outcome
+  is counted: a burst from a fresh address puts one check ahead of the suspect lane, not one per instance. An
+  address a charge point authenticated from recently (``...:good``, until it fails) needs no place: the charge
+  points behind one NAT log in side by side (``GATEWAY_AUTH_CHECKS_PER_ADDRESS`` per instance).
 
-Keys (``Settings.key``, each part percent-encoded): ``gateway:auth:address:<addr>:failures|locked``,
+Keys (``Settings.key``, each part percent-encoded): ``gateway:auth:address:<addr>:failures|locked|failed|anonymous|claims|good``
+(``failed``: it failed within window + lockout -- it outlives the count a lock resets),
 ``gateway:auth:id:<id>:failures|locked``, ``gateway:auth:id:<id>:address:<addr>`` (that address's failures for the
-id, kept while the id may be locked). Everything expires by itself.
+id, kept while the id may be locked), ``gateway:auth:id:<id>:known:<addr>`` (the known pair). Everything expires by
+itself.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import redis.asyncio as aioredis
 
 from csms.config import Settings
 
-# KEYS: address lock, id lock, pair failures, address failures
-# -> {refused, wait ms, what (1 address, 2 id), suspect (the address failed recently)}
+# (defaults kept here until csms.config has them: GATEWAY_AUTH_KNOWN_PAIR_SECONDS,
+# GATEWAY_AUTH_MAX_ANONYMOUS_PER_ADDRESS)
+KNOWN_PAIR_SECONDS = 30 * 86400.0   # a successful login (or the end of its connection) makes a pair known this long
+ANONYMOUS_PER_ADDRESS = 60          # handshakes without credentials per address and failure window
+CLAIM_MARGIN = 5.0                  # seconds a clean-lane claim outlives the stations.admit timeout (a lost release)
+
+Standing = Literal["known", "clean", "suspect"]
+_STANDINGS: tuple[Standing, ...] = ("clean", "suspect", "known")
+_WHAT = {1: "address", 2: "id", 3: "address (handshakes without credentials)"}
+
+# KEYS: address lock, id lock, pair failures, address failures, known pair, address failed recently, anonymous
+# ARGV: anonymous (1/0), window ms, max anonymous
+# -> {refused, wait ms, what (1 address, 2 id, 3 anonymous), standing (0 clean, 1 suspect, 2 known)}
 _CHECK = """
-local wait = redis.call('PTTL', KEYS[1])
-if wait > 0 then return {1, wait, 1, 1} end
+local known = redis.call('EXISTS', KEYS[5]) == 1
 local pair = tonumber(redis.call('GET', KEYS[3]) or '0')
+local wait = redis.call('PTTL', KEYS[1])
+if wait > 0 and not known then return {1, wait, 1, 1} end
 wait = redis.call('PTTL', KEYS[2])
 if wait > 0 and pair > 0 then return {1, wait, 2, 1} end
-local suspect = 0
-if pair > 0 or tonumber(redis.call('GET', KEYS[4]) or '0') > 0 then suspect = 1 end
-return {0, 0, 0, suspect}
+if ARGV[1] == '1' and not known then
+  local n = redis.call('INCR', KEYS[7])
+  if n == 1 then redis.call('PEXPIRE', KEYS[7], ARGV[2]) end
+  if n > tonumber(ARGV[3]) then return {1, math.max(1, redis.call('PTTL', KEYS[7])), 3, 1} end
+end
+if pair > 0 then return {0, 0, 0, 1} end
+if known then return {0, 0, 0, 2} end
+if redis.call('EXISTS', KEYS[6]) == 1 or tonumber(redis.call('GET', KEYS[4]) or '0') > 0 then
+  return {0, 0, 0, 1}
+end
+return {0, 0, 0, 0}
 """
 
-# KEYS: address failures, address lock, id failures, id lock, pair failures
+# KEYS: address failed recently, address failures, pair failures, claims, good address; ARGV: claim ms
+# -> {claimed, good, failed}: a good address needs no place (its checks are bounded per instance only)
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 or tonumber(redis.call('GET', KEYS[2]) or '0') > 0
+    or tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then
+  return {0, 0, 1}
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then return {1, 1, 0} end
+if redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[1]) then return {1, 0, 0} end
+return {0, 0, 0}
+"""
+
+# KEYS: claims, good address; ARGV: the place was taken (1/0), it authenticated (1/0), good ms
+_RELEASE = """
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+if ARGV[2] == '1' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+return 0
+"""
+
+# KEYS: address failures, address lock, id failures, id lock, pair failures, address failed recently
 # ARGV: window ms, max per address, max per id, lockout ms -> {address locked now, id locked now}
 _FAILED = """
 local window, lockout = tonumber(ARGV[1]), tonumber(ARGV[4])
@@ -45,6 +101,7 @@ local function count(key, ttl)
 end
 redis.call('INCR', KEYS[5])
 redis.call('PEXPIRE', KEYS[5], window + lockout)
+redis.call('SET', KEYS[6], '1', 'PX', window + lockout)
 local address_locked, id_locked = 0, 0
 if count(KEYS[1], window) >= tonumber(ARGV[2]) then
   redis.call('SET', KEYS[2], '1', 'PX', lockout)
@@ -60,12 +117,35 @@ return {address_locked, id_locked}
 """
 
 
+# KEYS: address failures, address lock, address failed recently; ARGV: window ms, max per address, lockout ms
+# -> address locked now
+_CROWDED = """
+local window, lockout = tonumber(ARGV[1]), tonumber(ARGV[3])
+redis.call('SET', KEYS[3], '1', 'PX', window + lockout)
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], window) end
+if n >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', lockout)
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class Lock:
     refused: bool
     retry_after: float = 0.0        # seconds
-    what: str = ""                  # "address" | "id"
-    suspect: bool = False           # not locked, but the address failed logins recently: checked after the others
+    what: str = ""                  # "address" | "id" | "address (handshakes without credentials)"
+    standing: Standing = "clean"    # where a password check of this handshake waits (not refused)
+
+
+@dataclass(frozen=True)
+class Claim:
+    claimed: bool                   # the check may wait in the clean lane
+    good: bool = False              # the address is good: no place was needed
+    failed: bool = False            # not claimed: the address or the pair failed meanwhile (else: the place is taken)
 
 
 @dataclass(frozen=True)
@@ -77,33 +157,90 @@ class Counted:
 class LoginGuard:
     def __init__(self, redis: aioredis.Redis, settings: Settings):
         self.settings = settings
+        self.redis = redis
+        self.known_pair_ms = int(getattr(settings, "gateway_auth_known_pair_seconds", KNOWN_PAIR_SECONDS) * 1000)
+        self.max_anonymous = int(getattr(settings, "gateway_auth_max_anonymous_per_address", ANONYMOUS_PER_ADDRESS))
         self._check = redis.register_script(_CHECK)
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
         self._failed = redis.register_script(_FAILED)
+        self._crowded = redis.register_script(_CROWDED)
 
     def _keys(self, charge_point_id: str, address: str) -> dict[str, str]:
         key = self.settings.key
         return {
             "address_failures": key("gateway", "auth", "address", address, "failures"),
             "address_lock": key("gateway", "auth", "address", address, "locked"),
+            "address_failed": key("gateway", "auth", "address", address, "failed"),
+            "anonymous": key("gateway", "auth", "address", address, "anonymous"),
+            "claims": key("gateway", "auth", "address", address, "claims"),
+            "good": key("gateway", "auth", "address", address, "good"),
             "id_failures": key("gateway", "auth", "id", charge_point_id, "failures"),
             "id_lock": key("gateway", "auth", "id", charge_point_id, "locked"),
             "pair": key("gateway", "auth", "id", charge_point_id, "address", address),
+            "known": key("gateway", "auth", "id", charge_point_id, "known", address),
         }
 
-    async def check(self, charge_point_id: str, address: str) -> Lock:
-        """Whether this handshake is refused without looking at its credentials. Raises RedisError."""
-        k = self._keys(charge_point_id, address)
-        refused, wait_ms, what, suspect = await self._check(
-            keys=[k["address_lock"], k["id_lock"], k["pair"], k["address_failures"]])
+    async def check(self, charge_point_id: str, address: str, anonymous: bool = False) -> Lock:
+        """Whether this handshake is refused without looking at its credentials, else its standing; ``anonymous``
+        (it brings no credentials) counts it against the address's allowance. Raises RedisError."""
+        k, s = self._keys(charge_point_id, address), self.settings
+        refused, wait_ms, what, standing = await self._check(
+            keys=[k["address_lock"], k["id_lock"], k["pair"], k["address_failures"], k["known"], k["address_failed"],
+                  k["anonymous"]],
+            args=[1 if anonymous else 0, int(s.gateway_auth_failure_window * 1000), self.max_anonymous])
         if not refused:
-            return Lock(False, suspect=bool(suspect))
-        return Lock(True, int(wait_ms) / 1000, "address" if int(what) == 1 else "id", True)
+            return Lock(False, standing=_STANDINGS[int(standing)])
+        return Lock(True, int(wait_ms) / 1000, _WHAT[int(what)], "suspect")
+
+    async def claim(self, charge_point_id: str, address: str) -> Claim:
+        """The one place of this address in the clean lane, shared by every gateway instance (then
+        :meth:`release`) -- none needed for a *good* address (a charge point authenticated from it recently and it
+        has not failed since): its checks are bounded by GATEWAY_AUTH_CHECKS_PER_ADDRESS per instance. Not
+        claimed when the address or the pair failed meanwhile (``failed``), or the place is taken (another
+        instance checks one of its logins). Raises RedisError."""
+        k, s = self._keys(charge_point_id, address), self.settings
+        ttl_ms = int((s.call_timeout + CLAIM_MARGIN) * 1000)
+        claimed, good, failed = await self._claim(
+            keys=[k["address_failed"], k["address_failures"], k["pair"], k["claims"], k["good"]], args=[ttl_ms])
+        return Claim(bool(claimed), bool(good), bool(failed))
+
+    async def release(self, address: str, claim: Claim, authenticated: bool) -> None:
+        """The clean lane's check is over (a failure is counted already): its place is free again; one that
+        authenticated makes the address good. Raises RedisError."""
+        if not claim.claimed or claim.good:
+            return  # no place was taken (a good address stays good through succeeded())
+        k = self._keys("", address)
+        await self._release(keys=[k["claims"], k["good"]], args=[1, 1 if authenticated else 0, self.known_pair_ms])
 
     async def failed(self, charge_point_id: str, address: str) -> Counted:
         """Count a failed login. Raises RedisError."""
         s, k = self.settings, self._keys(charge_point_id, address)
         address_locked, id_locked = await self._failed(
-            keys=[k["address_failures"], k["address_lock"], k["id_failures"], k["id_lock"], k["pair"]],
+            keys=[k["address_failures"], k["address_lock"], k["id_failures"], k["id_lock"], k["pair"],
+                  k["address_failed"]],
             args=[int(s.gateway_auth_failure_window * 1000), s.gateway_auth_max_failures_per_address,
                   s.gateway_auth_max_failures_per_id, int(s.gateway_auth_lockout * 1000)])
         return Counted(bool(address_locked), bool(id_locked))
+
+    async def crowded(self, address: str) -> bool:
+        """A suspect address's check found no room to wait at the stations service (it keeps sending more than is
+        hashed): counted as a failed login of the address -- not of the id or the pair -- so a flood locks itself
+        out sooner (known pairs are spared the address lock). True when this locked it. Raises RedisError."""
+        s, k = self.settings, self._keys("", address)
+        return bool(await self._crowded(
+            keys=[k["address_failures"], k["address_lock"], k["address_failed"]],
+            args=[int(s.gateway_auth_failure_window * 1000), s.gateway_auth_max_failures_per_address,
+                  int(s.gateway_auth_lockout * 1000)]))
+
+    async def succeeded(self, charge_point_id: str, address: str, *, login: bool = True) -> None:
+        """The charge point authenticated from this address: a known pair, and a good address, from now on. A
+        ``login`` also forgets the pair's failures (its connection ending only keeps the pair known). Raises
+        RedisError."""
+        k = self._keys(charge_point_id, address)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(k["known"], "1", px=self.known_pair_ms)
+            pipe.set(k["good"], "1", px=self.known_pair_ms)
+            if login:
+                pipe.delete(k["pair"])
+            await pipe.execute()

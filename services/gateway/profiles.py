@@ -51,36 +51,48 @@ def required_profile(recorded: int | None, deployment_floor: int) -> int:
     return max(recorded or 0, deployment_floor)
 
 
+# what a handshake that did not authenticate is told, whatever the id (the reason goes to the log only): the answer
+# must not say which ids exist or which profile one is recorded at
+UNAUTHENTICATED = "charge point authentication required"
+WRONG_CREDENTIALS = "charge point authentication failed"
+
+
 @dataclass(frozen=True)
 class Decision:
     status: HTTPStatus | None        # None: accepted
-    reason: str = ""
+    reason: str = ""                 # for the log
+    answer: str = ""                 # for the charge point (the reason only once it authenticated)
 
 
 ACCEPTED = Decision(None)
 
 
+def _below(required: int, presented: Presented) -> str:
+    if required == 3 and not presented.tls:
+        return "security profile 3 required: connect with TLS (wss) and the charge point's client certificate"
+    if required == 3:
+        return "security profile 3 required: present the charge point's client certificate"
+    if required == 2 and not presented.tls:
+        return "security profile 2 required: connect with TLS (wss)"
+    return "charge point authentication required (HTTP Basic)"
+
+
 def decide(presented: Presented, required: int) -> Decision:
     """Accept the connection, or say with which HTTP status and why not.
 
-    Wrong credentials are 401 whatever is required (they are checked and counted as a failed login);
-    a connection that is right but below the required profile is 401 when it brought no credentials the
-    profile needs, 403 when it authenticated but at too low a profile (a downgrade, TC_083)."""
+    A handshake that did not authenticate -- wrong credentials, or none -- is 401 with the same answer for every
+    id, whatever is recorded for it (the reason, e.g. the profile it would need, is logged, not sent): probing
+    tells nothing. One that authenticated but below the required profile is 403 with the reason (a downgrade,
+    TC_083): the charge point proved who it is."""
     if presented.password is False:
-        return Decision(HTTPStatus.UNAUTHORIZED, "charge point authentication failed")
+        return Decision(HTTPStatus.UNAUTHORIZED, WRONG_CREDENTIALS, WRONG_CREDENTIALS)
     profile = presented_profile(presented)
     if profile >= required:
         return ACCEPTED
-    if required == 3 and not presented.tls:
-        return Decision(HTTPStatus.FORBIDDEN, "security profile 3 required: connect with TLS (wss) and the charge "
-                                              "point's client certificate")
-    if required == 3:
-        return Decision(HTTPStatus.FORBIDDEN, "security profile 3 required: present the charge point's client "
-                                              "certificate")
-    if required == 2 and not presented.tls:
-        return Decision(HTTPStatus.FORBIDDEN, "security profile 2 required: connect with TLS (wss)")
-    # required 1 or 2 over the right transport, without credentials
-    return Decision(HTTPStatus.UNAUTHORIZED, "charge point authentication required (HTTP Basic)")
+    reason = _below(required, presented)
+    if profile == 0:
+        return Decision(HTTPStatus.UNAUTHORIZED, reason, UNAUTHENTICATED)
+    return Decision(HTTPStatus.FORBIDDEN, reason, reason)
 
 
 def parse_profile(value: str) -> int | None:

@@ -15,17 +15,15 @@ A reload that fails (a half-written file, a key that does not match) keeps the p
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import ssl
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 
 from csms import pki
 from csms.config import Settings
+from csms.filewatch import FileWatch, reload_or_keep, stamp
 
 log = logging.getLogger("services.gateway.tls")
 
@@ -41,22 +39,6 @@ class TlsUnavailable(Exception):
     """The TLS material cannot be used (one line: which file, what is wrong)."""
 
 
-@dataclass(frozen=True)
-class _Stamp:
-    files: tuple[tuple[str, int, int, int], ...]
-
-
-def _stamp(paths: list[str]) -> _Stamp:
-    entries = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            entries.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            entries.append((path, -1, -1, -1))
-    return _Stamp(tuple(entries))
-
-
 class GatewayTls:
     """The gateway's TLS server context (when GATEWAY_TLS_CERT_FILE is set) and its trusted client CAs."""
 
@@ -66,8 +48,7 @@ class GatewayTls:
         self.server_chain: list[x509.Certificate] = []
         self.csms_cas: list[x509.Certificate] = []     # the security service's CA chain
         self.extra_cas: list[x509.Certificate] = []    # GATEWAY_TLS_CLIENT_CA_FILE
-        self._stamp: _Stamp | None = None
-        self._watch: asyncio.Task | None = None
+        self.watch = FileWatch(self._files, settings.gateway_tls_reload_interval, self.reload, "TLS")
         self.reloads = 0                               # material loaded after the first time
 
     @property
@@ -92,7 +73,7 @@ class GatewayTls:
     def load(self) -> None:
         """Read the files and build the context. Raises TlsUnavailable."""
         s = self.settings
-        stamp = _stamp(self._files())
+        files_now = stamp(self._files())
         extra: list[x509.Certificate] = []
         if s.gateway_tls_client_ca_file:
             try:
@@ -107,7 +88,8 @@ class GatewayTls:
             except (OSError, ValueError) as exc:
                 raise TlsUnavailable(f"GATEWAY_TLS_CERT_FILE {s.gateway_tls_cert_file}: {exc}") from None
             context = self._build(extra + self.csms_cas)
-        self.extra_cas, self.server_chain, self._stamp = extra, chain, stamp
+        self.extra_cas, self.server_chain = extra, chain
+        self.watch.mark(files_now)
         if context is not None:
             self.context = context
             self._describe()
@@ -149,17 +131,10 @@ class GatewayTls:
 
     def reload(self, why: str = "requested") -> bool:
         """Load the files again; on failure keep what was loaded. True when new material is in use."""
-        try:
-            self.load()
-        except TlsUnavailable as exc:
-            log.error("TLS material not reloaded (%s), the previous one stays in use: %s", why, exc)
+        if not reload_or_keep(self.load, TlsUnavailable, "TLS material", why, log):
             return False
         self.reloads += 1
-        log.info("TLS material reloaded (%s)", why)
         return True
-
-    def changed_on_disk(self) -> bool:
-        return self._stamp is not None and _stamp(self._files()) != self._stamp
 
     def set_csms_cas(self, chain: list[x509.Certificate]) -> bool:
         """The security service's CA chain; the context is rebuilt when it changed. True when it changed."""
@@ -180,24 +155,10 @@ class GatewayTls:
 
     # ---- watching the files -------------------------------------------------------------------------
     def start_watching(self) -> None:
-        if self._files() and self._watch is None:
-            self._watch = asyncio.create_task(self._run())
+        self.watch.start()
 
     async def stop_watching(self) -> None:
-        task, self._watch = self._watch, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        interval = self.settings.gateway_tls_reload_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if self.changed_on_disk():
-                    await asyncio.to_thread(self.reload, "the files changed")
-            except Exception:  # noqa: BLE001 - the watch must outlive any one failure
-                log.exception("checking the TLS files failed")
+        await self.watch.stop()
 
 
 def peer_certificate(transport: Any) -> x509.Certificate | None:

@@ -8,6 +8,10 @@ How a key is read (docs/adr/authorization-key-encoding.md):
   the hex text itself is accepted too (the text carries exactly the same secret);
 * anything else: the password is the text's UTF-8 bytes, and the operator is warned that the whitepaper
   wants hex.
+
+A pending key (an AuthorizationKey change the charge point has not confirmed) is hashed with the salt of the
+current one, so one scrypt of the presented password checks both (:func:`matching`): a station with a pending
+key costs the same work as any other id (docs/adr/basic-auth-under-attack.md).
 """
 from __future__ import annotations
 
@@ -54,26 +58,50 @@ def candidates(presented: bytes) -> list[bytes]:
     return found
 
 
-def hash_secret(secret: bytes) -> str:
-    salt = os.urandom(16)
+def hash_secret(secret: bytes, salt: bytes | None = None) -> str:
+    """The stored form of a key: ``scrypt$<salt>$<digest>`` (a fresh salt unless ``salt`` is given: the pending
+    key takes the current one's, see :func:`salt_of`)."""
+    salt = salt if salt is not None else os.urandom(16)
     digest = hashlib.scrypt(secret, salt=salt, **_SCRYPT)
     return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
 
 
-def verify_secret(secret: bytes, stored: str) -> bool:
+def _parse(stored: str) -> tuple[bytes, bytes] | None:
     try:
         scheme, salt, digest = stored.split("$")
         salt_bytes, digest_bytes = base64.b64decode(salt), base64.b64decode(digest)
     except (ValueError, binascii.Error):
-        return False
-    if scheme != "scrypt":
-        return False
-    candidate = hashlib.scrypt(secret, salt=salt_bytes, **_SCRYPT)
-    return hmac.compare_digest(candidate, digest_bytes)
+        return None
+    return (salt_bytes, digest_bytes) if scheme == "scrypt" and salt_bytes and digest_bytes else None
+
+
+def salt_of(stored: str | None) -> bytes | None:
+    """The salt of a stored hash (None: no hash, or not one of ours)."""
+    parsed = _parse(stored) if stored else None
+    return parsed[0] if parsed else None
+
+
+def matching(presented: bytes, stored: list[str]) -> int | None:
+    """Which of the stored hashes a presented Basic-auth password matches (either reading of hex text), or None.
+
+    The work is one scrypt per reading of the password and per distinct salt -- a station's current and pending
+    key share one salt, so one scrypt per reading for every station -- and every digest is compared in constant
+    time whichever matches (no early return)."""
+    if not 0 < len(presented) <= MAX_PASSWORD_BYTES:
+        return None
+    parsed = [_parse(value) for value in stored]
+    salts = list(dict.fromkeys(p[0] for p in parsed if p is not None))
+    found: int | None = None
+    for secret in candidates(presented):
+        for salt in salts:
+            candidate = hashlib.scrypt(secret, salt=salt, **_SCRYPT)
+            for index, entry in enumerate(parsed):
+                if entry is not None and entry[0] == salt and hmac.compare_digest(candidate, entry[1]) \
+                        and found is None:
+                    found = index
+    return found
 
 
 def verify(presented: bytes, stored: str) -> bool:
     """Does a presented Basic-auth password match a stored key hash (either reading of hex text)?"""
-    if not 0 < len(presented) <= MAX_PASSWORD_BYTES:
-        return False
-    return any(verify_secret(secret, stored) for secret in candidates(presented))
+    return matching(presented, [stored]) is not None

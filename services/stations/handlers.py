@@ -14,6 +14,7 @@ from csms.contracts.api.stations import (
     SetPasswordResult, SetSecurityProfileParams, SetSecurityProfileResult, StationParams, StationSummary, StationView,
 )
 from csms.contracts.base import format_utc, utc_now
+from csms.bus import PREFETCH
 from csms.contracts.bus import CommandResult
 from csms.contracts.events import (
     ConfigurationChanged, ConnectorStatusChanged, DataTransferReceived, FirmwareStatusChanged, StationBooted,
@@ -52,8 +53,14 @@ async def import_legacy_records(svc: Service) -> None:
 
 @service.on_startup
 async def start_password_checks(svc: Service) -> None:
-    _runtime.verifier = await PasswordVerifier(svc.settings.stations_auth_workers,
-                                               svc.settings.stations_auth_queue).start()
+    s = svc.settings
+    # waiting checks hold their deliveries: leave a quarter of the prefetch window to every other request
+    queue = min(s.stations_auth_queue, max(1, PREFETCH * 3 // 4 - s.stations_auth_workers))
+    if queue < s.stations_auth_queue:
+        log.info("STATIONS_AUTH_QUEUE %d: at most %d password checks wait (the bus prefetch is %d)",
+                 s.stations_auth_queue, queue, PREFETCH)
+    # a check still waiting when the gateway stopped waiting for the answer (CSMS_CALL_TIMEOUT) is not hashed
+    _runtime.verifier = await PasswordVerifier(s.stations_auth_workers, queue, max_wait=s.call_timeout).start()
 
 
 @service.on_shutdown
@@ -239,14 +246,21 @@ async def change_configuration(ctx: CommandContext, req: ChangeConfigurationRequ
             if result.status == "timeout":
                 ctx.warn(f"the charge point did not answer: SecurityProfile {pending} is recorded if it connects at it")
     if is_key and (status in ("Accepted", "RebootRequired") or result.status == "timeout"):
-        digest = await asyncio.to_thread(credentials.hash_secret, credentials.key_bytes(req.value))
+        secret = credentials.key_bytes(req.value)
         if result.ok:
-            await store.set_password(cp, digest, "ChangeConfiguration")
-        elif not await store.set_pending_password(cp, digest):
+            digest = await asyncio.to_thread(credentials.hash_secret, secret)
             await store.set_password(cp, digest, "ChangeConfiguration")
         else:
-            ctx.warn("the charge point did not answer: the old and the new AuthorizationKey are both accepted "
-                     "until it authenticates with the new one")
+            # both keys are accepted until the charge point uses one: the pending one takes the current one's salt,
+            # so one scrypt checks both (the same work as for any other id)
+            current = await store.credentials(cp)
+            salt = credentials.salt_of(current.password_hash) if current is not None else None
+            digest = await asyncio.to_thread(credentials.hash_secret, secret, salt)
+            if not await store.set_pending_password(cp, digest):
+                await store.set_password(cp, digest, "ChangeConfiguration")
+            else:
+                ctx.warn("the charge point did not answer: the old and the new AuthorizationKey are both accepted "
+                         "until it authenticates with the new one")
     if status in ("Accepted", "RebootRequired"):
         value = rules.stored_value(req.key, req.value)
         await store.save_configuration(cp, [ConfigEntry(req.key, value, False, "ChangeConfiguration", status)])
@@ -336,6 +350,11 @@ async def api_admit(ctx: ApiContext, params: AdmitParams) -> AdmitResult:
             presented = base64.b64decode(params.password_b64, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError("password_b64 is not base64") from None
+    lane = "suspect" if params.suspect else params.lane
+    # a suspect's check that could not wait is refused before the PostgreSQL query (the others first look whether
+    # the password is one verified before: that needs no place)
+    if presented is not None and lane == "suspect" and not verifier().room(lane):
+        raise ApiError("too many password checks waiting: try again shortly", 503)
     store = records(ctx)
     known = await store.admission(cp)
     result = AdmitResult(boot_status=known.boot_status, security_profile=known.security_profile,
@@ -343,7 +362,7 @@ async def api_admit(ctx: ApiContext, params: AdmitParams) -> AdmitResult:
     if presented is None:
         return result
     try:
-        verdict = await verifier().verify(presented, known.credentials, suspect=params.suspect)
+        verdict = await verifier().verify(presented, known.credentials, lane=lane)
     except Busy:
         raise ApiError("too many password checks waiting: try again shortly", 503) from None
     if verdict.pending:

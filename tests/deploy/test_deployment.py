@@ -190,6 +190,17 @@ def test_production_public_file_urls_match_the_ingress_and_the_ftp_service():
     assert passive == list(range(low, high + 1))
 
 
+def test_production_load_balancers_keep_the_source_address_of_charge_points():
+    """The login lockout counts failed logins per source address (and the FTP intake connections per address):
+    behind a LoadBalancer with the default Cluster policy every charge point would come from a node's address, and
+    one of them failing would lock out all the others coming through that node."""
+    docs = resources("production")
+    balancers = {name: s for name, s in of_kind(docs, "Service").items() if s["spec"].get("type") == "LoadBalancer"}
+    assert "csms-gateway" in balancers
+    assert {name: s["spec"].get("externalTrafficPolicy") for name, s in balancers.items()} == dict.fromkeys(
+        balancers, "Local")
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_http_api_is_served_on_its_port_and_only_through_tls_in_production(overlay):
     docs = resources(overlay)

@@ -3,7 +3,6 @@ certificate, connections already open stay up; a broken replacement keeps the ol
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -22,14 +21,7 @@ from tests.support.system import System, make_settings, remove_test_system
 
 
 def replace_material(folder: Path, ca, ca_key, host: str = "localhost") -> x509.Certificate:
-    """New gateway certificate and key, swapped in the way a Kubernetes Secret update does (rename)."""
-    cert, key = test_pki.issue_server(ca, ca_key, host)
-    staging = folder / "staging"
-    staging.mkdir(exist_ok=True)
-    cert_file, key_file = test_pki.write_pair(staging, "gateway", [cert], key)
-    os.replace(key_file, folder / "gateway.key.pem")
-    os.replace(cert_file, folder / "gateway.crt.pem")
-    return cert
+    return test_pki.replace_pair(folder, "gateway", ca, ca_key, host)
 
 
 async def served_certificate(port: int, ca_pem: str) -> x509.Certificate:

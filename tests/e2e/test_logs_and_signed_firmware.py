@@ -1,22 +1,28 @@
 """The security extension's diagnostics messages end to end: GetLog with an upload through the file intake and
 LogStatusNotification, and signed firmware (SignedUpdateFirmware with the hosting's signature, verified by the test
-charge point, then SignedFirmwareStatusNotification). Test charge point -> gateway -> RabbitMQ -> diagnostics (+
+charge point, then SignedFirmwareStatusNotification) -- also as in production: wss at profile 2, the image over
+HTTPS, a signing certificate made by the test. Test charge point -> gateway -> RabbitMQ -> diagnostics (+
 stations, security) on real RabbitMQ, Redis and PostgreSQL, with the service's real HTTP server."""
 from __future__ import annotations
 
 import base64
 import os
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 from ocpp.v16 import call
+from websockets.exceptions import InvalidStatus
 
 from csms import pki as csms_pki
 from tests.support import pki
 from tests.support.chargepoint import connect
 from tests.support.events import Events, eventually
 from tests.support.system import System
+
+KEY = "00112233445566778899aabbccddeeff00112233"   # the AuthorizationKey (hex, 20 bytes)
+PASSWORD = bytes.fromhex(KEY)
 
 
 @pytest.fixture
@@ -179,6 +185,96 @@ async def test_signed_firmware_end_to_end(system, cp_id):
     installed = await system.api("security", "installed_certificates", charge_point_id=cp_id,
                                  certificate_type="ManufacturerRootCertificate")
     assert [i["pem"] for i in installed] == [root_pem]
+
+
+@pytest.fixture
+async def over_tls(settings, tmp_path):
+    """The system as in production: charge points on wss at security profile 2 (a server certificate of the test's
+    CA), the file intake on HTTPS and FTPS (another one), and firmware signed with a signing certificate and key
+    made here (FIRMWARE_SIGNING_CERT_FILE / _KEY_FILE) by a manufacturer root the charge point trusts."""
+    from services.diagnostics.handlers import service as diagnostics_service
+    from services.security.handlers import service as security_service
+    from services.stations.handlers import service as stations_service
+
+    server_ca, server_ca_key = pki.make_ca("Test server CA")
+    gateway_cert, gateway_key = pki.issue_server(server_ca, server_ca_key, "localhost")
+    gateway_files = pki.write_pair(tmp_path, "gateway", [gateway_cert], gateway_key)
+    files_cert, files_key = pki.issue_server(server_ca, server_ca_key, "localhost")
+    files_files = pki.write_pair(tmp_path, "files", [files_cert], files_key)
+    root, root_key = pki.make_ca("Test manufacturer firmware root")
+    signing, signing_key = pki.issue(root, root_key, "Test firmware signing", usage="code_signing",
+                                     key_type="rsa-2048")
+    signing_files = pki.write_pair(tmp_path, "signing", [signing], signing_key)
+    settings = settings.replace(
+        gateway_auth="basic", gateway_min_security_profile=2,
+        gateway_tls_cert_file=gateway_files[0], gateway_tls_key_file=gateway_files[1],
+        files_tls_cert_file=files_files[0], files_tls_key_file=files_files[1], files_public_host="localhost",
+        firmware_signing_cert_file=signing_files[0], firmware_signing_key_file=signing_files[1],
+        files_root=str(tmp_path / "files"), upload_ttl=60)
+    sut = await System(settings, [stations_service, diagnostics_service, security_service]).start()
+    sut.tls = SimpleNamespace(server_ca_pem=csms_pki.to_pem(server_ca), root_pem=pki.pem(root), signing=signing)
+    try:
+        yield sut
+    finally:
+        await sut.stop()
+
+
+@pytest.mark.ocpp("SignedUpdateFirmware", "SignedFirmwareStatusNotification", "InstallCertificate")
+async def test_signed_firmware_end_to_end_over_tls(over_tls, cp_id):
+    """Profile 2 (wss + Basic), the image from the file intake over HTTPS, the configured signing certificate: the
+    charge point checks the certificate chains to its manufacturer root and the signature over what it downloaded."""
+    sut, tls = over_tls, over_tls.tls
+    trusting = pki.client_context(tls.server_ca_pem)     # what the charge point trusts for servers
+    image = os.urandom(200_000)
+    endpoints = await sut.api("diagnostics", "endpoints")
+    assert endpoints["http_base_url"].startswith("https://localhost:")
+    async with aiohttp.ClientSession() as session:
+        async with session.put(endpoints["firmware_upload_url"].replace("{name}", "fw-3.0.bin"), data=image,
+                               headers={"Authorization": f"Bearer {sut.settings.files_operator_token}"},
+                               ssl=trusting) as resp:
+            assert resp.status == 201
+    signing = await sut.api("diagnostics", "firmware_signing")
+    assert (signing["development"], signing["algorithm"]) == (False, "RSA-SHA256")
+    assert signing["fingerprint"] == csms_pki.fingerprint(tls.signing)
+
+    await sut.api("stations", "set_password", charge_point_id=cp_id, password=KEY)
+    with pytest.raises(InvalidStatus) as refused:    # profile 1 is below the deployment's floor
+        async with connect(sut.url(cp_id), password=PASSWORD):
+            pass
+    assert refused.value.response.status_code == 403
+    async with Events(sut.settings, "firmware.update_changed") as events, \
+            connect(sut.wss_url(cp_id), password=PASSWORD, ssl=trusting) as cp:
+        assert (await cp.boot()).status == "Accepted"
+        result = await sut.send(cp_id, "InstallCertificate", {
+            "certificateType": "ManufacturerRootCertificate", "certificate": tls.root_pem})
+        assert result.payload == {"status": "Accepted"}
+        result = await sut.send(cp_id, "SignedUpdateFirmware", {"requestId": 1, "firmware": {
+            "location": "csms:firmware/fw-3.0.bin", "retrieveDateTime": "2026-05-01T00:00:00Z",
+            "signingCertificate": "", "signature": ""}})
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
+        ocpp_request_id = result.server["ocpp_request_id"]
+        firmware = cp.received["SignedUpdateFirmware"][0]["firmware"]
+        assert firmware["location"] == endpoints["http_base_url"] + "/firmware/fw-3.0.bin"
+        assert firmware["signing_certificate"] == pki.pem(tls.signing)
+
+        # the charge point: download over HTTPS (the server verified), check the chain, verify the signature
+        async with aiohttp.ClientSession() as session, session.get(firmware["location"], ssl=trusting) as resp:
+            assert resp.status == 200 and resp.url.scheme == "https"
+            downloaded = await resp.read()
+        assert downloaded == image
+        assert pki.verify_chain(firmware["signing_certificate"], tls.root_pem)
+        with pytest.raises(ValueError):
+            pki.verify_chain(firmware["signing_certificate"], pki.pem(pki.make_ca("Another root")[0]))
+        assert pki.verify_firmware(downloaded, firmware["signing_certificate"], firmware["signature"])
+        assert not pki.verify_firmware(downloaded[:-1], firmware["signing_certificate"], firmware["signature"])
+        for step in ("Downloading", "Downloaded", "SignatureVerified", "Installing", "Installed"):
+            await cp.call_ok(call.SignedFirmwareStatusNotification(status=step, request_id=ocpp_request_id))
+        await events.wait(lambda e: any(x["status"] == "Installed" for x in e.of("firmware.update_changed")))
+    update = await sut.api("diagnostics", "get_firmware_update", request_id=result.server["request_id"])
+    assert (update["status"], update["open"], update["signed"], update["signing_fingerprint"]) == (
+        "Installed", False, True, signing["fingerprint"])
+    station = await sut.api("stations", "get_station", charge_point_id=cp_id)
+    assert station["connected_profile"] == 2
 
 
 @pytest.mark.ocpp("SignedUpdateFirmware", "SignedFirmwareStatusNotification")

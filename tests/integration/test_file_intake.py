@@ -565,13 +565,18 @@ async def test_operator_token_protects_operator_routes(env: Env):
                 assert resp.status == 401
             async with env.http.get(f"{base}/files", headers=auth) as resp:
                 assert resp.status == 401
-        async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{base}/files") as resp:
-            assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+            async with env.http.get(f"{base}/firmware", headers=auth) as resp:  # names and hashes of the images
+                assert resp.status == 401
+        for route in ("/files", "/firmware"):
+            async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{base}{route}") as resp:
+                assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
         auth = {"Authorization": "Bearer s3cret"}
         async with env.http.put(f"{base}/firmware/a.bin", data=b"a", headers=auth) as resp:
             assert resp.status == 201
         async with env.http.get(f"{base}/files", headers=auth) as resp:
             assert resp.status == 200
+        async with env.http.get(f"{base}/firmware", headers=auth) as resp:
+            assert resp.status == 200 and [r["name"] for r in await resp.json()] == ["a.bin"]
         async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{base}/firmware/a.bin") as resp:
             # charge points need no token
             assert resp.status == 200 and await resp.read() == b"a"

@@ -91,6 +91,18 @@ def write_pair(folder: Path, stem: str, chain: list[x509.Certificate], key) -> t
     return str(cert_file), str(key_file)
 
 
+def replace_pair(folder: Path, stem: str, ca_cert, ca_key, host: str = "localhost") -> x509.Certificate:
+    """A new server certificate and key as ``<stem>.crt.pem`` / ``<stem>.key.pem`` in ``folder``, swapped in the way
+    a Kubernetes Secret update does (written aside, renamed into place); the new certificate."""
+    cert, key = issue_server(ca_cert, ca_key, host)
+    staging = folder / "staging"
+    staging.mkdir(exist_ok=True)
+    cert_file, key_file = write_pair(staging, stem, [cert], key)
+    Path(key_file).replace(folder / f"{stem}.key.pem")
+    Path(cert_file).replace(folder / f"{stem}.crt.pem")
+    return cert
+
+
 def client_context(trusted_server_pem: str, chain: list[x509.Certificate] | None = None, key=None) -> ssl.SSLContext:
     """A charge point's TLS client context: trusts server certificates chaining to ``trusted_server_pem`` and, with
     ``chain``/``key``, presents that client certificate (profile 3)."""

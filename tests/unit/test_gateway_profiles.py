@@ -15,7 +15,7 @@ from services.gateway import forwarded, profiles
 from services.gateway.profiles import Presented
 from services.stations import credentials, rules
 from services.stations.store import Credentials
-from services.stations.verifier import Busy, PasswordVerifier
+from services.stations.verifier import Busy, PasswordVerifier, Verdict
 from tests.support import pki as test_pki
 
 # ---- profiles ----------------------------------------------------------------------------------------------------
@@ -51,16 +51,29 @@ def test_required_profile_is_the_recorded_one_never_below_the_floor(gateway_auth
     (Presented(TLS, certificate=True), 2, None, ""),
     (Presented(PLAIN), 1, HTTPStatus.UNAUTHORIZED, "HTTP Basic"),
     (Presented(TLS), 2, HTTPStatus.UNAUTHORIZED, "HTTP Basic"),
+    (Presented(PLAIN), 2, HTTPStatus.UNAUTHORIZED, "connect with TLS"),          # not authenticated: 401 ...
+    (Presented(TLS), 3, HTTPStatus.UNAUTHORIZED, "client certificate"),
     (Presented(PLAIN, password=False), 0, HTTPStatus.UNAUTHORIZED, "failed"),  # wrong is wrong, whatever is asked
-    (Presented(TLS, password=False), 1, HTTPStatus.UNAUTHORIZED, "failed"),
+    (Presented(TLS, password=False), 3, HTTPStatus.UNAUTHORIZED, "failed"),
     (Presented(PLAIN, password=True), 2, HTTPStatus.FORBIDDEN, "TLS"),         # TC_083: the downgrade
     (Presented(PLAIN, password=True), 3, HTTPStatus.FORBIDDEN, "TLS (wss) and the charge point's client"),
     (Presented(TLS, password=True), 3, HTTPStatus.FORBIDDEN, "client certificate"),
-    (Presented(TLS), 3, HTTPStatus.FORBIDDEN, "client certificate"),
 ])
 def test_decide(presented, required, status, says):
     decision = profiles.decide(presented, required)
     assert decision.status == status and says in decision.reason
+    if status == HTTPStatus.FORBIDDEN:      # it authenticated: it is told why
+        assert decision.answer == decision.reason
+
+
+@pytest.mark.parametrize("presented", [Presented(PLAIN), Presented(TLS), Presented(PLAIN, password=False),
+                                       Presented(TLS, password=False)])
+def test_a_handshake_that_did_not_authenticate_gets_the_same_answer_whatever_is_recorded(presented):
+    """... and the reason goes to the log only: the answer tells nothing about the id (enumeration)."""
+    answers = {(d.status, d.answer) for d in (profiles.decide(presented, required) for required in (1, 2, 3))}
+    assert len(answers) == 1
+    [(status, answer)] = answers
+    assert status == HTTPStatus.UNAUTHORIZED and "profile" not in answer and "TLS" not in answer
 
 
 # ---- the stations service's SecurityProfile rules -----------------------------------------------------------------
@@ -176,28 +189,114 @@ async def test_password_checks_are_bounded_and_cost_the_same_for_unknown_ids():
         changed = Credentials(credentials.hash_secret(b"right-password-1"), None)  # set again: a new hash
         assert (await verifier.verify(b"right-password-1", changed)).authenticated is True
         assert verifier.hashed == 4
-        pending = Credentials(stored.password_hash, credentials.hash_secret(b"the-new-key-1234"))
+        pending = Credentials(stored.password_hash, credentials.hash_secret(
+            b"the-new-key-1234", credentials.salt_of(stored.password_hash)))
         assert await verifier.verify(b"the-new-key-1234", pending) == type(await verifier.verify(b"x", None))(
             True, pending=True)
-        # one running, one waiting: a third is refused at once instead of queueing
-        checks = [asyncio.create_task(verifier.verify(f"guess-{n}".encode(), stored)) for n in range(2)]
+        # one running, one waiting in the clean lane and one in the suspect lane below it (the clean one was full):
+        # a fourth is refused at once instead of queueing
+        assert verifier.bounds == {"known": 1, "clean": 1, "suspect": 1}
+        checks = [asyncio.create_task(verifier.verify(f"guess-{n}".encode(), stored)) for n in range(3)]
         await asyncio.sleep(0)
         with pytest.raises(Busy):
             await verifier.verify(b"guess-3", stored)
-        assert [v.authenticated for v in await asyncio.gather(*checks)] == [False, False]
-        # checks from suspect addresses have threads of their own: while they are all busy, the others get through
-        suspects = [asyncio.create_task(verifier.verify(f"flood-{n}".encode(), stored, suspect=True))
-                    for n in range(2)]
-        await asyncio.sleep(0)
-        with pytest.raises(Busy):
-            await verifier.verify(b"flood-3", stored, suspect=True)
-        assert (await verifier.verify(b"another-right-one", Credentials(
-            credentials.hash_secret(b"another-right-one"), None))).authenticated is True
-        assert [v.authenticated for v in await asyncio.gather(*suspects)] == [False, False]
+        assert [v.authenticated for v in await asyncio.gather(*checks)] == [False, False, False]
         # a cached password never waits
         checks = [asyncio.create_task(verifier.verify(f"guess-{n}".encode(), stored)) for n in range(2)]
         await asyncio.sleep(0)
         assert (await verifier.verify(b"right-password-1", stored)).authenticated is True
         await asyncio.gather(*checks)
+    finally:
+        verifier.close()
+
+
+async def test_a_pending_key_costs_the_same_scrypt_work_as_an_unknown_id(monkeypatch):
+    """The current and the pending AuthorizationKey share one salt: one scrypt checks both."""
+    verifier = await PasswordVerifier(workers=1, queue=4).start()
+    scrypts = []
+    real = credentials.hashlib.scrypt
+    monkeypatch.setattr(credentials.hashlib, "scrypt", lambda *a, **k: scrypts.append(1) or real(*a, **k))
+    try:
+        current = credentials.hash_secret(b"the-old-key-1234")
+        with_pending = Credentials(current, credentials.hash_secret(b"the-new-key-1234", credentials.salt_of(current)))
+        work = {}
+        for name, stored in (("unknown", None), ("password", Credentials(current, None)), ("pending", with_pending)):
+            scrypts.clear()
+            assert (await verifier.verify(b"not-the-key-9876", stored)).authenticated is False
+            work[name] = len(scrypts)
+        assert work == {"unknown": 1, "password": 1, "pending": 1}
+        scrypts.clear()
+        assert await verifier.verify(b"the-new-key-1234", with_pending) == Verdict(True, pending=True)
+        assert await verifier.verify(b"the-old-key-1234", with_pending) == Verdict(True)
+        assert len(scrypts) == 2
+    finally:
+        verifier.close()
+
+
+async def test_known_pairs_then_clean_addresses_then_suspects_get_the_free_worker():
+    """One worker, busy: the waiting checks run best lane first, whatever order they came in; the suspect lane is
+    bounded on its own (a quarter of the queue), a full lane spills into the next one down, never up."""
+    verifier = await PasswordVerifier(workers=1, queue=4).start()
+    assert verifier.bounds == {"known": 1, "clean": 2, "suspect": 1}
+    stored = Credentials(credentials.hash_secret(b"right-password-1"), None)
+    done: list[str] = []
+
+    async def check(name: str, lane: str) -> None:
+        await verifier.verify(name.encode(), stored, lane=lane)
+        done.append(name)
+    try:
+        running = asyncio.create_task(check("running", "suspect"))
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(check(name, lane)) for name, lane in (
+            ("suspect-1", "suspect"), ("clean-1", "clean"), ("known-1", "known"),
+            ("known-2", "known"))]      # (known is full: it waits with the clean ones)
+        await asyncio.sleep(0)
+        with pytest.raises(Busy):   # the suspect lane is full, and nothing spills upwards
+            await verifier.verify(b"suspect-2", stored, lane="suspect")
+        with pytest.raises(Busy):   # every lane from clean down is full
+            await verifier.verify(b"clean-2", stored, lane="clean")
+        assert not any(verifier.room(lane) for lane in ("known", "clean", "suspect"))  # (asked before any lookup)
+        await asyncio.gather(running, *waiting)
+        assert verifier.room("suspect")
+        assert done == ["running", "known-1", "clean-1", "known-2", "suspect-1"]
+        assert verifier.lanes_hashed == {"known": 2, "clean": 1, "suspect": 2}
+    finally:
+        verifier.close()
+
+
+async def test_a_check_that_waited_longer_than_its_caller_is_dropped_unhashed(monkeypatch):
+    from services.stations import verifier as module
+
+    class Clock:
+        now = 1000.0
+
+        def monotonic(self):
+            return self.now
+    clock = Clock()
+    monkeypatch.setattr(module, "time", clock)
+    verifier = await PasswordVerifier(workers=1, queue=4, max_wait=5.0).start()
+    stored = Credentials(credentials.hash_secret(b"right-password-1"), None)
+    try:
+        gate = asyncio.Event()
+        real_check = verifier._check
+
+        def slow_check(*args):      # (on the worker thread) the running check holds the worker until told
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+            return real_check(*args)
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(verifier, "_check", slow_check)
+        running = asyncio.create_task(verifier.verify(b"guess-1", stored))
+        await asyncio.sleep(0)
+        stale = asyncio.create_task(verifier.verify(b"guess-2", stored))
+        await asyncio.sleep(0)
+        clock.now += 6.0            # the gateway stopped waiting for it
+        fresh = asyncio.create_task(verifier.verify(b"guess-3", stored, lane="suspect"))
+        await asyncio.sleep(0)
+        gate.set()
+        assert (await running).authenticated is False
+        with pytest.raises(Busy):
+            await stale
+        assert (await fresh).authenticated is False
+        assert verifier.hashed == 2
     finally:
         verifier.close()

@@ -9,8 +9,8 @@
    first (its charge points are closed with 1001, spread over ``GATEWAY_DRAIN_SECONDS``, what they have in
    flight answered), then the services (stop consuming, finish and ack what they hold). Exit status 0.
    A second signal stops at once (exit 1).
-4. SIGHUP makes the parts that read files read them again (the gateway's TLS material), without dropping a
-   connection.
+4. SIGHUP makes the parts that read files read them again (the gateway's and the file intake's TLS material),
+   without dropping a connection.
 """
 from __future__ import annotations
 
@@ -111,10 +111,12 @@ class Runtime:
             self._main.cancel()
 
     def request_reload(self) -> None:
-        """SIGHUP: parts that read files (the gateway's TLS material) read them again; nothing stops."""
+        """SIGHUP: parts that read files (the gateway's and the file intake's TLS material) read them again;
+        nothing stops."""
         for part in self.started:
             reload = getattr(part, "reload", None)
-            if reload is not None:
+            # (a service reloads only when it has something to read again: on_reload hooks)
+            if reload is not None and getattr(part, "reloading", True):
                 log.info("SIGHUP received: %s reloads", part.name)
                 task = asyncio.get_running_loop().create_task(reload())
                 self._reloads.add(task)

@@ -70,8 +70,11 @@ class AdmitParams(Params):
     charge_point_id: ChargePointId
     password_b64: str | None = Field(None, max_length=1024, description=(
         "the Basic-auth password the charge point presented, base64 (any bytes); null: not checked"))
+    lane: Literal["known", "clean", "suspect"] = Field("clean", description=(
+        "where the password check waits (best first): known -- this id logged in from this address recently; "
+        "clean -- the address has no recent failed logins; suspect -- anything else"))
     suspect: bool = Field(False, description=(
-        "the source address failed logins recently: its check waits for threads of its own, never delaying others"))
+        "(deprecated, sent by gateways of the previous version) the suspect lane"))
 
 
 class AuthenticateParams(Params):
