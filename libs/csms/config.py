@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     # enough for a site's charge points reconnecting at once behind one NAT address; small enough that a burst
     # from a fresh address cannot fill STATIONS_AUTH_QUEUE before its failures are counted
     gateway_auth_checks_per_address: int = _env("GATEWAY_AUTH_CHECKS_PER_ADDRESS", 8, ge=1, le=1000)
+    # seconds a successful login (or the end of its connection) keeps an (address, charge point id) pair known: a
+    # known pair is spared its address's lock (one misbehaving device behind a carrier NAT locks out nobody else)
+    gateway_auth_known_pair_seconds: float = _env("GATEWAY_AUTH_KNOWN_PAIR_SECONDS", 30 * 86400.0, ge=60, le=366 * 86400)
+    # handshakes without credentials per source address within GATEWAY_AUTH_FAILURE_WINDOW (429 beyond); they are
+    # answered 401 without asking anyone
+    gateway_auth_max_anonymous_per_address: int = _env("GATEWAY_AUTH_MAX_ANONYMOUS_PER_ADDRESS", 60, ge=1, le=100000)
     # longest charge point id accepted (the percent-decoded last path segment)
     max_charge_point_id_length: int = _env("CSMS_MAX_CHARGE_POINT_ID_LENGTH", 64, ge=1, le=255)
     # seconds a charge point's presence key (gateway instance, session) lives without a refresh; the gateway
@@ -157,6 +163,8 @@ class Settings(BaseSettings):
     files_tls_cert_file: str = _env("FILES_TLS_CERT_FILE", "")
     files_tls_key_file: str = _env("FILES_TLS_KEY_FILE", "")
     files_tls_key_password: str = _secret("FILES_TLS_KEY_PASSWORD", max_length=1024)
+    # seconds between checks of the FILES_TLS_* files for a change (also re-read on SIGHUP)
+    files_tls_reload_interval: float = _env("FILES_TLS_RELOAD_INTERVAL", 30.0, gt=0, le=86400)
     # offer FTP (FTPS with FILES_TLS_*) for GetDiagnostics / GetLog uploads at all
     files_ftp_enabled: bool = _env("FILES_FTP_ENABLED", True)
     # FTP passive data ports ("60000-60100" or "60000,60001"; empty: any) and the public address

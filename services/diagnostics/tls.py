@@ -20,8 +20,6 @@ from services.diagnostics.ftp_server import ftps_context
 
 log = logging.getLogger("services.diagnostics.tls")
 
-# (the default until csms.config has FILES_TLS_RELOAD_INTERVAL: the gateway's interval)
-RELOAD_INTERVAL_SETTING = "files_tls_reload_interval"
 
 
 class TlsMaterialError(Exception):
@@ -51,7 +49,7 @@ class FilesTls:
         self.https: ssl.SSLContext | None = None       # the newest, every new handshake moves to it
         self.ftps: Any = None                          # the newest pyOpenSSL context
         self.on_ftps: Callable[[Any], None] | None = None
-        interval = getattr(settings, RELOAD_INTERVAL_SETTING, settings.gateway_tls_reload_interval)
+        interval = settings.files_tls_reload_interval
         self.watch = FileWatch(self._files, interval, self.reload, "file intake TLS")
         self.reloads = 0
 

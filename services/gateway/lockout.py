@@ -5,7 +5,7 @@ per source address and per charge point id, checked before any password is looke
 * An address with ``GATEWAY_AUTH_MAX_FAILURES_PER_ADDRESS`` failed logins within ``GATEWAY_AUTH_FAILURE_WINDOW``
   seconds is locked for ``GATEWAY_AUTH_LOCKOUT`` seconds: every handshake from it gets 429 + Retry-After --
   except from a *known pair*: a charge point id that logged in successfully from that address within
-  ``KNOWN_PAIR_SECONDS`` (OWASP's device-cookie lockout: one misconfigured or hostile device behind a carrier NAT
+  ``GATEWAY_AUTH_KNOWN_PAIR_SECONDS`` (OWASP's device-cookie lockout: one misconfigured or hostile device behind a carrier NAT
   must not lock out its neighbours). The id lock below still applies to a known pair.
 * A charge point id with ``GATEWAY_AUTH_MAX_FAILURES_PER_ID`` failed logins (from anywhere) within the window is
   locked as well -- but only for the addresses that failed for it: a flood of wrong passwords for an id never
@@ -13,7 +13,7 @@ per source address and per charge point id, checked before any password is looke
 * A suspect address's password check that finds no room to wait at the stations service (503) counts as a failure
   of the address (not of the id): a flood that sends more than is hashed locks itself out sooner.
 * Handshakes without any credentials (``anonymous``: no Authorization, no client certificate) are answered 401
-  without asking anyone; more than ``ANONYMOUS_PER_ADDRESS`` of them from one address within the window get 429
+  without asking anyone; more than ``GATEWAY_AUTH_MAX_ANONYMOUS_PER_ADDRESS`` of them from one address within the window get 429
   (known pairs are spared: a charge point may ask for the Basic challenge first).
 * The *standing* of a handshake that is not refused decides where its password check waits (stations
   verifier.py lanes): ``known`` (a known pair that has not failed since), ``clean`` (the address has not failed
@@ -38,10 +38,6 @@ import redis.asyncio as aioredis
 
 from csms.config import Settings
 
-# (defaults kept here until csms.config has them: GATEWAY_AUTH_KNOWN_PAIR_SECONDS,
-# GATEWAY_AUTH_MAX_ANONYMOUS_PER_ADDRESS)
-KNOWN_PAIR_SECONDS = 30 * 86400.0   # a successful login (or the end of its connection) makes a pair known this long
-ANONYMOUS_PER_ADDRESS = 60          # handshakes without credentials per address and failure window
 CLAIM_MARGIN = 5.0                  # seconds a clean-lane claim outlives the stations.admit timeout (a lost release)
 
 Standing = Literal["known", "clean", "suspect"]
@@ -158,8 +154,8 @@ class LoginGuard:
     def __init__(self, redis: aioredis.Redis, settings: Settings):
         self.settings = settings
         self.redis = redis
-        self.known_pair_ms = int(getattr(settings, "gateway_auth_known_pair_seconds", KNOWN_PAIR_SECONDS) * 1000)
-        self.max_anonymous = int(getattr(settings, "gateway_auth_max_anonymous_per_address", ANONYMOUS_PER_ADDRESS))
+        self.known_pair_ms = int(settings.gateway_auth_known_pair_seconds * 1000)
+        self.max_anonymous = settings.gateway_auth_max_anonymous_per_address
         self._check = redis.register_script(_CHECK)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)

@@ -62,7 +62,7 @@ def material(tmp_path):
 def tls_settings(settings, folder: Path, interval: float):
     return settings.replace(files_tls_cert_file=str(folder / "files.crt.pem"),
                             files_tls_key_file=str(folder / "files.key.pem"), files_public_host="localhost",
-                            gateway_tls_reload_interval=interval)  # (the file intake's interval until it has one)
+                            files_tls_reload_interval=interval)
 
 
 async def test_changed_files_are_served_to_new_handshakes_without_dropping_connections(settings, tmp_path, material):

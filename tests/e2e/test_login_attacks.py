@@ -17,7 +17,6 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from csms.config import Settings
-from services.gateway import lockout
 from services.registry import load_services
 from services.stations import handlers as stations
 from tests.support.chargepoint import boot_raw, connect
@@ -118,8 +117,8 @@ async def test_probing_ids_tells_nothing_and_handshakes_without_credentials_are_
                                                                                              monkeypatch):
     """The answer to a handshake that did not authenticate is the same for an unknown id, an id with a password
     and ids recorded at profiles 2 and 3 (no 403 naming the profile); one without any credentials asks nobody
-    (no stations.admit, no PostgreSQL query) and more than ANONYMOUS_PER_ADDRESS of them from one address within
-    the failure window get 429 -- while that address's charge points with credentials still get in."""
+    (no stations.admit, no PostgreSQL query) and more than GATEWAY_AUTH_MAX_ANONYMOUS_PER_ADDRESS of them from one
+    address within the failure window get 429 -- while that address's charge points with credentials still get in."""
     sut = await make_system(infrastructure)
     try:
         ids = {"unknown": "CP-probe-nobody", "password": "CP-probe-1", "profile 2": "CP-probe-2",
@@ -157,7 +156,7 @@ async def test_probing_ids_tells_nothing_and_handshakes_without_credentials_are_
         assert sorted(admits) == sorted(ids.values())      # one question per password, none for another user
 
         # the allowance of handshakes without credentials: then 429 for them, from that address only
-        allowance = lockout.ANONYMOUS_PER_ADDRESS
+        allowance = sut.settings.gateway_auth_max_anonymous_per_address
         statuses = Counter([(await answer(f"CP-probe-{n}", {}, "127.0.0.14"))[0] for n in range(allowance + 3)])
         assert statuses == {401: allowance, 429: 3}, statuses
         assert (await answer("CP-probe-x", {}, "127.0.0.15"))[0] == 401
