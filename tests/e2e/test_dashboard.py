@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from ocpp.exceptions import NotSupportedError
 from ocpp.v16 import call
 
 from csms.contracts.base import format_utc
@@ -181,6 +182,41 @@ async def test_a_remote_start_shows_accepted_then_a_transaction_with_a_growing_c
         await cp.stop_transaction(tx, meter_stop=7600, reason="Local")
         await browser.until_text("#transaction-status", "stopped")
         assert "6600 Wh" in await browser.text("#transaction-head")
+
+
+async def test_protocol_errors_show_on_the_station_page_without_a_reload(dashboard, cp_id):
+    browser = dashboard.browser
+    async with connect(dashboard.system.url(cp_id)) as cp:
+        await cp.boot()
+        await dashboard.login("command")
+        await dashboard.open(f"#/station/{cp_id}", "stations")
+        await browser.until_text("#activity", "BootNotification")
+        await browser.evaluate("window.notReloaded = true")
+        # a frame that is not OCPP-J: the gateway answers FormationViolation
+        await cp._connection.send("[2, \"m-1\", \"Heartbeat\"]")
+        item = '#activity li.problem[data-type="station.protocol_error"]'
+        text = await browser.until_text(item, "FormationViolation")
+        assert "CALLERROR FormationViolation sent for Heartbeat (m-1): CALL must be [2, UniqueId, Action, Payload]" \
+            in text
+
+        # a command the charge point answers with a CALLERROR: the answer, and the error in the activity
+        def refuse(_):
+            raise NotSupportedError("no soft reset on this model")
+        cp.respond("Reset", refuse)
+        await browser.click("#cmd-reset button")
+        await browser.wait('#command-result [data-action="Reset"][data-status="call_error"]')
+        assert "no soft reset on this model" in await browser.text("#command-result")
+        await browser.until("return document.querySelectorAll(arg).length === 2", item)
+        newest = await browser.text(f"{item}:first-child")
+        assert "its answer to Reset" in newest and "NotSupported: no soft reset on this model" in newest
+        # they count as problems
+        await browser.click("#problems-only")
+        await browser.until("return [...document.querySelectorAll('#activity li')].every("
+                            "(li) => li.classList.contains('problem')) && document.querySelectorAll(arg).length === 2",
+                            item)
+        assert await browser.evaluate("return window.notReloaded === true")
+        await browser.evaluate("document.querySelector('#activity').scrollIntoView()")
+        await dashboard.screenshot("protocol-errors")
 
 
 async def test_the_composite_schedule_plot_matches_the_apis_numbers(dashboard, cp_id):
