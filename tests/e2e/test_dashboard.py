@@ -219,6 +219,31 @@ async def test_protocol_errors_show_on_the_station_page_without_a_reload(dashboa
         await dashboard.screenshot("protocol-errors")
 
 
+async def test_a_remote_stop_sends_the_transaction_and_shows_the_charge_points_answer(dashboard, cp_id):
+    browser = dashboard.browser
+    async with connect(dashboard.system.url(cp_id)) as cp:
+        await cp.boot()
+        await cp.status(1, "Charging")
+        tx = await cp.start_transaction(1, "TAG-7", meter_start=0)
+        await dashboard.login("command")
+        await dashboard.open(f"#/station/{cp_id}", "stations")
+        await browser.wait(f'#station-transactions tr[data-transaction="{tx}"]')
+        # the form holds the transaction in progress
+        assert await browser.evaluate(
+            "return document.querySelector('#cmd-remote-stop input[name=transactionId]').value") == str(tx)
+        cp.respond("RemoteStopTransaction", {"status": "Rejected"})
+        await browser.click("#cmd-remote-stop button")
+        await browser.wait('#command-result [data-action="RemoteStopTransaction"][data-status="answered"]'
+                           '[data-answer="Rejected"]')
+        cp.respond("RemoteStopTransaction", {"status": "Accepted"})
+        await browser.click("#cmd-remote-stop button")
+        await browser.wait('#command-result [data-action="RemoteStopTransaction"][data-answer="Accepted"]')
+        assert cp.received["RemoteStopTransaction"] == [{"transaction_id": tx}, {"transaction_id": tx}]
+        # the charge point stops it: gone from the transactions in progress without a reload
+        await cp.stop_transaction(tx, meter_stop=1200, reason="Remote")
+        await browser.until_text("#station-transactions", "no transaction in progress")
+
+
 async def test_the_composite_schedule_plot_matches_the_apis_numbers(dashboard, cp_id):
     browser, client = dashboard.browser, dashboard.client
     begin = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=60)
