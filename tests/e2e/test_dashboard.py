@@ -244,6 +244,42 @@ async def test_a_remote_stop_sends_the_transaction_and_shows_the_charge_points_a
         await browser.until_text("#station-transactions", "no transaction in progress")
 
 
+async def test_the_station_list_is_paged(dashboard, cp_id):
+    """More stations than one page (a page of 2 here: #/stations?limit=2), each page from the API's Link header."""
+    browser = dashboard.browser
+    ids = [f"{cp_id}-{n}" for n in range(1, 6)]
+    for charge_point_id in ids:
+        async with connect(dashboard.system.url(charge_point_id)) as cp:
+            await cp.boot()
+    shown = "return [...document.querySelectorAll('#stations-body tr')].map((tr) => tr.dataset.cp).join(' ')"
+
+    async def page(expected: list[str]) -> None:
+        await browser.until(f"{shown} === arg", " ".join(expected))
+
+    await dashboard.login("read")
+    await dashboard.open("#/stations?limit=2", "stations")
+    await page(ids[0:2])
+    assert await browser.count("#first-page") == 0
+    await browser.click("#next-page")
+    await page(ids[2:4])
+    await browser.click("#next-page")
+    await page(ids[4:5])
+    assert await browser.count("#next-page") == 0  # the last page has no Link rel="next"
+    await browser.click("#previous-page")
+    await page(ids[2:4])
+    await browser.click("#first-page")
+    await page(ids[0:2])
+    assert "2 on this page" in await browser.text("#stations-count")
+
+    # a station that comes online takes its place in the API's order, and the page keeps its size
+    async with connect(dashboard.system.url(f"{cp_id}-0")) as cp:
+        await cp.boot()
+        await page([f"{cp_id}-0", ids[0]])
+        await browser.wait(f'#stations-body tr[data-cp="{cp_id}-0"][data-connected="true"]')
+    await browser.click("#next-page")
+    await page(ids[1:3])
+
+
 async def test_the_composite_schedule_plot_matches_the_apis_numbers(dashboard, cp_id):
     browser, client = dashboard.browser, dashboard.client
     begin = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=60)
