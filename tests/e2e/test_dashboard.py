@@ -154,7 +154,8 @@ async def test_a_remote_start_shows_accepted_then_a_transaction_with_a_growing_c
 
         # the charge point starts it: the station page shows it without a reload
         await cp.status(1, "Preparing")
-        tx = await cp.start_transaction(1, "TAG-42", meter_start=1000)
+        started = datetime.now(timezone.utc).replace(microsecond=0)
+        tx = await cp.start_transaction(1, "TAG-42", meter_start=1000, timestamp=format_utc(started))
         await cp.status(1, "Charging")
         await browser.wait(f'#station-transactions tr[data-transaction="{tx}"]')
         await browser.wait('#connectors .connector[data-status="Charging"]')
@@ -163,16 +164,18 @@ async def test_a_remote_start_shows_accepted_then_a_transaction_with_a_growing_c
 
         await browser.click(f'#station-transactions tr[data-transaction="{tx}"] a.tx-link')
         await browser.wait("#meter-chart svg.chart")
-        assert await browser.evaluate("return document.querySelector('#meter-chart svg').dataset.points") == "0"
-        start = datetime.now(timezone.utc).replace(microsecond=0)
+        # before any meter value: the register at the start (meterStart at the transaction's start time)
+        assert await browser.evaluate("return document.querySelector('#meter-chart svg').dataset.points") == "1"
+        assert await browser.attributes("#meter-chart circle.point", "data-v", "data-t", "data-label") == [
+            {"data-v": "1000", "data-t": iso(started), "data-label": "meter start"}]
         for step in range(1, 5):
             await cp.meter_values(1, 1000 + 1500 * step, transaction_id=tx, power_w=7200 + 100 * step,
-                                  timestamp=format_utc(start + timedelta(seconds=30 * step)))
-            await browser.until("return document.querySelector('#meter-chart svg').dataset.points === arg", str(step))
-        points = await browser.attributes("#meter-chart circle.point", "data-v", "data-t", "cy")
-        assert [float(p["data-v"]) for p in points] == [2500, 4000, 5500, 7000]
-        assert [p["data-t"] for p in points] == [
-            (start + timedelta(seconds=30 * step)).isoformat().replace("+00:00", ".000Z") for step in range(1, 5)]
+                                  timestamp=format_utc(started + timedelta(seconds=30 * step)))
+            await browser.until("return document.querySelector('#meter-chart svg').dataset.points === arg",
+                                str(1 + step))
+        points = await browser.attributes("#meter-chart circle.point.energy", "data-v", "data-t", "cy")
+        assert [float(p["data-v"]) for p in points] == [1000, 2500, 4000, 5500, 7000]
+        assert [p["data-t"] for p in points] == [iso(started + timedelta(seconds=30 * step)) for step in range(5)]
         heights = [float(p["cy"]) for p in points]
         assert heights == sorted(heights, reverse=True)  # a growing register is drawn rising
         assert await browser.count("#power-chart circle.point") == 4
@@ -182,6 +185,11 @@ async def test_a_remote_start_shows_accepted_then_a_transaction_with_a_growing_c
         await cp.stop_transaction(tx, meter_stop=7600, reason="Local")
         await browser.until_text("#transaction-status", "stopped")
         assert "6600 Wh" in await browser.text("#transaction-head")
+
+
+def iso(at: datetime) -> str:
+    """An instant as the page's data-t writes it (JavaScript's toISOString)."""
+    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def test_protocol_errors_show_on_the_station_page_without_a_reload(dashboard, cp_id):
