@@ -223,7 +223,6 @@ async def test_protocol_errors_show_on_the_station_page_without_a_reload(dashboa
                             "(li) => li.classList.contains('problem')) && document.querySelectorAll(arg).length === 2",
                             item)
         assert await browser.evaluate("return window.notReloaded === true")
-        await browser.evaluate("document.querySelector('#activity').scrollIntoView()")
         await dashboard.screenshot("protocol-errors")
 
 

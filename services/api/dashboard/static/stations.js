@@ -33,7 +33,7 @@ export async function stationsView(ctx, root, params) {
   const pager = h("p", { class: "pager", id: "stations-pager" });
   const finder = h("input", { type: "text", name: "charge_point_id", placeholder: "station id", required: true,
     maxlength: 255, "aria-label": "station id" });
-  const find = h("form", { class: "filters", id: "find-station" }, finder, h("button", { type: "submit" }, "Open"));
+  const find = h("form", { class: "find", id: "find-station" }, finder, h("button", { type: "submit" }, "Open"));
   find.addEventListener("submit", (event) => {
     event.preventDefault();
     if (finder.value.trim()) location.hash = `#/station/${encodeURIComponent(finder.value.trim())}`;
