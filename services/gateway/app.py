@@ -486,9 +486,8 @@ class Gateway:
                     ErrorCode.FORMATION_VIOLATION, "CALL must be [2, UniqueId, Action, Payload]"), frame[2])
                 return
             if len(link.inbound) >= MAX_QUEUED_CALLS:
-                await self._send_error(link, message_id, OcppError(
-                    ErrorCode.GENERIC_ERROR, f"too many CALLs waiting (at most {MAX_QUEUED_CALLS}); send one at a time"),
-                    frame[2])
+                await self._send_error(link, message_id, OcppError(ErrorCode.GENERIC_ERROR, (
+                    f"too many CALLs waiting (at most {MAX_QUEUED_CALLS}); send one at a time")), frame[2])
                 return
             link.inbound.append((message_id, frame[2], frame[3], time.perf_counter()))
             if link.worker is None:

@@ -1,7 +1,7 @@
 """station.protocol_error: the gateway publishes an event for each CALLERROR it sends a charge point and for each
 command a charge point answers with a CALLERROR or an answer breaking OCPP -- at most
 GATEWAY_PROTOCOL_ERROR_EVENTS per charge point within GATEWAY_PROTOCOL_ERROR_WINDOW seconds, the rest counted.
-(The rate limit's arithmetic is unit-tested in tests/unit/test_protocol_errors.py; these go through the server.)"""
+(The rate limit's arithmetic is unit-tested in tests/unit/test_protocol_error_limit.py; these go through the server.)"""
 from __future__ import annotations
 
 import asyncio

@@ -58,10 +58,11 @@ class StationProtocolError(Event):
     """An OCPP-J exchange with a charge point went wrong: a CALLERROR either way, or an answer breaking OCPP.
     Published by the gateway; ``direction`` is that of the operation: ``cp_to_csms`` -- the charge point sent a
     malformed frame, or a CALL the gateway answered with a CALLERROR (FormationViolation, SecurityError for a
-    station never booted, InternalError when no service answered, ...); ``csms_to_cp`` -- the charge point answered a command with a CALLERROR, or with a frame or payload that breaks
-    OCPP. At most GATEWAY_PROTOCOL_ERROR_EVENTS per charge point within GATEWAY_PROTOCOL_ERROR_WINDOW seconds are
-    published; ``suppressed`` counts those of the charge point left out since the previous one. Texts that come from
-    the charge point are cut to the bounds below."""
+    station never booted, InternalError when no service answered, ...); ``csms_to_cp`` -- the charge point
+    answered a command with a CALLERROR, or with a frame or payload that breaks OCPP. At most
+    GATEWAY_PROTOCOL_ERROR_EVENTS per charge point within GATEWAY_PROTOCOL_ERROR_WINDOW seconds are published;
+    ``suppressed`` counts those of the charge point left out since the previous one. Texts that come from the
+    charge point are cut to the bounds below."""
     EVENT_TYPE: ClassVar[str] = "station.protocol_error"
     gateway: str = Field(description="The gateway instance holding the connection.")
     direction: Literal["cp_to_csms", "csms_to_cp"] = Field(description=(
