@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     gateway_flap_takeovers: int = _env("GATEWAY_FLAP_TAKEOVERS", 5, ge=1, le=10000)
     gateway_flap_backoff: float = _env("GATEWAY_FLAP_BACKOFF", 10.0, gt=0, le=86400)
     gateway_flap_backoff_max: float = _env("GATEWAY_FLAP_BACKOFF_MAX", 600.0, gt=0, le=86400)
+    # station.protocol_error events (a CALLERROR sent to or received from a charge point, an answer breaking OCPP):
+    # at most GATEWAY_PROTOCOL_ERROR_EVENTS per charge point within GATEWAY_PROTOCOL_ERROR_WINDOW seconds; the rest
+    # are counted, and the newest goes out with the count when the window ends (0: none published)
+    gateway_protocol_error_events: int = _env("GATEWAY_PROTOCOL_ERROR_EVENTS", 10, ge=0, le=10000)
+    gateway_protocol_error_window: float = _env("GATEWAY_PROTOCOL_ERROR_WINDOW", 60.0, gt=0, le=86400)
     # seconds the gateway waits for a service to answer a charge point's CALL
     call_timeout: float = _env("CSMS_CALL_TIMEOUT", 15.0, gt=0, le=600)
     # default seconds a CSMS->CP command waits for the charge point's answer

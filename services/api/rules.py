@@ -134,11 +134,12 @@ _FAILED_FILE_STATUSES = {"UploadFailed", "UploadFailure", "BadMessage", "NotSupp
 
 def is_problem(event_type: str, event: dict) -> bool:
     """Whether an event deserves an operator's look: a fault, a refusal, a failure, a command without an answer,
-    a critical security event, a transaction the charge point did not close itself."""
+    a protocol error (a CALLERROR either way, an answer breaking OCPP), a critical security event, a transaction the
+    charge point did not close itself."""
     status = event.get("status")
     if event_type == "connector.status_changed":
         return status == "Faulted" or event.get("error_code") not in (None, "NoError")
-    if event_type in ("station.flapping", "charging.schedule_mismatch"):
+    if event_type in ("station.flapping", "station.protocol_error", "charging.schedule_mismatch"):
         return True
     if event_type == "station.booted":
         return status == "Rejected"

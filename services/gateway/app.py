@@ -6,6 +6,8 @@
   one round trip to the stations service for the station's last boot answer, recorded security profile and
   whether its password is right.
 * OCPP-J framing checks and JSON-schema validation; bad frames get a CALLERROR with the right code.
+* Every CALLERROR sent to a charge point, and every command it answers with a CALLERROR or an answer breaking OCPP,
+  is a ``station.protocol_error`` event, rate-limited per charge point (``protocol_errors.py``).
 * A charge point CALL is forwarded to the owning service over RabbitMQ (RPC) and its answer sent back.
   CALLs of one charge point are handled one at a time, in order.
 * Commands for a charge point arrive on this instance's queue (bound per connected charge point);
@@ -46,7 +48,7 @@ from csms.bus import (
 from csms.config import Settings
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import Command, CommandResult, OcppCall, OcppReply
-from csms.contracts.events import StationConnected, StationDisconnected, StationFlapping
+from csms.contracts.events import StationConnected, StationDisconnected, StationFlapping, StationProtocolError
 from csms.ocpp16 import CALL, CALLERROR, CALLRESULT, ErrorCode, OcppError
 from csms.ops import logs, tracing
 from csms.ops.logs import OutageLog, log_context, outage_of
@@ -58,6 +60,7 @@ from services.gateway.flapping import FlapGuard
 from services.gateway.handshake import ADMIT_RETRY_AFTER, Admitted, Handshake
 from services.gateway.lockout import LoginGuard
 from services.gateway.presence import Presence
+from services.gateway.protocol_errors import ProtocolErrorLimit, protocol_error
 from services.gateway.tls import TlsUnavailable
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,10 @@ class Gateway:
         self.redis: aioredis.Redis | None = None  # presence and flapping (also checked by /readyz)
         self.presence: Presence | None = None
         self.flaps: FlapGuard | None = None
+        self.protocol_errors = ProtocolErrorLimit(
+            self.settings.gateway_protocol_error_events, self.settings.gateway_protocol_error_window,
+            publish=self._publish_protocol_error,
+            schedule=lambda delay, callback: asyncio.get_running_loop().call_later(delay, callback))
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self, settings: Settings | None = None) -> "Gateway":
@@ -218,7 +225,7 @@ class Gateway:
                 message_id, action, _, _ = link.inbound.popleft()
                 with log_context(message_id=message_id, action=action):
                     await self._send_error(link, message_id, OcppError(
-                        ErrorCode.GENERIC_ERROR, "gateway shutting down; send it again after reconnecting"))
+                        ErrorCode.GENERIC_ERROR, "gateway shutting down; send it again after reconnecting"), action)
             deadline = time.monotonic() + self.settings.call_timeout + 1.0
             while (link.busy or link.pending) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)  # the CALL in flight gets its answer, a command its reply
@@ -240,6 +247,7 @@ class Gateway:
             await server.wait_closed()
         self.server = self.tls_server = None
         await self.handshake.stop()
+        self.protocol_errors.close()
         for task in list(self._tasks):
             task.cancel()
         await self._stop_redis_parts()
@@ -442,9 +450,26 @@ class Gateway:
         except ConnectionClosed:
             pass
 
-    async def _send_error(self, link: Link, message_id: str, error: OcppError) -> None:
+    async def _send_error(self, link: Link, message_id: str, error: OcppError, action: Any = None) -> None:
         log.warning("CALLERROR %s for message %s: %s", error.code, message_id, error.description)
         await self._send(link, [CALLERROR, message_id, error.code, error.description, error.details])
+        self._protocol_error(link, "cp_to_csms", action, message_id, error.code, error.description)
+
+    def _protocol_error(self, link: Link, direction: str, action: Any, message_id: Any, code: Any,
+                        description: Any) -> None:
+        """A station.protocol_error, if the charge point's rate limit lets it out (published in the background: the
+        charge point's frames never wait for RabbitMQ)."""
+        self.protocol_errors.report(protocol_error(link.charge_point_id, self.instance, direction, action, message_id,
+                                                   code, description))
+
+    def _publish_protocol_error(self, event: StationProtocolError) -> None:
+        self._spawn(self._publish_event(event))
+
+    async def _publish_event(self, event) -> None:
+        try:
+            await self.bus.publish_event(event)
+        except Exception as exc:  # noqa: BLE001 - the charge point was answered; the event is best effort
+            self._report(exc, f"{event.EVENT_TYPE} of {event.charge_point_id}")
 
     async def _on_frame(self, link: Link, raw: str | bytes) -> None:
         if isinstance(raw, bytes):
@@ -469,11 +494,11 @@ class Gateway:
         if kind == CALL:
             if len(frame) != 4 or not isinstance(frame[2], str):
                 await self._send_error(link, message_id, OcppError(
-                    ErrorCode.FORMATION_VIOLATION, "CALL must be [2, UniqueId, Action, Payload]"))
+                    ErrorCode.FORMATION_VIOLATION, "CALL must be [2, UniqueId, Action, Payload]"), frame[2])
                 return
             if len(link.inbound) >= MAX_QUEUED_CALLS:
-                await self._send_error(link, message_id, OcppError(
-                    ErrorCode.GENERIC_ERROR, f"too many CALLs waiting (at most {MAX_QUEUED_CALLS}); send one at a time"))
+                await self._send_error(link, message_id, OcppError(ErrorCode.GENERIC_ERROR, (
+                    f"too many CALLs waiting (at most {MAX_QUEUED_CALLS}); send one at a time")), frame[2])
                 return
             link.inbound.append((message_id, frame[2], frame[3], time.perf_counter()))
             if link.worker is None:
@@ -519,12 +544,12 @@ class Gateway:
             await self._send(link, [CALLRESULT, message_id, result])
             return "result"
         except OcppError as error:
-            await self._send_error(link, message_id, error)
+            await self._send_error(link, message_id, error, action)
             return error.code
         except Exception as exc:  # noqa: BLE001 - never let one frame kill the connection
             self._report(exc, f"{action} from {link.charge_point_id}")
             description = "central system temporarily unavailable" if outage_of(exc) else "internal error"
-            await self._send_error(link, message_id, OcppError(ErrorCode.INTERNAL_ERROR, description))
+            await self._send_error(link, message_id, OcppError(ErrorCode.INTERNAL_ERROR, description), action)
             return ErrorCode.INTERNAL_ERROR
 
     async def _handle_call(self, link: Link, message_id: str, action: str, payload: Any) -> dict:
@@ -670,21 +695,30 @@ class Gateway:
             return CommandResult(status="timeout", error_description="charge point did not answer in time", **base)
         except (ConnectionClosed, ConnectionError):
             return CommandResult(status="offline", error_description="charge point disconnected", **base)
-        if frame[0] == CALLERROR:
-            if len(frame) != 5:
-                return CommandResult(status="invalid_response", error_description="malformed CALLERROR", **base)
-            details = frame[4] if isinstance(frame[4], dict) else {}
-            return CommandResult(status="call_error", error_code=str(frame[2]), error_description=str(frame[3]),
-                                 error_details=details, **base)
-        if len(frame) != 3:
-            return CommandResult(status="invalid_response", error_description="malformed CALLRESULT", **base)
-        try:
-            ocpp16.validate(command.action, frame[2], response=True)
-        except OcppError as exc:
-            return CommandResult(status="invalid_response", payload=frame[2] if isinstance(frame[2], dict) else None,
-                                 error_code=exc.code, error_description=exc.description, error_details=exc.details,
-                                 **base)
-        return CommandResult(status="answered", payload=frame[2], **base)
+        result = _answer_of(command.action, frame, base)
+        if result.status in ("call_error", "invalid_response"):
+            self._protocol_error(link, "csms_to_cp", command.action, message_id,
+                                 result.error_code or ErrorCode.FORMATION_VIOLATION, result.error_description)
+        return result
+
+
+def _answer_of(action: str, frame: list, base: dict[str, Any]) -> CommandResult:
+    """The CommandResult of the charge point's answer to a command (``frame``: its CALLRESULT or CALLERROR)."""
+    if frame[0] == CALLERROR:
+        if len(frame) != 5:
+            return CommandResult(status="invalid_response", error_description="malformed CALLERROR", **base)
+        details = frame[4] if isinstance(frame[4], dict) else {}
+        return CommandResult(status="call_error", error_code=str(frame[2]), error_description=str(frame[3]),
+                             error_details=details, **base)
+    if len(frame) != 3:
+        return CommandResult(status="invalid_response", error_description="malformed CALLRESULT", **base)
+    try:
+        ocpp16.validate(action, frame[2], response=True)
+    except OcppError as exc:
+        return CommandResult(status="invalid_response", payload=frame[2] if isinstance(frame[2], dict) else None,
+                             error_code=exc.code, error_description=exc.description, error_details=exc.details,
+                             **base)
+    return CommandResult(status="answered", payload=frame[2], **base)
 
 
 def _unavailable(connection: ServerConnection) -> Response:

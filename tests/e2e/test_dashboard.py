@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from ocpp.exceptions import NotSupportedError
 from ocpp.v16 import call
 
 from csms.contracts.base import format_utc
@@ -153,7 +154,8 @@ async def test_a_remote_start_shows_accepted_then_a_transaction_with_a_growing_c
 
         # the charge point starts it: the station page shows it without a reload
         await cp.status(1, "Preparing")
-        tx = await cp.start_transaction(1, "TAG-42", meter_start=1000)
+        started = datetime.now(timezone.utc).replace(microsecond=0)
+        tx = await cp.start_transaction(1, "TAG-42", meter_start=1000, timestamp=format_utc(started))
         await cp.status(1, "Charging")
         await browser.wait(f'#station-transactions tr[data-transaction="{tx}"]')
         await browser.wait('#connectors .connector[data-status="Charging"]')
@@ -162,16 +164,18 @@ async def test_a_remote_start_shows_accepted_then_a_transaction_with_a_growing_c
 
         await browser.click(f'#station-transactions tr[data-transaction="{tx}"] a.tx-link')
         await browser.wait("#meter-chart svg.chart")
-        assert await browser.evaluate("return document.querySelector('#meter-chart svg').dataset.points") == "0"
-        start = datetime.now(timezone.utc).replace(microsecond=0)
+        # before any meter value: the register at the start (meterStart at the transaction's start time)
+        assert await browser.evaluate("return document.querySelector('#meter-chart svg').dataset.points") == "1"
+        assert await browser.attributes("#meter-chart circle.point", "data-v", "data-t", "data-label") == [
+            {"data-v": "1000", "data-t": iso(started), "data-label": "meter start"}]
         for step in range(1, 5):
             await cp.meter_values(1, 1000 + 1500 * step, transaction_id=tx, power_w=7200 + 100 * step,
-                                  timestamp=format_utc(start + timedelta(seconds=30 * step)))
-            await browser.until("return document.querySelector('#meter-chart svg').dataset.points === arg", str(step))
-        points = await browser.attributes("#meter-chart circle.point", "data-v", "data-t", "cy")
-        assert [float(p["data-v"]) for p in points] == [2500, 4000, 5500, 7000]
-        assert [p["data-t"] for p in points] == [
-            (start + timedelta(seconds=30 * step)).isoformat().replace("+00:00", ".000Z") for step in range(1, 5)]
+                                  timestamp=format_utc(started + timedelta(seconds=30 * step)))
+            await browser.until("return document.querySelector('#meter-chart svg').dataset.points === arg",
+                                str(1 + step))
+        points = await browser.attributes("#meter-chart circle.point.energy", "data-v", "data-t", "cy")
+        assert [float(p["data-v"]) for p in points] == [1000, 2500, 4000, 5500, 7000]
+        assert [p["data-t"] for p in points] == [iso(started + timedelta(seconds=30 * step)) for step in range(5)]
         heights = [float(p["cy"]) for p in points]
         assert heights == sorted(heights, reverse=True)  # a growing register is drawn rising
         assert await browser.count("#power-chart circle.point") == 4
@@ -181,6 +185,106 @@ async def test_a_remote_start_shows_accepted_then_a_transaction_with_a_growing_c
         await cp.stop_transaction(tx, meter_stop=7600, reason="Local")
         await browser.until_text("#transaction-status", "stopped")
         assert "6600 Wh" in await browser.text("#transaction-head")
+
+
+def iso(at: datetime) -> str:
+    """An instant as the page's data-t writes it (JavaScript's toISOString)."""
+    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def test_protocol_errors_show_on_the_station_page_without_a_reload(dashboard, cp_id):
+    browser = dashboard.browser
+    async with connect(dashboard.system.url(cp_id)) as cp:
+        await cp.boot()
+        await dashboard.login("command")
+        await dashboard.open(f"#/station/{cp_id}", "stations")
+        await browser.until_text("#activity", "BootNotification")
+        await browser.evaluate("window.notReloaded = true")
+        # a frame that is not OCPP-J: the gateway answers FormationViolation
+        await cp._connection.send("[2, \"m-1\", \"Heartbeat\"]")
+        item = '#activity li.problem[data-type="station.protocol_error"]'
+        text = await browser.until_text(item, "FormationViolation")
+        assert "CALLERROR FormationViolation sent for Heartbeat (m-1): CALL must be [2, UniqueId, Action, Payload]" \
+            in text
+
+        # a command the charge point answers with a CALLERROR: the answer, and the error in the activity
+        def refuse(_):
+            raise NotSupportedError("no soft reset on this model")
+        cp.respond("Reset", refuse)
+        await browser.click("#cmd-reset button")
+        await browser.wait('#command-result [data-action="Reset"][data-status="call_error"]')
+        assert "no soft reset on this model" in await browser.text("#command-result")
+        await browser.until("return document.querySelectorAll(arg).length === 2", item)
+        newest = await browser.text(f"{item}:first-child")
+        assert "its answer to Reset" in newest and "NotSupported: no soft reset on this model" in newest
+        # they count as problems
+        await browser.click("#problems-only")
+        await browser.until("return [...document.querySelectorAll('#activity li')].every("
+                            "(li) => li.classList.contains('problem')) && document.querySelectorAll(arg).length === 2",
+                            item)
+        assert await browser.evaluate("return window.notReloaded === true")
+        await dashboard.screenshot("protocol-errors")
+
+
+async def test_a_remote_stop_sends_the_transaction_and_shows_the_charge_points_answer(dashboard, cp_id):
+    browser = dashboard.browser
+    async with connect(dashboard.system.url(cp_id)) as cp:
+        await cp.boot()
+        await cp.status(1, "Charging")
+        tx = await cp.start_transaction(1, "TAG-7", meter_start=0)
+        await dashboard.login("command")
+        await dashboard.open(f"#/station/{cp_id}", "stations")
+        await browser.wait(f'#station-transactions tr[data-transaction="{tx}"]')
+        # the form holds the transaction in progress
+        assert await browser.evaluate(
+            "return document.querySelector('#cmd-remote-stop input[name=transactionId]').value") == str(tx)
+        cp.respond("RemoteStopTransaction", {"status": "Rejected"})
+        await browser.click("#cmd-remote-stop button")
+        await browser.wait('#command-result [data-action="RemoteStopTransaction"][data-status="answered"]'
+                           '[data-answer="Rejected"]')
+        cp.respond("RemoteStopTransaction", {"status": "Accepted"})
+        await browser.click("#cmd-remote-stop button")
+        await browser.wait('#command-result [data-action="RemoteStopTransaction"][data-answer="Accepted"]')
+        assert cp.received["RemoteStopTransaction"] == [{"transaction_id": tx}, {"transaction_id": tx}]
+        # the charge point stops it: gone from the transactions in progress without a reload
+        await cp.stop_transaction(tx, meter_stop=1200, reason="Remote")
+        await browser.until_text("#station-transactions", "no transaction in progress")
+
+
+async def test_the_station_list_is_paged(dashboard, cp_id):
+    """More stations than one page (a page of 2 here: #/stations?limit=2), each page from the API's Link header."""
+    browser = dashboard.browser
+    ids = [f"{cp_id}-{n}" for n in range(1, 6)]
+    for charge_point_id in ids:
+        async with connect(dashboard.system.url(charge_point_id)) as cp:
+            await cp.boot()
+    shown = "return [...document.querySelectorAll('#stations-body tr')].map((tr) => tr.dataset.cp).join(' ')"
+
+    async def page(expected: list[str]) -> None:
+        await browser.until(f"{shown} === arg", " ".join(expected))
+
+    await dashboard.login("read")
+    await dashboard.open("#/stations?limit=2", "stations")
+    await page(ids[0:2])
+    assert await browser.count("#first-page") == 0
+    await browser.click("#next-page")
+    await page(ids[2:4])
+    await browser.click("#next-page")
+    await page(ids[4:5])
+    assert await browser.count("#next-page") == 0  # the last page has no Link rel="next"
+    await browser.click("#previous-page")
+    await page(ids[2:4])
+    await browser.click("#first-page")
+    await page(ids[0:2])
+    assert "2 on this page" in await browser.text("#stations-count")
+
+    # a station that comes online takes its place in the API's order, and the page keeps its size
+    async with connect(dashboard.system.url(f"{cp_id}-0")) as cp:
+        await cp.boot()
+        await page([f"{cp_id}-0", ids[0]])
+        await browser.wait(f'#stations-body tr[data-cp="{cp_id}-0"][data-connected="true"]')
+    await browser.click("#next-page")
+    await page(ids[1:3])
 
 
 async def test_the_composite_schedule_plot_matches_the_apis_numbers(dashboard, cp_id):

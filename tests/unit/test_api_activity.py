@@ -18,6 +18,8 @@ from services.api.dashboard.routes import FILES, HEADERS, STATIC
     ("connector.status_changed", {"status": "Available", "error_code": "HighTemperature"}, True),
     ("station.connected", {}, False),
     ("station.flapping", {}, True),
+    ("station.protocol_error", {"direction": "cp_to_csms", "error_code": "FormationViolation"}, True),
+    ("station.protocol_error", {"direction": "csms_to_cp", "error_code": "NotSupported"}, True),
     ("station.booted", {"status": "Accepted"}, False),
     ("station.booted", {"status": "Rejected"}, True),
     ("charging.schedule_mismatch", {}, True),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -45,6 +45,41 @@ class StationFlapping(Event):
     backoff: float               # seconds newcomers are refused (Retry-After)
     level: int                   # 1 for the first back-off of an episode, +1 (double back-off) each repeat
     remote_address: str = ""     # the refused newcomer
+
+
+# bounds of what a station.protocol_error carries (its texts come from the charge point): longer ones are cut
+MAX_PROTOCOL_ERROR_DESCRIPTION = 200
+MAX_PROTOCOL_ERROR_CODE = 64
+MAX_PROTOCOL_ERROR_ACTION = 64
+MAX_MESSAGE_ID = 36
+
+
+class StationProtocolError(Event):
+    """An OCPP-J exchange with a charge point went wrong: a CALLERROR either way, or an answer breaking OCPP.
+    Published by the gateway; ``direction`` is that of the operation: ``cp_to_csms`` -- the charge point sent a
+    malformed frame, or a CALL the gateway answered with a CALLERROR (FormationViolation, SecurityError for a
+    station never booted, InternalError when no service answered, ...); ``csms_to_cp`` -- the charge point
+    answered a command with a CALLERROR, or with a frame or payload that breaks OCPP. At most
+    GATEWAY_PROTOCOL_ERROR_EVENTS per charge point within GATEWAY_PROTOCOL_ERROR_WINDOW seconds are published;
+    ``suppressed`` counts those of the charge point left out since the previous one. Texts that come from the
+    charge point are cut to the bounds below."""
+    EVENT_TYPE: ClassVar[str] = "station.protocol_error"
+    gateway: str = Field(description="The gateway instance holding the connection.")
+    direction: Literal["cp_to_csms", "csms_to_cp"] = Field(description=(
+        "cp_to_csms: a frame or CALL of the charge point, answered by the gateway with this CALLERROR; csms_to_cp: "
+        "a command to the charge point, answered by it with a CALLERROR or with a frame or payload breaking OCPP."))
+    action: str | None = Field(None, max_length=MAX_PROTOCOL_ERROR_ACTION, description=(
+        "The OCPP action; null when the frame named none that could be read."))
+    message_id: str | None = Field(None, max_length=MAX_MESSAGE_ID, description=(
+        "The UniqueId of the CALL or command (\"-1\" when it could not be read)."))
+    error_code: str = Field(max_length=MAX_PROTOCOL_ERROR_CODE, description=(
+        "The OCPP-J error code: the one the gateway sent (cp_to_csms), or the charge point's (its CALLERROR) or the "
+        "one its answer broke (e.g. PropertyConstraintViolation, FormationViolation) (csms_to_cp)."))
+    description: str = Field("", max_length=MAX_PROTOCOL_ERROR_DESCRIPTION, description=(
+        "What went wrong, for people; cut (ending in ...) when longer."))
+    suppressed: int = Field(0, ge=0, description=(
+        "Protocol errors of this charge point not published since the previous station.protocol_error "
+        "(GATEWAY_PROTOCOL_ERROR_EVENTS per GATEWAY_PROTOCOL_ERROR_WINDOW)."))
 
 
 class StationBooted(Event):

@@ -36,7 +36,7 @@ export function query(params) {
 
 export const cp = (id) => `/charge-points/${encodeURIComponent(id)}`;
 
-export async function request(method, path, { params, body, signal } = {}) {
+async function send(method, path, { params, body, signal } = {}) {
   let response;
   try {
     response = await fetch(BASE + path + query(params), {
@@ -57,7 +57,25 @@ export async function request(method, path, { params, body, signal } = {}) {
     if (response.status === 401 && session.onRefused) session.onRefused(error);
     throw error;
   }
-  return data;
+  return { data, response };
+}
+
+export async function request(method, path, options) {
+  return (await send(method, path, options)).data;
+}
+
+// the `after` of the next page, from a Link header (<...?limit=50&after=CP-9>; rel="next"); null on the last page
+export function nextCursor(link) {
+  const match = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link || "");
+  if (!match) return null;
+  const index = match[1].indexOf("?");
+  return index < 0 ? null : new URLSearchParams(match[1].slice(index + 1)).get("after");
+}
+
+// One page of a paged list: {items, next} (next: the `after` of the following page, from the Link header).
+export async function page(path, params, signal) {
+  const { data, response } = await send("GET", path, { params, signal });
+  return { items: data, next: nextCursor(response.headers.get("Link")) };
 }
 
 export const get = (path, params, signal) => request("GET", path, { params, signal });

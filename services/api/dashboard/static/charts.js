@@ -113,7 +113,7 @@ export function stepChart({ series, unit, label = "charging schedule" }) {
   return wrapper;
 }
 
-// series: [{name, className, points: [{t (ms), v}]}]
+// series: [{name, className, points: [{t (ms), v, label (optional, e.g. "meter start")}]}]
 export function lineChart({ series, unit, label = "meter values" }) {
   const drawn = series.filter((s) => s.points.length);
   const wrapper = document.createElement("figure");
@@ -134,8 +134,8 @@ export function lineChart({ series, unit, label = "meter values" }) {
     svg.append(el("polyline", { points: points.map((p) => `${x(p.t)},${y(p.v)}`).join(" "), class: `trace ${s.className}` }));
     for (const p of points) {
       const dot = el("circle", { cx: x(p.t), cy: y(p.v), r: 3.5, class: `point ${s.className}`,
-        "data-t": new Date(p.t).toISOString(), "data-v": p.v });
-      dot.append(el("title", {}, `${p.v} ${unit} at ${clock(p.t, true)}`));
+        "data-t": new Date(p.t).toISOString(), "data-v": p.v, ...(p.label ? { "data-label": p.label } : {}) });
+      dot.append(el("title", {}, `${p.label ? `${p.label}: ` : ""}${p.v} ${unit} at ${clock(p.t, true)}`));
       svg.append(dot);
     }
   }

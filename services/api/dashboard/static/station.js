@@ -302,7 +302,8 @@ export async function stationView(ctx, root, id) {
   };
   function onEvent(type) {
     refresh.activity();
-    if (type.startsWith("station.") || type === "connector.status_changed" || type === "firmware.status_changed") {
+    if ((type.startsWith("station.") && type !== "station.protocol_error") || type === "connector.status_changed" ||
+        type === "firmware.status_changed") {
       refresh.head();
     }
     if (type.startsWith("transaction.") || type === "meter.values") refresh.transactions();

@@ -1,23 +1,52 @@
-// #/stations: every station a page at a time, with live online/offline and connector status from the event
-// stream (station.*, connector.status_changed); a station that comes online appears without a reload.
-import { EventStream, cp, get } from "./api.js";
+// #/stations: the stations a page at a time (GET /charge-points with limit and after, the next page from its Link
+// header; #/stations?limit=20 sets the page size), with live online/offline and connector status from the event
+// stream (station.*, connector.status_changed). A station that comes online appears without a reload: on a page
+// that holds the whole network it is added at once; otherwise the page is read again (at most one read at a time),
+// so it shows where the API's order puts it, and a page never grows past its size.
+import { EventStream, cp, get, page } from "./api.js";
 import { badge, h, online, replace, when, errorBox } from "./dom.js";
 
 const PAGE = 50;
+const MAX_PAGE = 500;
 const DETAIL_FETCHES = 6;  // station details read at once
+const REREAD_MS = 300;     // a page is read again at most this often while stations come and go
+const previousOf = new Map();  // "<limit> <after>" -> the after of the page before it ("" for the first)
+
+function pageSize(value) {
+  const size = Number(value);
+  return Number.isInteger(size) && size >= 1 && size <= MAX_PAGE ? size : PAGE;
+}
+
+function stationsLink(limit, after) {
+  const query = new URLSearchParams();
+  if (limit !== PAGE) query.set("limit", String(limit));
+  if (after) query.set("after", after);
+  return `#/stations${query.toString() ? `?${query}` : ""}`;
+}
 
 export async function stationsView(ctx, root, params) {
+  const limit = pageSize(params.limit);
+  const after = params.after || undefined;
   const stations = new Map();  // id -> {id, connected, session, boot_status, vendor, model, connectors, last_seen, version}
   const tbody = h("tbody", { id: "stations-body" });
   const count = h("span", { class: "muted", id: "stations-count" });
-  const pager = h("p", { class: "pager" });
+  const pager = h("p", { class: "pager", id: "stations-pager" });
+  const finder = h("input", { type: "text", name: "charge_point_id", placeholder: "station id", required: true,
+    maxlength: 255, "aria-label": "station id" });
+  const find = h("form", { class: "find", id: "find-station" }, finder, h("button", { type: "submit" }, "Open"));
+  find.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (finder.value.trim()) location.hash = `#/station/${encodeURIComponent(finder.value.trim())}`;
+  });
   replace(root,
-    h("div", { class: "title" }, h("h1", {}, "Stations"), count),
+    h("div", { class: "title" }, h("h1", {}, "Stations"), count, h("span", { class: "spacer" }), find),
     h("table", { id: "stations-table", class: "stations" },
       h("thead", {}, h("tr", {}, ["Station", "Connection", "Boot", "Vendor / model", "Connectors", "Last seen"]
         .map((text) => h("th", {}, text)))),
       tbody),
     pager);
+  let next = null;       // the after of the next page (the API's Link header); null: this is the last page
+  const whole = () => !after && next === null;  // this page holds every station
 
   function render(station) {
     const connectors = Object.entries(station.connectors || {})
@@ -36,9 +65,9 @@ export async function stationsView(ctx, root, params) {
     const old = station.row;
     station.row = row;
     if (old && old.parentNode) { old.replaceWith(row); return; }
-    const after = [...tbody.children].find((tr) => tr.dataset.cp > station.id);
-    tbody.insertBefore(row, after || null);
-    count.textContent = `${stations.size} shown`;
+    const later = [...tbody.children].find((tr) => tr.dataset.cp > station.id);
+    tbody.insertBefore(row, later || null);
+    counted();
   }
 
   function station(id) {
@@ -80,31 +109,81 @@ export async function stationsView(ctx, root, params) {
     await Promise.all(workers);
   }
 
-  let loaded = false;
-  async function load() {
-    const page = await get("/charge-points", { limit: PAGE, after: params.after }, ctx.signal);
-    for (const summary of page) {
-      const entry = station(summary.charge_point_id);
-      Object.assign(entry, { connected: summary.connected, boot_status: summary.boot_status });
-      render(entry);
+  function counted() {
+    count.textContent = `${stations.size} on this page`;
+  }
+
+  function renderPager(empty) {
+    const links = [];
+    if (after) {
+      links.push(h("a", { href: stationsLink(limit), id: "first-page" }, "first page"));
+      const previous = previousOf.get(`${limit} ${after}`);
+      if (previous) links.push(h("a", { href: stationsLink(limit, previous), id: "previous-page" }, "previous page"));
     }
-    count.textContent = `${stations.size} shown`;
-    replace(pager, page.length === PAGE
-      ? h("a", { href: `#/stations?after=${encodeURIComponent(page[page.length - 1].charge_point_id)}`, id: "next-page" },
-        "next page")
-      : "");
-    if (!page.length) tbody.append(h("tr", { class: "none" }, h("td", { colspan: 6, class: "muted" },
-      "No station yet: stations appear here as they connect.")));
+    if (next !== null && !empty) {
+      previousOf.set(`${limit} ${next}`, after || "");
+      links.push(h("a", { href: stationsLink(limit, next), id: "next-page" }, "next page"));
+    }
+    replace(pager, links.flatMap((link, i) => (i ? [" \u00b7 ", link] : [link])));
+  }
+
+  let loaded = false;
+  // the page from the API: its stations in the API's order; ones no longer on it (another page now) are dropped
+  async function load() {
+    const { items, next: following } = await page("/charge-points", { limit, after }, ctx.signal);
+    next = following;
+    const ids = new Set(items.map((summary) => summary.charge_point_id));
+    for (const [id, entry] of stations) {
+      if (ids.has(id)) continue;
+      stations.delete(id);
+      if (entry.row) entry.row.remove();
+    }
+    const fresh = [];
+    for (const summary of items) {
+      const known = stations.has(summary.charge_point_id);
+      const entry = station(summary.charge_point_id);
+      if (!known) {
+        Object.assign(entry, { connected: summary.connected, boot_status: summary.boot_status });
+        fresh.push(entry);
+      }
+      render(entry);
+      tbody.append(entry.row);  // in the API's order
+    }
+    const placeholder = tbody.querySelector("tr.none");
+    if (placeholder && items.length) placeholder.remove();
+    if (!items.length && !placeholder) {
+      tbody.append(h("tr", { class: "none" }, h("td", { colspan: 6, class: "muted" }, after
+        ? "No more stations." : "No station yet: stations appear here as they connect.")));
+    }
+    counted();
+    renderPager(!items.length);
     loaded = true;
-    await readAll([...stations.values()]);
+    return fresh;
+  }
+
+  // read the page again soon, at most one read at a time (a burst of events is one read, not one each)
+  let rereading = null, again = false;
+  function rereadSoon() {
+    if (rereading) { again = true; return; }
+    rereading = new Promise((resolve) => setTimeout(resolve, REREAD_MS))
+      .then(() => (ctx.active ? load().then(readAll) : null))
+      .catch((error) => { if (error.name !== "AbortError" && ctx.active) console.warn("stations page", error); })
+      .finally(() => {
+        rereading = null;
+        if (again && ctx.active) { again = false; rereadSoon(); }
+      });
   }
 
   function onEvent(type, event) {
     const id = event.charge_point_id;
     if (!id) return;
-    const placeholder = tbody.querySelector("tr.none");
-    if (placeholder) placeholder.remove();
     const known = stations.has(id);
+    if (!known && (!whole() || stations.size >= limit)) {
+      // it may belong on this page or another: the API says where
+      if (["station.connected", "station.booted", "connector.status_changed"].includes(type)) rereadSoon();
+      return;
+    }
+    const placeholder = tbody.querySelector("tr.none");
     const entry = station(id);
     entry.version += 1;
     if (type === "station.connected") {
@@ -120,8 +199,10 @@ export async function stationsView(ctx, root, params) {
       if (previous && previous.ordered_at && at && previous.ordered_at > at) return;  // an older status
       entry.connectors[event.connector_id] = { status: event.status, error_code: event.error_code, ordered_at: at };
     } else {
+      if (!known) stations.delete(id);
       return;
     }
+    if (placeholder) placeholder.remove();
     render(entry);
     if (!known) readDetail(entry).catch(() => {});
   }
@@ -130,12 +211,12 @@ export async function stationsView(ctx, root, params) {
     types: "station.*,connector.status_changed", onEvent,
     onState: (state) => {
       ctx.live(state);
-      if (state === "live" && loaded) readAll([...stations.values()]).catch(() => {});
+      if (state === "live" && loaded) load().then(readAll).catch(() => {});  // what changed while away
     },
   }).start();
   ctx.onLeave(() => stream.stop());
   try {
-    await load();
+    await readAll(await load());
   } catch (error) {
     if (error.name !== "AbortError") root.append(errorBox(error));
   }

@@ -14,6 +14,11 @@ const SUMMARIES = {
     `${e.security_profile !== null && e.security_profile !== undefined ? ` (security profile ${e.security_profile})` : ""}`,
   "station.disconnected": (e) => `disconnected${e.code ? ` (${e.code}${e.reason ? ` ${e.reason}` : ""})` : ""}`,
   "station.flapping": (e) => `two connections keep taking this id: newcomers refused for ${e.backoff} s`,
+  "station.protocol_error": (e) => (e.direction === "csms_to_cp"
+    ? `its answer to ${e.action} (${e.message_id}): ${e.error_code}`
+    : `CALLERROR ${e.error_code} sent for ${e.action || "a frame"} (${e.message_id ?? "-1"})`) +
+    `${e.description ? `: ${e.description}` : ""}` +
+    `${e.suppressed ? ` (and ${e.suppressed} more not shown: GATEWAY_PROTOCOL_ERROR_EVENTS)` : ""}`,
   "station.booted": (e) => `BootNotification ${e.vendor} ${e.model}: ${e.status}`,
   "station.configuration_changed": (e) => `configuration ${e.key} = ${e.value} (${e.status})`,
   "connector.status_changed": (e) => `${connectorText(e)}: ${e.previous_status || "?"} -> ${e.status}` +

@@ -1,5 +1,6 @@
 // #/transactions: transactions a page at a time (by station, in progress only); #/transaction/<id>: one
-// transaction with its meter values as a chart that grows as readings arrive (meter.values events).
+// transaction with its meter values as a chart that starts at its meterStart and grows as readings arrive
+// (meter.values events).
 import { EventStream, all, get } from "./api.js";
 import { lineChart } from "./charts.js";
 import { badge, errorBox, h, params as hashParams, replace, section, table, when } from "./dom.js";
@@ -86,7 +87,11 @@ export async function transactionView(ctx, root, id) {
   async function loadReadings() {
     const readings = await all(`/transactions/${id}/meter-values`, { limit: 1000 }, (m) => m.id, MAX_READINGS,
       ctx.signal);
-    const energy = [], watts = [];
+    // the register starts at the transaction's meterStart, at its start time (the StartTransaction's own reading)
+    const started = Date.parse(tx.start);
+    const energy = Number.isFinite(started) && Number.isFinite(Number(tx.meter_start))
+      ? [{ t: started, v: Number(tx.meter_start), label: "meter start" }] : [];
+    const watts = [];
     for (const m of readings) {
       const t = Date.parse(m.timestamp);
       const wh = energyWh(m.sampled_value);
