@@ -54,6 +54,25 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+# the shared servers a side may use: RabbitMQ (the Erlang VM), PostgreSQL (every backend), Redis
+INFRASTRUCTURE = ("beam.smp", "postgres", "redis-server")
+
+
+def infrastructure_pids() -> list[int]:
+    """The processes of the local RabbitMQ, PostgreSQL and Redis (by command name), read at the start of a step:
+    their CPU is counted apart, for every side alike (the in-memory baselines leave them idle)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() in INFRASTRUCTURE:
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -199,15 +218,18 @@ async def run_step(cps: list[ChargePoint], rate: float, seconds: float, pids: li
                 continue
             latencies.append(loop.time() - due)
 
-    cpu_before, wall_before = cpu_seconds(pids), time.perf_counter()
+    infra = infrastructure_pids()
+    cpu_before, infra_before, wall_before = cpu_seconds(pids), cpu_seconds(infra), time.perf_counter()
     await asyncio.gather(*(driver(i, cp) for i, cp in enumerate(cps)))
     wall = time.perf_counter() - wall_before
-    cpu = cpu_seconds(pids) - cpu_before
+    cpu, infra_cpu = cpu_seconds(pids) - cpu_before, cpu_seconds(infra) - infra_before
     done = len(latencies)
     p99 = percentile(latencies, 0.99)
     return {"rate": rate, "sent": total, "answered": done, "achieved": done / max(wall - 0.2, 1e-6),
             "p50_ms": (percentile(latencies, 0.50) or 0) * 1000, "p99_ms": (p99 or 0) * 1000,
-            "errors": errors, "cpu_s": cpu, "cpu_ms_per_1000": cpu / max(done, 1) * 1e6}
+            "errors": errors, "cpu_s": cpu, "cpu_ms_per_1000": cpu / max(done, 1) * 1e6,
+            "infrastructure_cpu_s": infra_cpu,
+            "cpu_ms_per_1000_with_infrastructure": (cpu + infra_cpu) / max(done, 1) * 1e6}
 
 
 async def scenario_sustained(spec: dict) -> None:

@@ -288,7 +288,8 @@ async def sustained(side: Side, count: int, prefix: str, quick: bool) -> dict:
     result = await gen.until("done")
     await gen.proc.wait()
     cpu = result["cpu_step"]
-    return {"max_rate": result["max_rate"], "cpu_ms_per_1000": cpu["cpu_ms_per_1000"], "cpu_step": cpu,
+    return {"max_rate": result["max_rate"], "cpu_ms_per_1000": cpu["cpu_ms_per_1000"],
+            "cpu_ms_per_1000_with_infrastructure": cpu.get("cpu_ms_per_1000_with_infrastructure"), "cpu_step": cpu,
             "steps": result["steps"]}
 
 
@@ -358,7 +359,9 @@ def median_of(rounds: list[dict], *path: str) -> float | None:
 
 def table(summary: dict) -> str:
     rows = [("sustained mix, max msg/s at p99 < 100 ms", ("sustained", "max_rate"), "higher"),
-            ("CPU per 1000 messages (ms, all processes)", ("sustained", "cpu_ms_per_1000"), "lower"),
+            ("CPU per 1000 messages (ms, the side's Python processes)", ("sustained", "cpu_ms_per_1000"), "lower"),
+            ("CPU per 1000 messages (ms, with RabbitMQ, PostgreSQL, Redis)",
+             ("sustained", "cpu_ms_per_1000_with_infrastructure"), "lower"),
             (f"boot storm, {summary['storm_count']} CPs (s)", ("storm", "seconds"), "lower"),
             ("commands/s, GetConfiguration to 200 CPs", ("commands", "rate"), "higher"),
             ("commands p99 (ms)", ("commands", "p99_ms"), "lower"),

@@ -372,10 +372,7 @@ async def on_meter_values(ctx: ServiceContext, event: MeterValuesReceived) -> No
     amps, watts = rules.draw_from_meter_values(event)
     if amps is None and watts is None:
         return
-    st = store(ctx)
-    if not await st.measured(event.charge_point_id, event.transaction_id, amps, watts, utc_now()):
-        return
-    site_id = await st.site_of(event.charge_point_id)
+    site_id = await store(ctx).measured(event.charge_point_id, event.transaction_id, amps, watts, utc_now())
     if site_id is not None and await balancing.draw_changed(ctx, site_id, event.charge_point_id):
         await balancing.rebalance(ctx, site_id, reason="meter values", cause=event.charge_point_id)
 

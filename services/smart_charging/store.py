@@ -147,13 +147,19 @@ class PgStore:
                 if r["connector_id"] is not None and r["started_at"] is not None}
 
     async def measured(self, cp: str, transaction_id: int, amps: float | None, watts: float | None,
-                       at: datetime) -> bool:
-        """Record a draw; False when the transaction is not open here."""
-        status = await self.pool.execute(
-            """UPDATE sc_transactions SET measured_a = coalesce($3, measured_a), measured_w = coalesce($4, measured_w),
-                 measured_at = $5 WHERE charge_point_id = $1 AND transaction_id = $2 AND stopped_at IS NULL""",
+                       at: datetime) -> str | None:
+        """Record the draw of an open transaction of a site member, in one round trip; the member's site, or None
+        when the charge point is in no site or the transaction is not open here (then nothing is written: only
+        site balancing reads draws, and a charge point added to a site mid-transaction is measured from its next
+        meter values on)."""
+        return await self.pool.fetchval(
+            """UPDATE sc_transactions t SET measured_a = coalesce($3, t.measured_a),
+                 measured_w = coalesce($4, t.measured_w), measured_at = $5
+               FROM sc_site_members m
+               WHERE t.charge_point_id = $1 AND t.transaction_id = $2 AND t.stopped_at IS NULL
+                 AND m.charge_point_id = t.charge_point_id
+               RETURNING m.site_id""",
             cp, transaction_id, amps, watts, at)
-        return status.endswith(" 1")
 
     # ---- charge points --------------------------------------------------------------------------
     async def charge_point(self, cp: str) -> ChargePointRecord:
