@@ -167,19 +167,30 @@ class Csms(Side):
         self.settings = make_settings(
             Infrastructure(DEFAULT_AMQP, DEFAULT_REDIS, DEFAULT_DATABASE), call_timeout=30.0, command_timeout=10.0,
             db_pool_max=10, log_level="WARNING", gateway_drain_seconds=0.5, service_drain_seconds=5.0)
-        await create_schema(self.settings)
         self.procs, self.urls, ops = [], [], []
         folder = Path(tempfile.mkdtemp(prefix="csms-suite-"))
+
+        def tree_environment(settings) -> dict[str, str]:
+            env = environment(settings)
+            if self.tree is not None:
+                env["PYTHONPATH"] = f"{self.tree / 'libs'}:{self.tree}"
+            return env
+
+        if self.tree is None:
+            await create_schema(self.settings)
+        else:  # another tree's code wants its own migrations: a newer schema is refused (behind or ahead)
+            migrated = subprocess.run([sys.executable, "-m", "csms.cli", "db", "upgrade"], cwd=self.tree,
+                                      env=tree_environment(self.settings), capture_output=True, text=True)
+            if migrated.returncode != 0:
+                raise RuntimeError(f"{self.name}: `csms db upgrade` failed: {migrated.stderr.strip()[-300:]}")
 
         def spawn(module: str, settings, tag: str) -> None:
             log_path = folder / f"{tag}.log"
             self.logs.append(log_path)
             out = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-            env = environment(settings)
-            if self.tree is not None:
-                env["PYTHONPATH"] = f"{self.tree / 'libs'}:{self.tree}"
-            self.procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=self.tree or ROOT, env=env,
-                                               stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT))
+            self.procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=self.tree or ROOT,
+                                               env=tree_environment(settings), stdin=subprocess.DEVNULL, stdout=out,
+                                               stderr=subprocess.STDOUT))
             out.close()
 
         for name in SERVICES:
