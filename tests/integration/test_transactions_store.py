@@ -101,6 +101,60 @@ async def test_upgrading_a_database_with_data_keeps_every_record(empty_schema):
         await connection.close()
 
 
+async def test_the_received_at_index_is_built_while_meter_values_are_written(empty_schema):
+    """transactions_0003 builds its BRIN index partition by partition, CONCURRENTLY: a write in progress makes the
+    build wait, never the writes after it (a CREATE INDEX on the partitioned table waited holding up every write
+    of meter values, for as long as the build took). It ends valid on every partition."""
+    schema = empty_schema
+    await migrate.upgrade(schema, "transactions@transactions_0002")
+    database = await Database(schema).connect()
+    try:
+        await maintenance.run_once(database.pool, 0, today=date(2026, 11, 25), ahead=1)
+    finally:
+        await database.close()
+    writing, other = await connect(schema), await connect(schema)
+    try:
+        at = datetime(2026, 11, 25, 9, tzinfo=timezone.utc)
+        await insert_reading(other, at, 1)
+        in_progress = writing.transaction()
+        await in_progress.start()
+        await insert_reading(writing, at, 2)   # a write in progress when the migration starts
+        upgrade = asyncio.create_task(migrate.upgrade(schema))
+        while not await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query ILIKE '%INDEX%received_at%'"):
+            assert not upgrade.done(), upgrade
+            await asyncio.sleep(0.02)
+        # the build waits for that write: writes arriving now go on, to a daily partition and to DEFAULT
+        await other.execute("SET lock_timeout = '3s'")
+        await insert_reading(other, at, 3)
+        await insert_reading(other, datetime(1970, 1, 1, tzinfo=timezone.utc), 4, at)
+        await in_progress.commit()
+        await asyncio.wait_for(upgrade, 60)
+        assert "transactions_0003" in await migrate.current(schema)
+        indexes = await other.fetch("""
+            SELECT x.indrelid::regclass::text AS on_table, x.indisvalid FROM pg_index x
+            WHERE x.indexrelid = 'tx_meter_values_by_received'::regclass OR x.indexrelid IN (
+                SELECT inhrelid FROM pg_inherits WHERE inhparent = 'tx_meter_values_by_received'::regclass)""")
+        assert {row["on_table"]: row["indisvalid"] for row in indexes} == {
+            "tx_meter_values": True, "tx_meter_values_default": True, "tx_meter_values_p20261124": True,
+            "tx_meter_values_p20261125": True, "tx_meter_values_p20261126": True}
+        assert await partition_rows(other) == {"tx_meter_values_p20261125": 3, "tx_meter_values_default": 1}
+        # and a partition made later gets the index too
+        database = await Database(schema).connect()
+        try:
+            await maintenance.run_once(database.pool, 0, today=date(2026, 11, 27), ahead=0)
+        finally:
+            await database.close()
+        assert await other.fetchval(
+            "SELECT x.indisvalid FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid"
+            " WHERE i.inhparent = 'tx_meter_values_by_received'::regclass"
+            " AND x.indrelid = 'tx_meter_values_p20261127'::regclass")
+    finally:
+        await writing.close()
+        await other.close()
+
+
 # ---- StartTransaction costs the same whatever the id tag has open ------------------------------------
 class OneConnection:
     """The pool interface the store uses, on one connection inside a transaction: every statement is
