@@ -23,6 +23,9 @@ FREE_STATUSES = {"Available": "connector_available", "Unavailable": "connector_u
 
 # stop reason recorded when the system (not the charge point) closes a transaction
 ESTIMATED_STOP_REASON = "Other"
+# estimate_note of a system close whose last reading is below meterStart (PostgreSQL format(): last, start)
+BELOW_START_NOTE = ("the last energy register reading (%s Wh) is below meterStart (%s Wh), a meter reset or a bad "
+                    "reading: meter_stop is meterStart (no negative energy)")
 
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
