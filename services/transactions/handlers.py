@@ -32,8 +32,8 @@ from services.transactions import rules
 from services.transactions.maintenance import Maintenance
 from services.transactions.outbox import EventRelay
 from services.transactions.store import (
-    AlreadyClosed, Closure, DuplicateStart, MeterReadings, NewStart, OutboxEvent, StopRequest, Stores,
-    UnknownTransaction, call_digest,
+    AlreadyClosed, ClampedEstimate, Closure, DuplicateStart, MeterReadings, NewStart, OutboxEvent, StopRequest,
+    Stores, UnknownTransaction, call_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ async def start_transaction(ctx: CallContext, req: StartTransactionRequest) -> S
     for ghost in outcome.superseded:
         log.warning("%s: transaction %s on connector %s closed: superseded by %s", cp, ghost, req.connector_id,
                     tx_id)
+    _warn_clamped(cp, outcome.clamped)
     await _publish(ctx, outcome.events)
     return StartTransactionResponse(transaction_id=tx_id, id_tag_info=info)
 
@@ -254,6 +255,13 @@ async def meter_values(ctx: CallContext, req: MeterValuesRequest) -> MeterValues
 
 
 # ---- reconciliation: records follow what the charge point reports ---------------------------------------
+def _warn_clamped(charge_point_id: str, clamped: list[ClampedEstimate]) -> None:
+    for item in clamped:
+        log.warning("%s: transaction %s closed with meter_stop = meterStart %d Wh: its last energy register reading "
+                    "%d Wh is below it (a meter reset or a bad reading); no negative energy recorded (estimate_note)",
+                    charge_point_id, item.transaction_id, item.meter_start, item.meter_last)
+
+
 @service.event(StationBooted)
 async def on_station_booted(ctx: ServiceContext, event: StationBooted) -> None:
     """A charge point booted: the transactions it had open before are gone (it sends its own StopTransaction
@@ -261,12 +269,13 @@ async def on_station_booted(ctx: ServiceContext, event: StationBooted) -> None:
     if event.triggered:
         return
     closure = Closure(closed_by="reconciled", reconcile_reason="boot", evidence_at=event.occurred_at, now=utc_now())
-    events = await _stores(ctx).transactions.close_open(event.charge_point_id, closure,
-                                                        received_before=event.occurred_at)
-    if events:
+    outcome = await _stores(ctx).transactions.close_open(event.charge_point_id, closure,
+                                                         received_before=event.occurred_at)
+    if outcome.events:
         log.warning("%s booted: closed %d open transaction(s) it had started before",
-                    event.charge_point_id, len(events))
-    await _publish(ctx, events)
+                    event.charge_point_id, len(outcome.events))
+    _warn_clamped(event.charge_point_id, outcome.clamped)
+    await _publish(ctx, outcome.events)
 
 
 @service.event(ConnectorStatusChanged)
@@ -278,13 +287,14 @@ async def on_connector_status(ctx: ServiceContext, event: ConnectorStatusChanged
         return
     at = rules.status_instant(event.ordered_at, event.timestamp, event.occurred_at, ctx.settings.clock_skew)
     closure = Closure(closed_by="reconciled", reconcile_reason=reason, evidence_at=at, now=utc_now())
-    events = await _stores(ctx).transactions.close_open(
+    outcome = await _stores(ctx).transactions.close_open(
         event.charge_point_id, closure, received_before=event.occurred_at, connector_id=event.connector_id,
         started_before=at)
-    if events:
+    if outcome.events:
         log.warning("%s connector %s is %s: closed %d open transaction(s)", event.charge_point_id,
-                    event.connector_id, event.status, len(events))
-    await _publish(ctx, events)
+                    event.connector_id, event.status, len(outcome.events))
+    _warn_clamped(event.charge_point_id, outcome.clamped)
+    await _publish(ctx, outcome.events)
 
 
 # ---- commands: sent whatever the records say; disagreements come back as warnings -----------------------
@@ -468,7 +478,8 @@ async def api_active_transactions(ctx: ApiContext, params: ChargePointParams) ->
 @service.api("close_transaction")
 async def api_close_transaction(ctx: ApiContext, params: CloseTransactionParams) -> TransactionView:
     """An operator closes an open transaction (closed_by operator; the event is flagged reconciled).
-    ``meter_stop`` (default: the last energy register reading, else meterStart) is never below meterStart."""
+    ``meter_stop`` (default: the last energy register reading, else meterStart) is never below meterStart: one
+    given below is refused, a last reading below it gives meterStart (``estimate_note`` says why)."""
     transactions = _stores(ctx).transactions
     if params.meter_stop is not None:  # meterStart never changes once recorded: checked before closing
         record = await transactions.get(params.transaction_id)
@@ -483,13 +494,14 @@ async def api_close_transaction(ctx: ApiContext, params: CloseTransactionParams)
     closure = Closure(closed_by="operator", reconcile_reason="operator", evidence_at=now, now=now,
                       stop_reason=params.reason, meter_stop=params.meter_stop, note=params.note)
     try:
-        view, events = await transactions.close_one(params.transaction_id, closure)
+        view, outcome = await transactions.close_one(params.transaction_id, closure)
     except UnknownTransaction:
         raise ApiError(f"unknown transaction {params.transaction_id}", 404) from None
     except AlreadyClosed as exc:
         raise ApiError(str(exc), 409) from None
     log.warning("transaction %s of %s closed by an operator", view.transaction_id, view.charge_point_id)
-    await _publish(ctx, events)
+    _warn_clamped(view.charge_point_id, outcome.clamped)
+    await _publish(ctx, outcome.events)
     return view
 
 

@@ -23,6 +23,9 @@ FREE_STATUSES = {"Available": "connector_available", "Unavailable": "connector_u
 
 # stop reason recorded when the system (not the charge point) closes a transaction
 ESTIMATED_STOP_REASON = "Other"
+# estimate_note of a system close whose last reading is below meterStart (PostgreSQL format(): last, start)
+BELOW_START_NOTE = ("the last energy register reading (%s Wh) is below meterStart (%s Wh), a meter reset or a bad "
+                    "reading: meter_stop is meterStart (no negative energy)")
 
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
@@ -158,10 +161,15 @@ def newest_register_reading(meter_values: Iterable[MeterValue], received: dateti
                             ) -> tuple[datetime, int] | None:
     """(instant, Wh) of the newest energy register reading, each meter value ordered by
     :func:`ordered_instant`: its own timestamp, or the time it was received when that lies further ahead than
-    the clock skew allows (one reading dated 2099 must not hide every later one)."""
-    readings = [(ordered_instant(mv.timestamp, received, skew_seconds), wh)
-                for mv in meter_values if (wh := energy_register_wh(mv)) is not None]
-    return max(readings, key=lambda reading: reading[0]) if readings else None
+    the clock skew allows (one reading dated 2099 must not hide every later one). Readings with the same instant
+    (several beyond the skew all count as received then) are ordered by their own timestamps, then as listed:
+    the last of a buffered batch wins, not the first."""
+    readings = [((ordered_instant(mv.timestamp, received, skew_seconds), as_utc(mv.timestamp), position), wh)
+                for position, mv in enumerate(meter_values) if (wh := energy_register_wh(mv)) is not None]
+    if not readings:
+        return None
+    (instant, _, _), wh = max(readings, key=lambda reading: reading[0])
+    return instant, wh
 
 
 def beyond_skew(timestamps: Iterable[datetime], received: datetime, skew_seconds: float) -> list[datetime]:

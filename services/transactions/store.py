@@ -78,12 +78,27 @@ class NewStart:
     now: datetime
 
 
+@dataclass(frozen=True)
+class ClampedEstimate:
+    """A transaction the system closed whose last reading was below its meterStart: meter_stop is meterStart."""
+    transaction_id: int
+    meter_last: int
+    meter_start: int
+
+
 @dataclass
 class StartOutcome:
     events: list[OutboxEvent]
     charging_profile: dict[str, Any] | None
     reservation_consumed: int | None
     superseded: list[int]
+    clamped: list[ClampedEstimate] = field(default_factory=list)   # superseded ones estimated at meterStart
+
+
+@dataclass
+class CloseOutcome:
+    events: list[OutboxEvent]
+    clamped: list[ClampedEstimate] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -188,8 +203,8 @@ class TransactionStore(Protocol):
     async def record_meter_values(self, readings: MeterReadings, event: dict) -> MeterOutcome: ...
     async def close_open(self, charge_point_id: str, closure: Closure, *, received_before: datetime,
                          connector_id: int | None = None, started_before: datetime | None = None
-                         ) -> list[OutboxEvent]: ...
-    async def close_one(self, transaction_id: int, closure: Closure) -> tuple[TransactionView, list[OutboxEvent]]: ...
+                         ) -> CloseOutcome: ...
+    async def close_one(self, transaction_id: int, closure: Closure) -> tuple[TransactionView, CloseOutcome]: ...
     async def holding_connector(self, charge_point_id: str, connector_id: int) -> int | None: ...
     async def add_pending_profile(self, charge_point_id: str, id_tag: str, connector_id: int | None,
                                   profile: dict[str, Any], now: datetime, ttl: float) -> int: ...
@@ -274,7 +289,7 @@ def _transaction_view(row: asyncpg.Record) -> TransactionView:
         stop_id_tag=row["stop_id_tag"], stop_id_tag_info=row["stop_id_tag_info"], energy_wh=row["energy_wh"],
         stopped_at=row["stopped_at"], closed_by=row["closed_by"], reconcile_reason=row["reconcile_reason"],
         superseded_by=row["superseded_by"], operator_note=row["operator_note"], cp_stopped=row["cp_stopped"],
-        estimate=row["estimate"], corrected_at=row["corrected_at"],
+        estimate=row["estimate"], estimate_note=row["estimate_note"], corrected_at=row["corrected_at"],
         meter_values_after_close=row["meter_values_after_close"],
     )
 
@@ -410,6 +425,29 @@ _START_FACTS = f"""
           ORDER BY (p.connector_id IS NULL), p.id LIMIT 1) AS pending_profile_id
 """
 
+def _estimated_close_sql(row: str, operator_meter_stop: str = "NULL") -> str:
+    """SET items of a transaction the system closes: meter_stop the operator's, else the last energy register
+    reading, else meterStart -- never below meterStart (a meter reset, a bad reading: negative energy), and then
+    ``estimate_note`` says so. (An operator's meter_stop below meterStart is refused before.)"""
+    estimate = f"coalesce({operator_meter_stop}::bigint, {row}.meter_last, {row}.meter_start)"
+    return f"""meter_stop = greatest({estimate}, {row}.meter_start),
+            energy_wh = greatest({estimate}, {row}.meter_start) - {row}.meter_start,
+            estimate_note = CASE WHEN {estimate} < {row}.meter_start
+                THEN format('{rules.BELOW_START_NOTE}', {row}.meter_last, {row}.meter_start) END"""
+
+
+# the closed transactions whose estimate was raised to meterStart, as one jsonb value
+def _clamped_sql(closed: str) -> str:
+    return (f"(SELECT coalesce(jsonb_agg(jsonb_build_object('transaction_id', c.transaction_id, 'meter_last', "
+            f"c.meter_last, 'meter_start', c.meter_start) ORDER BY c.transaction_id), '[]'::jsonb) "
+            f"FROM {closed} c WHERE c.estimate_note IS NOT NULL)")
+
+
+def _clamped(value: Any) -> list[ClampedEstimate]:
+    return [ClampedEstimate(int(item["transaction_id"]), int(item["meter_last"]), int(item["meter_start"]))
+            for item in value or []]
+
+
 _RECORD_START = f"""
     WITH prof AS (
         DELETE FROM tx_pending_profiles WHERE id = $14
@@ -417,8 +455,7 @@ _RECORD_START = f"""
     ), sup AS (
         UPDATE tx_transactions o SET
             status = 'stopped', closed_by = 'superseded', reconcile_reason = 'superseded', superseded_by = $1,
-            meter_stop = coalesce(o.meter_last, o.meter_start),
-            energy_wh = coalesce(o.meter_last, o.meter_start) - o.meter_start,
+            {_estimated_close_sql("o")},
             stop_at = greatest($18, o.start_ordered_at), reason = '{rules.ESTIMATED_STOP_REASON}', stopped_at = $15
         WHERE o.charge_point_id = $2 AND o.connector_id = $3 AND o.status = 'active'
         RETURNING o.*
@@ -446,7 +483,8 @@ _RECORD_START = f"""
     )
     SELECT {_EVENTS_OUT} AS events, (SELECT profile FROM prof) AS charging_profile,
            (SELECT reservation_id FROM res) AS reservation_consumed,
-           (SELECT coalesce(jsonb_agg(transaction_id ORDER BY transaction_id), '[]'::jsonb) FROM sup) AS superseded
+           (SELECT coalesce(jsonb_agg(transaction_id ORDER BY transaction_id), '[]'::jsonb) FROM sup) AS superseded,
+           {_clamped_sql("sup")} AS clamped
 """
 
 _RECORD_STOP = f"""
@@ -531,10 +569,9 @@ _RECORD_METER_VALUES = """
            coalesce((SELECT status = 'stopped' AND NOT cp_stopped FROM tx), false) AS after_close
 """
 
-_CLOSE_SET = """
+_CLOSE_SET = f"""
             status = 'stopped', closed_by = $2, reconcile_reason = $3,
-            meter_stop = coalesce($4::bigint, t.meter_last, t.meter_start),
-            energy_wh = coalesce($4::bigint, t.meter_last, t.meter_start) - t.meter_start,
+            {_estimated_close_sql("t", "$4")},
             stop_at = greatest($5, t.start_ordered_at), reason = $6, stopped_at = $7, operator_note = $8"""
 
 _CLOSE_EVENTS = f"""events AS (
@@ -553,7 +590,7 @@ _CLOSE_OPEN = f"""
           AND ($11::timestamptz IS NULL OR t.start_ordered_at < $11)
         RETURNING t.*
     ), {_CLOSE_EVENTS}
-    SELECT {_EVENTS_OUT} AS events
+    SELECT {_EVENTS_OUT} AS events, {_clamped_sql("closed")} AS clamped
 """
 
 _CLOSE_ONE = f"""
@@ -562,7 +599,7 @@ _CLOSE_ONE = f"""
         WHERE t.transaction_id = $1 AND t.status = 'active'
         RETURNING t.*
     ), {_CLOSE_EVENTS}
-    SELECT {_EVENTS_OUT} AS events, (SELECT to_jsonb(c) FROM closed c) AS closed
+    SELECT {_EVENTS_OUT} AS events, (SELECT to_jsonb(c) FROM closed c) AS closed, {_clamped_sql("closed")} AS clamped
 """
 
 
@@ -597,7 +634,8 @@ class PgTransactions:
                 raise DuplicateStart() from None
             raise
         return StartOutcome(events=_events(row["events"]), charging_profile=row["charging_profile"],
-                            reservation_consumed=row["reservation_consumed"], superseded=list(row["superseded"]))
+                            reservation_consumed=row["reservation_consumed"], superseded=list(row["superseded"]),
+                            clamped=_clamped(row["clamped"]))
 
     async def existing_start(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
                              start_at: datetime) -> TransactionView | None:
@@ -629,14 +667,14 @@ class PgTransactions:
     # -- reconciliation --
     async def close_open(self, charge_point_id: str, closure: Closure, *, received_before: datetime,
                          connector_id: int | None = None, started_before: datetime | None = None
-                         ) -> list[OutboxEvent]:
+                         ) -> CloseOutcome:
         row = await self.pool.fetchrow(
             _CLOSE_OPEN, charge_point_id, closure.closed_by, closure.reconcile_reason, closure.meter_stop,
             closure.evidence_at, closure.stop_reason, closure.now, closure.note, received_before, connector_id,
             started_before)
-        return _events(row["events"])
+        return CloseOutcome(_events(row["events"]), _clamped(row["clamped"]))
 
-    async def close_one(self, transaction_id: int, closure: Closure) -> tuple[TransactionView, list[OutboxEvent]]:
+    async def close_one(self, transaction_id: int, closure: Closure) -> tuple[TransactionView, CloseOutcome]:
         row = await self.pool.fetchrow(
             _CLOSE_ONE, transaction_id, closure.closed_by, closure.reconcile_reason, closure.meter_stop,
             closure.evidence_at, closure.stop_reason, closure.now, closure.note)
@@ -645,7 +683,7 @@ class PgTransactions:
             raise UnknownTransaction(transaction_id)
         if row["closed"] is None:
             raise AlreadyClosed(view)
-        return view, _events(row["events"])
+        return view, CloseOutcome(_events(row["events"]), _clamped(row["clamped"]))
 
     # -- commands --
     async def holding_connector(self, charge_point_id: str, connector_id: int) -> int | None:

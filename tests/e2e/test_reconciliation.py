@@ -357,6 +357,43 @@ async def test_an_operator_closes_a_ghost_through_the_api_and_the_cli(system, ev
     assert os.environ.get("CSMS_NAMESPACE") == system.settings.namespace
 
 
+@pytest.mark.ocpp("BootNotification", "StartTransaction", "MeterValues")
+async def test_an_estimated_close_never_records_negative_energy(system, events, cp_id, caplog):
+    """A last reading below meterStart (a meter that was reset, a bad reading): when the system closes the
+    transaction -- a boot, a new start on the connector, an operator without meter_stop -- meter_stop is
+    meterStart (no energy, never negative), with the reason in ``estimate_note`` and a WARNING."""
+    caplog.set_level(logging.WARNING, logger="services.transactions.handlers")
+    await api(system, "set_id_tag", id_tag="TAG1")
+    begin = utc_now().replace(microsecond=0) - timedelta(hours=1)
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        by_boot = await start_and_read(cp, 1, "TAG1", 5000, begin, 40)                  # reset meter
+        by_start = await start_and_read(cp, 2, "TAG1", 7000, begin, 6999)               # a bad reading
+        by_operator = await start_and_read(cp, 3, "TAG1", 900, begin, 100)
+        fine = await start_and_read(cp, 4, "TAG1", 100, begin, 350)
+        await start(cp, 2, "TAG1", 10, begin + timedelta(minutes=30))                   # supersedes by_start
+        closed = await api(system, "close_transaction", transaction_id=by_operator)
+        assert (closed["meter_stop"], closed["energy_wh"], closed["meter_last"]) == (900, 0, 100)
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()                                                                  # closes by_boot, fine
+        stops = {e["transaction_id"]: e for e in await events.wait_for("transaction.stopped", 4)}
+    expected = {by_boot: (5000, 40, "reconciled"), by_start: (7000, 6999, "superseded"),
+                by_operator: (900, 100, "operator")}
+    for tx, (meter_start, last, closed_by) in expected.items():
+        record = await api(system, "get_transaction", transaction_id=tx)
+        assert (record["meter_stop"], record["energy_wh"], record["meter_last"], record["closed_by"]) == (
+            meter_start, 0, last, closed_by), record
+        assert f"({last} Wh) is below meterStart ({meter_start} Wh)" in record["estimate_note"], record
+        assert (stops[tx]["meter_stop"], stops[tx]["energy_wh"]) == (meter_start, 0)
+    record = await api(system, "get_transaction", transaction_id=fine)
+    assert (record["meter_stop"], record["energy_wh"], record["estimate_note"]) == (350, 250, None)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "meterStart" in r.getMessage()]
+    assert sorted(warned) == sorted(
+        f"{cp_id}: transaction {tx} closed with meter_stop = meterStart {start} Wh: its last energy register reading "
+        f"{last} Wh is below it (a meter reset or a bad reading); no negative energy recorded (estimate_note)"
+        for tx, (start, last, _) in expected.items())
+
+
 async def run_cli(*argv: str) -> int:
     """``csms api ...`` from a shell, against the test system."""
     return await asyncio.to_thread(cli.main, ["api", *argv])

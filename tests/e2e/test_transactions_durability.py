@@ -2,23 +2,23 @@
 
 * a CALL answered after the gateway's timeout, then resent by the charge point, is stored once;
 * Redis killed and emptied in the middle of a stream from 20 charge points loses nothing;
-* the transactions service restarted (a fresh instance on the same schema) in the middle of a stream loses
-  nothing.
+* the transactions service's process killed (SIGKILL) in the middle of a stream, Redis emptied meanwhile, and
+  started again loses nothing.
 
 Charge points retry what got an error or no answer, with the same payload under a new message id, as real
-ones do.
+ones do. Readings are dated in the last hours (UTC), so they land in the daily partitions the service's
+maintenance made at start-up, not in DEFAULT.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import signal
 import socket
 import subprocess
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
@@ -26,16 +26,22 @@ import redis.asyncio as aioredis
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 
+from csms.contracts.base import utc_now
 from csms.db import _init_connection, dsn
-from csms.service import SERVICES
 from services.stations.handlers import service as stations_service
+from services.transactions import rules
 from services.transactions.handlers import service as transactions_service
 from services.transactions.store import PgTransactions
 from tests.support.chargepoint import connect
 from tests.support.bus_events import Events
-from tests.support.system import System
+from tests.support.process import CsmsProcess, eventually_status
+from tests.support.system import System, remove_test_system
 
-DAY = datetime(2026, 11, 25, tzinfo=timezone.utc)
+
+def hours_ago(hours: int) -> datetime:
+    """A recent instant (whole seconds, UTC): a stream that begins then stays in yesterday's and today's daily
+    partitions."""
+    return utc_now().replace(microsecond=0) - timedelta(hours=hours)
 
 
 def iso(moment: datetime) -> str:
@@ -70,7 +76,8 @@ async def records(settings, drained: bool = True) -> dict[str, list]:
         return {
             "transactions": await connection.fetch("SELECT * FROM tx_transactions ORDER BY transaction_id"),
             "meter_values": await connection.fetch(
-                "SELECT transaction_id, source, sampled_at, sampled_value FROM tx_meter_values ORDER BY id"),
+                "SELECT tableoid::regclass::text AS part, transaction_id, source, sampled_at, sampled_value"
+                " FROM tx_meter_values ORDER BY id"),
             "orphans": await connection.fetch("SELECT * FROM tx_orphan_stops"),
             "outbox": await connection.fetch("SELECT * FROM tx_outbox"),
         }
@@ -110,9 +117,10 @@ async def test_calls_resent_after_a_late_answer_are_stored_once(settings, cp_id,
     events = await Events(sut.settings).start()
     try:
         await sut.api("transactions", "set_id_tag", id_tag="TAG1")
-        start = call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=100, timestamp=iso(DAY))
+        day = hours_ago(2)
+        start = call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=100, timestamp=iso(day))
         readings = call.MeterValues(connector_id=1, transaction_id=None, meter_value=[
-            {"timestamp": iso(DAY + timedelta(minutes=m)), "sampled_value": [{"value": str(100 + m)}]}
+            {"timestamp": iso(day + timedelta(minutes=m)), "sampled_value": [{"value": str(100 + m)}]}
             for m in range(1, 21)])
         async with connect(sut.url(cp_id)) as cp:
             await cp.boot()
@@ -129,8 +137,8 @@ async def test_calls_resent_after_a_late_answer_are_stored_once(settings, cp_id,
             await reliably(cp, readings)
             await slow.wait()
 
-            stop = call.StopTransaction(transaction_id=tx, meter_stop=500, timestamp=iso(DAY + timedelta(hours=1)),
-                                        transaction_data=[{"timestamp": iso(DAY + timedelta(hours=1)),
+            stop = call.StopTransaction(transaction_id=tx, meter_stop=500, timestamp=iso(day + timedelta(hours=1)),
+                                        transaction_data=[{"timestamp": iso(day + timedelta(hours=1)),
                                                            "sampled_value": [{"value": "500",
                                                                               "context": "Transaction.End"}]}])
             slow = SlowOnce(monkeypatch, "record_stop", delay=1.5)
@@ -146,6 +154,7 @@ async def test_calls_resent_after_a_late_answer_are_stored_once(settings, cp_id,
         of_tx = [v for v in stored["meter_values"] if v["transaction_id"] == tx]   # (not events.flush's marker)
         assert [v["source"] for v in of_tx] == ["MeterValues"] * 20 + ["StopTransaction"]
         assert len({(v["sampled_at"], v["source"]) for v in of_tx}) == 21
+        assert {v["part"] for v in of_tx} <= daily_partitions(day, day + timedelta(hours=1))
         assert stored["orphans"] == [] and stored["outbox"] == []  # every event published
         assert len(events.of("transaction.started")) == 1
         assert len(events.of("meter.values", transaction_id=tx)) == 1
@@ -162,12 +171,17 @@ METER_CALLS = 4
 READINGS_PER_CALL = 2
 
 
-async def stream(sut: System, cp_id: str, index: int, progress: list[int], ids: list[int]) -> None:
-    """Boot, then transactions: Preparing, Start, MeterValues, Stop, Available; each CALL until answered."""
+def daily_partitions(*moments: datetime) -> set[str]:
+    return {rules.partition_name(moment.date()) for moment in moments}
+
+
+async def stream(sut: System, cp_id: str, index: int, progress: list[int], ids: list[int], day: datetime) -> None:
+    """Boot, then transactions from ``day`` on: Preparing, Start, MeterValues, Stop, Available; each CALL until
+    answered."""
     async with connect(sut.url(cp_id)) as cp:
         await reliably(cp, call.BootNotification(charge_point_vendor="V", charge_point_model="M"))
         for number in range(TRANSACTIONS):
-            begin = DAY + timedelta(hours=number, minutes=index)
+            begin = day + timedelta(hours=number, minutes=index)
             await reliably(cp, call.StatusNotification(connector_id=1, error_code="NoError", status="Preparing",
                                                        timestamp=iso(begin)))
             answer = await reliably(cp, call.StartTransaction(connector_id=1, id_tag=f"TAG{index}",
@@ -188,7 +202,7 @@ async def stream(sut: System, cp_id: str, index: int, progress: list[int], ids: 
             progress[0] += 1
 
 
-def assert_every_record_once(stored: dict, ids: list[int], charge_points: int) -> None:
+def assert_every_record_once(stored: dict, ids: list[int], charge_points: int, day: datetime) -> None:
     expected = charge_points * TRANSACTIONS
     assert len(ids) == expected and len(set(ids)) == expected            # ids never issued twice
     transactions = stored["transactions"]
@@ -204,6 +218,8 @@ def assert_every_record_once(stored: dict, ids: list[int], charge_points: int) -
     for tx, values in per_tx.items():
         assert len(values) == METER_CALLS * READINGS_PER_CALL, tx
         assert len({v["sampled_at"] for v in values}) == len(values), tx
+    # in the daily partitions maintenance created at start-up, none in DEFAULT
+    assert {v["part"] for v in stored["meter_values"]} <= daily_partitions(day, day + timedelta(hours=TRANSACTIONS))
     assert stored["orphans"] == []
 
 
@@ -246,30 +262,25 @@ async def test_redis_killed_and_emptied_mid_stream_loses_nothing(settings):
                            [stations_service, transactions_service]).start()
         for index in range(CHARGE_POINTS):
             await sut.api("transactions", "set_id_tag", id_tag=f"TAG{index}")
-        progress, ids = [0], []
+        progress, ids, day = [0], [], hours_ago(3)
         total = CHARGE_POINTS * TRANSACTIONS * (METER_CALLS + 2)
-        cps = [asyncio.create_task(stream(sut, f"CP-redis-{index}-{port}", index, progress, ids))
+        cps = [asyncio.create_task(stream(sut, f"CP-redis-{index}-{port}", index, progress, ids, day))
                for index in range(CHARGE_POINTS)]
-
-        async def kill_redis_midway() -> tuple[int, int]:
-            while progress[0] < total // 2:
-                await asyncio.sleep(0.01)
-            redis_process.send_signal(signal.SIGKILL)
-            redis_process.wait()
-            at_kill = progress[0]
-            await asyncio.sleep(0.5)          # charge points get errors and retry meanwhile
-            return at_kill, max(ids)
-
-        retries_before = RETRIES[0]
-        at_kill, highest_before = await kill_redis_midway()
+        while progress[0] < total // 2:
+            await asyncio.sleep(0.01)
+        redis_process.send_signal(signal.SIGKILL)
+        redis_process.wait()
+        at_kill, retries_at_kill, highest_before = progress[0], RETRIES[0], max(ids)
+        await asyncio.sleep(0.5)          # charge points get errors and retry meanwhile
+        retries_while_down = RETRIES[0] - retries_at_kill
         redis_process = start_redis(port, directory)   # a new, empty Redis on the same port
         await wait_redis(redis_url)
         await asyncio.wait_for(asyncio.gather(*cps), 120)
         assert 0 < at_kill < total
-        assert RETRIES[0] > retries_before   # the kill was felt: charge points got errors and retried
+        assert retries_while_down > 0   # the kill was felt: CALLs failed while Redis was away, and were sent again
 
         stored = await records(sut.settings)
-        assert_every_record_once(stored, ids, CHARGE_POINTS)
+        assert_every_record_once(stored, ids, CHARGE_POINTS, day)
         assert max(ids[-CHARGE_POINTS:]) > highest_before   # ids after the loss continue, never restart
         assert stored["outbox"] == []   # every event published
     finally:
@@ -284,37 +295,58 @@ async def test_redis_killed_and_emptied_mid_stream_loses_nothing(settings):
             os.rmdir(directory)
 
 
+async def transactions_process(settings) -> CsmsProcess:
+    """``python -m services.transactions`` on the test's namespace and schema, ready to take messages."""
+    process = await CsmsProcess("services.transactions", settings).start()
+    await eventually_status(await process.ops_port(), "/readyz", 200, timeout=30)
+    return process
+
+
+async def empty_redis(sut: System) -> int:
+    keys = [key async for key in sut.redis.scan_iter(f"{sut.settings.namespace}:*")]
+    if keys:
+        await sut.redis.delete(*keys)
+    return len(keys)
+
+
 @pytest.mark.ocpp("StartTransaction", "MeterValues", "StopTransaction")
-async def test_restarting_the_transactions_service_mid_stream_loses_nothing(settings):
+async def test_killing_the_transactions_process_mid_stream_loses_nothing(settings):
+    """The transactions service runs as a process of its own; it is killed (SIGKILL: no shutdown, CALLs it had
+    taken from RabbitMQ unanswered, events written but not published), Redis is emptied while it is down, and a
+    new process starts on the same schema: every transaction, reading and stop is stored once, every event
+    published (the new process relays what the dead one wrote)."""
     charge_points = 6
-    # events written by handlers caught in the shutdown are published by the new instance's relay
-    sut = await System(settings.replace(call_timeout=1.0, tx_event_retry=0.5),
-                       [stations_service, transactions_service]).start()
+    sut = await System(settings.replace(call_timeout=1.0, tx_event_retry=0.5), [stations_service]).start()
     events = await Events(sut.settings).start()
+    processes: list[CsmsProcess] = []
     try:
+        processes.append(await transactions_process(sut.settings))
         for index in range(charge_points):
             await sut.api("transactions", "set_id_tag", id_tag=f"TAG{index}")
-        progress, ids = [0], []
+        progress, ids, day = [0], [], hours_ago(3)
         total = charge_points * TRANSACTIONS * (METER_CALLS + 2)
-        cps = [asyncio.create_task(stream(sut, f"CP-restart-{index}", index, progress, ids))
+        cps = [asyncio.create_task(stream(sut, f"CP-kill-{index}", index, progress, ids, day))
                for index in range(charge_points)]
         while progress[0] < total // 3:
             await asyncio.sleep(0.01)
-        retries_before = RETRIES[0]
-        await transactions_service.stop()
+        processes[0].signal(signal.SIGKILL)
+        assert await processes[0].wait() == -signal.SIGKILL
+        at_kill, retries_at_kill = progress[0], RETRIES[0]
+        assert await empty_redis(sut) > 0    # the transactions service keeps nothing there; the others rebuild
         await asyncio.sleep(1.5)  # longer than the call timeout: charge points get no answer and retry meanwhile
-        fresh = dataclasses.replace(transactions_service)   # a new instance, the same handlers and schema
-        sut.services[sut.services.index(transactions_service)] = fresh
-        await fresh.start(sut.settings)
+        retries_while_down = RETRIES[0] - retries_at_kill
+        processes.append(await transactions_process(sut.settings))
         await asyncio.wait_for(asyncio.gather(*cps), 120)
-        assert RETRIES[0] > retries_before
+        assert 0 < at_kill < total and retries_while_down > 0
         stored = await records(sut.settings)
-        assert_every_record_once(stored, ids, charge_points)
-        assert stored["outbox"] == []   # every event published, by the old instance or relayed by the new one
+        assert_every_record_once(stored, ids, charge_points, day)
+        assert stored["outbox"] == []   # every event published, by the dead process or relayed by the new one
         for tx in ids:
             await events.wait_for("transaction.started", transaction_id=tx)
             await events.wait_for("transaction.stopped", transaction_id=tx)
     finally:
         await events.close()
+        for process in processes:
+            await process.stop()
         await sut.stop()
-        SERVICES[transactions_service.name] = transactions_service
+        await remove_test_system(sut.settings, [transactions_service])   # its queues (it ran in the processes)

@@ -212,7 +212,7 @@ async def test_csms_db_upgrade_keeps_every_meter_value_and_indexes_them_by_recei
                                                    "tx_meter_values_p20261125", "tx_meter_values_p20261126"}
 
         await upgrade_with_the_cli(schema)
-        assert "transactions_0003" in await migrate.current(schema)
+        assert await migrate.current(schema) == migrate.heads(schema)
         assert [dict(row) for row in await connection.fetch("SELECT tableoid::regclass::text AS part, * "
                                                             "FROM tx_meter_values ORDER BY id")] == before
         indexed = await connection.fetch("""

@@ -76,9 +76,13 @@ async def test_upgrading_a_database_with_data_keeps_every_record(empty_schema):
             "SELECT id, transaction_id, sampled_at, sampled_value FROM tx_meter_values ORDER BY id")
 
         await migrate.upgrade(schema)
-        assert {"transactions_0002", "transactions_0003"} & await migrate.current(schema) == {"transactions_0003"}
-        for table, rows in before.items():
-            assert await connection.fetch(f"SELECT * FROM {table} ORDER BY 1, 2") == rows, table
+        assert await migrate.current(schema) & {"transactions_0002", "transactions_0003", "transactions_0004"} == {
+            "transactions_0004"}
+        for table, rows in before.items():   # the same rows, in the columns they had (later revisions add some)
+            after = await connection.fetch(f"SELECT * FROM {table} ORDER BY 1, 2")
+            assert [{column: row[column] for column in rows[0].keys()} for row in after] == [dict(r) for r in rows], \
+                table
+        assert {row["estimate_note"] for row in await connection.fetch("SELECT * FROM tx_transactions")} == {None}
         assert await connection.fetch(
             "SELECT id, transaction_id, sampled_at, sampled_value FROM tx_meter_values ORDER BY id") == readings_before
         assert await connection.fetchval(
@@ -99,6 +103,60 @@ async def test_upgrading_a_database_with_data_keeps_every_record(empty_schema):
             await database.close()
     finally:
         await connection.close()
+
+
+async def test_the_received_at_index_is_built_while_meter_values_are_written(empty_schema):
+    """transactions_0003 builds its BRIN index partition by partition, CONCURRENTLY: a write in progress makes the
+    build wait, never the writes after it (a CREATE INDEX on the partitioned table waited holding up every write
+    of meter values, for as long as the build took). It ends valid on every partition."""
+    schema = empty_schema
+    await migrate.upgrade(schema, "transactions@transactions_0002")
+    database = await Database(schema).connect()
+    try:
+        await maintenance.run_once(database.pool, 0, today=date(2026, 11, 25), ahead=1)
+    finally:
+        await database.close()
+    writing, other = await connect(schema), await connect(schema)
+    try:
+        at = datetime(2026, 11, 25, 9, tzinfo=timezone.utc)
+        await insert_reading(other, at, 1)
+        in_progress = writing.transaction()
+        await in_progress.start()
+        await insert_reading(writing, at, 2)   # a write in progress when the migration starts
+        upgrade = asyncio.create_task(migrate.upgrade(schema))
+        while not await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query ILIKE '%INDEX%received_at%'"):
+            assert not upgrade.done(), upgrade
+            await asyncio.sleep(0.02)
+        # the build waits for that write: writes arriving now go on, to a daily partition and to DEFAULT
+        await other.execute("SET lock_timeout = '3s'")
+        await insert_reading(other, at, 3)
+        await insert_reading(other, datetime(1970, 1, 1, tzinfo=timezone.utc), 4, at)
+        await in_progress.commit()
+        await asyncio.wait_for(upgrade, 60)
+        assert await migrate.current(schema) == migrate.heads(schema)
+        indexes = await other.fetch("""
+            SELECT x.indrelid::regclass::text AS on_table, x.indisvalid FROM pg_index x
+            WHERE x.indexrelid = 'tx_meter_values_by_received'::regclass OR x.indexrelid IN (
+                SELECT inhrelid FROM pg_inherits WHERE inhparent = 'tx_meter_values_by_received'::regclass)""")
+        assert {row["on_table"]: row["indisvalid"] for row in indexes} == {
+            "tx_meter_values": True, "tx_meter_values_default": True, "tx_meter_values_p20261124": True,
+            "tx_meter_values_p20261125": True, "tx_meter_values_p20261126": True}
+        assert await partition_rows(other) == {"tx_meter_values_p20261125": 3, "tx_meter_values_default": 1}
+        # and a partition made later gets the index too
+        database = await Database(schema).connect()
+        try:
+            await maintenance.run_once(database.pool, 0, today=date(2026, 11, 27), ahead=0)
+        finally:
+            await database.close()
+        assert await other.fetchval(
+            "SELECT x.indisvalid FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid"
+            " WHERE i.inhparent = 'tx_meter_values_by_received'::regclass"
+            " AND x.indrelid = 'tx_meter_values_p20261127'::regclass")
+    finally:
+        await writing.close()
+        await other.close()
 
 
 # ---- StartTransaction costs the same whatever the id tag has open ------------------------------------
@@ -386,3 +444,106 @@ def test_outbox_event_shape():
     item = OutboxEvent(1, "reservation.changed", {"charge_point_id": "CP", "reservation_id": 1, "change": "created"})
     from services.transactions.outbox import to_event
     assert to_event(item).reservation_id == 1
+
+
+# ---- partition DDL next to a stream of writes -------------------------------------------------------------
+async def test_partition_maintenance_next_to_a_stream_of_inserts_never_deadlocks_loses_or_duplicates(empty_schema):
+    """Maintenance creates and drops daily partitions, round after round, while MeterValues are written (the
+    store's own statement) to DEFAULT (a 1970 clock) and to daily partitions, including the day about to get its
+    partition. Taking the locks in another order than an insert does (DEFAULT, then the parent) deadlocked here;
+    now no write fails, and every reading is stored exactly once."""
+    await migrate.upgrade(empty_schema)
+    settings = empty_schema.replace(db_pool_min=1, db_pool_max=10)
+    database = await Database(settings).connect()
+    pool = database.pool
+    base, rounds, writers = date(2030, 1, 1), 10, 6
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    received = datetime(2100, 1, 1, tzinfo=timezone.utc)   # after every cutoff: retention deletes none of them
+    try:
+        # DEFAULT holds a backlog (wild clocks), so moving a day out of it takes a moment
+        await pool.execute("""
+            INSERT INTO tx_meter_values (charge_point_id, connector_id, source, sampled_at, sampled_value,
+                                         received_at, call_digest, seq)
+            SELECT 'CP-OLD', 1, 'MeterValues', '1970-01-01'::timestamptz + n * interval '1 s', '[]', $1, 'old', n
+            FROM generate_series(1, 20000) AS n""", received)
+        transactions = Stores(pool).transactions
+        stop, failures, expected = asyncio.Event(), [], []
+        event = MeterValuesReceived(charge_point_id="CP", connector_id=1, meter_value=[]).model_dump(mode="json")
+
+        async def write(writer: int) -> None:
+            number = 0
+            while not stop.is_set():
+                number += 1
+                day = base + timedelta(days=number % (rounds + 2))
+                readings = [(epoch + timedelta(minutes=number), [{"value": "1"}]),          # DEFAULT
+                            (maintenance._midnight(day) + timedelta(seconds=writer), [{"value": "2"}]),  # a daily one, or DEFAULT
+                            (maintenance._midnight(day + timedelta(days=1)), [{"value": "3"}])]
+                try:
+                    outcome = await transactions.record_meter_values(handlers.MeterReadings(
+                        charge_point_id=f"CP-{writer}", connector_id=1, transaction_id=None, readings=readings,
+                        digest=f"w{writer}-{number}", received_at=received, newest_register=None), event)
+                    assert outcome.inserted == len(readings)
+                    expected.extend((f"CP-{writer}", f"w{writer}-{number}", seq) for seq in (1, 2, 3))
+                except Exception as exc:  # noqa: BLE001 - collected, the assertion below names them
+                    failures.append(repr(exc))
+                    return
+
+        tasks = [asyncio.create_task(write(writer)) for writer in range(writers)]
+        created = dropped = 0
+        try:
+            for number in range(rounds):
+                await asyncio.sleep(0.05)
+                try:
+                    report = await maintenance.run_once(pool, 1, today=base + timedelta(days=number), ahead=1)
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(f"maintenance: {exc!r}")
+                    continue
+                created += len(report.created)
+                dropped += len(report.dropped)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        assert failures == []
+        assert created >= rounds and dropped >= rounds - 2   # it did create and drop, round after round
+        rows = await pool.fetch("SELECT charge_point_id, call_digest, seq FROM tx_meter_values"
+                                " WHERE charge_point_id <> 'CP-OLD'")
+        stored = [(row["charge_point_id"], row["call_digest"], row["seq"]) for row in rows]
+        assert len(stored) == len(set(stored))                     # none twice
+        assert sorted(stored) == sorted(expected) and len(expected) > 100   # none lost
+        assert await pool.fetchval("SELECT count(*) FROM tx_meter_values WHERE charge_point_id = 'CP-OLD'") == 20000
+    finally:
+        await database.close()
+
+
+async def test_a_busy_meter_value_table_puts_partition_ddl_off_instead_of_stalling_writes(pool, settings,
+                                                                                        monkeypatch):
+    """A long read holds tx_meter_values: the ACCESS EXCLUSIVE request of a partition step gives up after
+    LOCK_TIMEOUT (a write queued behind it goes on), the step is put off, and the next round comes soon."""
+    monkeypatch.setattr(maintenance, "LOCK_ATTEMPTS", 2)
+    monkeypatch.setattr(maintenance, "LOCK_PAUSE", 0.05)
+    monkeypatch.setattr(maintenance, "LOCK_TIMEOUT", 0.2)
+    today = utc_now().date()
+    reader, writer = await connect(settings), await connect(settings)
+    try:
+        reader_tx = reader.transaction()
+        await reader_tx.start()
+        await reader.fetchval("SELECT count(*) FROM tx_meter_values")   # holds ACCESS SHARE until it ends
+        ddl = asyncio.create_task(maintenance.run_once(pool, 0, today=today, ahead=0))
+        while not await pool.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock'"
+                                      " AND relation = 'tx_meter_values'::regclass"):
+            await asyncio.sleep(0.01)
+        # a write arriving now waits behind the DDL's request, and goes on once that gives up
+        await insert_reading(writer, datetime.combine(today, datetime.min.time(), tzinfo=timezone.utc), 1)
+        report = await asyncio.wait_for(ddl, 60)   # (before LOCK_TIMEOUT it waited as long as the read)
+        assert report.created == [] and report.deferred == [rules.partition_name(today - timedelta(days=1)),
+                                                            rules.partition_name(today)]
+        assert await partition_rows(writer) == {"tx_meter_values_default": 1}
+        rounds = maintenance.Maintenance(pool, 0, interval=3600, retry_interval=60)
+        assert (await rounds.run()).deferred and rounds._again_soon   # the next round in 60 s, not in an hour
+        await reader_tx.rollback()
+        report = await rounds.run()
+        assert rules.partition_name(today) in report.created and report.moved == 1 and not rounds._again_soon
+        assert await partition_rows(writer) == {rules.partition_name(today): 1}
+    finally:
+        await reader.close()
+        await writer.close()

@@ -117,6 +117,21 @@ def test_a_reading_dated_beyond_the_clock_skew_is_ordered_by_when_it_was_receive
     assert rules.beyond_skew([NOW + timedelta(seconds=300)], NOW, 300) == []
 
 
+
+def test_readings_beyond_the_skew_in_one_call_keep_their_own_order():
+    """Several readings dated beyond the skew all count as received then: the newest by their own clock is the
+    last reading, then the last listed (max() kept the first of equal keys: the oldest of a buffered batch)."""
+    received = NOW + timedelta(seconds=10)
+    early, late = datetime(2099, 1, 1, tzinfo=timezone.utc), datetime(2099, 1, 1, 0, 5, tzinfo=timezone.utc)
+    assert rules.newest_register_reading([mv(early, {"value": "100"}), mv(late, {"value": "150"})],
+                                         received, 300) == (received, 150)
+    assert rules.newest_register_reading([mv(late, {"value": "150"}), mv(early, {"value": "100"})],
+                                         received, 300) == (received, 150)
+    assert rules.newest_register_reading([mv(early, {"value": "100"}), mv(early, {"value": "120"})],
+                                         received, 300) == (received, 120)
+    assert rules.newest_register_reading([mv(NOW, {"value": "1"}), mv(NOW, {"value": "2"})], received, 300) == (
+        NOW, 2)
+
 # ---- reconciliation ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("meter_start, meter_stop, problem", [
     (1000, None, None), (1000, 1000, None), (1000, 5000, None), (-50, 0, None),

@@ -216,6 +216,8 @@ class TransactionView(View):
     operator_note: str | None = None
     cp_stopped: bool = False             # the charge point's own StopTransaction arrived
     estimate: dict[str, Any] | None = None  # the system's closing values the charge point's stop replaced
+    # why the system's closing meter_stop is not the last reading (it was below meterStart: meterStart instead)
+    estimate_note: str | None = None
     corrected_at: UtcDatetime | None = None
     meter_values_after_close: int = 0    # readings that arrived while it was closed by the system
 
