@@ -163,6 +163,8 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
     refusal = await _site_conflict(ctx, cp, connector_id, profile, record.capabilities.max_stack_level)
     if refusal:
         return ctx.refuse(refusal, {"connectorId": connector_id, "chargingProfileId": profile.get("chargingProfileId")})
+    # the operator's command goes out as given; only the stored copy may say more (the transaction it binds to)
+    stored_profile = profile
     if is_tx_profile:
         # what the records say of the connector's transaction is a warning: the charge point decides
         tx = (await active_transactions(ctx, cp)).get(connector_id)
@@ -170,12 +172,13 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
         if disagreement:
             ctx.warn(disagreement)
         if profile.get("transactionId") is None and tx is not None:
-            profile["transactionId"] = tx.transaction_id
+            stored_profile = {**profile, "transactionId": tx.transaction_id}
+            ctx.warn(rules.unbound_tx_profile(connector_id, tx.transaction_id))
 
     def install(profiles: list[StoredProfile], stopped: set[int]):
-        if is_tx_profile and profile.get("transactionId") in stopped:
+        if is_tx_profile and stored_profile.get("transactionId") in stopped:
             return profiles, None
-        return apply_set(profiles, connector_id, profile)
+        return apply_set(profiles, connector_id, stored_profile)
 
     try:
         async with profile_lock(ctx, cp, ctx.command.timeout):
@@ -187,12 +190,12 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
         return _busy(ctx)
     if new_and_replaced is None:
         log.info("%s: TxProfile %s accepted after transaction %s stopped; not stored", cp,
-                 profile["chargingProfileId"], profile.get("transactionId"))
+                 profile["chargingProfileId"], stored_profile.get("transactionId"))
         return result
     new_id = int(profile["chargingProfileId"])
     gone = [s for s in new_and_replaced if not (s.connector_id == connector_id and s.profile_id == new_id)]
     await publish_changes(ctx, cp, "cleared", gone)
-    await publish_changes(ctx, cp, "set", [StoredProfile(connector_id, profile)])
+    await publish_changes(ctx, cp, "set", [StoredProfile(connector_id, stored_profile)])
     return result
 
 

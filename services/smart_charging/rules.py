@@ -62,6 +62,13 @@ def ocpp_part(view: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if view is None else {k: v for k, v in view.items() if k != "conventions"}
 
 
+def unbound_tx_profile(connector_id: int, transaction_id: int) -> str:
+    """The warning on a TxProfile sent without a transactionId while the records show one on its connector: it
+    goes out as the operator gave it; the stored copy is bound to that transaction if the charge point accepts."""
+    return (f"sent without a transactionId, as given; the records show transaction {transaction_id} on connector "
+            f"{connector_id}: the profile is recorded for that transaction if the charge point accepts it")
+
+
 def tx_profiles_ending(profiles: list[StoredProfile], transaction_id: int,
                        connector_id: int | None) -> list[StoredProfile]:
     """The TxProfiles that end with this transaction (bound to it, or unbound on its connector)."""
