@@ -372,10 +372,11 @@ async def on_meter_values(ctx: ServiceContext, event: MeterValuesReceived) -> No
     """What a charge point draws; a site member drawing clearly less (or again up to) its cap is rebalanced."""
     if event.transaction_id is None:
         return
-    amps, watts = rules.draw_from_meter_values(event)
-    if amps is None and watts is None:
+    draw = rules.draw_from_meter_values(event)
+    if draw.amps is None and draw.watts is None:
         return
-    site_id = await store(ctx).measured(event.charge_point_id, event.transaction_id, amps, watts, utc_now())
+    at = rules.draw_instant(draw.at, utc_now(), ctx.settings.clock_skew)
+    site_id = await store(ctx).measured(event.charge_point_id, event.transaction_id, draw.amps, draw.watts, at)
     if site_id is not None and await balancing.draw_changed(ctx, site_id, event.charge_point_id):
         await balancing.rebalance(ctx, site_id, reason="meter values", cause=event.charge_point_id)
 

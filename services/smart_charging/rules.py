@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -122,19 +123,51 @@ def _draw(samples: list[SampledValue], measurand: str, units: dict[str | None, f
     return per_phase(list(phases.values())) if phases else None
 
 
-def draw_from_meter_values(event: MeterValuesReceived) -> tuple[float | None, float | None]:
-    """``(amps, watts)`` a charge point draws now, from the latest reading of a MeterValues event (by instant).
+class Draw(NamedTuple):
+    """What a transaction draws, per the latest reading of a MeterValues event, and when it was read."""
+
+    amps: float | None
+    watts: float | None
+    at: datetime | None = None
+
+
+def draw_from_meter_values(event: MeterValuesReceived) -> Draw:
+    """``(amps, watts, at)`` a charge point draws, from the latest reading of a MeterValues event (by instant),
+    ``at`` being that reading's timestamp.
 
     Current.Import in A per phase: the phase-less value when given, else the most loaded phase (a site limit in
     A is per phase). Power.Active.Import in W (kW converted): the phase-less total when given, else the sum of
     the phases -- never both, which would count the power twice."""
     readings = _readings(event.meter_value)
     if not readings:
-        return None, None
+        return Draw(None, None)
     latest = max(range(len(readings)), key=lambda i: (readings[i].timestamp, i))
     samples = readings[latest].sampled_value
-    return (_draw(samples, "Current.Import", _CURRENT_UNITS, max),
-            _draw(samples, "Power.Active.Import", _POWER_UNITS, sum))
+    return Draw(_draw(samples, "Current.Import", _CURRENT_UNITS, max),
+                _draw(samples, "Power.Active.Import", _POWER_UNITS, sum), readings[latest].timestamp)
+
+
+def draw_instant(read_at: datetime | None, received: datetime, clock_skew: float) -> datetime:
+    """When a draw was read: the reading's own timestamp, unless it has none or lies further in the future than
+    CSMS_CLOCK_SKEW allows (a clock in 2099); then the time it was received."""
+    if read_at is None:
+        return received
+    read_at = read_at if read_at.tzinfo else read_at.replace(tzinfo=timezone.utc)
+    return received if read_at > received + timedelta(seconds=clock_skew) else read_at
+
+
+def station_draw(readings: list[tuple[float | None, datetime | None]], now: datetime,
+                 max_age: float) -> float | None:
+    """What a station draws from the latest readings of its open transactions (value, read at): their sum --
+    per phase in A too, since two sessions on one station add up on each phase (conservative: their most
+    loaded phases may differ) -- or None when a transaction has no reading younger than ``max_age`` seconds
+    (its draw is not known: the member is planned at its full share)."""
+    if not readings:
+        return None
+    oldest = now - timedelta(seconds=max_age)
+    if any(value is None or at is None or at < oldest for value, at in readings):
+        return None
+    return sum(value for value, _ in readings if value is not None)
 
 
 def site_stack_level(site_level: int | None, max_stack_level: int | None) -> int:

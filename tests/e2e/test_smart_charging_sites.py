@@ -230,6 +230,146 @@ async def test_meter_values_move_the_caps_and_a_charger_refusing_a_lower_cap_is_
     assert held == {ids[0]: 5.0, ids[1]: 27.0}
 
 
+@pytest.mark.ocpp("SetChargingProfile", "StartTransaction")
+async def test_refusals_in_both_rounds_never_break_the_site_limit(system):
+    # limit 20: A and B charge at 10 each, C starts. A refuses 6.6; B takes 6.6 and then refuses 5. Every round of
+    # lowerings is answered before anything is raised: C gets what is left (3.4), never 5
+    limit = 20.0
+    ids = ["ROUND-A", "ROUND-B", "ROUND-C"]
+    received: list[tuple[str, float, str]] = []   # every cap in the order the charge points received them
+    armed: list[int] = []   # from this index of received on, A and B refuse as said
+
+    def responder(cp_id):
+        def answer(kwargs):
+            value = float(kwargs["cs_charging_profiles"]["charging_schedule"]["charging_schedule_period"][0]["limit"])
+            status = "Accepted"
+            since = received[armed[0]:] if armed else []
+            if cp_id == ids[0] and armed:
+                status = "Rejected"
+            elif cp_id == ids[1] and any(c == cp_id and s == "Accepted" for c, _, s in since):
+                status = "Rejected"     # took one lower cap, refuses the next
+            received.append((cp_id, value, status))
+            return {"status": status}
+        return answer
+
+    async def caps_are(expected: dict[str, float]):
+        site = await system.api("smart_charging", "get_site", site_id="rounds")
+        return {m["charge_point_id"]: m["cap_now"] for m in site["members"]} == expected
+
+    async with connect(system.url(ids[0])) as a, connect(system.url(ids[1])) as b, connect(system.url(ids[2])) as c, \
+            Events(system.settings, "charging.site_rebalanced") as rebalanced:
+        cps = dict(zip(ids, (a, b, c)))
+        await system.api("smart_charging", "put_site", site_id="rounds", unit="A", limit=limit)
+        for cp_id, cp in cps.items():
+            cp.responses["SetChargingProfile"] = responder(cp_id)
+            await cp.boot()
+            await system.api("transactions", "set_id_tag", id_tag=f"TAG-{cp_id}")
+            await system.api("smart_charging", "add_site_member", site_id="rounds", charge_point_id=cp_id)
+
+        async def start(cp_id):
+            await cps[cp_id].call_ok(call.StartTransaction(connector_id=1, id_tag=f"TAG-{cp_id}", meter_start=0,
+                                                           timestamp=iso(datetime.now(UTC))))
+        await start(ids[0])
+        await eventually(lambda: caps_are({ids[0]: 20.0, ids[1]: 0.0, ids[2]: 0.0}))
+        await start(ids[1])
+        await eventually(lambda: caps_are({ids[0]: 10.0, ids[1]: 10.0, ids[2]: 0.0}))
+        armed.append(len(received))
+        await start(ids[2])
+
+        async def settled():
+            return [e for e in rebalanced.items if e["failed"] == [ids[0], ids[1]]]
+        [event] = await eventually(settled)
+    assert event["caps"] == {ids[0]: 10.0, ids[1]: 6.6, ids[2]: 3.4}
+    assert await caps_are({ids[0]: 10.0, ids[1]: 6.6, ids[2]: 3.4})
+    # A refused 6.6 while B took it; B refused 5 before C's cap was raised, planned again without it
+    after = received[armed[0]:]
+    assert sorted(after[:2]) == [(ids[0], 6.6, "Rejected"), (ids[1], 6.6, "Accepted")]
+    assert after[2:] == [(ids[1], 5.0, "Rejected"), (ids[2], 3.4, "Accepted")]
+    held = dict.fromkeys(ids, 0.0)
+    for cp_id, value, status in received:
+        if status == "Accepted":
+            held[cp_id] = value
+            assert sum(held.values()) <= limit + 1e-9, received
+    assert held == {ids[0]: 10.0, ids[1]: 6.6, ids[2]: 3.4}
+
+
+@pytest.mark.ocpp("SetChargingProfile")
+async def test_two_rebalances_of_a_site_never_run_at_once_however_long_one_takes(system, cp_id, monkeypatch):
+    from services.smart_charging import balancing
+    monkeypatch.setattr(balancing, "SITE_LOCK_HOLD", 0.3)   # the lock outlives a dead holder by 0.3 s only
+    running, most = [0], [0]
+    locked = balancing._rebalance_locked
+
+    async def counted(*args, **kwargs):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            return await locked(*args, **kwargs)
+        finally:
+            running[0] -= 1
+    monkeypatch.setattr(balancing, "_rebalance_locked", counted)
+
+    async def slowly(kwargs):
+        await asyncio.sleep(1.0)   # each cap answered after more than three times the lock's hold
+        return {"status": "Accepted"}
+
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        await system.api("transactions", "set_id_tag", id_tag="TAG-SLOW")
+        await system.api("smart_charging", "put_site", site_id="slow", unit="A", limit=SITE_LIMIT)
+        await system.api("smart_charging", "add_site_member", site_id="slow", charge_point_id=cp_id)
+        await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-SLOW", meter_start=0,
+                                               timestamp=iso(datetime.now(UTC))))
+
+        async def capped():
+            site = await system.api("smart_charging", "get_site", site_id="slow")
+            return site["members"][0]["cap_now"] == SITE_LIMIT
+        await eventually(capped)
+        cp.responses["SetChargingProfile"] = slowly
+        # two changes of the limit at once: each rebalance pushes a new cap, answered after 1 s
+        sites = await asyncio.gather(*(system.api("smart_charging", "put_site", site_id="slow", unit="A", limit=limit)
+                                       for limit in (20.0, 24.0)))
+    assert most[0] == 1, "two rebalances of one site ran at once"
+    assert len(cp.received["SetChargingProfile"]) >= 3 and all(s["site_id"] == "slow" for s in sites)
+
+
+@pytest.mark.ocpp("StartTransaction", "MeterValues")
+async def test_a_draw_is_dated_by_its_reading_an_older_one_never_replaces_it_and_a_stale_one_is_left_out(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        await system.api("transactions", "set_id_tag", id_tag="TAG-DRAW")
+        await system.api("smart_charging", "put_site", site_id="dated", unit="A", limit=SITE_LIMIT)
+        await system.api("smart_charging", "add_site_member", site_id="dated", charge_point_id=cp_id)
+        answer = await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-DRAW", meter_start=0,
+                                                        timestamp=iso(datetime.now(UTC))))
+
+        async def reading(amps: float, at: datetime) -> None:
+            await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=answer.transaction_id, meter_value=[{
+                "timestamp": iso(at), "sampled_value": [{"value": f"{amps:g}", "measurand": "Current.Import",
+                                                         "unit": "A"}]}]))
+
+        async def measured(expected):
+            plan = await system.api("smart_charging", "site_plan", site_id="dated")
+            return plan["members"][cp_id]["measured"] == expected
+
+        now = datetime.now(UTC)
+        # read 11 minutes ago (SMART_CHARGING_DRAW_MAX_AGE 600 s): stored, but too old to plan with
+        await reading(3.0, now - timedelta(minutes=11))
+        await asyncio.sleep(1.0)   # handled by then (no event tells)
+        assert await measured(None)
+        await reading(4.0, now)
+        await eventually(lambda: measured(4.0))
+        # an older reading sent late (after a reconnect) does not replace the newer one
+        await reading(20.0, now - timedelta(minutes=1))
+        await asyncio.sleep(1.0)   # handled by then (no event tells)
+        assert await measured(4.0)
+        # a reading dated far in the future is dated when it arrived: a later one still replaces it
+        await reading(6.0, datetime(2099, 1, 1, tzinfo=UTC))
+        await eventually(lambda: measured(6.0))
+        await reading(7.0, datetime.now(UTC) + timedelta(seconds=1))
+        await eventually(lambda: measured(7.0))
+
+
 async def test_site_dry_run_with_priorities_and_a_time_varying_limit(system):
     soon = datetime.now(UTC).replace(microsecond=0)
     later = soon + timedelta(hours=2)

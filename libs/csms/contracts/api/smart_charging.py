@@ -358,9 +358,14 @@ class SitePlanView(Compact):
     begin: IsoText | None = None
     limit_now: float | None = None
     strategy: Literal["fair", "priority"] | None = None
-    caps: dict[str, CapSchedule | None] | None = None
-    caps_now: dict[str, float] | None = None
+    caps: dict[str, CapSchedule | None] | None = Field(None, description=(
+        "the caps planned from begin; null for a member pinned without a known cap (it counts as its maximum)"))
+    caps_now: dict[str, float | None] | None = None
     members: dict[str, MemberShare] | None = None
-    pushed: dict[str, str] | None = Field(None, description="each member's answer to its cap")
+    pushed: dict[str, str] | None = Field(None, description=(
+        "each member's last answer to its cap: Accepted, its status, or timeout, busy, error"))
     failed: list[str] | None = None
-    held_now: dict[str, float | None] | None = None
+    held_now: dict[str, float | None] | None = Field(None, description=(
+        "the cap each member holds now as far as known (after an unknown outcome, the higher of old and new; "
+        "null: none known)"))
+    gave_up: str | None = Field(None, description="why the rebalance stopped with nothing raised")
