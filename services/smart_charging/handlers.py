@@ -18,7 +18,7 @@ from csms.charging.conventions import Conventions
 from csms.client import ApiCallFailed
 from csms.contracts.api.smart_charging import (
     CapabilitiesView, ChargePointParams, ChargePointPresetParams, ChargePointView, CompositeReportView,
-    CompositeScheduleParams, CompositeScheduleView, DefaultPresetParams, DefaultPresetView, DeletedPreset,
+    CompositeScheduleParams, CompositeScheduleView, CompositeServerView, DefaultPresetParams, DefaultPresetView, DeletedPreset,
     DeletedRule, DeletedSite, ElectricalParams, ElectricalView, ListProfilesParams, PresetDefinition,
     PresetNameParams, PresetRuleParams, PresetRuleView, PresetsView, PresetView, ProfileView, PutPresetParams,
     PutSiteParams, RemovedMember, ReportsParams, RuleIdParams, SiteIdParams, SiteMemberParams, SitePlanView,
@@ -275,6 +275,8 @@ async def get_composite_schedule(ctx: CommandContext, req: GetCompositeScheduleR
     result = await forwarded
     if server is not None and result.ok:
         server = await _report(ctx, cp, req, start, server, result.payload)
+    if server is not None:   # what result.server is typed as (csms.contracts.bus.server_views)
+        server = CompositeServerView.model_validate(server).model_dump(mode="json")
     return result.model_copy(update={"server": server})
 
 
@@ -283,17 +285,20 @@ async def _report(ctx: ServiceContext, cp: str, req: GetCompositeScheduleRequest
     """Keep the charge point's answer next to the prediction; publish a mismatch when they disagree."""
     record = await store(ctx).charge_point(cp)
     predicted = rules.ocpp_part(server)
-    differences = compare(predicted, reported, start=start, duration=req.duration, electrical=record.electrical)
+    truncated = server["conventions"].get("truncated")
+    differences = compare(predicted, reported, start=start, duration=req.duration, electrical=record.electrical,
+                          truncated=truncated is not None)
     preset = server["conventions"]["preset"]
     unit = req.charging_rate_unit or ((predicted or {}).get("chargingSchedule") or {}).get("chargingRateUnit")
     report_id = await store(ctx).add_report(cp, req.connector_id, start, req.duration, unit, preset, predicted,
-                                            reported, differences)
+                                            reported, differences, truncated)
     if differences:
         log.info("%s: composite schedule of connector %s differs from the %s prediction: %s", cp, req.connector_id,
                  preset, differences[:3])
         await ctx.publish(ScheduleMismatch(charge_point_id=cp, connector_id=req.connector_id, report_id=report_id,
                                            preset=preset, differences=differences))
-    return {**server, "report": {"report_id": report_id, "mismatch": bool(differences), "differences": differences}}
+    return {**server, "report": {"report_id": report_id, "mismatch": bool(differences), "differences": differences,
+                                 "truncated": truncated}}
 
 
 # ---- events ---------------------------------------------------------------------------------------

@@ -299,13 +299,15 @@ class PgStore:
 
     # ---- GetCompositeSchedule reports -----------------------------------------------------------
     async def add_report(self, cp: str, connector_id: int, requested_at: datetime, duration: int, unit: str | None,
-                         preset: str, predicted: dict | None, reported: dict | None, differences: list[dict]) -> int:
+                         preset: str, predicted: dict | None, reported: dict | None, differences: list[dict],
+                         truncated: dict | None = None) -> int:
         return await self.pool.fetchval(
             """INSERT INTO sc_composite_reports (charge_point_id, connector_id, requested_at, duration, unit, preset,
-                 predicted, reported, differences, mismatch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 predicted, reported, differences, mismatch, truncated)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                RETURNING report_id""",
             cp, connector_id, requested_at, duration, unit, preset, predicted, reported, differences,
-            bool(differences))
+            bool(differences), truncated)
 
     async def reports(self, cp: str, limit: int) -> list[dict[str, Any]]:
         rows = await self.pool.fetch("SELECT * FROM sc_composite_reports WHERE charge_point_id = $1 "

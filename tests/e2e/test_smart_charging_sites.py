@@ -627,6 +627,46 @@ async def test_schedule_mismatch_event_when_the_charge_point_ignores_its_profile
     reports = await system.api("smart_charging", "list_composite_reports", charge_point_id=cp_id)
     assert [r["mismatch"] for r in reports] == [True, False]
     assert reports[0]["reported"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 32
+    assert reports[0]["truncated"] is None
+
+
+@pytest.mark.ocpp("GetCompositeSchedule")
+async def test_a_truncated_prediction_is_said_so_in_the_result_and_the_report_typed_as_documented(system, cp_id):
+    import jsonschema
+
+    from tests.unit.test_asyncapi import DOCUMENT
+
+    schema = json.loads((DOCUMENT.parent / "schemas" / "commands" / "GetCompositeSchedule.reply.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    async with connect(system.url(cp_id)) as cp:
+        await system.client.send(cp_id, "SetChargingProfile", {"connectorId": 1, "csChargingProfiles": tx_default(1, 16)})
+
+        def answer(duration):
+            def responder(kwargs):
+                now = datetime.now(UTC).replace(microsecond=0)
+                return {"status": "Accepted", "connector_id": 1, "schedule_start": iso(now),
+                        "charging_schedule": {"charging_rate_unit": "A", "duration": duration, "start_schedule": iso(now),
+                                              "charging_schedule_period": [{"start_period": 0, "limit": 16}]}}
+            return responder
+
+        # two years asked: the prediction covers 366 days (its bound) and says so; the charge point's answer
+        # beyond that is not compared, and the report says why
+        cp.responses["GetCompositeSchedule"] = answer(2 * 365 * 86400)
+        long = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 2 * 365 * 86400})
+        assert long.server["conventions"]["truncated"]["reason"] == "at most 366 days are computed"
+        report = long.server["report"]
+        assert (report["mismatch"], report["truncated"]) == (False, long.server["conventions"]["truncated"])
+        assert not list(validator.iter_errors(long.model_dump(mode="json")))
+        # a charge point that answers less than asked: the part it leaves out is a difference
+        cp.responses["GetCompositeSchedule"] = answer(300)
+        short = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 600})
+        assert [d["kind"] for d in short.server["report"]["differences"]] == ["end"]
+        assert short.server["report"]["truncated"] is None
+        assert not list(validator.iter_errors(short.model_dump(mode="json")))
+        broken = {**short.model_dump(mode="json"), "server": {**short.server, "report": {"mismatch": "yes"}}}
+        assert list(validator.iter_errors(broken))   # the schema says what server is
+    reports = await system.api("smart_charging", "list_composite_reports", charge_point_id=cp_id)
+    assert [(r["mismatch"], r["truncated"] is not None) for r in reports] == [(True, False), (False, True)]
 
 
 # ---- durable records, stored data that cannot break anything -------------------------------------------

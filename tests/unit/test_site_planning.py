@@ -195,6 +195,22 @@ def test_compare_normalises_before_it_disagrees() -> None:
     assert compare(predicted, {"status": "Rejected"}, start=start, duration=600)[0]["kind"] == "status"
 
 
+def test_compare_flags_schedules_that_end_apart_unless_the_prediction_was_truncated() -> None:
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    predicted = _answer("2024-01-01T00:00:00Z", [(0, 16.0)])
+    shorter = _answer("2024-01-01T00:00:00Z", [(0, 16.0)])
+    shorter["chargingSchedule"]["duration"] = 300
+    assert compare(predicted, shorter, start=start, duration=600) == [
+        {"kind": "end", "predicted": "2024-01-01T00:10:00Z", "reported": "2024-01-01T00:05:00Z"}]
+    longer = _answer("2024-01-01T00:00:00Z", [(0, 16.0), (600, 32.0)])
+    longer["chargingSchedule"]["duration"] = 1200
+    # a reported schedule that goes on (32 A) where the prediction ends: not agreement, a difference
+    assert [d["kind"] for d in compare(predicted, longer, start=start, duration=1200)] == ["end"]
+    # unless the prediction ended there for its bounds: the rest is not compared (the report says truncated)
+    assert compare(predicted, longer, start=start, duration=1200, truncated=True) == []
+    assert [d["kind"] for d in compare(predicted, shorter, start=start, duration=600, truncated=True)] == ["end"]
+
+
 @pytest.mark.parametrize("shift, agree", [(2, True), (3, False), (4, False), (5, False), (-2, True), (-3, False)])
 def test_compare_tolerates_boundaries_up_to_2_seconds_apart(shift: int, agree: bool) -> None:
     start = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -212,7 +228,7 @@ def test_compare_tolerates_a_start_up_to_2_seconds_apart(shift: int, agree: bool
     predicted = _answer("2024-01-01T00:00:00Z", [(0, 16.0)])
     reported = _answer(f"2024-01-01T00:00:0{shift}Z", [(0, 16.0)])
     kinds = [d["kind"] for d in compare(predicted, reported, start=start, duration=600)]
-    assert (kinds == []) is agree and (agree or kinds == ["start"])
+    assert (kinds == []) is agree and (agree or kinds == ["start", "end"])   # the whole answer is shifted
 
 
 # ---- what a member draws, from its meter values (services/smart_charging/rules.py) ------------------------

@@ -193,7 +193,7 @@ class Difference(View):
     """Where a charge point's GetCompositeSchedule answer disagrees with the prediction (``kind``, see README
     "Smart charging"); ``predicted`` / ``reported`` are what each says (null: nothing), ``at`` / ``until`` the
     span of a ``limit`` difference."""
-    kind: Literal["status", "unreadable", "unit", "start", "no_overlap", "limit"]
+    kind: Literal["status", "unreadable", "unit", "start", "end", "no_overlap", "limit"]
     predicted: Any = None
     reported: Any = None
     at: IsoText | None = None
@@ -216,6 +216,23 @@ class CompositeReportView(View):
     reported: dict[str, Any] | None = Field(description="the charge point's GetCompositeSchedule.conf, verbatim")
     differences: list[Difference]
     mismatch: bool
+    truncated: Truncation | None = Field(description=(
+        "where the prediction ends before the window asked for (its bounds): the answer after it is not compared"))
+
+
+class ReportSummary(View):
+    """The charge point's answer compared with the prediction (kept: ``list_composite_reports``)."""
+    report_id: int
+    mismatch: bool = Field(description="the answer disagrees with the prediction where it was compared")
+    differences: list[Difference]
+    truncated: Truncation | None = Field(description=(
+        "where the prediction ends before the window asked for (its bounds): the answer after it is not compared"))
+
+
+class CompositeServerView(CompositeScheduleView):
+    """``result.server`` of a GetCompositeSchedule command: the composite the central system predicts
+    (GetCompositeSchedule.conf shape + ``conventions``) and, when the charge point answered, ``report``."""
+    report: ReportSummary | None = None
 
 
 class ElectricalView(View):
