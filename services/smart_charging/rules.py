@@ -190,10 +190,11 @@ def site_conflict(connector_id: int, profile: dict[str, Any], *, site_id: str, l
     stack_level = profile.get("stackLevel")
     if isinstance(stack_level, int) and stack_level >= level:
         verb = "replace" if stack_level == level else "override"
+        under = f", use a stack level under {level}," if level > 0 else ""
         return (f"this charge point is in site {site_id!r}, whose cap is its ChargePointMaxProfile at stack level "
                 f"{level}: a ChargePointMaxProfile at stack level {stack_level} would {verb} it and break the "
-                "site limit; limit it with a TxDefaultProfile or TxProfile, use a stack level under "
-                f"{level}, or take it out of the site first"), None
+                f"site limit; limit it with a TxDefaultProfile or TxProfile{under} or take it out of the site "
+                "first"), None
     return None, (f"the cap of site {site_id!r} (ChargePointMaxProfile at stack level {level}) prevails over this "
                   "profile while the charge point is in the site")
 

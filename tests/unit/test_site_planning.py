@@ -319,3 +319,13 @@ def test_a_profile_that_would_replace_or_override_a_site_cap_is_refused(connecto
     refusal, warning = site_conflict(connector_id, profile, site_id="s1", level=3)
     assert (refusal is None) is (refused is None) and (refused is None or refused in refusal)
     assert (warning is None) is (warned is None) and (warned is None or warned in warning)
+
+
+def test_the_way_out_of_a_refusal_is_one_that_exists() -> None:
+    from services.smart_charging.rules import site_conflict
+    refusal, _ = site_conflict(0, _cp_max(5, 0), site_id="s1", level=0)
+    # the cap is at stack level 0: nothing goes under it, so that is not offered
+    assert "under" not in refusal
+    assert refusal.endswith("limit it with a TxDefaultProfile or TxProfile or take it out of the site first")
+    refusal, _ = site_conflict(0, _cp_max(5, 4), site_id="s1", level=3)
+    assert "TxDefaultProfile or TxProfile, use a stack level under 3, or take it out of the site first" in refusal
