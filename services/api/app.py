@@ -356,8 +356,11 @@ class SiteMemberBody(BaseModel):
 
 
 @charging.get("/sites", response_model=list[str], summary="List sites")
-async def list_sites(request: Request, _: Caller = Depends(auth.read)) -> Any:
-    return Json(await call(request, "smart_charging", "list_sites"))
+async def list_sites(request: Request, query: Annotated[sc.ListSitesParams, Query()],
+                     _: Caller = Depends(auth.read)) -> Any:
+    """Site ids in order; ``after`` = the last id of the previous page."""
+    items = await call(request, "smart_charging", "list_sites", **dump(query))
+    return page(request, items, query.limit, items[-1] if items else None)
 
 
 @charging.get("/sites/{site_id}", response_model=sc.SiteView, summary="Get a site")

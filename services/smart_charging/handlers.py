@@ -18,11 +18,11 @@ from csms.charging.conventions import Conventions
 from csms.client import ApiCallFailed
 from csms.contracts.api.smart_charging import (
     CapabilitiesView, ChargePointParams, ChargePointPresetParams, ChargePointView, CompositeReportView,
-    CompositeScheduleParams, CompositeScheduleView, CompositeServerView, DefaultPresetParams, DefaultPresetView, DeletedPreset,
-    DeletedRule, DeletedSite, ElectricalParams, ElectricalView, ListProfilesParams, PresetDefinition,
-    PresetNameParams, PresetRuleParams, PresetRuleView, PresetsView, PresetView, ProfileView, PutPresetParams,
-    PutSiteParams, RemovedMember, ReportsParams, RuleIdParams, SiteIdParams, SiteMemberParams, SitePlanView,
-    SiteView,
+    CompositeScheduleParams, CompositeScheduleView, CompositeServerView, DefaultPresetParams, DefaultPresetView,
+    DeletedPreset, DeletedRule, DeletedSite, ElectricalParams, ElectricalView, ListPresetRulesParams,
+    ListPresetsParams, ListProfilesParams, ListSitesParams, PresetDefinition, PresetNameParams, PresetRuleParams,
+    PresetRuleView, PresetsView, PresetView, ProfileView, PutPresetParams, PutSiteParams, RemovedMember,
+    ReportsParams, RuleIdParams, SiteIdParams, SiteMemberParams, SitePlanView, SiteView,
 )
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import CommandResult
@@ -447,7 +447,7 @@ async def _known_preset(ctx: ServiceContext, name: str) -> None:
 
 
 @service.api("list_presets")
-async def api_list_presets(ctx: ApiContext, params: dict) -> PresetsView:
+async def api_list_presets(ctx: ApiContext, params: ListPresetsParams) -> PresetsView:
     """Every preset with its settings, and the global default."""
     custom = await store(ctx).custom_presets()
     presets = {name: PresetView(builtin=True, settings=conv) for name, conv in PRESETS.items()}
@@ -540,7 +540,7 @@ async def api_add_preset_rule(ctx: ApiContext, params: PresetRuleParams) -> Pres
 
 
 @service.api("list_preset_rules")
-async def api_list_preset_rules(ctx: ApiContext, params: dict) -> list[PresetRuleView]:
+async def api_list_preset_rules(ctx: ApiContext, params: ListPresetRulesParams) -> list[PresetRuleView]:
     return [PresetRuleView(**vars(rule)) for rule in await store(ctx).rules()]
 
 
@@ -564,8 +564,9 @@ async def api_get_site(ctx: ApiContext, params: SiteIdParams) -> SiteView:
 
 
 @service.api("list_sites")
-async def api_list_sites(ctx: ApiContext, params: dict) -> list[str]:
-    return await store(ctx).site_ids()
+async def api_list_sites(ctx: ApiContext, params: ListSitesParams) -> list[str]:
+    """Site ids in order, ``limit`` at a time; ``after`` = the last id of the previous page."""
+    return await store(ctx).site_ids(params.after, params.limit)
 
 
 @service.api("delete_site")

@@ -261,8 +261,11 @@ class PgStore:
         return (Site(row["site_id"], row["unit"], row["limit_value"], schedule, row["strategy"]), row["name"],
                 row["stack_level"])
 
-    async def site_ids(self) -> list[str]:
-        return [r["site_id"] for r in await self.pool.fetch("SELECT site_id FROM sc_sites ORDER BY site_id")]
+    async def site_ids(self, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Site ids in order, after ``after``, at most ``limit`` of them (None: all)."""
+        rows = await self.pool.fetch("SELECT site_id FROM sc_sites WHERE $1::text IS NULL OR site_id > $1 "
+                                     "ORDER BY site_id LIMIT $2", after, limit)
+        return [r["site_id"] for r in rows]
 
     async def delete_site(self, site_id: str) -> bool:
         return (await self.pool.execute("DELETE FROM sc_sites WHERE site_id = $1", site_id)).endswith(" 1")

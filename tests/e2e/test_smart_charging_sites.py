@@ -600,6 +600,32 @@ async def test_presets_are_data_operators_can_add_and_choose(system, cp_id):
     assert failed.value.status == 404
 
 
+async def test_lists_take_only_their_parameters_and_sites_are_paged(csms_system):
+    system = csms_system   # every service: the HTTP API's keys live in the api service
+    for operation in ("list_presets", "list_preset_rules", "list_sites"):
+        with pytest.raises(ApiCallFailed) as failed:
+            await system.api("smart_charging", operation, bogus=1)
+        assert failed.value.status == 400 and "bogus" in failed.value.error, operation
+    for n in range(3):
+        await system.api("smart_charging", "put_site", site_id=f"page-{n}", unit="A", limit=16)
+    assert await system.api("smart_charging", "list_sites", limit=2) == ["page-0", "page-1"]
+    assert await system.api("smart_charging", "list_sites", limit=2, after="page-1") == ["page-2"]
+    with pytest.raises(ApiCallFailed) as failed:
+        await system.api("smart_charging", "list_sites", limit=1001)
+    assert failed.value.status == 400
+    from tests.support.http_api import http_api
+    async with http_api(system) as (_, api):
+        status, first, headers = await api.request("GET", "/sites", params={"limit": 2}, key="read")
+        assert (status, first) == (200, ["page-0", "page-1"])
+        assert headers["Link"] == '</api/v1/sites?limit=2&after=page-1>; rel="next"'
+        status, second, headers = await api.request("GET", "/sites", params={"limit": 2, "after": "page-1"},
+                                                    key="read")
+        assert second == ["page-2"] and "Link" not in headers
+        for params in ({"limit": 0}, {"limit": 1001}, {"bogus": "1"}):
+            status, body = await api.get("/sites", params=params, key="read")
+            assert status == 400, (params, body)
+
+
 # ---- predicted vs reported ----------------------------------------------------------------------------
 @pytest.mark.ocpp("GetCompositeSchedule", "SetChargingProfile")
 async def test_schedule_mismatch_event_when_the_charge_point_ignores_its_profiles(system, cp_id):

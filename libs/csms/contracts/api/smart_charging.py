@@ -81,6 +81,23 @@ class RuleIdParams(Params):
     rule_id: int = Field(ge=1)
 
 
+class ListPresetsParams(Params):
+    """No parameters (an unknown one is refused)."""
+
+
+class ListPresetRulesParams(Params):
+    """No parameters (an unknown one is refused)."""
+
+
+SiteIdText = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+MAX_SITES_PAGE = 1000
+
+
+class ListSitesParams(Params):
+    after: str | None = Field(None, min_length=1, max_length=64, description="continue after this site id (pages)")
+    limit: int = Field(100, ge=1, le=MAX_SITES_PAGE, description="at most this many sites, by id")
+
+
 class ReportsParams(ChargePointParams):
     limit: int = Field(20, ge=1, le=500)
 
@@ -91,7 +108,7 @@ class SiteLimitStep(Params):
 
 
 class PutSiteParams(Params):
-    site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    site_id: str = SiteIdText
     name: str = Field("", max_length=200)
     unit: Literal["A", "W"]
     limit: float = Field(ge=0, le=MAX_LIMIT, allow_inf_nan=False)
