@@ -91,6 +91,20 @@ async def eventually(check, timeout: float = 10.0):
             await asyncio.sleep(0.05)
 
 
+async def charging_alone_in_a_site(system, cp, site_id: str, **site) -> None:
+    """``cp`` the only member of a new site (limit SITE_LIMIT in A) with a transaction, holding the whole limit."""
+    await system.api("transactions", "set_id_tag", id_tag=f"TAG-{site_id}")
+    await system.api("smart_charging", "put_site", site_id=site_id, unit="A", limit=SITE_LIMIT, **site)
+    await system.api("smart_charging", "add_site_member", site_id=site_id, charge_point_id=cp.id)
+    await cp.call_ok(call.StartTransaction(connector_id=1, id_tag=f"TAG-{site_id}", meter_start=0,
+                                           timestamp=iso(datetime.now(UTC))))
+
+    async def capped():
+        view = await system.api("smart_charging", "get_site", site_id=site_id)
+        return view["members"][0]["cap_now"] == SITE_LIMIT
+    await eventually(capped)
+
+
 # ---- site load management ---------------------------------------------------------------------------
 @pytest.mark.ocpp("SetChargingProfile", "StartTransaction", "StopTransaction")
 async def test_site_limit_holds_at_every_instant_through_starts_and_stops(system):
@@ -315,16 +329,7 @@ async def test_two_rebalances_of_a_site_never_run_at_once_however_long_one_takes
 
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
-        await system.api("transactions", "set_id_tag", id_tag="TAG-SLOW")
-        await system.api("smart_charging", "put_site", site_id="slow", unit="A", limit=SITE_LIMIT)
-        await system.api("smart_charging", "add_site_member", site_id="slow", charge_point_id=cp_id)
-        await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-SLOW", meter_start=0,
-                                               timestamp=iso(datetime.now(UTC))))
-
-        async def capped():
-            site = await system.api("smart_charging", "get_site", site_id="slow")
-            return site["members"][0]["cap_now"] == SITE_LIMIT
-        await eventually(capped)
+        await charging_alone_in_a_site(system, cp, "slow")
         cp.responses["SetChargingProfile"] = slowly
         # two changes of the limit at once: each rebalance pushes a new cap, answered after 1 s
         sites = await asyncio.gather(*(system.api("smart_charging", "put_site", site_id="slow", unit="A", limit=limit)
@@ -533,16 +538,7 @@ async def test_an_operators_profile_cannot_replace_or_override_a_site_cap_and_a_
         cp.responses["GetConfiguration"] = {"configuration_key": [
             {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "8"}]}
         await cp.boot()
-        await system.api("transactions", "set_id_tag", id_tag="TAG-FUSE")
-        await system.api("smart_charging", "put_site", site_id="fuse", unit="A", limit=SITE_LIMIT, stack_level=3)
-        await system.api("smart_charging", "add_site_member", site_id="fuse", charge_point_id=cp_id)
-        await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-FUSE", meter_start=0,
-                                               timestamp=iso(datetime.now(UTC))))
-
-        async def capped():
-            site = await system.api("smart_charging", "get_site", site_id="fuse")
-            return site["members"][0]["cap_now"] == SITE_LIMIT
-        await eventually(capped)
+        await charging_alone_in_a_site(system, cp, "fuse", stack_level=3)
         sent_before = len(cp.received["SetChargingProfile"])
 
         def cp_max(profile_id: int, stack_level: int, limit: float) -> dict:

@@ -258,14 +258,7 @@ async def settle(site: Site, members: list[Member], held: dict[str, Schedule | N
             result.gave_up = "the site's lock was lost"
             return result
         result.rounds += 1
-        answers = await push(first)
-        for cp, schedule in first.items():
-            status = answers.get(cp, "error")
-            result.outcome[cp] = status
-            if status == ACCEPTED:
-                held[cp] = schedule
-                result.uncertain.discard(cp)
-                continue
+        for cp, _, _ in _answered(result, first, await push(first)):
             # refused, or unknown: it holds its old cap (the higher of old and new) -- pinned there
             result.pinned[cp] = held[cp] if held[cp] is not None else _ceiling(by_id[cp], begin)
     if not still_ours():
@@ -273,17 +266,26 @@ async def settle(site: Site, members: list[Member], held: dict[str, Schedule | N
         return result
     raises = {cp: s for cp, s in result.plan.caps.items() if cp not in result.pinned and not _same(held.get(cp), s)}
     if raises:
-        answers = await push(raises)
-        for cp, schedule in raises.items():
-            status = answers.get(cp, "error")
-            result.outcome[cp] = status
-            if status == ACCEPTED:
-                held[cp] = schedule
-                result.uncertain.discard(cp)
-            elif status in UNKNOWN_OUTCOMES:
+        for cp, status, schedule in _answered(result, raises, await push(raises)):
+            if status in UNKNOWN_OUTCOMES:
                 held[cp] = None if held.get(cp) is None else combine(held[cp], schedule, max)
                 result.uncertain.add(cp)
     return result
+
+
+def _answered(result: Settlement, caps: dict[str, Schedule], answers: dict[str, str]) -> list[
+        tuple[str, str, Schedule]]:
+    """Record the members' answers to ``caps`` (an accepted cap is held); ``(cp, status, cap)`` of the others."""
+    others = []
+    for cp, schedule in caps.items():
+        status = answers.get(cp, "error")
+        result.outcome[cp] = status
+        if status == ACCEPTED:
+            result.held[cp] = schedule
+            result.uncertain.discard(cp)
+        else:
+            others.append((cp, status, schedule))
+    return others
 
 
 def to_periods(schedule: Schedule, begin: int, max_periods: int) -> list[dict[str, float | int]]:
