@@ -372,8 +372,8 @@ class Builder:
                 CommandResult, "serialization", title=f"CommandResult {action}",
                 description=f"The outcome of a {action} command; payload is the charge point's answer when "
                             f"status is answered" + ("; server is the central system's own view." if view else "."),
-                fields={"action": const(action),
-                        **({"server": model_schema(typing.Optional[view], "serialization", by_alias=False)} if view else {})},
+                fields={"action": const(action), **({"server": model_schema(
+                    typing.Optional[view], "serialization", by_alias=False)} if view else {})},
                 when=(ANSWERED, "payload", model_schema(RESPONSES[action]))))
             self.rpc(op_id, channel={
                 "address": op_id, "title": f"{action} commands",

@@ -15,8 +15,8 @@ members).
 
 Decisions where OCPP is silent (``rules.py``): a TxProfile is sent whatever the records say of its
 connector's transaction and as the operator gave it (a disagreement comes back as a warning; one without a
-transactionId is recorded for the transaction they show, with a warning); what the charge point's advertised limits or OCPP forbid is refused before
-sending; a ClearChargingProfile answered otherwise than the records predict comes back with a
-warning; the preset of a charge point is the operator's choice for it, else the first boot rule matching it,
-else the global default.
+transactionId is recorded for the transaction they show, with a warning); what the charge point's advertised
+limits or OCPP forbid is refused before sending; a ClearChargingProfile answered otherwise than the records
+predict comes back with a warning; the preset of a charge point is the operator's choice for it, else the
+first boot rule matching it, else the global default.
 """

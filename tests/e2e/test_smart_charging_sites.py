@@ -661,14 +661,15 @@ async def test_a_truncated_prediction_is_said_so_in_the_result_and_the_report_ty
     schema = json.loads((DOCUMENT.parent / "schemas" / "commands" / "GetCompositeSchedule.reply.json").read_text())
     validator = jsonschema.Draft7Validator(schema)
     async with connect(system.url(cp_id)) as cp:
-        await system.client.send(cp_id, "SetChargingProfile", {"connectorId": 1, "csChargingProfiles": tx_default(1, 16)})
+        await system.client.send(cp_id, "SetChargingProfile", {"connectorId": 1,
+                                                               "csChargingProfiles": tx_default(1, 16)})
 
         def answer(duration):
             def responder(kwargs):
                 now = datetime.now(UTC).replace(microsecond=0)
-                return {"status": "Accepted", "connector_id": 1, "schedule_start": iso(now),
-                        "charging_schedule": {"charging_rate_unit": "A", "duration": duration, "start_schedule": iso(now),
-                                              "charging_schedule_period": [{"start_period": 0, "limit": 16}]}}
+                return {"status": "Accepted", "connector_id": 1, "schedule_start": iso(now), "charging_schedule": {
+                    "charging_rate_unit": "A", "duration": duration, "start_schedule": iso(now),
+                    "charging_schedule_period": [{"start_period": 0, "limit": 16}]}}
             return responder
 
         # two years asked: the prediction covers 366 days (its bound) and says so; the charge point's answer
