@@ -310,7 +310,7 @@ async def test_refusals_in_both_rounds_never_break_the_site_limit(system):
 @pytest.mark.ocpp("SetChargingProfile")
 async def test_two_rebalances_of_a_site_never_run_at_once_however_long_one_takes(system, cp_id, monkeypatch):
     from services.smart_charging import balancing
-    monkeypatch.setattr(balancing, "SITE_LOCK_HOLD", 0.3)   # the lock outlives a dead holder by 0.3 s only
+    monkeypatch.setattr(balancing, "SITE_LOCK_HOLD", 0.6)   # the lock outlives a dead holder by 0.6 s only
     running, most = [0], [0]
     locked = balancing._rebalance_locked
 
@@ -324,14 +324,14 @@ async def test_two_rebalances_of_a_site_never_run_at_once_however_long_one_takes
     monkeypatch.setattr(balancing, "_rebalance_locked", counted)
 
     async def slowly(kwargs):
-        await asyncio.sleep(1.0)   # each cap answered after more than three times the lock's hold
+        await asyncio.sleep(2.0)   # each cap answered after more than three times the lock's hold
         return {"status": "Accepted"}
 
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
         await charging_alone_in_a_site(system, cp, "slow")
         cp.responses["SetChargingProfile"] = slowly
-        # two changes of the limit at once: each rebalance pushes a new cap, answered after 1 s
+        # two changes of the limit at once: each rebalance pushes a new cap, answered after 2 s
         sites = await asyncio.gather(*(system.api("smart_charging", "put_site", site_id="slow", unit="A", limit=limit)
                                        for limit in (20.0, 24.0)))
     assert most[0] == 1, "two rebalances of one site ran at once"
