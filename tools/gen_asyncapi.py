@@ -29,7 +29,9 @@ from pydantic import BaseModel, TypeAdapter  # noqa: E402
 from csms.bus import CORRELATION_HEADER, Names, api_key, call_key, command_key  # noqa: E402
 from csms.config import Settings  # noqa: E402
 from csms.contracts import events as event_module  # noqa: E402
-from csms.contracts.bus import ApiReply, ApiRequest, Command, CommandResult, OcppCall, OcppReply  # noqa: E402
+from csms.contracts.bus import (  # noqa: E402
+    ApiReply, ApiRequest, Command, CommandResult, OcppCall, OcppReply, server_views,
+)
 from csms.contracts.events import Event  # noqa: E402
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES  # noqa: E402
 from csms.contracts.schema import ANSWERED, standard_bounds  # noqa: E402
@@ -365,11 +367,13 @@ class Builder:
                 fields={"action": const(action), "payload": model_schema(REQUESTS[action])}))
             if model_schema(REQUESTS[action]).get("required"):
                 self.schemas[request]["required"].append("payload")
+            view = server_views().get(action)
             reply = self.schema(f"commands/{action}.reply.json", specialise(
                 CommandResult, "serialization", title=f"CommandResult {action}",
                 description=f"The outcome of a {action} command; payload is the charge point's answer when "
-                            f"status is answered.",
-                fields={"action": const(action)},
+                            f"status is answered" + ("; server is the central system's own view." if view else "."),
+                fields={"action": const(action), **({"server": model_schema(
+                    typing.Optional[view], "serialization", by_alias=False)} if view else {})},
                 when=(ANSWERED, "payload", model_schema(RESPONSES[action]))))
             self.rpc(op_id, channel={
                 "address": op_id, "title": f"{action} commands",

@@ -286,6 +286,9 @@ class Settings(BaseSettings):
 
     # smart charging: seconds between the planned rebalances of every site (0 = only on events)
     sc_rebalance_interval: float = _env("SMART_CHARGING_REBALANCE_INTERVAL", 300.0, ge=0, le=86400)
+    # smart charging: a site member's draw (meter values) older than this many seconds is left out of planning
+    # (the member gets its full share again): a few meter-value intervals
+    sc_draw_max_age: float = _env("SMART_CHARGING_DRAW_MAX_AGE", 600.0, gt=0, le=86400)
     # smart charging: seconds a GetConfiguration sent to learn a charge point's limits waits for its answer
     sc_configuration_timeout: float = _env("SMART_CHARGING_CONFIGURATION_TIMEOUT", 5.0, gt=0, le=600)
     # smart charging: when to read a charge point's limits (GetConfiguration): on_demand = when first needed, before

@@ -40,7 +40,7 @@ from csms.contracts.api.api import (
 from csms.contracts.api import smart_charging as sc
 from csms.contracts.api.smart_charging import PutSiteParams
 from csms.contracts.base import format_utc
-from csms.contracts.bus import CommandResult
+from csms.contracts.bus import CommandResult, server_views
 from csms.contracts.ocpp16 import REQUESTS, RESPONSES
 from csms.contracts.schema import ANSWERED, standardise
 from csms.ops.logs import outage_of
@@ -356,8 +356,11 @@ class SiteMemberBody(BaseModel):
 
 
 @charging.get("/sites", response_model=list[str], summary="List sites")
-async def list_sites(request: Request, _: Caller = Depends(auth.read)) -> Any:
-    return Json(await call(request, "smart_charging", "list_sites"))
+async def list_sites(request: Request, query: Annotated[sc.ListSitesParams, Query()],
+                     _: Caller = Depends(auth.read)) -> Any:
+    """Site ids in order; ``after`` = the last id of the previous page."""
+    items = await call(request, "smart_charging", "list_sites", **dump(query))
+    return page(request, items, query.limit, items[-1] if items else None)
 
 
 @charging.get("/sites/{site_id}", response_model=sc.SiteView, summary="Get a site")
@@ -767,6 +770,10 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
                                          by_alias=True, ref_template="#/components/schemas/{model}")
     for name, schema in ocpp_schemas.get("$defs", {}).items():
         components.setdefault(name, schema)
+    _, server_schemas = models_json_schema([(view, "serialization") for view in server_views().values()],
+                                           ref_template="#/components/schemas/{model}")
+    for name, schema in server_schemas.get("$defs", {}).items():
+        components.setdefault(name, schema)
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     for path in document.get("paths", {}).values():
@@ -793,6 +800,11 @@ def _type_command_answers(document: dict[str, Any]) -> None:
             "if": copy.deepcopy(ANSWERED),
             "then": {"properties": {"payload": {"$ref": f"#/components/schemas/{response}"}}, "required": ["payload"]},
         }
+        view = server_views().get(action)
+        if view is not None:   # the central system's own view, typed (e.g. GetCompositeSchedule's prediction)
+            components[name]["description"] += f" server is {view.__name__} (or null)."
+            components[name]["properties"] = {"server": {"anyOf": [
+                {"$ref": f"#/components/schemas/{view.__name__}"}, {"type": "null"}]}}
         operation = document["paths"][f"{PREFIX}/charge-points/{{charge_point_id}}/commands/{action}"]["post"]
         operation["responses"]["200"]["content"]["application/json"]["schema"] = {
             "$ref": f"#/components/schemas/{name}"}

@@ -14,9 +14,9 @@ Events followed: ``station.booted`` (vendor/model/firmware for the preset rules;
 members).
 
 Decisions where OCPP is silent (``rules.py``): a TxProfile is sent whatever the records say of its
-connector's transaction (a disagreement comes back as a warning; the id of the transaction they show is
-filled in when it has none); what the charge point's advertised limits or OCPP forbid is refused before
-sending; a ClearChargingProfile answered otherwise than the records predict comes back with a
-warning; the preset of a charge point is the operator's choice for it, else the first boot rule matching it,
-else the global default.
+connector's transaction and as the operator gave it (a disagreement comes back as a warning; one without a
+transactionId is recorded for the transaction they show, with a warning); what the charge point's advertised
+limits or OCPP forbid is refused before sending; a ClearChargingProfile answered otherwise than the records
+predict comes back with a warning; the preset of a charge point is the operator's choice for it, else the
+first boot rule matching it, else the global default.
 """

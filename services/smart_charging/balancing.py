@@ -1,24 +1,30 @@
 """Site load management: plan the members' caps (``csms.charging.sites``) and push them as
 ChargePointMaxProfiles so the sum stays under the site limit at every instant, also while caps change.
 
-A rebalance runs under a per-site lock (``smart_charging:site:{id}:lock``): lowered caps are pushed first
-(as min(old, new)) and acknowledged before any cap is raised; a charge point that does not accept its lower
-cap keeps its old one in the plan (pinned) and the others share what is left. Triggers: a transaction
-starting or stopping on a member, meter values showing a member drawing clearly less than its cap (or
-again up to it), a change of the site or its members, an operator, and a planned run every
-``SMART_CHARGING_REBALANCE_INTERVAL`` seconds (a time-varying limit is pushed a day ahead).
+A rebalance runs under a per-site lock (``smart_charging:site:{id}:lock``, renewed while it runs, so two never
+run at once): :func:`csms.charging.sites.settle` pushes the lowered caps (as min(old, new)) and awaits their
+answers in rounds -- a charge point that does not accept its lower cap, or whose answer is unknown, keeps its
+old one in the plan (pinned; one whose cap is not known counts as its maximum) and the others are planned
+again -- and raises caps only once a round lowers nothing more. Triggers: a transaction starting or stopping
+on a member, meter values showing a member drawing clearly less than its cap (or again up to it), a change of
+the site or its members, an operator, and a planned run every ``SMART_CHARGING_REBALANCE_INTERVAL`` seconds
+(a time-varying limit is pushed a day ahead).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 from datetime import datetime, timezone
 from typing import Any
 
 from csms.charging import apply_set, epoch
+from csms.charging.composite import Electrical
 from csms.charging.profiles import MAX_PERIODS
-from csms.charging.sites import DRAWING_FULL, DRAWING_LESS, Member, Schedule, Site, plan, rebase, to_periods, transition, value_at
+from csms.charging.sites import (
+    ACCEPTED, DRAWING_FULL, DRAWING_LESS, Member, Schedule, Site, plan, rebase, settle, to_periods, value_at,
+)
 from csms.contracts.api.smart_charging import MemberView, PutSiteParams, SiteMemberParams, SiteStepView, SiteView
 from csms.contracts.base import utc_now
 from csms.contracts.events import SiteRebalanced
@@ -26,12 +32,13 @@ from csms.service import ApiError, Service, ServiceContext
 from services.smart_charging import rules
 from services.smart_charging.configuration import known_charge_point
 from services.smart_charging.publish import profile_lock, publish_changes
-from services.smart_charging.store import LockBusy, MemberRecord, PgStore, redis_lock, throttle
+from services.smart_charging.store import HeldLock, LockBusy, MemberRecord, PgStore, redis_lock, throttle
 
 log = logging.getLogger(__name__)
 
 HORIZON = 86400            # seconds of a time-varying limit pushed ahead
 DRAW_THROTTLE = 30.0       # seconds between rebalances caused by meter values, per charge point
+SITE_LOCK_HOLD = 30.0      # seconds the site's lock outlives a holder that died (renewed every third of it)
 
 
 def _iso(seconds: int) -> str:
@@ -81,19 +88,41 @@ async def add_member(ctx: ServiceContext, params: SiteMemberParams) -> SiteView:
     return await site_view(ctx, params.site_id)
 
 
-async def _members_now(ctx: ServiceContext, site: Site, records: list[MemberRecord], now: int) -> list[Member]:
+def _in_unit(record: MemberRecord, unit: str, electrical: Electrical) -> Schedule | None:
+    """The cap a member holds, in the site's ``unit`` (converted with its supply when it was recorded in the
+    other one, e.g. after the site changed unit)."""
+    if record.cap is None or record.cap_unit in (None, unit):
+        return record.cap
+    factor = electrical.voltage * electrical.phases
+    return [(t, v * factor if unit == "W" else v / factor) for t, v in record.cap]
+
+
+async def _held(ctx: ServiceContext, site: Site, records: list[MemberRecord], now: int) -> dict[str, Schedule | None]:
+    """What each member holds from ``now`` on, in the site's unit (None: no cap known)."""
+    st = PgStore(ctx.db)
+    held: dict[str, Schedule | None] = {}
+    for record in records:
+        electrical = Electrical()
+        if record.cap is not None and record.cap_unit not in (None, site.unit):
+            electrical = (await st.charge_point(record.charge_point_id)).electrical
+        held[record.charge_point_id] = rebase(_in_unit(record, site.unit, electrical), now)
+    return held
+
+
+async def _members_now(ctx: ServiceContext, site: Site, records: list[MemberRecord], now: int,
+                       held: dict[str, Schedule | None]) -> list[Member]:
     st = PgStore(ctx.db)
     open_transactions = await st.open_transactions([r.charge_point_id for r in records])
+    instant = datetime.fromtimestamp(now, timezone.utc)
+    key = "measured_a" if site.unit == "A" else "measured_w"
     members = []
     for record in records:
         transactions = open_transactions[record.charge_point_id]
-        key = "measured_a" if site.unit == "A" else "measured_w"
-        readings = [tx[key] for tx in transactions if tx[key] is not None]
-        measured = None
-        if transactions and len(readings) == len(transactions):
-            measured = max(readings) if site.unit == "A" else sum(readings)  # per phase: the most loaded one
+        measured = rules.station_draw([(tx[key], tx[f"{key}_at"]) for tx in transactions], instant,
+                                      ctx.settings.sc_draw_max_age)
+        cap = held.get(record.charge_point_id)
         members.append(Member(record.charge_point_id, len(transactions), record.priority, record.max_limit,
-                              measured, None if record.cap is None else value_at(record.cap, now)))
+                              measured, None if cap is None else value_at(cap, now)))
     return members
 
 
@@ -104,7 +133,8 @@ async def draw_changed(ctx: ServiceContext, site_id: str, cp: str) -> bool:
     records = [r for r in await PgStore(ctx.db).members(site_id) if r.charge_point_id == cp]
     if loaded is None or not records or records[0].cap is None:
         return False
-    member = (await _members_now(ctx, loaded[0], records, epoch(utc_now())))[0]
+    now = epoch(utc_now())
+    member = (await _members_now(ctx, loaded[0], records, now, await _held(ctx, loaded[0], records, now)))[0]
     if member.measured is None or not member.current_cap:
         return False
     if member.measured < DRAWING_LESS * member.current_cap:
@@ -121,58 +151,63 @@ async def draw_changed(ctx: ServiceContext, site_id: str, cp: str) -> bool:
 
 async def rebalance(ctx: ServiceContext, site_id: str, *, reason: str, cause: str = "",
                     dry_run: bool = False) -> dict[str, Any]:
-    """Plan the site's caps now and (unless ``dry_run``) push them in a safe order."""
+    """Plan the site's caps now and (unless ``dry_run``) push them in a safe order (:func:`settle`), one
+    rebalance of a site at a time: the site's lock is renewed while the run lasts, and a run that loses it
+    raises nothing more."""
     site, _, stack_level = await _load(ctx, site_id)
     wait = 3 * ctx.settings.command_timeout + 5.0
     try:
         async with redis_lock(ctx.redis, ctx.key("smart_charging", "site", site_id, "lock"), wait=wait,
-                              hold=wait + 30.0):
-            return await _rebalance_locked(ctx, site, stack_level, reason, cause, dry_run)
+                              hold=SITE_LOCK_HOLD, renew=True) as lock:
+            return await _rebalance_locked(ctx, site, stack_level, reason, cause, dry_run, lock)
     except LockBusy:
         log.warning("site %s: rebalance (%s) skipped, another one holds the site for too long", site_id, reason)
         return {"site_id": site_id, "reason": reason, "skipped": "busy"}
 
 
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _caps_view(caps: dict[str, Schedule], now: int) -> tuple[dict[str, Any], dict[str, float | None]]:
+    """The planned caps as the views show them (a member pinned at no known cap: null)."""
+    schedules = {cp: None if any(not math.isfinite(v) for _, v in s) else _schedule_view(s) for cp, s in caps.items()}
+    return schedules, {cp: _finite(value_at(s, now)) for cp, s in caps.items()}
+
+
 async def _rebalance_locked(ctx: ServiceContext, site: Site, stack_level: int | None, reason: str, cause: str,
-                            dry_run: bool) -> dict[str, Any]:
+                            dry_run: bool, lock: HeldLock) -> dict[str, Any]:
     st = PgStore(ctx.db)
     now = epoch(utc_now())
     records = await st.members(site.site_id)
-    members = await _members_now(ctx, site, records, now)
+    held = await _held(ctx, site, records, now)
+    members = await _members_now(ctx, site, records, now, held)
     planned = plan(site, members, begin=now, horizon=HORIZON)
     view: dict[str, Any] = {
         "site_id": site.site_id, "reason": reason, "dry_run": dry_run, "unit": site.unit, "begin": _iso(now),
-        "limit_now": site.limit_at(now), "strategy": site.strategy,
-        "caps": {cp: _schedule_view(s) for cp, s in planned.caps.items()},
-        "caps_now": {cp: value_at(s, now) for cp, s in planned.caps.items()},
-        "members": planned.shares,
+        "limit_now": site.limit_at(now), "strategy": site.strategy, "members": planned.shares,
     }
+    view["caps"], view["caps_now"] = _caps_view(planned.caps, now)
     if dry_run:
         return view
-    old: dict[str, Schedule | None] = {r.charge_point_id: r.cap for r in records}
-    held: dict[str, Schedule | None] = {cp: rebase(s, now) for cp, s in old.items()}
-    first, then = transition(old, planned.caps, now)
-    outcome: dict[str, str] = {}
-    for cp, (ok, status) in (await _push_all(ctx, site, stack_level, first, now)).items():
-        outcome[cp] = status
-        if ok:
-            held[cp] = first[cp]
-    failed = [cp for cp in first if outcome.get(cp) != "Accepted"]
-    if failed:
-        pinned = {cp: held[cp] for cp in failed if held[cp] is not None}
-        log.warning("site %s: %s did not take a lower cap; the others share what is left", site.site_id, failed)
-        planned = plan(site, members, begin=now, horizon=HORIZON, pinned=pinned)
-        then = {cp: s for cp, s in planned.caps.items() if cp not in failed and s != held.get(cp)}
-        view["caps"] = {cp: _schedule_view(s) for cp, s in planned.caps.items()}
-        view["caps_now"] = {cp: value_at(s, now) for cp, s in planned.caps.items()}
-    for cp, (ok, status) in (await _push_all(ctx, site, stack_level, then, now)).items():
-        outcome[cp] = status if cp not in outcome or status != "Accepted" else outcome[cp]
-        if ok:
-            held[cp] = then[cp]
-    view["pushed"] = outcome
-    view["failed"] = sorted({cp for cp, status in outcome.items() if status != "Accepted"})
-    view["held_now"] = {cp: None if s is None else value_at(s, now) for cp, s in held.items()}
-    if outcome:
+
+    async def push(caps: dict[str, Schedule]) -> dict[str, str]:
+        return await _push_all(ctx, site, stack_level, caps, now)
+
+    done = await settle(site, members, held, begin=now, horizon=HORIZON, push=push, still_ours=lambda: not lock.lost)
+    for cp in done.uncertain:   # a raise whose outcome is unknown: the higher of old and new from now on
+        await st.set_cap(cp, done.held[cp], site.unit)
+    if done.pinned:
+        log.warning("site %s: %s did not take a lower cap; the others share what is left", site.site_id,
+                    sorted(done.pinned))
+    if done.gave_up:
+        log.error("site %s: rebalance (%s) gave up, nothing raised: %s", site.site_id, reason, done.gave_up)
+        view["gave_up"] = done.gave_up
+    view["caps"], view["caps_now"] = _caps_view(done.plan.caps, now)
+    view["pushed"] = done.outcome
+    view["failed"] = sorted(cp for cp, status in done.outcome.items() if status != ACCEPTED)
+    view["held_now"] = {cp: None if s is None else _finite(value_at(s, now)) for cp, s in done.held.items()}
+    if done.outcome:
         await ctx.publish(SiteRebalanced(charge_point_id=cause, site_id=site.site_id, reason=reason,
                                          caps={cp: v for cp, v in view["held_now"].items() if v is not None},
                                          failed=view["failed"]))
@@ -180,7 +215,8 @@ async def _rebalance_locked(ctx: ServiceContext, site: Site, stack_level: int | 
 
 
 async def _push_all(ctx: ServiceContext, site: Site, stack_level: int | None, caps: dict[str, Schedule],
-                    begin: int) -> dict[str, tuple[bool, str]]:
+                    begin: int) -> dict[str, str]:
+    """Push the caps at once; each member's answer ("Accepted", its status, or "timeout", "busy", "error")."""
     cps = sorted(caps)
     results = await asyncio.gather(*(_push(ctx, site, stack_level, cp, caps[cp], begin) for cp in cps),
                                    return_exceptions=True)
@@ -188,16 +224,16 @@ async def _push_all(ctx: ServiceContext, site: Site, stack_level: int | None, ca
     for cp, result in zip(cps, results):
         if isinstance(result, BaseException):
             log.error("site %s: pushing the cap of %s failed: %r", site.site_id, cp, result)
-            outcome[cp] = (False, "error")
+            outcome[cp] = "error"
         else:
             outcome[cp] = result
     return outcome
 
 
 async def _push(ctx: ServiceContext, site: Site, stack_level: int | None, cp: str, schedule: Schedule,
-                begin: int) -> tuple[bool, str]:
+                begin: int) -> str:
     """Send one member its cap within what it advertises (its configuration keys, read first if they never
-    were); record it (profile and cap) when the charge point accepts it."""
+    were); record it (profile and cap) when the charge point accepts it. Its answer, or why there is none."""
     st = PgStore(ctx.db)
     record = await known_charge_point(ctx, cp)
     capabilities = record.capabilities
@@ -214,15 +250,15 @@ async def _push(ctx: ServiceContext, site: Site, stack_level: int | None, cp: st
         async with profile_lock(ctx, cp, ctx.settings.command_timeout):
             result = await ctx.send_command(cp, "SetChargingProfile", {"connectorId": 0, "csChargingProfiles": profile})
             status = (result.payload or {}).get("status", result.status) if result.ok else result.status
-            if status != "Accepted":
-                return False, str(status)
+            if status != ACCEPTED:
+                return str(status)
             replaced = await st.update_profiles(cp, lambda profiles, _: apply_set(profiles, 0, profile), source="site")
-            await st.set_cap(cp, schedule)
+            await st.set_cap(cp, schedule, site.unit)
     except LockBusy:
-        return False, "busy"
+        return "busy"
     gone = [s for s in replaced if s.profile_id != rules.SITE_PROFILE_ID or s.connector_id != 0]
     await publish_changes(ctx, cp, "cleared", gone)
-    return True, "Accepted"
+    return ACCEPTED
 
 
 # ---- planned rebalances ------------------------------------------------------------------------------

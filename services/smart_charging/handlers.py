@@ -18,11 +18,11 @@ from csms.charging.conventions import Conventions
 from csms.client import ApiCallFailed
 from csms.contracts.api.smart_charging import (
     CapabilitiesView, ChargePointParams, ChargePointPresetParams, ChargePointView, CompositeReportView,
-    CompositeScheduleParams, CompositeScheduleView, DefaultPresetParams, DefaultPresetView, DeletedPreset,
-    DeletedRule, DeletedSite, ElectricalParams, ElectricalView, ListProfilesParams, PresetDefinition,
-    PresetNameParams, PresetRuleParams, PresetRuleView, PresetsView, PresetView, ProfileView, PutPresetParams,
-    PutSiteParams, RemovedMember, ReportsParams, RuleIdParams, SiteIdParams, SiteMemberParams, SitePlanView,
-    SiteView,
+    CompositeScheduleParams, CompositeScheduleView, CompositeServerView, DefaultPresetParams, DefaultPresetView,
+    DeletedPreset, DeletedRule, DeletedSite, ElectricalParams, ElectricalView, ListPresetRulesParams,
+    ListPresetsParams, ListProfilesParams, ListSitesParams, PresetDefinition, PresetNameParams, PresetRuleParams,
+    PresetRuleView, PresetsView, PresetView, ProfileView, PutPresetParams, PutSiteParams, RemovedMember,
+    ReportsParams, RuleIdParams, SiteIdParams, SiteMemberParams, SitePlanView, SiteView,
 )
 from csms.contracts.base import format_utc, utc_now
 from csms.contracts.bus import CommandResult
@@ -163,6 +163,8 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
     refusal = await _site_conflict(ctx, cp, connector_id, profile, record.capabilities.max_stack_level)
     if refusal:
         return ctx.refuse(refusal, {"connectorId": connector_id, "chargingProfileId": profile.get("chargingProfileId")})
+    # the operator's command goes out as given; only the stored copy may say more (the transaction it binds to)
+    stored_profile = profile
     if is_tx_profile:
         # what the records say of the connector's transaction is a warning: the charge point decides
         tx = (await active_transactions(ctx, cp)).get(connector_id)
@@ -170,12 +172,13 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
         if disagreement:
             ctx.warn(disagreement)
         if profile.get("transactionId") is None and tx is not None:
-            profile["transactionId"] = tx.transaction_id
+            stored_profile = {**profile, "transactionId": tx.transaction_id}
+            ctx.warn(rules.unbound_tx_profile(connector_id, tx.transaction_id))
 
     def install(profiles: list[StoredProfile], stopped: set[int]):
-        if is_tx_profile and profile.get("transactionId") in stopped:
+        if is_tx_profile and stored_profile.get("transactionId") in stopped:
             return profiles, None
-        return apply_set(profiles, connector_id, profile)
+        return apply_set(profiles, connector_id, stored_profile)
 
     try:
         async with profile_lock(ctx, cp, ctx.command.timeout):
@@ -187,12 +190,12 @@ async def set_charging_profile(ctx: CommandContext, req: SetChargingProfileReque
         return _busy(ctx)
     if new_and_replaced is None:
         log.info("%s: TxProfile %s accepted after transaction %s stopped; not stored", cp,
-                 profile["chargingProfileId"], profile.get("transactionId"))
+                 profile["chargingProfileId"], stored_profile.get("transactionId"))
         return result
     new_id = int(profile["chargingProfileId"])
     gone = [s for s in new_and_replaced if not (s.connector_id == connector_id and s.profile_id == new_id)]
     await publish_changes(ctx, cp, "cleared", gone)
-    await publish_changes(ctx, cp, "set", [StoredProfile(connector_id, profile)])
+    await publish_changes(ctx, cp, "set", [StoredProfile(connector_id, stored_profile)])
     return result
 
 
@@ -272,6 +275,8 @@ async def get_composite_schedule(ctx: CommandContext, req: GetCompositeScheduleR
     result = await forwarded
     if server is not None and result.ok:
         server = await _report(ctx, cp, req, start, server, result.payload)
+    if server is not None:   # what result.server is typed as (csms.contracts.bus.server_views)
+        server = CompositeServerView.model_validate(server).model_dump(mode="json")
     return result.model_copy(update={"server": server})
 
 
@@ -280,17 +285,20 @@ async def _report(ctx: ServiceContext, cp: str, req: GetCompositeScheduleRequest
     """Keep the charge point's answer next to the prediction; publish a mismatch when they disagree."""
     record = await store(ctx).charge_point(cp)
     predicted = rules.ocpp_part(server)
-    differences = compare(predicted, reported, start=start, duration=req.duration, electrical=record.electrical)
+    truncated = server["conventions"].get("truncated")
+    differences = compare(predicted, reported, start=start, duration=req.duration, electrical=record.electrical,
+                          truncated=truncated is not None)
     preset = server["conventions"]["preset"]
     unit = req.charging_rate_unit or ((predicted or {}).get("chargingSchedule") or {}).get("chargingRateUnit")
     report_id = await store(ctx).add_report(cp, req.connector_id, start, req.duration, unit, preset, predicted,
-                                            reported, differences)
+                                            reported, differences, truncated)
     if differences:
         log.info("%s: composite schedule of connector %s differs from the %s prediction: %s", cp, req.connector_id,
                  preset, differences[:3])
         await ctx.publish(ScheduleMismatch(charge_point_id=cp, connector_id=req.connector_id, report_id=report_id,
                                            preset=preset, differences=differences))
-    return {**server, "report": {"report_id": report_id, "mismatch": bool(differences), "differences": differences}}
+    return {**server, "report": {"report_id": report_id, "mismatch": bool(differences), "differences": differences,
+                                 "truncated": truncated}}
 
 
 # ---- events ---------------------------------------------------------------------------------------
@@ -369,10 +377,11 @@ async def on_meter_values(ctx: ServiceContext, event: MeterValuesReceived) -> No
     """What a charge point draws; a site member drawing clearly less (or again up to) its cap is rebalanced."""
     if event.transaction_id is None:
         return
-    amps, watts = rules.draw_from_meter_values(event)
-    if amps is None and watts is None:
+    draw = rules.draw_from_meter_values(event)
+    if draw.amps is None and draw.watts is None:
         return
-    site_id = await store(ctx).measured(event.charge_point_id, event.transaction_id, amps, watts, utc_now())
+    at = rules.draw_instant(draw.at, utc_now(), ctx.settings.clock_skew)
+    site_id = await store(ctx).measured(event.charge_point_id, event.transaction_id, draw.amps, draw.watts, at)
     if site_id is not None and await balancing.draw_changed(ctx, site_id, event.charge_point_id):
         await balancing.rebalance(ctx, site_id, reason="meter values", cause=event.charge_point_id)
 
@@ -438,7 +447,7 @@ async def _known_preset(ctx: ServiceContext, name: str) -> None:
 
 
 @service.api("list_presets")
-async def api_list_presets(ctx: ApiContext, params: dict) -> PresetsView:
+async def api_list_presets(ctx: ApiContext, params: ListPresetsParams) -> PresetsView:
     """Every preset with its settings, and the global default."""
     custom = await store(ctx).custom_presets()
     presets = {name: PresetView(builtin=True, settings=conv) for name, conv in PRESETS.items()}
@@ -531,7 +540,7 @@ async def api_add_preset_rule(ctx: ApiContext, params: PresetRuleParams) -> Pres
 
 
 @service.api("list_preset_rules")
-async def api_list_preset_rules(ctx: ApiContext, params: dict) -> list[PresetRuleView]:
+async def api_list_preset_rules(ctx: ApiContext, params: ListPresetRulesParams) -> list[PresetRuleView]:
     return [PresetRuleView(**vars(rule)) for rule in await store(ctx).rules()]
 
 
@@ -555,8 +564,9 @@ async def api_get_site(ctx: ApiContext, params: SiteIdParams) -> SiteView:
 
 
 @service.api("list_sites")
-async def api_list_sites(ctx: ApiContext, params: dict) -> list[str]:
-    return await store(ctx).site_ids()
+async def api_list_sites(ctx: ApiContext, params: ListSitesParams) -> list[str]:
+    """Site ids in order, ``limit`` at a time; ``after`` = the last id of the previous page."""
+    return await store(ctx).site_ids(params.after, params.limit)
 
 
 @service.api("delete_site")

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -62,6 +63,13 @@ def ocpp_part(view: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if view is None else {k: v for k, v in view.items() if k != "conventions"}
 
 
+def unbound_tx_profile(connector_id: int, transaction_id: int) -> str:
+    """The warning on a TxProfile sent without a transactionId while the records show one on its connector: it
+    goes out as the operator gave it; the stored copy is bound to that transaction if the charge point accepts."""
+    return (f"sent without a transactionId, as given; the records show transaction {transaction_id} on connector "
+            f"{connector_id}: the profile is recorded for that transaction if the charge point accepts it")
+
+
 def tx_profiles_ending(profiles: list[StoredProfile], transaction_id: int,
                        connector_id: int | None) -> list[StoredProfile]:
     """The TxProfiles that end with this transaction (bound to it, or unbound on its connector)."""
@@ -115,19 +123,51 @@ def _draw(samples: list[SampledValue], measurand: str, units: dict[str | None, f
     return per_phase(list(phases.values())) if phases else None
 
 
-def draw_from_meter_values(event: MeterValuesReceived) -> tuple[float | None, float | None]:
-    """``(amps, watts)`` a charge point draws now, from the latest reading of a MeterValues event (by instant).
+class Draw(NamedTuple):
+    """What a transaction draws, per the latest reading of a MeterValues event, and when it was read."""
+
+    amps: float | None
+    watts: float | None
+    at: datetime | None = None
+
+
+def draw_from_meter_values(event: MeterValuesReceived) -> Draw:
+    """``(amps, watts, at)`` a charge point draws, from the latest reading of a MeterValues event (by instant),
+    ``at`` being that reading's timestamp.
 
     Current.Import in A per phase: the phase-less value when given, else the most loaded phase (a site limit in
     A is per phase). Power.Active.Import in W (kW converted): the phase-less total when given, else the sum of
     the phases -- never both, which would count the power twice."""
     readings = _readings(event.meter_value)
     if not readings:
-        return None, None
+        return Draw(None, None)
     latest = max(range(len(readings)), key=lambda i: (readings[i].timestamp, i))
     samples = readings[latest].sampled_value
-    return (_draw(samples, "Current.Import", _CURRENT_UNITS, max),
-            _draw(samples, "Power.Active.Import", _POWER_UNITS, sum))
+    return Draw(_draw(samples, "Current.Import", _CURRENT_UNITS, max),
+                _draw(samples, "Power.Active.Import", _POWER_UNITS, sum), readings[latest].timestamp)
+
+
+def draw_instant(read_at: datetime | None, received: datetime, clock_skew: float) -> datetime:
+    """When a draw was read: the reading's own timestamp, unless it has none or lies further in the future than
+    CSMS_CLOCK_SKEW allows (a clock in 2099); then the time it was received."""
+    if read_at is None:
+        return received
+    read_at = read_at if read_at.tzinfo else read_at.replace(tzinfo=timezone.utc)
+    return received if read_at > received + timedelta(seconds=clock_skew) else read_at
+
+
+def station_draw(readings: list[tuple[float | None, datetime | None]], now: datetime,
+                 max_age: float) -> float | None:
+    """What a station draws from the latest readings of its open transactions (value, read at): their sum --
+    per phase in A too, since two sessions on one station add up on each phase (conservative: their most
+    loaded phases may differ) -- or None when a transaction has no reading younger than ``max_age`` seconds
+    (its draw is not known: the member is planned at its full share)."""
+    if not readings:
+        return None
+    oldest = now - timedelta(seconds=max_age)
+    if any(value is None or at is None or at < oldest for value, at in readings):
+        return None
+    return sum(value for value, _ in readings if value is not None)
 
 
 def site_stack_level(site_level: int | None, max_stack_level: int | None) -> int:
@@ -150,10 +190,11 @@ def site_conflict(connector_id: int, profile: dict[str, Any], *, site_id: str, l
     stack_level = profile.get("stackLevel")
     if isinstance(stack_level, int) and stack_level >= level:
         verb = "replace" if stack_level == level else "override"
+        under = f", use a stack level under {level}," if level > 0 else ""
         return (f"this charge point is in site {site_id!r}, whose cap is its ChargePointMaxProfile at stack level "
                 f"{level}: a ChargePointMaxProfile at stack level {stack_level} would {verb} it and break the "
-                "site limit; limit it with a TxDefaultProfile or TxProfile, use a stack level under "
-                f"{level}, or take it out of the site first"), None
+                f"site limit; limit it with a TxDefaultProfile or TxProfile{under} or take it out of the site "
+                "first"), None
     return None, (f"the cap of site {site_id!r} (ChargePointMaxProfile at stack level {level}) prevails over this "
                   "profile while the charge point is in the site")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,7 @@ class MemberRecord:
     priority: int
     max_limit: float | None
     cap: Schedule | None
+    cap_unit: str | None = None   # the unit the cap was recorded in (None: the site's)
 
 
 class SmartChargingStore(Protocol):
@@ -134,7 +136,8 @@ class PgStore:
 
     async def open_transactions(self, cps: list[str]) -> dict[str, list[dict[str, Any]]]:
         rows = await self.pool.fetch(
-            """SELECT charge_point_id, transaction_id, connector_id, started_at, measured_a, measured_w
+            """SELECT charge_point_id, transaction_id, connector_id, started_at, measured_a, measured_a_at,
+                      measured_w, measured_w_at
                FROM sc_transactions WHERE charge_point_id = ANY($1) AND stopped_at IS NULL""", cps)
         result: dict[str, list[dict[str, Any]]] = {cp: [] for cp in cps}
         for row in rows:
@@ -148,17 +151,26 @@ class PgStore:
 
     async def measured(self, cp: str, transaction_id: int, amps: float | None, watts: float | None,
                        at: datetime) -> str | None:
-        """Record the draw of an open transaction of a site member, in one round trip; the member's site, or None
-        when the charge point is in no site or the transaction is not open here (then nothing is written: only
-        site balancing reads draws, and a charge point added to a site mid-transaction is measured from its next
-        meter values on)."""
+        """Record the draw of an open transaction of a site member read at ``at`` (the reading's own instant), in
+        one round trip: each measurand only over an older one (a reading sent late, after a reconnect, never
+        replaces a newer draw). The member's site when something was written, else None (the charge point is in
+        no site, the transaction is not open here, or the reading is older: only site balancing reads draws, and
+        a charge point added to a site mid-transaction is measured from its next meter values on)."""
         return await self.pool.fetchval(
-            """UPDATE sc_transactions t SET measured_a = coalesce($3, t.measured_a),
-                 measured_w = coalesce($4, t.measured_w), measured_at = $5
-               FROM sc_site_members m
-               WHERE t.charge_point_id = $1 AND t.transaction_id = $2 AND t.stopped_at IS NULL
-                 AND m.charge_point_id = t.charge_point_id
-               RETURNING m.site_id""",
+            """WITH fresh AS (
+                 SELECT t.charge_point_id, t.transaction_id, m.site_id,
+                        $3::float8 IS NOT NULL AND (t.measured_a_at IS NULL OR t.measured_a_at <= $5) AS a,
+                        $4::float8 IS NOT NULL AND (t.measured_w_at IS NULL OR t.measured_w_at <= $5) AS w
+                 FROM sc_transactions t JOIN sc_site_members m ON m.charge_point_id = t.charge_point_id
+                 WHERE t.charge_point_id = $1 AND t.transaction_id = $2 AND t.stopped_at IS NULL)
+               UPDATE sc_transactions t SET
+                 measured_a = CASE WHEN f.a THEN $3 ELSE t.measured_a END,
+                 measured_a_at = CASE WHEN f.a THEN $5 ELSE t.measured_a_at END,
+                 measured_w = CASE WHEN f.w THEN $4 ELSE t.measured_w END,
+                 measured_w_at = CASE WHEN f.w THEN $5 ELSE t.measured_w_at END
+               FROM fresh f
+               WHERE t.charge_point_id = f.charge_point_id AND t.transaction_id = f.transaction_id AND (f.a OR f.w)
+               RETURNING f.site_id""",
             cp, transaction_id, amps, watts, at)
 
     # ---- charge points --------------------------------------------------------------------------
@@ -249,8 +261,11 @@ class PgStore:
         return (Site(row["site_id"], row["unit"], row["limit_value"], schedule, row["strategy"]), row["name"],
                 row["stack_level"])
 
-    async def site_ids(self) -> list[str]:
-        return [r["site_id"] for r in await self.pool.fetch("SELECT site_id FROM sc_sites ORDER BY site_id")]
+    async def site_ids(self, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Site ids in order, after ``after``, at most ``limit`` of them (None: all)."""
+        rows = await self.pool.fetch("SELECT site_id FROM sc_sites WHERE $1::text IS NULL OR site_id > $1 "
+                                     "ORDER BY site_id LIMIT $2", after, limit)
+        return [r["site_id"] for r in rows]
 
     async def delete_site(self, site_id: str) -> bool:
         return (await self.pool.execute("DELETE FROM sc_sites WHERE site_id = $1", site_id)).endswith(" 1")
@@ -258,7 +273,8 @@ class PgStore:
     async def members(self, site_id: str) -> list[MemberRecord]:
         rows = await self.pool.fetch("SELECT * FROM sc_site_members WHERE site_id = $1 ORDER BY charge_point_id",
                                      site_id)
-        return [MemberRecord(r["site_id"], r["charge_point_id"], r["priority"], r["max_limit"], _schedule(r["cap"]))
+        return [MemberRecord(r["site_id"], r["charge_point_id"], r["priority"], r["max_limit"], _schedule(r["cap"]),
+                             r["cap_unit"])
                 for r in rows]
 
     async def site_of(self, cp: str) -> str | None:
@@ -278,19 +294,23 @@ class PgStore:
     async def remove_member(self, cp: str) -> str | None:
         return await self.pool.fetchval("DELETE FROM sc_site_members WHERE charge_point_id = $1 RETURNING site_id", cp)
 
-    async def set_cap(self, cp: str, cap: Schedule | None) -> None:
-        await self.pool.execute("UPDATE sc_site_members SET cap = $2, cap_at = now() WHERE charge_point_id = $1",
-                                cp, None if cap is None else [list(c) for c in cap])
+    async def set_cap(self, cp: str, cap: Schedule | None, unit: str | None = None) -> None:
+        """The cap a member holds (None: none known), in ``unit``."""
+        await self.pool.execute("UPDATE sc_site_members SET cap = $2, cap_unit = $3, cap_at = now() "
+                                "WHERE charge_point_id = $1", cp, None if cap is None else [list(c) for c in cap],
+                                None if cap is None else unit)
 
     # ---- GetCompositeSchedule reports -----------------------------------------------------------
     async def add_report(self, cp: str, connector_id: int, requested_at: datetime, duration: int, unit: str | None,
-                         preset: str, predicted: dict | None, reported: dict | None, differences: list[dict]) -> int:
+                         preset: str, predicted: dict | None, reported: dict | None, differences: list[dict],
+                         truncated: dict | None = None) -> int:
         return await self.pool.fetchval(
             """INSERT INTO sc_composite_reports (charge_point_id, connector_id, requested_at, duration, unit, preset,
-                 predicted, reported, differences, mismatch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 predicted, reported, differences, mismatch, truncated)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                RETURNING report_id""",
             cp, connector_id, requested_at, duration, unit, preset, predicted, reported, differences,
-            bool(differences))
+            bool(differences), truncated)
 
     async def reports(self, cp: str, limit: int) -> list[dict[str, Any]]:
         rows = await self.pool.fetch("SELECT * FROM sc_composite_reports WHERE charge_point_id = $1 "
@@ -303,27 +323,71 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
 _LOCK_POLL = 0.02
+
+log = logging.getLogger(__name__)
 
 
 class LockBusy(Exception):
     """The lock could not be had in time."""
 
 
+@dataclass
+class HeldLock:
+    """A lock held; ``lost`` once it could not be renewed in time (another holder may have it now)."""
+
+    key: str
+    lost: bool = False
+
+
 @contextlib.asynccontextmanager
-async def redis_lock(redis: aioredis.Redis, key: str, *, wait: float, hold: float) -> AsyncIterator[None]:
-    """A lock across service instances (SET NX PX); expires on its own if the holder dies."""
+async def redis_lock(redis: aioredis.Redis, key: str, *, wait: float, hold: float,
+                     renew: bool = False) -> AsyncIterator[HeldLock]:
+    """A lock across service instances (SET NX PX); expires on its own ``hold`` seconds after its holder dies.
+    With ``renew`` it is extended every ``hold / 3`` seconds while held, however long the holder takes;
+    ``lost`` says when a renewal found it gone or failed for ``hold`` seconds."""
     token = uuid.uuid4().hex
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    while not await redis.set(key, token, nx=True, px=int(hold * 1000)):
+    px = max(1, int(hold * 1000))
+    while not await redis.set(key, token, nx=True, px=px):
         if loop.time() >= deadline:
             raise LockBusy()
         await asyncio.sleep(_LOCK_POLL)
+    held = HeldLock(key)
+    renewer = asyncio.create_task(_renew(redis, held, token, hold)) if renew else None
     try:
-        yield
+        yield held
     finally:
-        await redis.eval(_RELEASE, 1, key, token)
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        with contextlib.suppress(Exception):  # noqa: BLE001 - it expires on its own
+            await redis.eval(_RELEASE, 1, key, token)
+
+
+async def _renew(redis: aioredis.Redis, held: HeldLock, token: str, hold: float) -> None:
+    loop = asyncio.get_running_loop()
+    renewed = loop.time()
+    while True:
+        await asyncio.sleep(hold / 3)
+        try:
+            ok = await redis.eval(_EXTEND, 1, held.key, token, max(1, int(hold * 1000)))
+        except Exception as exc:  # noqa: BLE001 - Redis away for a moment: try again until the lock would expire
+            if loop.time() - renewed < hold:
+                log.warning("lock %s not renewed (%s); trying again", held.key, exc)
+                continue
+            ok = 0
+        if not ok:
+            held.lost = True
+            log.error("lock %s lost: it expired before it could be renewed", held.key)
+            return
+        renewed = loop.time()
 
 
 async def throttle(redis: aioredis.Redis, key: str, seconds: float) -> bool:

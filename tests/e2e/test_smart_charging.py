@@ -336,9 +336,12 @@ async def test_tx_profile_needs_a_transaction_and_ends_with_it(system, cp_id):
         assert await stored(system, cp_id) == [(1, 1)]
 
         result = await set_profile(system, cp_id, 1, profile(2, 10, purpose="TxProfile"))
-        assert result.payload == {"status": "Accepted"} and result.warnings == []
-        # sent with the active transaction's id filled in, and stored so
-        assert cp.received["SetChargingProfile"][-1]["cs_charging_profiles"]["transaction_id"] == tx_id
+        assert result.payload == {"status": "Accepted"}
+        # sent as the operator gave it (no transactionId); recorded for the transaction the records show, and said so
+        assert cp.received["SetChargingProfile"][-1]["cs_charging_profiles"].get("transaction_id") is None
+        assert result.warnings == [f"sent without a transactionId, as given; the records show transaction {tx_id} "
+                                   "on connector 1: the profile is recorded for that transaction if the charge "
+                                   "point accepts it"]
         listed = await system.api("smart_charging", "list_profiles", charge_point_id=cp_id, connector_id=1)
         assert [p["profile"].get("transactionId") for p in listed] == [None, tx_id]
 
@@ -393,7 +396,9 @@ async def test_tx_profile_accepted_after_its_transaction_stopped_is_not_kept(sys
         cp.responses["SetChargingProfile"] = stop_first
         result = await set_profile(system, cp_id, 1, profile(2, 10, purpose="TxProfile"))
         assert result.payload == {"status": "Accepted"}
-        assert cp.received["SetChargingProfile"][0]["cs_charging_profiles"]["transaction_id"] == tx_id
+        # sent as given; the stored copy would have been bound to the transaction, which has stopped: not kept
+        assert cp.received["SetChargingProfile"][0]["cs_charging_profiles"].get("transaction_id") is None
+        assert f"the records show transaction {tx_id} on connector 1" in result.warnings[0]
     assert await system.api("transactions", "active_transactions", charge_point_id=cp_id) == []
     assert await stored(system, cp_id) == []
 

@@ -91,6 +91,20 @@ async def eventually(check, timeout: float = 10.0):
             await asyncio.sleep(0.05)
 
 
+async def charging_alone_in_a_site(system, cp, site_id: str, **site) -> None:
+    """``cp`` the only member of a new site (limit SITE_LIMIT in A) with a transaction, holding the whole limit."""
+    await system.api("transactions", "set_id_tag", id_tag=f"TAG-{site_id}")
+    await system.api("smart_charging", "put_site", site_id=site_id, unit="A", limit=SITE_LIMIT, **site)
+    await system.api("smart_charging", "add_site_member", site_id=site_id, charge_point_id=cp.id)
+    await cp.call_ok(call.StartTransaction(connector_id=1, id_tag=f"TAG-{site_id}", meter_start=0,
+                                           timestamp=iso(datetime.now(UTC))))
+
+    async def capped():
+        view = await system.api("smart_charging", "get_site", site_id=site_id)
+        return view["members"][0]["cap_now"] == SITE_LIMIT
+    await eventually(capped)
+
+
 # ---- site load management ---------------------------------------------------------------------------
 @pytest.mark.ocpp("SetChargingProfile", "StartTransaction", "StopTransaction")
 async def test_site_limit_holds_at_every_instant_through_starts_and_stops(system):
@@ -228,6 +242,137 @@ async def test_meter_values_move_the_caps_and_a_charger_refusing_a_lower_cap_is_
         held[cp_id] = limit
         assert sum(held.values()) <= SITE_LIMIT + 1e-9, pushed
     assert held == {ids[0]: 5.0, ids[1]: 27.0}
+
+
+@pytest.mark.ocpp("SetChargingProfile", "StartTransaction")
+async def test_refusals_in_both_rounds_never_break_the_site_limit(system):
+    # limit 20: A and B charge at 10 each, C starts. A refuses 6.6; B takes 6.6 and then refuses 5. Every round of
+    # lowerings is answered before anything is raised: C gets what is left (3.4), never 5
+    limit = 20.0
+    ids = ["ROUND-A", "ROUND-B", "ROUND-C"]
+    received: list[tuple[str, float, str]] = []   # every cap in the order the charge points received them
+    armed: list[int] = []   # from this index of received on, A and B refuse as said
+
+    def responder(cp_id):
+        def answer(kwargs):
+            value = float(kwargs["cs_charging_profiles"]["charging_schedule"]["charging_schedule_period"][0]["limit"])
+            status = "Accepted"
+            since = received[armed[0]:] if armed else []
+            if cp_id == ids[0] and armed:
+                status = "Rejected"
+            elif cp_id == ids[1] and any(c == cp_id and s == "Accepted" for c, _, s in since):
+                status = "Rejected"     # took one lower cap, refuses the next
+            received.append((cp_id, value, status))
+            return {"status": status}
+        return answer
+
+    async def caps_are(expected: dict[str, float]):
+        site = await system.api("smart_charging", "get_site", site_id="rounds")
+        return {m["charge_point_id"]: m["cap_now"] for m in site["members"]} == expected
+
+    async with connect(system.url(ids[0])) as a, connect(system.url(ids[1])) as b, connect(system.url(ids[2])) as c, \
+            Events(system.settings, "charging.site_rebalanced") as rebalanced:
+        cps = dict(zip(ids, (a, b, c)))
+        await system.api("smart_charging", "put_site", site_id="rounds", unit="A", limit=limit)
+        for cp_id, cp in cps.items():
+            cp.responses["SetChargingProfile"] = responder(cp_id)
+            await cp.boot()
+            await system.api("transactions", "set_id_tag", id_tag=f"TAG-{cp_id}")
+            await system.api("smart_charging", "add_site_member", site_id="rounds", charge_point_id=cp_id)
+
+        async def start(cp_id):
+            await cps[cp_id].call_ok(call.StartTransaction(connector_id=1, id_tag=f"TAG-{cp_id}", meter_start=0,
+                                                           timestamp=iso(datetime.now(UTC))))
+        await start(ids[0])
+        await eventually(lambda: caps_are({ids[0]: 20.0, ids[1]: 0.0, ids[2]: 0.0}))
+        await start(ids[1])
+        await eventually(lambda: caps_are({ids[0]: 10.0, ids[1]: 10.0, ids[2]: 0.0}))
+        armed.append(len(received))
+        await start(ids[2])
+
+        async def settled():
+            return [e for e in rebalanced.items if e["failed"] == [ids[0], ids[1]]]
+        [event] = await eventually(settled)
+    assert event["caps"] == {ids[0]: 10.0, ids[1]: 6.6, ids[2]: 3.4}
+    assert await caps_are({ids[0]: 10.0, ids[1]: 6.6, ids[2]: 3.4})
+    # A refused 6.6 while B took it; B refused 5 before C's cap was raised, planned again without it
+    after = received[armed[0]:]
+    assert sorted(after[:2]) == [(ids[0], 6.6, "Rejected"), (ids[1], 6.6, "Accepted")]
+    assert after[2:] == [(ids[1], 5.0, "Rejected"), (ids[2], 3.4, "Accepted")]
+    held = dict.fromkeys(ids, 0.0)
+    for cp_id, value, status in received:
+        if status == "Accepted":
+            held[cp_id] = value
+            assert sum(held.values()) <= limit + 1e-9, received
+    assert held == {ids[0]: 10.0, ids[1]: 6.6, ids[2]: 3.4}
+
+
+@pytest.mark.ocpp("SetChargingProfile")
+async def test_two_rebalances_of_a_site_never_run_at_once_however_long_one_takes(system, cp_id, monkeypatch):
+    from services.smart_charging import balancing
+    monkeypatch.setattr(balancing, "SITE_LOCK_HOLD", 0.6)   # the lock outlives a dead holder by 0.6 s only
+    running, most = [0], [0]
+    locked = balancing._rebalance_locked
+
+    async def counted(*args, **kwargs):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            return await locked(*args, **kwargs)
+        finally:
+            running[0] -= 1
+    monkeypatch.setattr(balancing, "_rebalance_locked", counted)
+
+    async def slowly(kwargs):
+        await asyncio.sleep(2.0)   # each cap answered after more than three times the lock's hold
+        return {"status": "Accepted"}
+
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        await charging_alone_in_a_site(system, cp, "slow")
+        cp.responses["SetChargingProfile"] = slowly
+        # two changes of the limit at once: each rebalance pushes a new cap, answered after 2 s
+        sites = await asyncio.gather(*(system.api("smart_charging", "put_site", site_id="slow", unit="A", limit=limit)
+                                       for limit in (20.0, 24.0)))
+    assert most[0] == 1, "two rebalances of one site ran at once"
+    assert len(cp.received["SetChargingProfile"]) >= 3 and all(s["site_id"] == "slow" for s in sites)
+
+
+@pytest.mark.ocpp("StartTransaction", "MeterValues")
+async def test_a_draw_is_dated_by_its_reading_an_older_one_never_replaces_it_and_a_stale_one_is_left_out(system, cp_id):
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        await system.api("transactions", "set_id_tag", id_tag="TAG-DRAW")
+        await system.api("smart_charging", "put_site", site_id="dated", unit="A", limit=SITE_LIMIT)
+        await system.api("smart_charging", "add_site_member", site_id="dated", charge_point_id=cp_id)
+        answer = await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-DRAW", meter_start=0,
+                                                        timestamp=iso(datetime.now(UTC))))
+
+        async def reading(amps: float, at: datetime) -> None:
+            await cp.call_ok(call.MeterValues(connector_id=1, transaction_id=answer.transaction_id, meter_value=[{
+                "timestamp": iso(at), "sampled_value": [{"value": f"{amps:g}", "measurand": "Current.Import",
+                                                         "unit": "A"}]}]))
+
+        async def measured(expected):
+            plan = await system.api("smart_charging", "site_plan", site_id="dated")
+            return plan["members"][cp_id]["measured"] == expected
+
+        now = datetime.now(UTC)
+        # read 11 minutes ago (SMART_CHARGING_DRAW_MAX_AGE 600 s): stored, but too old to plan with
+        await reading(3.0, now - timedelta(minutes=11))
+        await asyncio.sleep(1.0)   # handled by then (no event tells)
+        assert await measured(None)
+        await reading(4.0, now)
+        await eventually(lambda: measured(4.0))
+        # an older reading sent late (after a reconnect) does not replace the newer one
+        await reading(20.0, now - timedelta(minutes=1))
+        await asyncio.sleep(1.0)   # handled by then (no event tells)
+        assert await measured(4.0)
+        # a reading dated far in the future is dated when it arrived: a later one still replaces it
+        await reading(6.0, datetime(2099, 1, 1, tzinfo=UTC))
+        await eventually(lambda: measured(6.0))
+        await reading(7.0, datetime.now(UTC) + timedelta(seconds=1))
+        await eventually(lambda: measured(7.0))
 
 
 async def test_site_dry_run_with_priorities_and_a_time_varying_limit(system):
@@ -393,16 +538,7 @@ async def test_an_operators_profile_cannot_replace_or_override_a_site_cap_and_a_
         cp.responses["GetConfiguration"] = {"configuration_key": [
             {"key": "ChargeProfileMaxStackLevel", "readonly": True, "value": "8"}]}
         await cp.boot()
-        await system.api("transactions", "set_id_tag", id_tag="TAG-FUSE")
-        await system.api("smart_charging", "put_site", site_id="fuse", unit="A", limit=SITE_LIMIT, stack_level=3)
-        await system.api("smart_charging", "add_site_member", site_id="fuse", charge_point_id=cp_id)
-        await cp.call_ok(call.StartTransaction(connector_id=1, id_tag="TAG-FUSE", meter_start=0,
-                                               timestamp=iso(datetime.now(UTC))))
-
-        async def capped():
-            site = await system.api("smart_charging", "get_site", site_id="fuse")
-            return site["members"][0]["cap_now"] == SITE_LIMIT
-        await eventually(capped)
+        await charging_alone_in_a_site(system, cp, "fuse", stack_level=3)
         sent_before = len(cp.received["SetChargingProfile"])
 
         def cp_max(profile_id: int, stack_level: int, limit: float) -> dict:
@@ -460,6 +596,32 @@ async def test_presets_are_data_operators_can_add_and_choose(system, cp_id):
     assert failed.value.status == 404
 
 
+async def test_lists_take_only_their_parameters_and_sites_are_paged(csms_system):
+    system = csms_system   # every service: the HTTP API's keys live in the api service
+    for operation in ("list_presets", "list_preset_rules", "list_sites"):
+        with pytest.raises(ApiCallFailed) as failed:
+            await system.api("smart_charging", operation, bogus=1)
+        assert failed.value.status == 400 and "bogus" in failed.value.error, operation
+    for n in range(3):
+        await system.api("smart_charging", "put_site", site_id=f"page-{n}", unit="A", limit=16)
+    assert await system.api("smart_charging", "list_sites", limit=2) == ["page-0", "page-1"]
+    assert await system.api("smart_charging", "list_sites", limit=2, after="page-1") == ["page-2"]
+    with pytest.raises(ApiCallFailed) as failed:
+        await system.api("smart_charging", "list_sites", limit=1001)
+    assert failed.value.status == 400
+    from tests.support.http_api import http_api
+    async with http_api(system) as (_, api):
+        status, first, headers = await api.request("GET", "/sites", params={"limit": 2}, key="read")
+        assert (status, first) == (200, ["page-0", "page-1"])
+        assert headers["Link"] == '</api/v1/sites?limit=2&after=page-1>; rel="next"'
+        status, second, headers = await api.request("GET", "/sites", params={"limit": 2, "after": "page-1"},
+                                                    key="read")
+        assert second == ["page-2"] and "Link" not in headers
+        for params in ({"limit": 0}, {"limit": 1001}, {"bogus": "1"}):
+            status, body = await api.get("/sites", params=params, key="read")
+            assert status == 400, (params, body)
+
+
 # ---- predicted vs reported ----------------------------------------------------------------------------
 @pytest.mark.ocpp("GetCompositeSchedule", "SetChargingProfile")
 async def test_schedule_mismatch_event_when_the_charge_point_ignores_its_profiles(system, cp_id):
@@ -487,6 +649,47 @@ async def test_schedule_mismatch_event_when_the_charge_point_ignores_its_profile
     reports = await system.api("smart_charging", "list_composite_reports", charge_point_id=cp_id)
     assert [r["mismatch"] for r in reports] == [True, False]
     assert reports[0]["reported"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 32
+    assert reports[0]["truncated"] is None
+
+
+@pytest.mark.ocpp("GetCompositeSchedule")
+async def test_a_truncated_prediction_is_said_so_in_the_result_and_the_report_typed_as_documented(system, cp_id):
+    import jsonschema
+
+    from tests.unit.test_asyncapi import DOCUMENT
+
+    schema = json.loads((DOCUMENT.parent / "schemas" / "commands" / "GetCompositeSchedule.reply.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    async with connect(system.url(cp_id)) as cp:
+        await system.client.send(cp_id, "SetChargingProfile", {"connectorId": 1,
+                                                               "csChargingProfiles": tx_default(1, 16)})
+
+        def answer(duration):
+            def responder(kwargs):
+                now = datetime.now(UTC).replace(microsecond=0)
+                return {"status": "Accepted", "connector_id": 1, "schedule_start": iso(now), "charging_schedule": {
+                    "charging_rate_unit": "A", "duration": duration, "start_schedule": iso(now),
+                    "charging_schedule_period": [{"start_period": 0, "limit": 16}]}}
+            return responder
+
+        # two years asked: the prediction covers 366 days (its bound) and says so; the charge point's answer
+        # beyond that is not compared, and the report says why
+        cp.responses["GetCompositeSchedule"] = answer(2 * 365 * 86400)
+        long = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 2 * 365 * 86400})
+        assert long.server["conventions"]["truncated"]["reason"] == "at most 366 days are computed"
+        report = long.server["report"]
+        assert (report["mismatch"], report["truncated"]) == (False, long.server["conventions"]["truncated"])
+        assert not list(validator.iter_errors(long.model_dump(mode="json")))
+        # a charge point that answers less than asked: the part it leaves out is a difference
+        cp.responses["GetCompositeSchedule"] = answer(300)
+        short = await system.client.send(cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 600})
+        assert [d["kind"] for d in short.server["report"]["differences"]] == ["end"]
+        assert short.server["report"]["truncated"] is None
+        assert not list(validator.iter_errors(short.model_dump(mode="json")))
+        broken = {**short.model_dump(mode="json"), "server": {**short.server, "report": {"mismatch": "yes"}}}
+        assert list(validator.iter_errors(broken))   # the schema says what server is
+    reports = await system.api("smart_charging", "list_composite_reports", charge_point_id=cp_id)
+    assert [(r["mismatch"], r["truncated"] is not None) for r in reports] == [(True, False), (False, True)]
 
 
 # ---- durable records, stored data that cannot break anything -------------------------------------------

@@ -48,6 +48,11 @@ def test_huge_requested_duration_is_capped_and_said_so() -> None:
                                   duration=10**12)
     assert composite.duration == MAX_WINDOW and composite.requested_duration == 10**12
     assert composite.render()["duration"] == MAX_WINDOW
+    assert composite.explain()["truncated"]["reason"] == "at most 366 days are computed"
+    # the "capped" convention's own cap is how that charge point answers: not a truncation
+    libocpp = compute_composite([StoredProfile(1, prof(1, [(0, 16)]))], connector_id=1, start=T0,
+                                duration=10**12, conventions=PRESETS["libocpp"])
+    assert libocpp.duration == PRESETS["libocpp"].max_duration and libocpp.truncated is None
 
 
 def test_window_starting_without_limit_starts_at_period_0() -> None:
@@ -153,6 +158,44 @@ def test_work_is_bounded_in_changes_and_lookups_whatever_is_stored() -> None:
                              duration=3600)
     left_out = [pid for pid, why in many.ignored if "profiles" in why]
     assert left_out == list(range(5))
+
+
+def test_past_the_profile_bound_a_charge_point_max_profile_is_read_first_and_still_limits() -> None:
+    from csms.charging.composite import MAX_PROFILES
+    # a site cap at stack level 0 and more TxDefaultProfiles above it than a composite reads
+    site_cap = StoredProfile(0, prof(1, [(0, 10)], purpose="ChargePointMaxProfile"))
+    many = [StoredProfile(1, prof(100 + n, [(0, 16)], stack_level=n + 1)) for n in range(MAX_PROFILES + 5)]
+    for preset in PRESETS.values():
+        composite = compute_composite([site_cap, *many], connector_id=1, start=T0, duration=3600, conventions=preset)
+        assert limits(composite) == [(0, 10.0)], preset
+        assert 1 not in dict(composite.ignored)
+        # the TxDefaultProfiles left out are the lowest ones
+        assert sorted(pid for pid, _ in composite.ignored) == list(range(100, 106))
+
+
+def test_the_bounds_stop_reading_rather_than_skip_and_what_is_left_out_still_caps() -> None:
+    from csms.charging.composite import MAX_PROFILE_PERIODS, MAX_PROFILES
+    # a high-level profile too large for the period budget: not skipped for the lower one (16 A), which would show
+    # through where it never applies; both are left out and the lowest limit of what was left out caps (6 A)
+    huge = StoredProfile(1, prof(1, [(n, 6 + n % 3) for n in range(MAX_PROFILE_PERIODS + 1)], stack_level=5))
+    low = StoredProfile(1, prof(2, [(0, 16)], stack_level=1))
+    composite = compute_composite([huge, low], connector_id=1, start=T0, duration=3600)
+    assert sorted(pid for pid, _ in composite.ignored) == [1, 2]
+    assert limits(composite) == [(0, 6.0)]
+    # a TxDefaultProfile at 4 A left out under 100 others at 16 A in effect only in the first hour: the composite
+    # never says more than 4 A (it may say less than the charge point; ignored_profiles tells)
+    brief = [StoredProfile(1, prof(100 + n, [(0, 16)], stack_level=n + 10, duration=3600)) for n in range(MAX_PROFILES)]
+    floor = StoredProfile(1, prof(3, [(0, 4)], stack_level=0))
+    composite = compute_composite([floor, *brief], connector_id=1, start=T0, duration=7200)
+    assert 3 in dict(composite.ignored)
+    assert all(limit is not None and limit <= 4.0 for _, limit in limits(composite))
+    # in W too, and for a station-wide composite: a left-out ChargePointMaxProfile caps the station
+    station_caps = [StoredProfile(0, prof(200 + n, [(0, 20)], purpose="ChargePointMaxProfile", stack_level=n + 1,
+                                          duration=600)) for n in range(MAX_PROFILES)]
+    lowest = StoredProfile(0, prof(4, [(0, 8)], purpose="ChargePointMaxProfile"))
+    composite = compute_composite([lowest, *station_caps], connector_id=0, start=T0, duration=3600, unit="W")
+    assert 4 in dict(composite.ignored)
+    assert all(limit is not None and limit <= 8 * 230 * 3 for _, limit in limits(composite))
 
 
 def test_an_ordinary_composite_is_not_truncated() -> None:

@@ -2,6 +2,7 @@
 
 Sources (public repositories; each test names its file and test case):
 * EVerest/libocpp  tests/lib/ocpp/v16/test_composite_schedule.cpp, json fixtures in tests/lib/ocpp/v16/json/
+  (and its later copy in EVerest/everest-core, where TEST_F ZeroDuration was added)
 * matth-x/MicroOcpp  tests/SmartCharging.cpp
 * c-jimenez/open-ocpp  tests/chargepoint/smartcharging/test_composite_schedule1.cpp, 2.cpp and 3.cpp (and
   src/chargepoint/smartcharging/SmartChargingManager.cpp for what the tests leave implicit)
@@ -550,6 +551,69 @@ def test_libocpp_tx_default_connector_0() -> None:
                        transactions=transactions)
     assert periods(station) == [(0, 1000.0), (30, 7000.0), (70, 13000.0), (100, 8500.0), (140, 1500.0),
                                 (170, 5000.0), (210, 11000.0), (280, 6500.0), (350, 10000.0)]
+
+
+# The layered tests of EVerest/libocpp tests/lib/ocpp/v16/test_composite_schedule.cpp at f52872c0 (TEST_F
+# CalculateEnhancedCompositeSchedule_TightLayeredTestWithAbsoluteProfile, _TightLayeredTest, _FatLayeredTest,
+# _ThinTest; the everest-core copy of the file installs the same profiles with add_tx_profile /
+# add_tx_default_profile and expects the same). Their fixtures are reconstructed, said how:
+# TxProfile_grid.json is not published: a W profile at the lowest stack level that is 19.0 all through the
+# windows (every test expects 19.0 wherever nothing higher applies, in the grid's unit, W, since the 2000 W
+# profile is not converted).
+TX_PROFILE_GRID = {
+    "chargingProfileId": 10, "stackLevel": 0, "chargingProfilePurpose": "TxProfile", "chargingProfileKind": "Absolute",
+    "chargingSchedule": {"startSchedule": "2024-01-01T00:00:00Z", "chargingRateUnit": "W",
+                         "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 19.0}]}}
+# TxProfile_03_Absolute.json is not published: "Absolute but marked with a recurrencyKind of Daily" (the test's
+# comment), 2000 W "starting 2024-01-17T18:04:00.000Z" (TEST_F ZeroDuration's comment), for the 18 minutes of the
+# tight window; everything else as the published TxProfile_02.json.
+TX_PROFILE_03_ABSOLUTE = {
+    "chargingProfileId": 3, "stackLevel": 2, "chargingProfilePurpose": "TxProfile", "chargingProfileKind": "Absolute",
+    "recurrencyKind": "Daily",
+    "chargingSchedule": {"startSchedule": "2024-01-17T18:04:00.000Z", "duration": 1080, "chargingRateUnit": "W",
+                         "minChargingRate": 0.0,
+                         "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 2000.0, "numberPhases": 1}]}}
+# TxProfile_02.json as those tests read it: the copy in US-JOET/libocpp (1e06b566) is Absolute + Daily from
+# 2024-01-17T18:04:00 for 1080 s, the EVerest one at 87339e8a (later) starts 2024-01-17T18:00:30 without a
+# recurrence; the tests expect it to apply on 2024-01-18 at 18:04, which neither gives once an Absolute profile's
+# recurrencyKind is ignored (the defect TightLayeredTestWithAbsoluteProfile pins). So: the US-JOET copy as a
+# Recurring Daily profile -- the one reading under which all four tests hold.
+TX_PROFILE_02_DAILY = {**TX_PROFILE_03_ABSOLUTE, "chargingProfileId": 2, "chargingProfileKind": "Recurring"}
+LAYERED_TX = {1: TxInfo(1, datetime(2024, 1, 18, 17, tzinfo=UTC))}   # the tests start a transaction on EVSE 1
+
+
+@pytest.mark.parametrize("profiles, start, duration, expected", [
+    # _TightLayeredTestWithAbsoluteProfile: the Absolute profile of the 17th does not recur on the 18th
+    ([TX_PROFILE_GRID, TX_PROFILE_03_ABSOLUTE], "2024-01-18T18:04:00", 1080, [(0, 19.0)]),
+    # _TightLayeredTest: the window is exactly that of the highest stack level
+    ([TX_PROFILE_GRID, TX_PROFILE_02_DAILY], "2024-01-18T18:04:00", 1080, [(0, 2000.0, 1)]),
+    # _FatLayeredTest: the window starts two minutes before it and ends two minutes after
+    ([TX_PROFILE_GRID, TX_PROFILE_02_DAILY], "2024-01-18T18:02:00", 1320, [(0, 19.0), (120, 2000.0, 1), (1200, 19.0)]),
+    # _ThinTest: the window falls inside one period of the grid
+    ([TX_PROFILE_GRID], "2024-01-18T18:04:00", 1080, [(0, 19.0)]),
+])
+def test_libocpp_layered_profiles(profiles: list[dict], start: str, duration: int, expected: list[tuple]) -> None:
+    schedule = rendered([stored(1, p) for p in profiles], "libocpp", start=datetime.fromisoformat(start + "+00:00"),
+                        duration=duration, unit="W", transactions=LAYERED_TX)
+    assert schedule["duration"] == duration and schedule["chargingRateUnit"] == "W"
+    assert periods(schedule) == expected   # upstream checks the limits, their number and starts (not the phases)
+
+
+def test_libocpp_zero_duration() -> None:
+    # TEST_F ZeroDuration (libocpp issue 1169; in the everest-core copy of the file): TxProfile_03_Absolute
+    # installed as the TxDefaultProfile of connector 0, no transaction, asked one minute into it for 1 s, in W,
+    # station-wide and for connector 1: 2000 W.
+    # Left out: the same TEST_F with a window of 0 s and of -1 s (end before start, "treated as an instantaneous 0
+    # duration"). A 1.6 GetCompositeSchedule names a duration, not an end, and this central system refuses one that
+    # is not a positive number of seconds before sending (there is no composite of no time to predict).
+    profile = stored(0, {**TX_PROFILE_03_ABSOLUTE, "chargingProfilePurpose": "TxDefaultProfile"})
+    for connector_id in (0, 1):
+        schedule = rendered([profile], "libocpp", connector_id=connector_id, connector_ids=[1],
+                            start=datetime(2024, 1, 17, 18, 5, tzinfo=UTC), duration=1, unit="W")
+        assert schedule["startSchedule"] == "2024-01-17T18:05:00Z" and schedule["duration"] == 1
+        assert [p[:2] for p in periods(schedule)] == [(0, 2000.0)]
+    with pytest.raises(ValueError, match="duration must be a positive integer"):
+        rendered([profile], "libocpp", start=datetime(2024, 1, 17, 18, 5, tzinfo=UTC), duration=0, unit="W")
 
 
 # ---- spec: OCPP 1.6 §3.13.7 example, in A and in W ---------------------------------------------------------

@@ -4,7 +4,9 @@ A charge point's GetCompositeSchedule answer is compared with the schedule predi
 normalised first: absolute instants (so an answer that was not shifted to "now" still lines up), equal
 neighbours merged, the reported unit converted to the predicted one when the charge point ignored the
 requested unit, then compared where both cover time, with a tolerance of ``TIME_TOLERANCE`` seconds on
-period boundaries and ``LIMIT_TOLERANCE`` on limits.
+period boundaries and ``LIMIT_TOLERANCE`` on limits. Schedules that start or end apart are differences too,
+except past the end of a prediction that was truncated (its bounds): there it says nothing, and the report
+says so.
 """
 from __future__ import annotations
 
@@ -79,8 +81,9 @@ def _value_at(segments: list[Segment], starts: list[int], t: float) -> float | N
 
 
 def compare(predicted: dict[str, Any] | None, reported: dict[str, Any] | None, *, start: datetime, duration: int,
-            electrical: Electrical = Electrical()) -> list[dict[str, Any]]:
-    """Where the reported answer disagrees with the prediction ([] = they agree)."""
+            electrical: Electrical = Electrical(), truncated: bool = False) -> list[dict[str, Any]]:
+    """Where the reported answer disagrees with the prediction ([] = they agree). ``truncated``: the prediction
+    ends before the window asked for (its bounds), so a reported schedule going on after it is not compared."""
     differences: list[dict[str, Any]] = []
     predicted_status = (predicted or {}).get("status")
     reported_status = (reported or {}).get("status")
@@ -97,6 +100,9 @@ def compare(predicted: dict[str, Any] | None, reported: dict[str, Any] | None, *
         differences.append({"kind": "unit", "predicted": unit, "reported": reported_unit})
     if abs(ours[0].start - theirs[0].start) > TIME_TOLERANCE:
         differences.append({"kind": "start", "predicted": _iso(ours[0].start), "reported": _iso(theirs[0].start)})
+    ends = ours[-1].end - theirs[-1].end
+    if ends < -TIME_TOLERANCE and not truncated or ends > TIME_TOLERANCE:
+        differences.append({"kind": "end", "predicted": _iso(ours[-1].end), "reported": _iso(theirs[-1].end)})
     begin, end = max(ours[0].start, theirs[0].start), min(ours[-1].end, theirs[-1].end)
     if end - begin <= TIME_TOLERANCE:
         differences.append({"kind": "no_overlap"})

@@ -349,27 +349,72 @@ def _round(value: float, conventions: Conventions) -> float:
     return round(value, 6)
 
 
-def _valid(profiles: list[StoredProfile], connectors: set[int], ignored: dict[int, str]) -> list[StoredProfile]:
-    """The stored profiles on ``connectors`` that can be evaluated, within :data:`MAX_PROFILE_PERIODS`; any other
-    on them is left out with the reason (never an error)."""
-    def key(stored: StoredProfile) -> int:
-        # ChargePointMaxProfiles and Tx limits at higher stack levels win: they are read first
-        level = stored.profile.get("stackLevel") if isinstance(stored.profile, dict) else None
-        return -level if isinstance(level, int) and not isinstance(level, bool) else 0
+_READ_FIRST = {CHARGE_POINT_MAX: 0, TX_PROFILE: 1, TX_DEFAULT: 2}
+_LEFT_OUT = (f"more than the {MAX_PROFILES} profiles or {MAX_PROFILE_PERIODS} periods a composite reads "
+             "(ChargePointMaxProfiles first, then TxProfiles and TxDefaultProfiles, highest stack level first); "
+             "its lowest limit caps the composite")
+
+
+@dataclass(frozen=True)
+class _Ceiling:
+    """The lowest limit of a profile left out for the bounds: a composite never exceeds it (conservative)."""
+
+    purpose: str
+    connector_id: int
+    raw: _Raw
+
+
+def _lowest(stored: StoredProfile) -> _Ceiling | None:
+    """A left-out profile's lowest limit (None when it cannot be read: the charge point would not hold it)."""
+    try:
+        schedule = stored.profile["chargingSchedule"]
+        unit = schedule["chargingRateUnit"]
+        purpose = stored.profile["chargingProfilePurpose"]
+        lowest = None
+        for period in schedule["chargingSchedulePeriod"]:
+            value, phases = float(period["limit"]), period.get("numberPhases")
+            if not math.isfinite(value) or value < 0 or unit not in ("A", "W") or purpose not in _READ_FIRST:
+                return None
+            if lowest is None or value < lowest.value:
+                lowest = _Raw(value, unit, phases if isinstance(phases, int) and 1 <= phases <= 3 else None)
+        return None if lowest is None else _Ceiling(purpose, stored.connector_id, lowest)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _valid(profiles: list[StoredProfile], connectors: set[int], ignored: dict[int, str],
+           left_out: list[_Ceiling]) -> list[StoredProfile]:
+    """The stored profiles on ``connectors`` that can be evaluated, within :data:`MAX_PROFILES` and
+    :data:`MAX_PROFILE_PERIODS`: ChargePointMaxProfiles first, then TxProfiles, then TxDefaultProfiles, each
+    highest stack level first, up to the first that does not fit; every one after it is left out too (so a
+    lower profile never shows through one left out above it), its lowest limit in ``left_out``. Any other
+    that breaks the rules is left out with the reason (never an error)."""
+    def key(stored: StoredProfile) -> tuple[int, int]:
+        profile = stored.profile if isinstance(stored.profile, dict) else {}
+        level = profile.get("stackLevel")
+        level = level if isinstance(level, int) and not isinstance(level, bool) else 0
+        return _READ_FIRST.get(profile.get("chargingProfilePurpose"), 3), -level
 
     relevant = [s for s in profiles if isinstance(s, StoredProfile) and s.connector_id in connectors]
-    valid, budget = [], MAX_PROFILE_PERIODS
+    valid, budget, full = [], MAX_PROFILE_PERIODS, False
     for stored in sorted(relevant, key=key):
         pid = stored.profile.get("chargingProfileId") if isinstance(stored.profile, dict) else None
         pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else -1
         try:
             periods = stored.profile["chargingSchedule"]["chargingSchedulePeriod"]
-            if len(valid) >= MAX_PROFILES or len(periods) > budget:
-                ignored[pid] = f"more than the {MAX_PROFILES} profiles or {MAX_PROFILE_PERIODS} periods a composite reads"
-                continue
+            full = full or len(valid) >= MAX_PROFILES or len(periods) > budget
+            if full:
+                ceiling = _lowest(stored)
+                if ceiling is not None:
+                    ignored[pid] = _LEFT_OUT
+                    left_out.append(ceiling)
+                    continue
             validate_profile(stored.connector_id, stored.profile)
         except Exception as exc:  # noqa: BLE001 - a bad stored profile must not break the composite
             ignored[pid] = str(exc)[:200] or type(exc).__name__
+            continue
+        if full:   # valid, yet not readable for a ceiling: not possible, but never evaluated past the bounds
+            ignored[pid] = _LEFT_OUT
             continue
         budget -= len(periods)
         valid.append(stored)
@@ -409,7 +454,9 @@ def compute_composite(
     begin_dt = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
     begin_dt = begin_dt.astimezone(timezone.utc).replace(microsecond=0)
     begin = epoch(begin_dt)
-    window = min(duration, MAX_WINDOW, conv.max_duration if conv.duration == "capped" else MAX_WINDOW)
+    # the preset's own cap ("capped": the charge point answers that much) is its answer; ours is a truncation
+    asked = min(duration, conv.max_duration) if conv.duration == "capped" else duration
+    window = min(asked, MAX_WINDOW)
     end = begin + window
     transactions = transactions or {}
     if connectors is not None and connector_id > connectors:
@@ -417,10 +464,11 @@ def compute_composite(
                          rejected=f"connector {connector_id} does not exist (NumberOfConnectors: {connectors})")
 
     ignored: dict[int, str] = {}
+    left_out: list[_Ceiling] = []
     # each stored profile parsed once (run from the window start); a connector's chain moves Relative ones
     targets = sorted({c for c in (connector_ids or [1]) if c > 0}) if connector_id == 0 else [connector_id]
     prepared = [(stored, _Schedule.prepare(stored.profile, begin, conv))
-                for stored in _valid(profiles, {0, *targets}, ignored)]
+                for stored in _valid(profiles, {0, *targets}, ignored, left_out)]
     by_connector: dict[int, list[tuple[StoredProfile, _Schedule]]] = {}
     for stored, schedule in prepared:
         by_connector.setdefault(stored.connector_id, []).append((stored, schedule))
@@ -461,8 +509,13 @@ def compute_composite(
                  for s in stack.schedules}
     instants = heapq.merge(*(s.change_points(begin, end) for s in schedules.values()))
     evaluate = _Evaluator(conv, electrical, unit, connector_id == 0)
+    # profiles left out for the bounds still cap the composite, each with its lowest limit: a limited prediction
+    # never exceeds a limit that applies (it may be lower than what the charge point computes; said so)
+    station_ceiling = evaluate.lowest([c.raw for c in left_out if c.purpose == CHARGE_POINT_MAX])
+    part_ceilings = [evaluate.lowest([c.raw for c in left_out if c.purpose != CHARGE_POINT_MAX
+                                      and c.connector_id in (0, target)]) for target in targets]
     periods: list[Period] = []
-    truncated: str | None = None
+    truncated = f"at most {MAX_WINDOW // 86400} days are computed" if window < asked else None
     # work per instant: a lookup in every schedule of every chain and the station maximum, and one term per
     # connector in the sum
     per_instant = len(station_max.schedules) + sum(len(st.schedules) for stacks in shared.values() for st in stacks) \
@@ -480,7 +533,10 @@ def compute_composite(
         else:
             limits = {key: _first(stacks, t) for key, stacks in shared.items()}
             parts = [limits[(c,) if (c,) in shared else ()] for c in targets]
-            value, phases = evaluate(parts, station_max.limit_at(t))
+            if left_out:
+                parts = [evaluate.lowest([p, ceiling]) if ceiling else p for p, ceiling in zip(parts, part_ceilings)]
+            cap = station_max.limit_at(t)
+            value, phases = evaluate(parts, evaluate.lowest([cap, station_ceiling]) if station_ceiling else cap)
             if value is not None:
                 value = _round(value, conv)
             if periods and (periods[-1].limit, periods[-1].phases) == (value, phases):
@@ -506,6 +562,16 @@ class _Evaluator:
 
     def __init__(self, conv: Conventions, electrical: Electrical, unit: str, station: bool) -> None:
         self.conv, self.electrical, self.unit, self.station = conv, electrical, unit, station
+
+    def lowest(self, limits: list[_Raw | None]) -> _Raw | None:
+        """The lowest of some limits (in W, each with its own phases, else the supply's); with the "none"
+        conversion only those in the composite's unit compare."""
+        known = [r for r in limits if r is not None and (self.conv.conversion != "none" or r.unit == self.unit)]
+
+        def watts(raw: _Raw) -> float:
+            return raw.value if raw.unit == "W" else raw.value * self.electrical.voltage * (
+                raw.phases or self.electrical.phases)
+        return min(known, key=watts, default=None)
 
     def __call__(self, parts: list[_Raw | None], cap: _Raw | None) -> tuple[float | None, int | None]:
         conv = self.conv

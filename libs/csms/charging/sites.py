@@ -12,12 +12,16 @@ most the site's limit:
   old one), and the others share what is left.
 
 Caps are floored to 0.1 so their sum never exceeds the limit. The push order that keeps the sum under
-the limit while caps change (lower first, then raise) is :func:`transition`.
+the limit while caps change is :func:`settle`: in rounds, every cap that goes down is pushed (as min(held,
+new)) and its outcome awaited; members that refused (or whose outcome is unknown) are pinned at what they
+hold and the rest is planned again; only when a round lowers nothing more are the caps that go up pushed.
+A member whose cap is not known counts as its own maximum (unlimited without one).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 Schedule = list[tuple[int, float]]  # (epoch second, value from then on), sorted; the last value persists
 
@@ -179,22 +183,109 @@ def rebase(schedule: Schedule | None, begin: int) -> Schedule | None:
     return [(begin, value_at(schedule, begin)), *((t, v) for t, v in schedule if t > begin)]
 
 
-def transition(old: dict[str, Schedule | None], new: dict[str, Schedule], begin: int) -> tuple[
-        dict[str, Schedule], dict[str, Schedule]]:
-    """``(first, then)``: push ``first`` (every cap that goes down, as min(old, new)) and wait for the
-    answers, then push ``then`` (the final caps that differ from what is held). At every instant in between
-    each member holds at most max(old, new) and never more than its old cap until the lowering is done."""
-    old = {cp: rebase(schedule, begin) for cp, schedule in old.items()}
+def _same(a: Schedule | None, b: Schedule) -> bool:
+    return a is not None and combine(a, a, min) == combine(b, b, min)
+
+
+def lowerings(held: dict[str, Schedule | None], new: dict[str, Schedule]) -> dict[str, Schedule]:
+    """Every cap that goes down somewhere, as min(held, new) (the new cap itself for a member holding none
+    known)."""
     first: dict[str, Schedule] = {}
     for cp, schedule in new.items():
-        step = lower(old.get(cp), schedule)
+        step = lower(held.get(cp), schedule)
         if step is not None:
             first[cp] = step
-    def same(a: Schedule | None, b: Schedule) -> bool:
-        return a is not None and combine(a, a, min) == combine(b, b, min)
+    return first
 
-    then = {cp: schedule for cp, schedule in new.items() if not same(first.get(cp) or old.get(cp), schedule)}
+
+def transition(old: dict[str, Schedule | None], new: dict[str, Schedule], begin: int) -> tuple[
+        dict[str, Schedule], dict[str, Schedule]]:
+    """``(first, then)`` when every member accepts: ``first`` lowers (min(old, new)), ``then`` is the final
+    caps that differ from what is held after it. :func:`settle` pushes them, also when some refuse."""
+    old = {cp: rebase(schedule, begin) for cp, schedule in old.items()}
+    first = lowerings(old, new)
+    then = {cp: schedule for cp, schedule in new.items() if not _same(first.get(cp) or old.get(cp), schedule)}
     return first, then
+
+
+ACCEPTED = "Accepted"
+# outcomes after which the charge point may hold the new cap or the old one: counted as the higher of the two
+UNKNOWN_OUTCOMES = frozenset({"timeout", "error", "invalid_response"})
+Push = Callable[[dict[str, Schedule]], Awaitable[dict[str, str]]]
+
+
+@dataclass
+class Settlement:
+    """What :func:`settle` did: the final plan, what each member holds (as far as known: the higher of old and
+    new where the outcome is unknown; None = no known cap), each member's last answer, the members pinned at
+    what they hold, those whose cap is uncertain, and why it gave up (nothing raised then)."""
+
+    plan: Plan
+    held: dict[str, Schedule | None]
+    outcome: dict[str, str] = field(default_factory=dict)
+    pinned: dict[str, Schedule] = field(default_factory=dict)
+    uncertain: set[str] = field(default_factory=set)
+    rounds: int = 0
+    gave_up: str | None = None
+
+
+def _ceiling(member: Member, begin: int) -> Schedule:
+    """What a member without a known cap may draw: its own maximum, else no limit."""
+    return [(begin, member.max_limit if member.max_limit is not None else math.inf)]
+
+
+async def settle(site: Site, members: list[Member], held: dict[str, Schedule | None], *, begin: int,
+                 push: Push, horizon: int = 86400, still_ours: Callable[[], bool] = lambda: True,
+                 max_rounds: int | None = None) -> Settlement:
+    """Move the members from the caps they ``held`` to a plan without the sum of what they may hold ever
+    exceeding what it was or the limit: rounds of lowerings (``push`` them, await every answer; a member that
+    refuses, or whose outcome is unknown, is pinned at what it holds and the others are planned again), then,
+    once a round lowers nothing, the raises. ``still_ours`` False (the site's lock lost) or too many rounds:
+    give up with nothing raised. ``held`` values start at ``begin`` (see :func:`rebase`)."""
+    held = dict(held)
+    by_id = {m.charge_point_id: m for m in members}
+    result = Settlement(plan(site, members, begin=begin, horizon=horizon), held)
+    limit_rounds = max_rounds if max_rounds is not None else len(members) + 2
+    while True:
+        result.plan = plan(site, members, begin=begin, horizon=horizon, pinned=result.pinned)
+        first = {cp: s for cp, s in lowerings(held, result.plan.caps).items() if cp not in result.pinned}
+        if not first:
+            break
+        if result.rounds >= limit_rounds:
+            result.gave_up = f"caps still going down after {result.rounds} rounds"
+            return result
+        if not still_ours():
+            result.gave_up = "the site's lock was lost"
+            return result
+        result.rounds += 1
+        for cp, _, _ in _answered(result, first, await push(first)):
+            # refused, or unknown: it holds its old cap (the higher of old and new) -- pinned there
+            result.pinned[cp] = held[cp] if held[cp] is not None else _ceiling(by_id[cp], begin)
+    if not still_ours():
+        result.gave_up = "the site's lock was lost"
+        return result
+    raises = {cp: s for cp, s in result.plan.caps.items() if cp not in result.pinned and not _same(held.get(cp), s)}
+    if raises:
+        for cp, status, schedule in _answered(result, raises, await push(raises)):
+            if status in UNKNOWN_OUTCOMES:
+                held[cp] = None if held.get(cp) is None else combine(held[cp], schedule, max)
+                result.uncertain.add(cp)
+    return result
+
+
+def _answered(result: Settlement, caps: dict[str, Schedule], answers: dict[str, str]) -> list[
+        tuple[str, str, Schedule]]:
+    """Record the members' answers to ``caps`` (an accepted cap is held); ``(cp, status, cap)`` of the others."""
+    others = []
+    for cp, schedule in caps.items():
+        status = answers.get(cp, "error")
+        result.outcome[cp] = status
+        if status == ACCEPTED:
+            result.held[cp] = schedule
+            result.uncertain.discard(cp)
+        else:
+            others.append((cp, status, schedule))
+    return others
 
 
 def to_periods(schedule: Schedule, begin: int, max_periods: int) -> list[dict[str, float | int]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from csms.contracts.base import BusModel, OcppModel, UtcDatetime, utc_now
 
@@ -85,7 +85,8 @@ class CommandResult(BusModel):
     error_description: str = Field("", description="What went wrong, for people.")
     error_details: dict[str, Any] = Field(default_factory=dict, description="Error details.")
     server: dict[str, Any] | None = Field(None, description=(
-        "The central system's own view where it has one, e.g. the composite schedule it computed."))
+        "The central system's own view where it has one, e.g. the composite schedule it computed; typed per "
+        "action where the documents say (GetCompositeSchedule: the prediction, its conventions and the report)."))
     warnings: list[str] = Field(default_factory=list, description=(
         "Where the central system's records disagreed with the command (it was sent all the same)."))
     completed_at: UtcDatetime = Field(default_factory=utc_now, description="When the outcome was known.")
@@ -99,6 +100,13 @@ class CommandResult(BusModel):
         if not self.ok or self.payload is None:
             raise CommandFailed(self)
         return model.model_validate(self.payload)
+
+
+def server_views() -> dict[str, type[BaseModel]]:
+    """The model of ``CommandResult.server`` per action that types it (the AsyncAPI and OpenAPI documents use
+    it; the owning service validates what it sends against it)."""
+    from csms.contracts.api.smart_charging import CompositeServerView
+    return {"GetCompositeSchedule": CompositeServerView}
 
 
 class CommandFailed(Exception):

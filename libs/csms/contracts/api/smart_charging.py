@@ -81,6 +81,23 @@ class RuleIdParams(Params):
     rule_id: int = Field(ge=1)
 
 
+class ListPresetsParams(Params):
+    """No parameters (an unknown one is refused)."""
+
+
+class ListPresetRulesParams(Params):
+    """No parameters (an unknown one is refused)."""
+
+
+SiteIdText = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+MAX_SITES_PAGE = 1000
+
+
+class ListSitesParams(Params):
+    after: str | None = Field(None, min_length=1, max_length=64, description="continue after this site id (pages)")
+    limit: int = Field(100, ge=1, le=MAX_SITES_PAGE, description="at most this many sites, by id")
+
+
 class ReportsParams(ChargePointParams):
     limit: int = Field(20, ge=1, le=500)
 
@@ -91,7 +108,7 @@ class SiteLimitStep(Params):
 
 
 class PutSiteParams(Params):
-    site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    site_id: str = SiteIdText
     name: str = Field("", max_length=200)
     unit: Literal["A", "W"]
     limit: float = Field(ge=0, le=MAX_LIMIT, allow_inf_nan=False)
@@ -193,7 +210,7 @@ class Difference(View):
     """Where a charge point's GetCompositeSchedule answer disagrees with the prediction (``kind``, see README
     "Smart charging"); ``predicted`` / ``reported`` are what each says (null: nothing), ``at`` / ``until`` the
     span of a ``limit`` difference."""
-    kind: Literal["status", "unreadable", "unit", "start", "no_overlap", "limit"]
+    kind: Literal["status", "unreadable", "unit", "start", "end", "no_overlap", "limit"]
     predicted: Any = None
     reported: Any = None
     at: IsoText | None = None
@@ -216,6 +233,23 @@ class CompositeReportView(View):
     reported: dict[str, Any] | None = Field(description="the charge point's GetCompositeSchedule.conf, verbatim")
     differences: list[Difference]
     mismatch: bool
+    truncated: Truncation | None = Field(description=(
+        "where the prediction ends before the window asked for (its bounds): the answer after it is not compared"))
+
+
+class ReportSummary(View):
+    """The charge point's answer compared with the prediction (kept: ``list_composite_reports``)."""
+    report_id: int
+    mismatch: bool = Field(description="the answer disagrees with the prediction where it was compared")
+    differences: list[Difference]
+    truncated: Truncation | None = Field(description=(
+        "where the prediction ends before the window asked for (its bounds): the answer after it is not compared"))
+
+
+class CompositeServerView(CompositeScheduleView):
+    """``result.server`` of a GetCompositeSchedule command: the composite the central system predicts
+    (GetCompositeSchedule.conf shape + ``conventions``) and, when the charge point answered, ``report``."""
+    report: ReportSummary | None = None
 
 
 class ElectricalView(View):
@@ -358,9 +392,14 @@ class SitePlanView(Compact):
     begin: IsoText | None = None
     limit_now: float | None = None
     strategy: Literal["fair", "priority"] | None = None
-    caps: dict[str, CapSchedule | None] | None = None
-    caps_now: dict[str, float] | None = None
+    caps: dict[str, CapSchedule | None] | None = Field(None, description=(
+        "the caps planned from begin; null for a member pinned without a known cap (it counts as its maximum)"))
+    caps_now: dict[str, float | None] | None = None
     members: dict[str, MemberShare] | None = None
-    pushed: dict[str, str] | None = Field(None, description="each member's answer to its cap")
+    pushed: dict[str, str] | None = Field(None, description=(
+        "each member's last answer to its cap: Accepted, its status, or timeout, busy, error"))
     failed: list[str] | None = None
-    held_now: dict[str, float | None] | None = None
+    held_now: dict[str, float | None] | None = Field(None, description=(
+        "the cap each member holds now as far as known (after an unknown outcome, the higher of old and new; "
+        "null: none known)"))
+    gave_up: str | None = Field(None, description="why the rebalance stopped with nothing raised")
