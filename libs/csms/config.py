@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # handshakes without credentials per source address within GATEWAY_AUTH_FAILURE_WINDOW (429 beyond); they are
     # answered 401 without asking anyone
     gateway_auth_max_anonymous_per_address: int = _env("GATEWAY_AUTH_MAX_ANONYMOUS_PER_ADDRESS", 60, ge=1, le=100000)
+    # source addresses (address groups) a charge point id is remembered at as a known pair: the most recent ones, the
+    # oldest forgotten beyond (bounds the login memory in Redis per charge point; services/gateway/lockout.py)
+    gateway_auth_known_addresses_per_id: int = _env("GATEWAY_AUTH_KNOWN_ADDRESSES_PER_ID", 8, ge=1, le=64)
+    # every per-address limit counts an IPv6 source by its network of this prefix length (a host gets a whole /64);
+    # IPv4 (and IPv4-mapped IPv6) addresses count one by one
+    gateway_auth_ipv6_prefix: int = _env("GATEWAY_AUTH_IPV6_PREFIX", 64, ge=32, le=128)
     # longest charge point id accepted (the percent-decoded last path segment)
     max_charge_point_id_length: int = _env("CSMS_MAX_CHARGE_POINT_ID_LENGTH", 64, ge=1, le=255)
     # seconds a charge point's presence key (gateway instance, session) lives without a refresh; the gateway
