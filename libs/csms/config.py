@@ -70,8 +70,8 @@ class Settings(BaseSettings):
                                   validation_alias=AliasChoices("GATEWAY_INSTANCE", "gateway_instance"))
     # ---- charge point security (OCPP 1.6 security whitepaper profiles; services/gateway/profiles.py) ----
     # basic: every charge point authenticates (at least GATEWAY_MIN_SECURITY_PROFILE, and never below the profile
-    # recorded for it). none (development only, logged at WARNING): a charge point without a recorded profile may
-    # connect without credentials (profile 0)
+    # recorded for it). none (development only, logged at WARNING; a standalone gateway refuses it): a charge point
+    # without a recorded profile or a password may connect without credentials (profile 0)
     gateway_auth: Literal["none", "basic"] = _env("GATEWAY_AUTH", "basic")
     # the lowest profile accepted from any charge point when GATEWAY_AUTH=basic: 1 Basic auth, 2 TLS + Basic auth,
     # 3 TLS with a client certificate. 2 and 3 need TLS (GATEWAY_TLS_CERT_FILE or GATEWAY_TRUSTED_PROXIES)
