@@ -42,10 +42,10 @@ What Redis can be made to hold is bounded (README "Basic auth under attack" has 
 * by charge points: the login memory -- ``addresses`` and the ``ids`` entries -- is written only for a handshake
   that authenticated, at most ``GATEWAY_AUTH_KNOWN_ADDRESSES_PER_ID`` entries per id in each, whatever the id
   logs in from (one extracted credential used from ever new addresses keeps replacing its own entries);
-* by address groups: without credentials every key lives at most window + lockout seconds; a group has its 5 own
-  keys and each failure counted for it adds at most 2 (the id's count and the pair's), and at most
-  ``GATEWAY_AUTH_MAX_FAILURES_PER_ADDRESS`` failures are counted per lock -- whatever credentials (or none, or
-  unusable ones that are never hashed) it sends.
+* by address groups: without credentials every key lives at most window + lockout seconds (the clean-lane place:
+  CSMS_CALL_TIMEOUT + CLAIM_MARGIN); a group has its 5 own keys and each failure counted for it adds at most 2 (the
+  id's count and the pair's), and at most ``GATEWAY_AUTH_MAX_FAILURES_PER_ADDRESS`` failures are counted per lock
+  -- whatever credentials (or none, or unusable ones that are never hashed) it sends.
 
 The keys of the previous version's known pairs (``...:id:<id>:known:<addr>``, ``...:address:<addr>:good``) are
 still honoured (read only) until they expire.

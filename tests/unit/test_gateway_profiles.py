@@ -288,84 +288,74 @@ async def test_known_pairs_then_clean_addresses_then_suspects_get_the_free_worke
         verifier.close()
 
 
-async def test_a_check_that_waited_longer_than_its_caller_is_dropped_unhashed(monkeypatch):
+class _Clock:
+    now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def gated(monkeypatch):
+    """A verifier of one worker (max_wait 5 s) on a clock the test moves, whose checks hold the worker until the
+    test sets the gate: (verifier, clock, gate, stored credentials)."""
     from services.stations import verifier as module
 
-    class Clock:
-        now = 1000.0
-
-        def monotonic(self):
-            return self.now
-    clock = Clock()
+    clock = _Clock()
     monkeypatch.setattr(module, "time", clock)
     verifier = await PasswordVerifier(workers=1, queue=4, max_wait=5.0).start()
-    stored = Credentials(credentials.hash_secret(b"right-password-1"), None)
-    try:
-        gate = asyncio.Event()
-        real_check = verifier._check
+    gate = asyncio.Event()
+    real_check, loop = verifier._check, asyncio.get_running_loop()
 
-        def slow_check(*args):      # (on the worker thread) the running check holds the worker until told
-            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
-            return real_check(*args)
-        loop = asyncio.get_running_loop()
-        monkeypatch.setattr(verifier, "_check", slow_check)
-        running = asyncio.create_task(verifier.verify(b"guess-1", stored))
-        await asyncio.sleep(0)
-        stale = asyncio.create_task(verifier.verify(b"guess-2", stored))
-        await asyncio.sleep(0)
-        clock.now += 6.0            # the gateway stopped waiting for it
-        fresh = asyncio.create_task(verifier.verify(b"guess-3", stored, lane="suspect"))
-        await asyncio.sleep(0)
-        gate.set()
-        assert (await running).authenticated is False
-        with pytest.raises(Busy):
-            await stale
-        assert (await fresh).authenticated is False
-        assert verifier.hashed == 2
+    def slow_check(*args):      # (on the worker thread) the running check holds the worker until told
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        return real_check(*args)
+    monkeypatch.setattr(verifier, "_check", slow_check)
+    try:
+        yield verifier, clock, gate, Credentials(credentials.hash_secret(b"right-password-1"), None)
     finally:
+        gate.set()
         verifier.close()
 
 
-async def test_a_check_is_dropped_a_margin_before_its_callers_deadline(monkeypatch):
+async def test_a_check_that_waited_longer_than_its_caller_is_dropped_unhashed(gated):
+    verifier, clock, gate, stored = gated
+    running = asyncio.create_task(verifier.verify(b"guess-1", stored))
+    await asyncio.sleep(0)
+    stale = asyncio.create_task(verifier.verify(b"guess-2", stored))
+    await asyncio.sleep(0)
+    clock.now += 6.0            # the gateway stopped waiting for it
+    fresh = asyncio.create_task(verifier.verify(b"guess-3", stored, lane="suspect"))
+    await asyncio.sleep(0)
+    gate.set()
+    assert (await running).authenticated is False
+    with pytest.raises(Busy):
+        await stale
+    assert (await fresh).authenticated is False
+    assert verifier.hashed == 2
+
+
+async def test_a_check_is_dropped_a_margin_before_its_callers_deadline(gated):
     """A waiting check gets a worker no later than DEADLINE_MARGIN before its caller stops waiting -- by the
     deadline the caller sent (``within``), else CSMS_CALL_TIMEOUT (``max_wait``): one handed a worker just before
     still has the time to be hashed and answered, none is hashed for a caller that is gone."""
-    from services.stations import verifier as module
+    from services.stations.verifier import DEADLINE_MARGIN
 
-    class Clock:
-        now = 1000.0
-
-        def monotonic(self):
-            return self.now
-    clock = Clock()
-    monkeypatch.setattr(module, "time", clock)
-    verifier = await PasswordVerifier(workers=1, queue=4, max_wait=5.0).start()
-    stored = Credentials(credentials.hash_secret(b"right-password-1"), None)
-    try:
-        gate = asyncio.Event()
-        real_check = verifier._check
-        loop = asyncio.get_running_loop()
-
-        def slow_check(*args):
-            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
-            return real_check(*args)
-        monkeypatch.setattr(verifier, "_check", slow_check)
-        running = asyncio.create_task(verifier.verify(b"guess-1", stored))
-        await asyncio.sleep(0)
-        by_timeout = asyncio.create_task(verifier.verify(b"guess-2", stored))              # max_wait 5 s
-        by_deadline = asyncio.create_task(verifier.verify(b"guess-3", stored, within=3.0))
-        roomy = asyncio.create_task(verifier.verify(b"guess-4", stored, lane="suspect", within=30.0))
-        await asyncio.sleep(0)
-        clock.now += 5.0 - module.DEADLINE_MARGIN / 2     # both callers still wait, but not long enough
-        gate.set()
-        assert (await running).authenticated is False
-        for dropped in (by_timeout, by_deadline):
-            with pytest.raises(Busy):
-                await dropped
-        assert (await roomy).authenticated is False
-        assert verifier.hashed == 2
-        with pytest.raises(Busy):                          # a deadline within the margin: not even tried
-            await verifier.verify(b"guess-5", stored, within=module.DEADLINE_MARGIN / 2)
-        assert verifier.hashed == 2
-    finally:
-        verifier.close()
+    verifier, clock, gate, stored = gated
+    running = asyncio.create_task(verifier.verify(b"guess-1", stored))
+    await asyncio.sleep(0)
+    by_timeout = asyncio.create_task(verifier.verify(b"guess-2", stored))              # max_wait 5 s
+    by_deadline = asyncio.create_task(verifier.verify(b"guess-3", stored, within=3.0))
+    roomy = asyncio.create_task(verifier.verify(b"guess-4", stored, lane="suspect", within=30.0))
+    await asyncio.sleep(0)
+    clock.now += 5.0 - DEADLINE_MARGIN / 2          # both callers still wait, but not long enough
+    gate.set()
+    assert (await running).authenticated is False
+    for dropped in (by_timeout, by_deadline):
+        with pytest.raises(Busy):
+            await dropped
+    assert (await roomy).authenticated is False
+    assert verifier.hashed == 2
+    with pytest.raises(Busy):                       # a deadline within the margin: not even tried
+        await verifier.verify(b"guess-5", stored, within=DEADLINE_MARGIN / 2)
+    assert verifier.hashed == 2
