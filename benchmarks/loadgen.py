@@ -11,6 +11,7 @@ lower send rate. Every run is bounded in count and time; it only connects to the
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import resource
 import sys
@@ -120,9 +121,14 @@ class ChargePoint:
         self.reader.cancel()
 
 
-async def open_charge_point(url: str, cp_id: str) -> ChargePoint:
+async def open_charge_point(url: str, cp_id: str, password: str | None = None) -> ChargePoint:
+    """``password``: the AuthorizationKey (hex) it authenticates with (HTTP Basic, security profile 1)."""
+    headers = {}
+    if password is not None:
+        token = base64.b64encode(cp_id.encode() + b":" + bytes.fromhex(password)).decode()
+        headers["Authorization"] = f"Basic {token}"
     ws = await connect(f"{url}/{cp_id}", subprotocols=["ocpp1.6"], ping_interval=None, open_timeout=60,
-                       max_queue=16, compression=None)
+                       max_queue=16, compression=None, additional_headers=headers)
     return ChargePoint(cp_id, ws)
 
 
@@ -131,10 +137,11 @@ async def boot(cp: ChargePoint) -> str:
     return frame[2].get("status") if frame[0] == CALLRESULT else f"CALLERROR {frame[2]}"
 
 
-async def connect_and_boot(urls: list[str], prefix: str, count: int, concurrency: int
+async def connect_and_boot(urls: list[str], prefix: str, count: int, concurrency: int, password: str | None = None
                            ) -> tuple[list[ChargePoint], dict[str, int], float]:
-    """Connect ``count`` charge points (spread over ``urls``) and boot each, ``concurrency`` handshakes at a time;
-    returns them, the boot answers (or errors) by kind, and the seconds it took."""
+    """Connect ``count`` charge points (spread over ``urls``; with ``password``: authenticated) and boot each,
+    ``concurrency`` handshakes at a time; returns them, the boot answers (or errors) by kind, and the seconds it
+    took."""
     gate = asyncio.Semaphore(concurrency)
     outcomes: dict[str, int] = {}
     cps: list[ChargePoint] = []
@@ -142,7 +149,7 @@ async def connect_and_boot(urls: list[str], prefix: str, count: int, concurrency
     async def one(i: int) -> None:
         async with gate:
             try:
-                cp = await open_charge_point(urls[i % len(urls)], f"{prefix}{i:06d}")
+                cp = await open_charge_point(urls[i % len(urls)], f"{prefix}{i:06d}", password)
                 status = await boot(cp)
                 cps.append(cp)
             except Exception as exc:  # noqa: BLE001 - counted: the storm's result is how many failed
@@ -158,7 +165,7 @@ async def connect_and_boot(urls: list[str], prefix: str, count: int, concurrency
 async def scenario_storm(spec: dict) -> None:
     """Boot storm: connect and boot ``count`` charge points; report; hold them (idle) until stdin says close."""
     cps, outcomes, seconds = await connect_and_boot(spec["urls"], spec["prefix"], spec["count"],
-                                                    spec.get("concurrency", 200))
+                                                    spec.get("concurrency", 200), spec.get("password"))
     emit(event="booted", seconds=seconds, outcomes=outcomes, connected=len(cps))
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await asyncio.gather(*(cp.close() for cp in cps), return_exceptions=True)
@@ -168,7 +175,7 @@ async def scenario_storm(spec: dict) -> None:
 async def scenario_hold(spec: dict) -> None:
     """Connect and boot charge points that only answer the CSMS's commands, until stdin says close."""
     cps, outcomes, seconds = await connect_and_boot(spec["urls"], spec["prefix"], spec["count"],
-                                                    spec.get("concurrency", 200))
+                                                    spec.get("concurrency", 200), spec.get("password"))
     emit(event="booted", seconds=seconds, outcomes=outcomes, connected=len(cps))
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     emit(event="done", commands_answered=sum(cp.commands for cp in cps))
@@ -235,7 +242,7 @@ async def run_step(cps: list[ChargePoint], rate: float, seconds: float, pids: li
 async def scenario_sustained(spec: dict) -> None:
     """The 60/20/20 mix: a fixed-rate step for CPU per message, then a rate ramp until p99 >= the limit."""
     cps, outcomes, seconds = await connect_and_boot(spec["urls"], spec["prefix"], spec["count"],
-                                                    spec.get("concurrency", 200))
+                                                    spec.get("concurrency", 200), spec.get("password"))
     emit(event="booted", seconds=seconds, outcomes=outcomes, connected=len(cps))
     for cp in cps:  # a transaction on connector 1 of each, for the MeterValues
         await cp.call("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",

@@ -59,11 +59,12 @@ async def main() -> None:
     try:
         if args.storm:
             gen = await Loadgen({"scenario": "storm", "urls": side.urls, "prefix": "prof", "count": args.storm,
-                                 "concurrency": 200}).start()
+                                 "concurrency": 200, **await side.credentials("prof", args.storm)}).start()
         else:
             gen = await Loadgen({"scenario": "sustained", "urls": side.urls, "prefix": "prof", "pids": side.pids,
                                  "count": args.charge_points, "cpu_rate": args.rate, "cpu_seconds": args.seconds,
-                                 "ramp_start": 10 ** 9, "ramp_max": 0}).start()
+                                 "ramp_start": 10 ** 9, "ramp_max": 0,
+                                 **await side.credentials("prof", args.charge_points)}).start()
             await gen.until("started")
         names = [Path(log).stem for log in side.logs]
         spies = [subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "--rate", "200",

@@ -41,16 +41,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.support
 
+from csms.db import dsn  # noqa: E402
 from csms.testing.infra import DEFAULT_AMQP, DEFAULT_DATABASE, DEFAULT_REDIS, Infrastructure  # noqa: E402
 from csms.testing.system import create_schema, make_settings, remove_test_system  # noqa: E402
 from services.registry import load_services  # noqa: E402
+from services.stations import credentials  # noqa: E402
 from tests.support.process import environment  # noqa: E402
 
 SERVICES = ("stations", "transactions", "smart_charging", "diagnostics", "security")
+BENCH_KEY = "00112233445566778899aabbccddeeff00112233"   # the AuthorizationKey of every charge point of the csms side
 
 
 def free_port() -> int:
@@ -112,6 +116,10 @@ class Side:
     async def commands(self, seconds: float, charge_points: list[str]) -> dict | None:
         return None
 
+    async def credentials(self, prefix: str, count: int) -> dict[str, str]:
+        """What the load generator's charge points ``{prefix}{000000..}`` authenticate with (spec entries)."""
+        return {}
+
 
 class Echo(Side):
     name = "echo"
@@ -162,11 +170,15 @@ class Csms(Side):
         self.tree = tree  # another checkout of this system (``--against``): its code runs instead
         self.settings = None
         self.logs: list[Path] = []
+        self.password_hash = credentials.hash_secret(bytes.fromhex(BENCH_KEY))
 
     async def start(self) -> "Csms":
+        # authenticated as deployed (a standalone gateway refuses GATEWAY_AUTH=none): HTTP Basic, the load
+        # generator's charge points all from 127.0.0.1 (its per-address limit of checks in flight raised for them)
         self.settings = make_settings(
             Infrastructure(DEFAULT_AMQP, DEFAULT_REDIS, DEFAULT_DATABASE), call_timeout=30.0, command_timeout=10.0,
-            db_pool_max=10, log_level="WARNING", gateway_drain_seconds=0.5, service_drain_seconds=5.0)
+            db_pool_max=10, log_level="WARNING", gateway_drain_seconds=0.5, service_drain_seconds=5.0,
+            gateway_auth="basic", gateway_auth_checks_per_address=1000)
         self.procs, self.urls, ops = [], [], []
         folder = Path(tempfile.mkdtemp(prefix="csms-suite-"))
 
@@ -218,6 +230,21 @@ class Csms(Side):
                         raise RuntimeError(f"{self.name} did not start; logs in {folder}")
                     await asyncio.sleep(0.2)
         return self
+
+    async def credentials(self, prefix: str, count: int) -> dict[str, str]:
+        """Every charge point of the scenario gets the password BENCH_KEY, written straight into the stations
+        service's table with one hash for all (``set_password`` would hash each): the stations service hashes it
+        once, then finds it in its verified cache -- as it would for charge points that logged in before."""
+        connection = await asyncpg.connect(dsn(self.settings))
+        try:
+            await connection.execute(f"""
+                INSERT INTO "{self.settings.database_schema}".st_credentials (charge_point_id, password_hash, source)
+                SELECT $1 || lpad(n::text, 6, '0'), $2, 'benchmark' FROM generate_series(0, $3 - 1) AS n
+                ON CONFLICT (charge_point_id) DO NOTHING
+            """, prefix, self.password_hash, count)
+        finally:
+            await connection.close()
+        return {"password": BENCH_KEY}
 
     async def commands(self, seconds: float, charge_points: list[str]) -> dict | None:
         proc = await asyncio.create_subprocess_exec(
@@ -276,7 +303,7 @@ async def storm(side: Side, count: int, prefix: str) -> dict:
     before = rss_bytes(side.pids)
     each_before = {pid: rss_bytes([pid]) for pid in side.pids}
     gen = await Loadgen({"scenario": "storm", "urls": side.urls, "prefix": prefix, "count": count,
-                         "concurrency": 200}).start()
+                         "concurrency": 200, **await side.credentials(prefix, count)}).start()
     booted = await gen.until("booted")
     await asyncio.sleep(3.0)  # idle
     after = rss_bytes(side.pids)
@@ -295,7 +322,8 @@ async def sustained(side: Side, count: int, prefix: str, quick: bool) -> dict:
     gen = await Loadgen({"scenario": "sustained", "urls": side.urls, "prefix": prefix, "count": count,
                          "pids": side.pids, "cpu_rate": 200, "cpu_seconds": 5 if quick else 10,
                          "ramp_start": 150, "ramp_factor": 1.25, "ramp_max": 8000,
-                         "step_seconds": 3 if quick else 5, "ramp_budget_seconds": 150 if quick else 300}).start()
+                         "step_seconds": 3 if quick else 5, "ramp_budget_seconds": 150 if quick else 300,
+                         **await side.credentials(prefix, count)}).start()
     result = await gen.until("done")
     await gen.proc.wait()
     cpu = result["cpu_step"]
@@ -305,7 +333,8 @@ async def sustained(side: Side, count: int, prefix: str, quick: bool) -> dict:
 
 
 async def commands(side: Side, count: int, prefix: str, seconds: float) -> dict | None:
-    gen = await Loadgen({"scenario": "hold", "urls": side.urls, "prefix": prefix, "count": count}).start()
+    gen = await Loadgen({"scenario": "hold", "urls": side.urls, "prefix": prefix, "count": count,
+                         **await side.credentials(prefix, count)}).start()
     booted = await gen.until("booted")
     ids = [f"{prefix}{i:06d}" for i in range(count)]
     result = await side.commands(seconds, ids) if booted["connected"] == count else {"error": "not all connected"}

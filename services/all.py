@@ -4,9 +4,9 @@
 
 Development mode: unless ``DATABASE_MIGRATE`` is set, the database named in ``DATABASE_URL`` is created
 if missing and migrated at start (logged). Charge points authenticate as in production (GATEWAY_AUTH=basic);
-``GATEWAY_AUTH=none python -m services.all`` lets charge points without a recorded security profile in without
-credentials -- development only, logged at WARNING. One ops endpoint (``OPS_PORT``) serves every part; SIGTERM
-drains the gateway, then the services.
+``GATEWAY_AUTH=none python -m services.all`` lets charge points without a recorded security profile or a password
+in without credentials -- development only, logged at WARNING (a standalone ``python -m services.gateway`` refuses
+it). One ops endpoint (``OPS_PORT``) serves every part; SIGTERM drains the gateway, then the services.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def development(settings: Settings) -> Settings:
     if settings.gateway_auth == "basic":
         log.info("charge points authenticate with HTTP Basic auth: give one a password with `csms api stations "
                  "set_password charge_point_id=CP-1 password=<hex AuthorizationKey>`, or start with GATEWAY_AUTH=none "
-                 "(development only) to let charge points without a recorded profile in without credentials")
+                 "(development only) to let charge points without a recorded profile or a password in without "
+                 "credentials")
     if os.environ.get("DATABASE_MIGRATE"):
         return settings
     return settings.replace(db_migrate=True)  # said by prepare(): one line about migrating, with its reason

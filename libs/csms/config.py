@@ -70,8 +70,8 @@ class Settings(BaseSettings):
                                   validation_alias=AliasChoices("GATEWAY_INSTANCE", "gateway_instance"))
     # ---- charge point security (OCPP 1.6 security whitepaper profiles; services/gateway/profiles.py) ----
     # basic: every charge point authenticates (at least GATEWAY_MIN_SECURITY_PROFILE, and never below the profile
-    # recorded for it). none (development only, logged at WARNING): a charge point without a recorded profile may
-    # connect without credentials (profile 0)
+    # recorded for it). none (development only, logged at WARNING; a standalone gateway refuses it): a charge point
+    # without a recorded profile or a password may connect without credentials (profile 0)
     gateway_auth: Literal["none", "basic"] = _env("GATEWAY_AUTH", "basic")
     # the lowest profile accepted from any charge point when GATEWAY_AUTH=basic: 1 Basic auth, 2 TLS + Basic auth,
     # 3 TLS with a client certificate. 2 and 3 need TLS (GATEWAY_TLS_CERT_FILE or GATEWAY_TRUSTED_PROXIES)
@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # handshakes without credentials per source address within GATEWAY_AUTH_FAILURE_WINDOW (429 beyond); they are
     # answered 401 without asking anyone
     gateway_auth_max_anonymous_per_address: int = _env("GATEWAY_AUTH_MAX_ANONYMOUS_PER_ADDRESS", 60, ge=1, le=100000)
+    # source addresses (address groups) a charge point id is remembered at as a known pair: the most recent ones, the
+    # oldest forgotten beyond (bounds the login memory in Redis per charge point; services/gateway/lockout.py)
+    gateway_auth_known_addresses_per_id: int = _env("GATEWAY_AUTH_KNOWN_ADDRESSES_PER_ID", 8, ge=1, le=64)
+    # every per-address limit counts an IPv6 source by its network of this prefix length (a host gets a whole /64);
+    # IPv4 (and IPv4-mapped IPv6) addresses count one by one
+    gateway_auth_ipv6_prefix: int = _env("GATEWAY_AUTH_IPV6_PREFIX", 64, ge=32, le=128)
     # longest charge point id accepted (the percent-decoded last path segment)
     max_charge_point_id_length: int = _env("CSMS_MAX_CHARGE_POINT_ID_LENGTH", 64, ge=1, le=255)
     # seconds a charge point's presence key (gateway instance, session) lives without a refresh; the gateway

@@ -5,6 +5,10 @@ Only a peer inside GATEWAY_TRUSTED_PROXIES is believed: ``X-Forwarded-Proto`` (h
 TLS), ``X-Forwarded-For`` (the charge point's address, for the login lockout) and the client certificate header.
 The certificate is verified here again (chain to a trusted CA, validity, client-auth usage): the proxy only
 proves that the charge point holds its key.
+
+Every per-address limit of the login lockout counts an *address group* (:func:`address_group`): an IPv4 address,
+or an IPv6 address's network of GATEWAY_AUTH_IPV6_PREFIX bits (64: one host usually gets a whole /64 and could
+rotate within it at will).
 """
 from __future__ import annotations
 
@@ -58,6 +62,21 @@ def client_address(peer: str, forwarded_for: str | None, networks: Sequence[Netw
         if not any(ip in network for network in networks):
             return str(ip)
     return peer
+
+
+def address_group(address: str, ipv6_prefix: int) -> str:
+    """What the per-address limits count for ``address``: an IPv4 address as it is (an IPv4-mapped IPv6 address as
+    its IPv4 address), an IPv6 address as its network of ``ipv6_prefix`` bits (``2001:db8:1:2::/64``; the zone of a
+    link-local address dropped), anything else (no address: a Unix socket) as it is."""
+    ip = _ip(address) if address else None
+    if ip is None:
+        return address
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    plain = ipaddress.IPv6Address(int(ip))                 # (without a %zone)
+    if ipv6_prefix >= 128:
+        return str(plain)
+    return str(ipaddress.IPv6Network((plain, ipv6_prefix), strict=False))
 
 
 def forwarded_tls(proto: str | None) -> bool:

@@ -1,6 +1,7 @@
 """Who gets in: the websocket handshake of a charge point, from its id to the security profile it connects at.
 
-1. The id from the path (admission.py); the source address (a trusted proxy's X-Forwarded-For, forwarded.py).
+1. The id from the path (admission.py); the source address (a trusted proxy's X-Forwarded-For, forwarded.py) and
+   the address group every per-address limit counts (an IPv6 address by its /64, forwarded.address_group).
 2. Locked out (lockout.py)? 429 + Retry-After, before anything else is looked at.
 3. The transport: TLS served here (tls.py) or at a trusted proxy (X-Forwarded-Proto). A client certificate: the
    one the TLS handshake verified, or the one a trusted proxy forwarded (verified here). It must name this charge
@@ -8,16 +9,21 @@
 4. One round trip to the stations service (``stations.admit``): the last boot answer, the recorded security
    profile and -- when Basic credentials came and no certificate -- whether the password is right. The revocation
    check runs at the same time.
-5. The profile decision (profiles.py): never below the recorded profile nor the deployment's floor.
-Failed logins are counted (lockout.py); nothing here keeps state of its own.
+5. The profile decision (profiles.py): never below the recorded profile nor the deployment's floor, and never
+   without credentials for a station that has a password.
+Failed logins are counted (lockout.py) -- to the end even when the handshake's budget runs out meanwhile (the
+bookkeeping is shielded from its cancellation); nothing here keeps state of its own.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import logging
 import math
+import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -57,7 +63,7 @@ class Admitted:
     security_profile: int | None = None
     certificate: str | None = None  # SHA-256 fingerprint of the client certificate (profile 3)
     remote_address: str = ""        # the charge point's address (a trusted proxy's X-Forwarded-For)
-    login_address: str = ""         # the address it authenticated from (lockout.py: a known pair); "": profile 0
+    login_address: str = ""         # the address group it authenticated from (lockout.py: a known pair); "": profile 0
     session: str = field(default_factory=lambda: uuid.uuid4().hex)
     connected_at: str = field(default_factory=lambda: format_utc(utc_now()))
 
@@ -85,7 +91,8 @@ class Handshake:
         # the longest a handshake may take: its address's turn (another check) and its own stations.admit, plus the
         # Redis round trips; then 503 + Retry-After (the websocket server's open_timeout is a little longer)
         self.budget = 2 * self.settings.call_timeout + 2
-        self._stations_know_lanes = True
+        self._stations_refuse: set[str] = set()  # admit parameters an older stations service does not know
+        self._bookkeeping: set[asyncio.Task] = set()  # counts and releases that outlive a cancelled handshake
 
     @property
     def certificates_possible(self) -> bool:
@@ -128,6 +135,8 @@ class Handshake:
                 await link.ws.close(CLOSE_POLICY_VIOLATION, link.close_reason)
 
     async def stop(self) -> None:
+        if self._bookkeeping:  # counts still being written for handshakes that ran out of time
+            await asyncio.wait(list(self._bookkeeping), timeout=5)
         if self._ca_task is not None:
             self._ca_task.cancel()
             await asyncio.gather(self._ca_task, return_exceptions=True)
@@ -164,18 +173,20 @@ class Handshake:
     async def admit(self, connection: ServerConnection, request: Request) -> Admitted:
         """Raises Refused."""
         s = self.settings
+        deadline = time.monotonic() + self.budget  # (app.py answers 503 then: no stations question outlives it)
         cp = admission.charge_point_id(request.path, s.max_charge_point_id_length)
         headers = request.headers
         peer = connection.remote_address[0] if connection.remote_address else ""
         via_proxy = bool(self.proxies) and forwarded.trusted(peer, self.proxies)
         address = forwarded.client_address(peer, headers.get("X-Forwarded-For"), self.proxies)
+        group = forwarded.address_group(address, s.gateway_auth_ipv6_prefix)  # what every per-address limit counts
         transport = connection.transport
         authorization = headers.get("Authorization")
         brings_certificate = tls.peer_certificate(transport) is not None or (
             via_proxy and bool(headers.get(s.gateway_client_cert_header)))
         # no credentials at all, where nothing is accepted without: counted per address, answered without asking
         anonymous = authorization is None and not brings_certificate and self.floor > 0
-        lock = await self._check_lockout(cp, address, anonymous)
+        lock = await self._check_lockout(cp, group, anonymous)
 
         # TLS here, or at a trusted proxy: it says so, or it forwards a client certificate (only TLS carries one)
         secure = tls.is_tls(transport) or (via_proxy and (forwarded.forwarded_tls(headers.get("X-Forwarded-Proto"))
@@ -186,161 +197,192 @@ class Handshake:
             log.info("%s refused from %s: no credentials (HTTP Basic or a client certificate)", cp, address)
             raise Refused(HTTPStatus.UNAUTHORIZED, profiles.UNAUTHENTICATED, WWW_AUTHENTICATE)
         if certificate.problem is not None:
-            await self._failed(cp, address, "certificate", f"{cp}: client certificate refused ({address}): "
-                                                           f"{certificate.problem}")
+            await self._failed(cp, group, "certificate", f"{cp}: client certificate refused ({address}): "
+                                                         f"{certificate.problem}")
             raise Refused(HTTPStatus.FORBIDDEN, certificate.problem)
         password = None if certificate.cert is not None else admission.basic_password(authorization, cp)
         presented_password: bool | None = None
         if password is not None:
-            answer = await self._check_password(cp, address, password, lock.standing)
+            answer = await self._check_password(cp, group, password, lock.standing, deadline)
             presented_password = answer.authenticated is True
         elif certificate.cert is None and authorization is not None:
-            # credentials that cannot be right (another user, not Basic, not base64 ...): refused without asking
-            await self._failed(cp, address, "wrong_credentials",
+            # credentials that cannot be right (another user, not Basic, not base64 ...): refused without asking --
+            # counted like a wrong password, so they are bounded per address group like wrong passwords are
+            await self._failed(cp, group, "wrong_credentials",
                                f"charge point authentication failed for {cp!r} from {address} (unusable credentials)")
             raise Refused(HTTPStatus.UNAUTHORIZED, profiles.WRONG_CREDENTIALS, WWW_AUTHENTICATE)
         else:
-            answer, revoked = await asyncio.gather(self._ask_stations(cp, None, lock.standing),
+            answer, revoked = await asyncio.gather(self._ask_stations(cp, None, lock.standing, deadline),
                                                    self._revoked(certificate))
             if revoked:
-                await self._failed(cp, address, "certificate", f"{cp}: client certificate refused ({address}): "
-                                                               f"{revoked}")
+                await self._failed(cp, group, "certificate", f"{cp}: client certificate refused ({address}): "
+                                                             f"{revoked}")
                 raise Refused(HTTPStatus.FORBIDDEN, revoked)
 
         presented = profiles.Presented(tls=secure, certificate=certificate.cert is not None,
                                        password=presented_password)
-        required = profiles.required_profile(answer.security_profile, self.floor)
+        required = profiles.required_profile(answer.security_profile, self.floor, has_password=answer.has_password)
         decision = profiles.decide(presented, required)
         if decision.status is not None:
             if presented.password is not False:  # (a wrong password is counted already)
                 reason = "profile_too_low" if decision.status == HTTPStatus.FORBIDDEN else "missing_credentials"
                 self.gateway.metrics.auth_failure(reason)
-                log.warning("%s refused from %s: %s (recorded profile %s, presented %d)", cp, address,
-                            decision.reason, answer.security_profile, profiles.presented_profile(presented))
+                log.warning("%s refused from %s: %s (recorded profile %s%s, presented %d)", cp, address,
+                            decision.reason, answer.security_profile, ", has a password" if answer.has_password
+                            else "", profiles.presented_profile(presented))
             extra = WWW_AUTHENTICATE if decision.status == HTTPStatus.UNAUTHORIZED else {}
             raise Refused(decision.status, decision.answer, extra)
         profile = profiles.presented_profile(presented)
         if profile > 0:
-            await self.remember(cp, address, login=True)
+            await self.remember(cp, group, login=True)
         remote = address if address != peer else ""  # "" : the socket's own address:port is reported
         return Admitted(cp, answer.boot_status, security_profile=profile, certificate=certificate.fingerprint,
-                        remote_address=remote, login_address=address if profile > 0 else "")
+                        remote_address=remote, login_address=group if profile > 0 else "")
 
-    async def _check_lockout(self, cp: str, address: str, anonymous: bool = False) -> lockout.Lock:
-        """Raises Refused (429) when the address or the id is locked for it; else the handshake's standing."""
+    async def _check_lockout(self, cp: str, group: str, anonymous: bool = False) -> lockout.Lock:
+        """Raises Refused (429) when the address group or the id is locked for it; else the handshake's standing."""
         guard = self.gateway.logins
         if guard is None:
             return lockout.Lock(False)
         try:
-            lock = await guard.check(cp, address, anonymous)
+            lock = await guard.check(cp, group, anonymous)
         except RedisError as exc:
             log.warning("login lockout check for %s skipped: %s", cp, exc)
             return lockout.Lock(False)
         if lock.refused:
             self.gateway.metrics.auth_failure("locked")
             retry_after = max(1, math.ceil(lock.retry_after))
-            log.info("%s from %s refused: %s locked after failed logins, %d s left", cp, address, lock.what,
+            log.info("%s from %s refused: %s locked after failed logins, %d s left", cp, group, lock.what,
                      retry_after)
             raise Refused(HTTPStatus.TOO_MANY_REQUESTS,
                           f"too many failed logins: try again in {retry_after} s", {"Retry-After": str(retry_after)})
         return lock
 
-    async def _check_password(self, cp: str, address: str, password: bytes, standing: lockout.Standing
-                              ) -> AdmitResult:
+    async def _check_password(self, cp: str, group: str, password: bytes, standing: lockout.Standing,
+                              deadline: float) -> AdmitResult:
         """The stations service's answer with the password checked in the lane of the handshake's standing
         (lanes.py). Raises Refused."""
         try:
-            with self.checks.hold(address):
+            with self.checks.hold(group):
                 if standing == "clean":
-                    async with self.checks.clean_turn(address) as turn:
-                        claim = await self._claim(cp, address)
+                    async with self.checks.clean_turn(group) as turn:
+                        claim = await self._claim(cp, group)
                         while not (claim.claimed or claim.failed):  # another instance has the place: wait for it
                             await asyncio.sleep(CLAIM_POLL_SECONDS)  # (the handshake's budget bounds the wait)
-                            claim = await self._claim(cp, address)
+                            claim = await self._claim(cp, group)
                         if claim.good:
                             turn.pass_on()  # a good address's checks go side by side
                         if claim.claimed:
-                            return await self._clean_check(cp, address, password, claim)
+                            return await self._clean_check(cp, group, password, claim, deadline)
                     standing = "suspect"    # it failed meanwhile
-                return await self._checked(cp, address, password, standing)
+                return await self._checked(cp, group, password, standing, deadline)
         except lanes.TooMany:
             self.gateway.metrics.auth_failure("busy")
             raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many logins from this address at once: try again",
                           {"Retry-After": "1"}) from None
 
-    async def _clean_check(self, cp: str, address: str, password: bytes, claim: lockout.Claim) -> AdmitResult:
+    async def _clean_check(self, cp: str, group: str, password: bytes, claim: lockout.Claim,
+                           deadline: float) -> AdmitResult:
         authenticated = False
         try:
-            answer = await self._checked(cp, address, password, "clean")
+            answer = await self._checked(cp, group, password, "clean", deadline)
             authenticated = answer.authenticated is True
             return answer
         finally:
-            await self._release(address, claim, authenticated)
+            # the address is good before its place is free (the next check of it then goes side by side)
+            await self._completed(self._settle_claim(cp, group, claim, authenticated))
 
-    async def _claim(self, cp: str, address: str) -> lockout.Claim:
+    async def _claim(self, cp: str, group: str) -> lockout.Claim:
         guard = self.gateway.logins
         if guard is None:
             return lockout.Claim(True)
         try:
-            return await guard.claim(cp, address)
+            return await guard.claim(cp, group)
         except RedisError as exc:
-            log.warning("clean-lane claim for %s skipped: %s", address, exc)
+            log.warning("clean-lane claim for %s skipped: %s", group, exc)
             return lockout.Claim(True)
 
-    async def _release(self, address: str, claim: lockout.Claim, authenticated: bool) -> None:
+    async def _settle_claim(self, cp: str, group: str, claim: lockout.Claim, authenticated: bool) -> None:
         guard = self.gateway.logins
         if guard is None:
             return
+        if authenticated:
+            await self._remember(cp, group, login=True)
         try:
-            await guard.release(address, claim, authenticated)
+            await guard.release(group, claim)
         except RedisError as exc:
-            log.warning("clean-lane claim of %s not released (it expires): %s", address, exc)
+            log.warning("clean-lane claim of %s not released (it expires): %s", group, exc)
 
-    async def _checked(self, cp: str, address: str, password: bytes, standing: lockout.Standing) -> AdmitResult:
+    async def _checked(self, cp: str, group: str, password: bytes, standing: lockout.Standing,
+                       deadline: float) -> AdmitResult:
         """The answer, a wrong password counted before the clean turn passes on (the next one sees the failure)."""
-        answer = await self._ask_stations(cp, password, standing, address)
+        answer = await self._ask_stations(cp, password, standing, deadline, group)
         if answer.authenticated is not True:
-            await self._failed(cp, address, "wrong_credentials",
-                               f"charge point authentication failed for {cp!r} from {address}")
+            await self._failed(cp, group, "wrong_credentials",
+                               f"charge point authentication failed for {cp!r} from {group}")
         return answer
 
-    async def _crowded(self, address: str) -> None:
+    async def _completed(self, bookkeeping: Awaitable[None]) -> None:
+        """Await ``bookkeeping`` (a login counted, a place released ...), which goes on to its end even when the
+        handshake is cancelled meanwhile (its budget ran out: 503): a flood must not go uncounted because it made
+        the handshakes slow."""
+        task = asyncio.ensure_future(bookkeeping)
+        self._bookkeeping.add(task)
+        task.add_done_callback(self._bookkeeping.discard)
+        await asyncio.shield(task)
+
+    async def _crowded(self, group: str) -> None:
+        guard = self.gateway.logins
+        if guard is None:
+            return
+        await self._completed(self._count_crowded(guard, group))
+
+    async def _count_crowded(self, guard: lockout.LoginGuard, group: str) -> None:
+        try:
+            if await guard.crowded(group):
+                log.warning("source address %s locked for %s s: it failed logins and keeps sending more password "
+                            "checks than are made (charge points that logged in from it before still get in)",
+                            group, self.settings.gateway_auth_lockout)
+        except RedisError as exc:
+            log.warning("crowded login of %s not counted: %s", group, exc)
+
+    async def remember(self, cp: str, group: str, *, login: bool) -> None:
+        """A known pair (lockout.py): at each login with credentials, and again when its connection ends."""
+        if self.gateway.logins is None or not group:
+            return
+        await self._completed(self._remember(cp, group, login=login))
+
+    async def _remember(self, cp: str, group: str, *, login: bool) -> None:
         guard = self.gateway.logins
         if guard is None:
             return
         try:
-            if await guard.crowded(address):
-                log.warning("source address %s locked for %s s: it failed logins and keeps sending more password "
-                            "checks than are made (charge points that logged in from it before still get in)",
-                            address, self.settings.gateway_auth_lockout)
+            forgotten = await guard.succeeded(cp, group, login=login)
         except RedisError as exc:
-            log.warning("crowded login of %s not counted: %s", address, exc)
-
-    async def remember(self, cp: str, address: str, *, login: bool) -> None:
-        """A known pair (lockout.py): at each login with credentials, and again when its connection ends."""
-        guard = self.gateway.logins
-        if guard is None or not address:
+            log.warning("login of %s from %s not remembered: %s", cp, group, exc)
             return
-        try:
-            await guard.succeeded(cp, address, login=login)
-        except RedisError as exc:
-            log.warning("login of %s from %s not remembered: %s", cp, address, exc)
+        if forgotten:
+            log.info("%s logged in from %s: %s no longer a known address of it (GATEWAY_AUTH_KNOWN_ADDRESSES_PER_ID "
+                     "%d)", cp, group, ", ".join(forgotten), self.settings.gateway_auth_known_addresses_per_id)
 
-    async def _failed(self, cp: str, address: str, reason: str, message: str) -> None:
+    async def _failed(self, cp: str, group: str, reason: str, message: str) -> None:
         self.gateway.metrics.auth_failure(reason)
         log.warning("%s", message)
         guard = self.gateway.logins
         if guard is None:
             return
+        await self._completed(self._count_failure(guard, cp, group))
+
+    async def _count_failure(self, guard: lockout.LoginGuard, cp: str, group: str) -> None:
         try:
-            counted = await guard.failed(cp, address)
+            counted = await guard.failed(cp, group)
         except RedisError as exc:
             log.warning("failed login of %s not counted: %s", cp, exc)
             return
         s = self.settings
         if counted.address_locked:
             log.warning("source address %s locked for %s s after %d failed logins within %s s (charge points that "
-                        "logged in from it before still get in)", address, s.gateway_auth_lockout,
+                        "logged in from it before still get in)", group, s.gateway_auth_lockout,
                         s.gateway_auth_max_failures_per_address, s.gateway_auth_failure_window)
         if counted.id_locked:
             log.warning("charge point id %r locked for %s s after %d failed logins within %s s (addresses that "
@@ -373,29 +415,37 @@ class Handshake:
                                                    f"not this charge point")
         return _Certificate(cert, fingerprint)
 
-    async def _ask_stations(self, cp: str, password: bytes | None, standing: lockout.Standing,
-                            address: str = "") -> AdmitResult:
+    async def _ask_stations(self, cp: str, password: bytes | None, standing: lockout.Standing, deadline: float,
+                            group: str = "") -> AdmitResult:
+        """``deadline`` (monotonic): when the handshake gives up -- the stations service is told the instant, and
+        drops a password check still waiting a margin before it (verifier.py) rather than hash it for nobody."""
+        timeout = min(self.settings.call_timeout, max(0.001, deadline - time.monotonic()))
         params: dict[str, Any] = {"charge_point_id": cp}
         if password is not None:
             params["password_b64"] = base64.b64encode(password).decode()
-            # (``suspect`` is understood by stations services of the previous version too; ``lane`` is new)
+            # (``suspect`` is understood by stations services of the previous version too; ``lane`` and
+            # ``deadline`` are newer: dropped once such a service refuses them)
             if standing == "suspect":
                 params["suspect"] = True
-            elif standing == "known" and self._stations_know_lanes:
+            elif standing == "known" and "lane" not in self._stations_refuse:
                 params["lane"] = "known"
+            if "deadline" not in self._stations_refuse:
+                params["deadline"] = format_utc(utc_now() + dt.timedelta(seconds=timeout))
         try:
             return AdmitResult.model_validate(await call_api(
-                self.gateway.rpc, "stations", "admit", timeout=self.settings.call_timeout, **params))
+                self.gateway.rpc, "stations", "admit", timeout=timeout, **params))
         except ApiCallFailed as exc:
-            if exc.status == 400 and "lane" in params and "lane" in str(exc):
-                log.warning("the stations service does not know password-check lanes yet (an older version): "
-                            "known charge points wait with the others until it is upgraded")
-                self._stations_know_lanes = False
-                return await self._ask_stations(cp, password, "clean", address)
+            refused = [name for name in ("lane", "deadline") if name in params and exc.status == 400
+                       and name in str(exc)]
+            if refused:
+                log.warning("the stations service does not know the admit parameter %s yet (an older version): not "
+                            "sent until it is upgraded", ", ".join(refused))
+                self._stations_refuse.update(refused)
+                return await self._ask_stations(cp, password, standing, deadline, group)
             level = logging.INFO if standing == "suspect" else logging.WARNING if exc.status == 503 else logging.ERROR
             log.log(level, "cannot admit %s: %s", cp, exc)
-            if standing == "suspect" and exc.status == 503 and password is not None and address:
-                await self._crowded(address)  # no room for a suspect's check: it counts against the address
+            if standing == "suspect" and exc.status == 503 and password is not None and group:
+                await self._crowded(group)  # no room for a suspect's check: it counts against the address
             raise unavailable() from None
         except ValueError as exc:
             log.error("cannot admit %s: %s", cp, exc)

@@ -3,13 +3,15 @@ connection presents and whether the charge point may connect with it. Pure funct
 tests/unit/test_gateway_profiles.py; docs/adr/security-profiles.md.
 
     profile  transport  charge point authentication
-    0        ws or wss  none (only with GATEWAY_AUTH=none, for charge points without a recorded profile)
+    0        ws or wss  none (only with GATEWAY_AUTH=none, for charge points without a recorded profile and
+                        without a password)
     1        ws         HTTP Basic: user = charge point id, password = its AuthorizationKey
     2        wss        HTTP Basic over TLS
     3        wss        TLS client certificate issued by a trusted CA, subject CN = the charge point id
 
 A charge point is never accepted below the profile recorded for it (TC_083) nor below the deployment's floor
-(GATEWAY_MIN_SECURITY_PROFILE; 0 with GATEWAY_AUTH=none). Raising the recorded profile follows the whitepaper's
+(GATEWAY_MIN_SECURITY_PROFILE; 0 with GATEWAY_AUTH=none), and a station the operator gave a password always
+authenticates (profile 1 at least), whatever GATEWAY_AUTH says. Raising the recorded profile follows the whitepaper's
 flow: ChangeConfiguration(SecurityProfile=n) accepted -> the stations service keeps n as pending -> the first
 connection at n or above makes it the recorded profile (StationConnected.security_profile).
 """
@@ -46,9 +48,10 @@ def floor(gateway_auth: str, min_profile: int) -> int:
     return 0 if gateway_auth == "none" else min_profile
 
 
-def required_profile(recorded: int | None, deployment_floor: int) -> int:
-    """The profile a charge point must connect with: its recorded one, never below the deployment's floor."""
-    return max(recorded or 0, deployment_floor)
+def required_profile(recorded: int | None, deployment_floor: int, *, has_password: bool = False) -> int:
+    """The profile a charge point must connect with: its recorded one, never below the deployment's floor -- and
+    at least 1 when it has a password (GATEWAY_AUTH=none lets in only stations that have no credentials at all)."""
+    return max(recorded or 0, deployment_floor, 1 if has_password else 0)
 
 
 # what a handshake that did not authenticate is told, whatever the id (the reason goes to the log only): the answer

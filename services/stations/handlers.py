@@ -59,7 +59,8 @@ async def start_password_checks(svc: Service) -> None:
     if queue < s.stations_auth_queue:
         log.info("STATIONS_AUTH_QUEUE %d: at most %d password checks wait (the bus prefetch is %d)",
                  s.stations_auth_queue, queue, PREFETCH)
-    # a check still waiting when the gateway stopped waiting for the answer (CSMS_CALL_TIMEOUT) is not hashed
+    # a check still waiting shortly before the gateway stops waiting for the answer (its deadline, at most
+    # CSMS_CALL_TIMEOUT) is not hashed
     _runtime.verifier = await PasswordVerifier(s.stations_auth_workers, queue, max_wait=s.call_timeout).start()
 
 
@@ -358,11 +359,17 @@ async def api_admit(ctx: ApiContext, params: AdmitParams) -> AdmitResult:
     store = records(ctx)
     known = await store.admission(cp)
     result = AdmitResult(boot_status=known.boot_status, security_profile=known.security_profile,
-                         security_profile_pending=known.security_profile_pending)
+                         security_profile_pending=known.security_profile_pending,
+                         has_password=known.credentials is not None)
     if presented is None:
         return result
+    # the check is dropped unhashed if it still waits shortly before the gateway stops waiting (never later than
+    # CSMS_CALL_TIMEOUT from now, whatever a deadline says)
+    within = ctx.settings.call_timeout
+    if params.deadline is not None:
+        within = min(within, (params.deadline - utc_now()).total_seconds())
     try:
-        verdict = await verifier().verify(presented, known.credentials, lane=lane)
+        verdict = await verifier().verify(presented, known.credentials, lane=lane, within=within)
     except Busy:
         raise ApiError("too many password checks waiting: try again shortly", 503) from None
     if verdict.pending:

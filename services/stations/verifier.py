@@ -6,12 +6,15 @@
   (an address without recent failed logins; the gateway lets one such check per address wait at a time) and
   ``suspect`` (everything else: addresses or pairs that failed recently, the rest of a burst). A flood from
   addresses that fail, or from fresh addresses beyond their first check, waits behind every real charge point.
-* At most ``queue`` checks wait in all (STATIONS_AUTH_QUEUE, kept below the bus prefetch: a waiting check holds
-  its delivery, and a window full of waiting checks would leave every other request -- real charge points'
-  ``admit`` and BootNotification included -- queued in RabbitMQ behind the flood). Of these ``known`` and
-  ``suspect`` hold a quarter each, ``clean`` the rest; a check that finds its lane full waits in the next one down.
-  :meth:`PasswordVerifier.room` tells before anything is looked up whether a check of a lane could wait at all.
-  A check that waited longer than the caller waits for its answer (CSMS_CALL_TIMEOUT) is dropped unhashed.
+* At most ``queue`` checks wait in all (STATIONS_AUTH_QUEUE, kept below the bus prefetch: at most
+  PREFETCH * 3 // 4 - STATIONS_AUTH_WORKERS, handlers.py -- a waiting check holds its delivery, and a window full
+  of waiting checks would leave every other request -- real charge points' ``admit`` and BootNotification
+  included -- queued in RabbitMQ behind the flood). Of these ``known`` and ``suspect`` hold a quarter each,
+  ``clean`` the rest; a check that finds its lane full waits in the next one down. :meth:`PasswordVerifier.room`
+  tells before anything is looked up whether a check of a lane could wait at all.
+* A check still waiting ``DEADLINE_MARGIN`` seconds before its caller stops waiting for the answer (the deadline
+  the gateway sends, never later than CSMS_CALL_TIMEOUT after it arrived) is dropped unhashed: one handed a
+  worker just before still has the time to be hashed and answered -- none is hashed for a caller that is gone.
   Beyond either, :class:`Busy` at once (the gateway answers 503 + Retry-After) instead of a queue that grows until
   every handshake times out.
 * The same work for every id: one scrypt per reading of the password (credentials.matching) against the
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import os
 import threading
 import time
@@ -39,6 +43,7 @@ from services.stations.store import Credentials
 
 CACHE_ENTRIES = 10_000      # verified (station, password) pairs kept
 CACHE_SECONDS = 3600.0      # how long a verified pair is trusted without hashing again
+DEADLINE_MARGIN = 1.0       # seconds before the caller's deadline a check that has no worker yet is dropped
 
 Lane = Literal["known", "clean", "suspect"]
 LANES: tuple[Lane, ...] = ("known", "clean", "suspect")   # best first
@@ -55,17 +60,19 @@ class Verdict:
 
 
 class _Lanes:
-    """``workers`` slots handed out best lane first, FIFO within a lane; bounded waiting, stale waiters dropped."""
+    """``workers`` slots handed out best lane first, FIFO within a lane; bounded waiting, stale waiters (their
+    caller's deadline is near) dropped."""
 
-    def __init__(self, workers: int, bounds: dict[Lane, int], max_wait: float | None):
+    def __init__(self, workers: int, bounds: dict[Lane, int]):
         self.workers = workers
         self.running = 0
         self.bounds = bounds
-        self.max_wait = max_wait
+        # each waiter with the instant (monotonic) after which it is no longer given a worker
         self.waiting: dict[Lane, deque[tuple[asyncio.Future, float]]] = {lane: deque() for lane in LANES}
 
-    def _stale(self, since: float, now: float) -> bool:
-        return self.max_wait is not None and now - since > self.max_wait
+    @staticmethod
+    def _stale(until: float, now: float) -> bool:
+        return now > until
 
     def room(self, lane: Lane) -> bool:
         """Whether a check of ``lane`` would get a worker or a place to wait now (full lanes may hold stale or
@@ -74,12 +81,14 @@ class _Lanes:
             return True
         return any(len(self.waiting[candidate]) < self.bounds[candidate] for candidate in LANES[LANES.index(lane):])
 
-    async def acquire(self, lane: Lane) -> None:
-        """Raises Busy."""
+    async def acquire(self, lane: Lane, until: float = math.inf) -> None:
+        """A worker, at once or -- waiting -- until ``until`` (monotonic). Raises Busy."""
+        now = time.monotonic()
+        if self._stale(until, now):
+            raise Busy("the caller stops waiting before a password check could be made")
         if self.running < self.workers:    # (then nobody waits: release() hands each freed slot on)
             self.running += 1
             return
-        now = time.monotonic()
         for candidate in LANES[LANES.index(lane):]:     # its lane, or when that is full the next one down
             queue = self.waiting[candidate]
             while queue and (queue[0][0].done() or self._stale(queue[0][1], now)):
@@ -91,7 +100,7 @@ class _Lanes:
         else:
             raise Busy("too many password checks waiting")
         future = asyncio.get_running_loop().create_future()
-        queue.append((future, now))
+        queue.append((future, until))
         try:
             await future
         except asyncio.CancelledError:
@@ -104,10 +113,10 @@ class _Lanes:
         for lane in LANES:
             queue = self.waiting[lane]
             while queue:
-                future, since = queue.popleft()
+                future, until = queue.popleft()
                 if future.done():
                     continue                    # its handshake gave up
-                if self._stale(since, now):
+                if self._stale(until, now):
                     future.set_exception(Busy("waited too long for a password check"))
                     continue
                 future.set_result(None)         # the slot goes to it
@@ -117,10 +126,12 @@ class _Lanes:
 
 class PasswordVerifier:
     def __init__(self, workers: int, queue: int, max_wait: float | None = None):
+        """``max_wait``: the longest a caller waits (CSMS_CALL_TIMEOUT), for checks that bring no deadline."""
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="password-check")
         known = suspect = max(1, queue // 4)
         self.bounds: dict[Lane, int] = {"known": known, "clean": max(1, queue - known - suspect), "suspect": suspect}
-        self._lanes = _Lanes(workers, self.bounds, max_wait)
+        self.max_wait = max_wait
+        self._lanes = _Lanes(workers, self.bounds)
         self._key = os.urandom(32)
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._dummy: str | None = None
@@ -161,14 +172,19 @@ class PasswordVerifier:
         """Whether a check of ``lane`` could wait now: a caller refuses at once, before looking anything up."""
         return self._lanes.room(lane)
 
-    async def verify(self, presented: bytes, stored: Credentials | None, lane: Lane = "clean") -> Verdict:
-        """Whether ``presented`` is the station's password (or its pending one). Raises Busy."""
+    async def verify(self, presented: bytes, stored: Credentials | None, lane: Lane = "clean",
+                     within: float | None = None) -> Verdict:
+        """Whether ``presented`` is the station's password (or its pending one); ``within``: seconds until the
+        caller stops waiting for the answer (None: ``max_wait``) -- the check gets a worker no later than
+        DEADLINE_MARGIN before that, else Busy. Raises Busy."""
         if stored is not None:
             if self._cached(stored.password_hash, presented):
                 return Verdict(True)
             if self._cached(stored.pending_hash, presented):
                 return Verdict(True, pending=True)
-        await self._lanes.acquire(lane)
+        within = self.max_wait if within is None else within
+        until = math.inf if within is None else time.monotonic() + within - DEADLINE_MARGIN
+        await self._lanes.acquire(lane, until)
         try:
             loop = asyncio.get_running_loop()
             verdict = await loop.run_in_executor(self._executor, self._check, presented, stored, lane)

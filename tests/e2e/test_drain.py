@@ -3,6 +3,7 @@ and publishes their disconnects; a service finishes and acks the messages it hol
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import signal
 import time
@@ -19,8 +20,25 @@ from tests.support.system import System, remove_test_system
 from tests.support.chargepoint import boot_raw
 
 
+KEY = "00112233445566778899aabbccddeeff00112233"   # every charge point's AuthorizationKey here
+
+
 async def _recv(ws, timeout: float = 10.0) -> list:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+@pytest.fixture
+def settings(csms_settings):
+    """A standalone gateway authenticates every charge point (it refuses GATEWAY_AUTH=none)."""
+    return csms_settings.replace(gateway_auth="basic")
+
+
+async def _connect(services: System, port: int, cp: str):
+    """A charge point with a password, connected to the gateway subprocess on ``port``."""
+    await services.api("stations", "set_password", charge_point_id=cp, password=KEY)
+    token = base64.b64encode(cp.encode() + b":" + bytes.fromhex(KEY)).decode()
+    return await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{cp}", subprotocols=["ocpp1.6"],
+                                    additional_headers={"Authorization": f"Basic {token}"})
 
 
 @pytest.fixture
@@ -63,8 +81,7 @@ async def test_sigterm_drains_the_gateway(settings, services_only, monkeypatch):
         ops = await gateway.ops_port()
         await eventually_status(ops, "/readyz", 200)
         ids = [f"DRAIN-{i}-{settings.namespace[-6:]}" for i in range(3)]
-        sockets = [await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{cp}", subprotocols=["ocpp1.6"])
-                   for cp in ids]
+        sockets = [await _connect(services_only, port, cp) for cp in ids]
         for ws in sockets:
             await boot_raw(ws)
         busy = sockets[0]
@@ -151,7 +168,7 @@ async def test_a_sigkilled_gateways_charge_points_go_offline_within_the_presence
     try:
         port = int((await gateway.wait_for_message(r"listening on [^:]+:(\d+)")).group(1))
         cp = f"KILLED-{settings.namespace[-6:]}"
-        ws = await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{cp}", subprotocols=["ocpp1.6"])
+        ws = await _connect(services_only, port, cp)
         await boot_raw(ws)
 
         async def connected() -> bool:
@@ -190,7 +207,7 @@ async def test_closes_are_spread_over_the_window_and_newcomers_get_503(settings,
         ids = [f"SPREAD-{i}-{settings.namespace[-6:]}" for i in range(count)]
         sockets = []
         for cp in ids:  # one after the other: the drain closes them in this order
-            ws = await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{cp}", subprotocols=["ocpp1.6"])
+            ws = await _connect(services_only, port, cp)
             await boot_raw(ws)
             sockets.append(ws)
         closed: list[tuple[float, str, int]] = []
@@ -241,8 +258,8 @@ async def test_commands_during_the_drain_answer_offline_at_once(settings, servic
     gateway, port, ops = await _gateway(settings, GATEWAY_DRAIN_SECONDS="0")
     try:
         busy_id, other_id = (f"CMD-{i}-{settings.namespace[-6:]}" for i in range(2))
-        busy = await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{busy_id}", subprotocols=["ocpp1.6"])
-        other = await websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{other_id}", subprotocols=["ocpp1.6"])
+        busy = await _connect(services_only, port, busy_id)
+        other = await _connect(services_only, port, other_id)
         for ws in (busy, other):
             await boot_raw(ws)
         await busy.send(json.dumps([2, "in-flight", "Heartbeat", {}]))

@@ -73,7 +73,7 @@ async def test_sighup_reloads_the_tls_material(settings, tmp_path):
     ca_pem = pki.to_pem(ca)
     first = replace_material(tmp_path, ca, ca_key)
     settings = settings.replace(gateway_tls_cert_file=str(tmp_path / "gateway.crt.pem"),
-                                gateway_tls_key_file=str(tmp_path / "gateway.key.pem"),
+                                gateway_tls_key_file=str(tmp_path / "gateway.key.pem"), gateway_auth="basic",
                                 gateway_tls_reload_interval=3600)  # only the signal reloads within the test
     gateway = await CsmsProcess("services.gateway", settings).start()
     try:
@@ -97,7 +97,8 @@ def test_unusable_material_stops_the_gateway_with_one_line(settings, tmp_path):
     cert, _ = test_pki.issue_server(ca, ca_key)
     _, other_key = test_pki.issue_server(ca, ca_key)
     cert_file, key_file = test_pki.write_pair(tmp_path, "gateway", [cert], other_key)
-    env = environment(settings.replace(gateway_tls_cert_file=cert_file, gateway_tls_key_file=key_file))
+    env = environment(settings.replace(gateway_tls_cert_file=cert_file, gateway_tls_key_file=key_file,
+                                       gateway_auth="basic"))
     result = subprocess.run([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=60, stdin=subprocess.DEVNULL)
     output = result.stdout + result.stderr

@@ -38,7 +38,9 @@ async def rabbit_proxy(infrastructure):
 
 async def test_a_process_started_before_rabbitmq_becomes_ready_once_it_appears(settings, rabbit_proxy):
     rabbit_proxy.refuse()
-    gateway = await CsmsProcess("services.gateway", settings.replace(amqp_url=rabbit_proxy.url(settings.amqp_url)),
+    # (a standalone gateway authenticates every charge point: GATEWAY_AUTH=none would stop it at start)
+    gateway = await CsmsProcess("services.gateway", settings.replace(amqp_url=rabbit_proxy.url(settings.amqp_url),
+                                                                     gateway_auth="basic"),
                                 RECONNECT_BACKOFF_INITIAL="0.1", RECONNECT_BACKOFF_MAX="0.5").start()
     try:
         port = await gateway.ops_port()
@@ -53,9 +55,9 @@ async def test_a_process_started_before_rabbitmq_becomes_ready_once_it_appears(s
         assert sum("rabbitmq unreachable" in m for m in messages) == 1, messages
         assert not any("Traceback" in json.dumps(line) for line in gateway.lines), gateway.output()
         # the effective security-relevant settings were logged at start
-        assert any("GATEWAY_AUTH=none, GATEWAY_MIN_SECURITY_PROFILE=1; no TLS served; FILES_OPERATOR_TOKEN set" in m
+        assert any("GATEWAY_AUTH=basic, GATEWAY_MIN_SECURITY_PROFILE=1; no TLS served; FILES_OPERATOR_TOKEN set" in m
                    for m in messages)
-        assert any(line.get("level") == "WARNING" and "NOT authenticated" in line.get("message", "")
+        assert any(line.get("level") == "WARNING" and "no TLS for charge points" in line.get("message", "")
                    for line in gateway.lines)
         gateway.signal()
         assert await gateway.wait() == 0

@@ -32,11 +32,11 @@ def basic(cp_id: str, password: bytes) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(cp_id.encode() + b":" + password).decode()}
 
 
-async def attempt(url: str, cp_id: str, password: bytes, source: str) -> int:
+async def attempt(url: str, cp_id: str, password: bytes, source: str, headers: dict[str, str] | None = None) -> int:
     """One handshake from ``source``; its HTTP status (101 when accepted)."""
     try:
         async with websockets.connect(url, subprotocols=["ocpp1.6"], open_timeout=30, local_addr=(source, 0),
-                                      additional_headers=basic(cp_id, password)):
+                                      additional_headers={**basic(cp_id, password), **(headers or {})}):
             return 101
     except InvalidStatus as exc:
         return exc.response.status_code
@@ -259,9 +259,103 @@ async def test_a_flood_of_wrong_passwords_while_real_charge_points_log_in_and_he
         assert outcomes[401] <= 2 * (30 + 16 + 10) + FRESH_ADDRESSES * FRESH_BURST, outcomes
         # every wrong password that was checked cost one scrypt; the real charge points' repeat logins none
         assert verifier.hashed - hashed_before <= outcomes[401] + len(real) + 10, (verifier.hashed, outcomes)
-        # ahead of the suspect lane: the real charge points' first logins and one check per attacking address and
-        # gateway instance (then its failure made it suspect)
+        # ahead of the suspect lane: the real charge points' first logins and one check per attacking address --
+        # in all, not per gateway instance: the instances share the address's one place (then its failure made it
+        # suspect)
         clean = verifier.lanes_hashed["clean"] - clean_before
-        assert clean <= (FRESH_ADDRESSES + 2) * len(sut.gateways) + len(real), (clean, verifier.lanes_hashed)
+        assert clean <= FRESH_ADDRESSES + 2 + len(real), (clean, verifier.lanes_hashed)
+    finally:
+        await sut.stop()
+
+
+async def test_an_ipv6_client_rotating_addresses_within_its_64_is_counted_as_one_address(infrastructure):
+    """Behind a dual-stack ingress (a trusted proxy naming the client in X-Forwarded-For): every per-address limit
+    counts an IPv6 client by its /64, so a fresh address from the same /64 for every handshake gains nothing --
+    while the station keeps its full address as its remote address, and other /64s are not affected."""
+    sut = await make_system(infrastructure, gateway_trusted_proxies="127.0.0.1/32",
+                            gateway_auth_max_failures_per_address=5, gateway_auth_max_anonymous_per_address=3)
+    try:
+        real = "CP-v6-real"
+        await sut.api("stations", "set_password", charge_point_id=real, password=KEY)
+
+        def client(address: str) -> dict[str, str]:
+            return {"X-Forwarded-For": address}
+        rotating = [f"2001:db8:aa:1:{n:x}:{n * 3:x}:{n * 5:x}:{n + 1:x}" for n in range(12)]
+        statuses = [await attempt(sut.url(f"CP-v6-guess-{n}"), f"CP-v6-guess-{n}", b"wrong-password-xx", "127.0.0.1",
+                                  client(address)) for n, address in enumerate(rotating[:6])]
+        assert statuses == [401] * 5 + [429], statuses
+        # the /64 is locked, whichever of its addresses, whatever the id or the password
+        assert await attempt(sut.url(real), real, PASSWORD, "127.0.0.1", client(rotating[6])) == 429
+        # handshakes without credentials are counted per /64 as well
+        other = [f"2001:db8:bb:1::{n + 1:x}" for n in range(5)]
+        anonymous = []
+        for address in other:
+            with pytest.raises(InvalidStatus) as info:
+                await websockets.connect(sut.url("CP-v6-anonymous"), subprotocols=["ocpp1.6"], open_timeout=10,
+                                         additional_headers=client(address))
+            anonymous.append(info.value.response.status_code)
+        assert anonymous == [401, 401, 401, 429, 429], anonymous
+        # another /64 gets in, and the station has its full address
+        address = "2001:db8:cc:1:1234:5678:9abc:def0"
+        async with connect(sut.url(real), password=PASSWORD, headers=client(address)) as cp:
+            assert (await cp.boot()).status == "Accepted"
+        async with asyncio.timeout(10):
+            while (await sut.api("stations", "get_station", charge_point_id=real))["remote_address"] != address:
+                await asyncio.sleep(0.05)
+    finally:
+        await sut.stop()
+
+
+async def test_a_failure_is_counted_even_when_the_handshake_runs_out_of_time(infrastructure, monkeypatch):
+    """The handshake's budget runs out (503) while its wrong password is being counted: the count is finished all
+    the same -- a flood that makes handshakes slow must not thereby go uncounted."""
+    sut = await make_system(infrastructure)
+    try:
+        gateway = sut.gateways[0]
+        gateway.handshake.budget = 3.0     # (the password check itself fits in it)
+        real_failed = gateway.logins.failed
+        counting = asyncio.Event()
+
+        async def slow_failed(cp_id, address):
+            counting.set()
+            await asyncio.sleep(4.0)    # (Redis is slow: longer than the handshake may take)
+            return await real_failed(cp_id, address)
+        monkeypatch.setattr(gateway.logins, "failed", slow_failed)
+        source = "127.0.0.31"
+        assert await attempt(sut.url("CP-slow-count"), "CP-slow-count", b"wrong-password-xx", source) == 503
+        assert counting.is_set()
+        failures = sut.settings.key("gateway", "auth", "address", source, "failures")
+        async with asyncio.timeout(10):
+            while await gateway.redis.get(failures) != "1":
+                await asyncio.sleep(0.05)
+    finally:
+        await sut.stop()
+
+
+async def test_the_stations_service_drops_a_password_check_whose_caller_is_about_to_give_up(infrastructure):
+    """``admit`` carries the instant the gateway stops waiting: a check that cannot get a worker by a margin before
+    it is answered 503 unhashed (here: a deadline that leaves less than the margin)."""
+    import datetime as dt
+
+    from csms.client import ApiCallFailed
+    from csms.contracts.base import format_utc, utc_now
+    from services.stations.verifier import DEADLINE_MARGIN
+
+    sut = await make_system(infrastructure)
+    try:
+        cp_id = "CP-deadline"
+        await sut.api("stations", "set_password", charge_point_id=cp_id, password=KEY)
+        verifier = stations.verifier()
+        before = verifier.hashed
+        password_b64 = base64.b64encode(b"a-wrong-password").decode()
+        soon = format_utc(utc_now() + dt.timedelta(seconds=DEADLINE_MARGIN / 2))
+        with pytest.raises(ApiCallFailed) as info:
+            await sut.api("stations", "admit", charge_point_id=cp_id, password_b64=password_b64, deadline=soon)
+        assert info.value.status == 503
+        assert verifier.hashed == before
+        later = format_utc(utc_now() + dt.timedelta(seconds=DEADLINE_MARGIN + 4))
+        answer = await sut.api("stations", "admit", charge_point_id=cp_id, password_b64=password_b64, deadline=later)
+        assert answer["authenticated"] is False and answer["has_password"] is True
+        assert verifier.hashed == before + 1
     finally:
         await sut.stop()

@@ -53,6 +53,8 @@ def statuses(record: dict) -> list[str]:
 # ---- GetLog ---------------------------------------------------------------------------------------------------
 @pytest.mark.ocpp("GetLog", "LogStatusNotification")
 async def test_get_log_uploaded_through_the_intake(system, cp_id):
+    """OCTT TC_079 (get the security log): GetLog(SecurityLog) with a one-time upload URL of this system, the
+    LogStatusNotifications, the uploaded file linked to the request."""
     async with Events(system.settings, "diagnostics.#") as events, connect(system.url(cp_id)) as cp:
         await cp.boot()
         cp.responses["GetLog"] = {"status": "Accepted", "filename": "security.log"}
@@ -137,6 +139,8 @@ async def _host(system, name: str, data: bytes) -> dict:
 
 @pytest.mark.ocpp("SignedUpdateFirmware", "SignedFirmwareStatusNotification", "InstallCertificate")
 async def test_signed_firmware_end_to_end(system, cp_id):
+    """OCTT TC_080 (secure firmware update): SignedUpdateFirmware of a hosted image with the signing certificate and
+    the signature filled in; the charge point verifies both and reports every step to Installed."""
     image = os.urandom(300_000)
     await _host(system, "fw-2.0.bin", image)
     signing = await system.api("diagnostics", "firmware_signing")
@@ -279,6 +283,8 @@ async def test_signed_firmware_end_to_end_over_tls(over_tls, cp_id):
 
 @pytest.mark.ocpp("SignedUpdateFirmware", "SignedFirmwareStatusNotification")
 async def test_signed_firmware_with_a_bad_signature_is_sent_and_reported_invalid(system, cp_id):
+    """(TC_081 from the operator's side) a signature or certificate of the operator's own that does not verify is
+    sent with a warning -- the charge point decides -- and its InvalidSignature closes the update."""
     image = b"firmware image " * 1000
     await _host(system, "fw-bad.bin", image)
     other_ca, other_key = pki.make_ca("Other vendor")
@@ -324,3 +330,37 @@ async def test_signed_firmware_with_a_bad_signature_is_sent_and_reported_invalid
         update = await system.api("diagnostics", "get_firmware_update", request_id=result.server["request_id"])
         assert (update["status"], update["open"], update["closed_reason"]) == ("InvalidCertificate", False, "rejected")
         assert len(cp.received["SignedUpdateFirmware"]) == 2
+
+
+@pytest.mark.ocpp("SignedUpdateFirmware", "SignedFirmwareStatusNotification", "SecurityEventNotification")
+async def test_tc_081_secure_firmware_update_invalid_signature(system, cp_id):
+    """TC_081: the charge point downloads the signed firmware and finds the signature invalid (here: the image it got
+    is not the one signed): it reports Downloading, Downloaded, InvalidSignature and the security event
+    InvalidFirmwareSignature -- the CSMS closes the update as InvalidSignature (nothing installed) and stores the
+    event; the charge point stays served."""
+    image = os.urandom(50_000)
+    await _host(system, "fw-tampered.bin", image)
+    async with Events(system.settings, "firmware.update_changed") as events, connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        result = await system.client.send(cp_id, "SignedUpdateFirmware", {"requestId": 1, "firmware": {
+            "location": "csms:firmware/fw-tampered.bin", "retrieveDateTime": "2026-05-01T00:00:00Z",
+            "signingCertificate": "", "signature": ""}})
+        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
+        ocpp_request_id = result.server["ocpp_request_id"]
+        firmware = cp.received["SignedUpdateFirmware"][0]["firmware"]
+        _, downloaded = await http("GET", firmware["location"])
+        assert pki.verify_firmware(downloaded, firmware["signing_certificate"], firmware["signature"])
+        tampered = downloaded[:-1] + bytes([downloaded[-1] ^ 0xFF])      # what reached the charge point
+        assert not pki.verify_firmware(tampered, firmware["signing_certificate"], firmware["signature"])
+        for step in ("Downloading", "Downloaded", "InvalidSignature"):
+            await cp.call_ok(call.SignedFirmwareStatusNotification(status=step, request_id=ocpp_request_id))
+        assert await cp.call_ok(call.SecurityEventNotification(
+            type="InvalidFirmwareSignature", timestamp="2026-05-01T00:05:00Z", tech_info="fw-tampered.bin"))
+        await events.wait(lambda e: any(x["status"] == "InvalidSignature" for x in e.of("firmware.update_changed")))
+        await cp.heartbeat()
+    update = await system.api("diagnostics", "get_firmware_update", request_id=result.server["request_id"])
+    assert (update["status"], update["open"], update["closed_reason"], update["signed"]) == (
+        "InvalidSignature", False, "reported", True)
+    assert statuses(update) == ["Requested", "Accepted", "Downloading", "Downloaded", "InvalidSignature"]
+    [event] = await system.api("security", "list_security_events", charge_point_id=cp_id)
+    assert (event["type"], event["tech_info"]) == ("InvalidFirmwareSignature", "fw-tampered.bin")

@@ -49,6 +49,8 @@ async def certificates(system, cp_id: str) -> list[dict]:
 # ---- SignCertificate -> CertificateSigned ------------------------------------------------------------------
 @pytest.mark.ocpp("SignCertificate", "CertificateSigned")
 async def test_sign_certificate_round_trip_with_the_development_ca(system, cp_id):
+    """OCTT TC_074 (update the charge point certificate): SignCertificate -> CertificateSigned with the chain of the
+    CSMS's CA, accepted and recorded; a renewal supersedes the older certificate."""
     ca = await system.api("security", "ca_certificate")
     assert ca["development"] is True and ca["pem"].startswith("-----BEGIN CERTIFICATE-----")
     identity = pki.ChargePointIdentity.new(cp_id)
@@ -141,6 +143,33 @@ async def test_sign_certificate_requires_the_configured_organization(infrastruct
         await sut.stop()
 
 
+@pytest.mark.ocpp("SignCertificate", "CertificateSigned", "SecurityEventNotification")
+async def test_tc_077_invalid_certificate_signed(system, cp_id):
+    """TC_077: the charge point asks for a certificate, finds the CertificateSigned it gets invalid, answers Rejected
+    and reports InvalidChargePointCertificate: the CSMS records the certificate as rejected (not the charge point's,
+    nothing to renew), stores the security event, sends nothing more unasked -- and the charge point stays served
+    on what it had."""
+    identity = pki.ChargePointIdentity.new(cp_id)
+    async with Events(system.settings, "security.#") as events, connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        cp.responses["CertificateSigned"] = {"status": "Rejected"}
+        assert await sign(cp, identity.csr_pem()) == "Accepted"
+        await cp.wait_for("CertificateSigned")
+        chain = cp.received["CertificateSigned"][0]["certificate_chain"]
+        assert csms_pki.common_names(csms_pki.load_certificates(chain)[0].subject) == [cp_id]
+        assert await cp.call_ok(call.SecurityEventNotification(
+            type="InvalidChargePointCertificate", timestamp="2026-03-02T08:00:00Z", tech_info="chain does not verify"))
+        [cert] = await eventually(lambda: certificates(system, cp_id), lambda c: c and c[0]["status"] == "rejected")
+        assert cert["issued_by_csms"] is True
+        await events.wait(lambda e: e.of("security.event_received"))
+        [event] = await system.api("security", "list_security_events", charge_point_id=cp_id)
+        assert (event["type"], event["tech_info"]) == ("InvalidChargePointCertificate", "chain does not verify")
+        await cp.heartbeat()
+        assert len(cp.received["CertificateSigned"]) == 1
+    statuses = [e["status"] for e in events.of("security.certificate_changed")]
+    assert statuses == ["issued", "rejected"]
+
+
 @pytest.mark.ocpp("CertificateSigned")
 async def test_certificate_signed_from_an_operator_is_sent_and_its_answer_recorded(system, cp_id):
     foreign_ca, foreign_key = pki.make_ca("Foreign CA")
@@ -175,30 +204,36 @@ async def test_certificate_signed_from_an_operator_is_sent_and_its_answer_record
         assert len(cp.received["CertificateSigned"]) == 2
 
 
-# ---- InstallCertificate / GetInstalledCertificateIds / DeleteCertificate ---------------------------------
-@pytest.mark.ocpp("InstallCertificate", "GetInstalledCertificateIds", "DeleteCertificate")
-async def test_installed_certificates_follow_what_the_charge_point_says(system, cp_id):
+# ---- InstallCertificate / GetInstalledCertificateIds / DeleteCertificate (OCTT TC_075 - TC_078) -----------------
+async def _install(system, cp_id: str, root) -> dict:
+    result = await system.client.send(cp_id, "InstallCertificate", {
+        "certificateType": "CentralSystemRootCertificate", "certificate": pki.pem(root)})
+    assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
+    return result
+
+
+@pytest.mark.ocpp("InstallCertificate")
+async def test_tc_075_1_install_a_ca_certificate(system, cp_id):
+    """TC_075_1: the operator installs a CA certificate; the charge point accepts it and the CSMS records it with the
+    OCPP hash data; what cannot be one certificate is refused before it is sent, a leaf is sent with warnings."""
     root, _ = pki.make_ca("CPO Root", key_type="rsa-2048")
     other_root, _ = pki.make_ca("Old Root")
     async with connect(system.url(cp_id)) as cp:
         await cp.boot()
-        result = await system.client.send(cp_id, "InstallCertificate", {
-            "certificateType": "CentralSystemRootCertificate", "certificate": pki.pem(root)})
-        assert (result.status, result.payload, result.warnings) == ("answered", {"status": "Accepted"}, [])
-        assert cp.received["InstallCertificate"][0]["certificate"] == pki.pem(root)
+        await _install(system, cp_id, root)
+        assert cp.received["InstallCertificate"][0] == {"certificate_type": "CentralSystemRootCertificate",
+                                                        "certificate": pki.pem(root)}
         [installed] = await system.api("security", "installed_certificates", charge_point_id=cp_id)
         expected = pki.hash_data(root)
         assert (installed["hash_algorithm"], installed["issuer_name_hash"], installed["issuer_key_hash"],
                 installed["serial_number"]) == tuple(expected.values())
         assert (installed["source"], installed["subject"], installed["pem"]) == ("install", "CN=CPO Root",
                                                                                   pki.pem(root))
-
-        # a refused install is not recorded; a leaf certificate is sent with warnings
+        # a leaf certificate is sent all the same (the charge point decides), with warnings
         leaf, _ = pki.issue(*pki.make_ca("Some CA"), "not-a-root")
-        cp.responses["InstallCertificate"] = {"status": "Rejected"}
         result = await system.client.send(cp_id, "InstallCertificate", {
             "certificateType": "ManufacturerRootCertificate", "certificate": pki.pem(leaf)})
-        assert result.payload == {"status": "Rejected"}
+        assert result.payload == {"status": "Accepted"}
         assert result.warnings == ["not a CA certificate (BasicConstraints CA is not set)",
                                    "not a self-signed root certificate"]
         # not PEM, or two certificates: refused before sending
@@ -208,38 +243,86 @@ async def test_installed_certificates_follow_what_the_charge_point_says(system, 
             assert result.status == "invalid"
         assert len(cp.received["InstallCertificate"]) == 2
 
+
+@pytest.mark.ocpp("InstallCertificate")
+async def test_tc_075_2_install_a_ca_certificate_rejected(system, cp_id):
+    """TC_075_2: the charge point rejects (or fails to install) the certificate: the operator gets its answer and
+    nothing is recorded as installed -- the records follow what the charge point says."""
+    root, _ = pki.make_ca("CPO Root")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        for status in ("Rejected", "Failed"):
+            cp.responses["InstallCertificate"] = {"status": status}
+            result = await system.client.send(cp_id, "InstallCertificate", {
+                "certificateType": "CentralSystemRootCertificate", "certificate": pki.pem(root)})
+            assert (result.status, result.payload, result.warnings) == ("answered", {"status": status}, [])
+        assert len(cp.received["InstallCertificate"]) == 2
+        assert await system.api("security", "installed_certificates", charge_point_id=cp_id) == []
+        # accepted later: recorded then
+        cp.responses["InstallCertificate"] = {"status": "Accepted"}
+        await _install(system, cp_id, root)
+        assert [r["subject"] for r in await system.api("security", "installed_certificates",
+                                                        charge_point_id=cp_id)] == ["CN=CPO Root"]
+
+
+@pytest.mark.ocpp("GetInstalledCertificateIds")
+async def test_tc_078_get_installed_certificate_ids(system, cp_id):
+    """TC_078: the charge point's answer replaces the records of that certificate type -- ones this system
+    installed (matched in any hash algorithm) and ones it never knew; NotFound clears them."""
+    root, _ = pki.make_ca("CPO Root", key_type="rsa-2048")
+    other_root, _ = pki.make_ca("Old Root")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        await _install(system, cp_id, root)
         # the charge point reports what it has (SHA-384 for ours, and one this system never installed)
         cp.responses["GetInstalledCertificateIds"] = {"status": "Accepted", "certificate_hash_data": [
             pki.hash_data(root, "SHA384"), pki.hash_data(other_root)]}
         result = await system.client.send(cp_id, "GetInstalledCertificateIds",
                                           {"certificateType": "CentralSystemRootCertificate"})
         assert result.ok and len(result.server["installed"]) == 2
+        assert cp.received["GetInstalledCertificateIds"] == [{"certificate_type": "CentralSystemRootCertificate"}]
         records = await system.api("security", "installed_certificates", charge_point_id=cp_id)
         assert [(r["source"], r["hash_algorithm"], r["subject"]) for r in records] == [
             ("install", "SHA256", "CN=CPO Root"), ("reported", "SHA256", None)]
         assert records[0]["reported_at"] and records[1]["serial_number"] == pki.hash_data(other_root)["serial_number"]
-
-        # DeleteCertificate: the record goes once the charge point deleted it
-        wire = {"hashAlgorithm": "SHA256", **{k: v for k, v in {
-            "issuerNameHash": pki.hash_data(other_root)["issuer_name_hash"],
-            "issuerKeyHash": pki.hash_data(other_root)["issuer_key_hash"],
-            "serialNumber": pki.hash_data(other_root)["serial_number"]}.items()}}
-        result = await system.client.send(cp_id, "DeleteCertificate", {"certificateHashData": wire})
-        assert (result.payload, result.warnings) == ({"status": "Accepted"}, [])
-        assert cp.received["DeleteCertificate"][0]["certificate_hash_data"]["serial_number"] == wire["serialNumber"]
-        records = await system.api("security", "installed_certificates", charge_point_id=cp_id)
-        assert [r["subject"] for r in records] == ["CN=CPO Root"]
-        # unknown to the records: sent with a warning
-        result = await system.client.send(cp_id, "DeleteCertificate", {"certificateHashData": {
-            **wire, "serialNumber": "abc"}})
-        assert result.ok and result.warnings == ["no record of this certificate on this charge point"]
-
         # the charge point has none of that type any more: the records follow
         cp.responses["GetInstalledCertificateIds"] = {"status": "NotFound"}
         result = await system.client.send(cp_id, "GetInstalledCertificateIds",
                                           {"certificateType": "CentralSystemRootCertificate"})
         assert result.ok and result.server == {"installed": []}
         assert await system.api("security", "installed_certificates", charge_point_id=cp_id) == []
+
+
+@pytest.mark.ocpp("DeleteCertificate", "GetInstalledCertificateIds")
+async def test_tc_076_delete_a_certificate(system, cp_id):
+    """TC_076: the operator deletes a certificate by its hash data; the record goes once the charge point deleted
+    it (Accepted), stays when it refuses (Failed); one unknown to the records is sent with a warning."""
+    root, _ = pki.make_ca("CPO Root")
+    other_root, _ = pki.make_ca("Old Root")
+    async with connect(system.url(cp_id)) as cp:
+        await cp.boot()
+        await _install(system, cp_id, root)
+        cp.responses["GetInstalledCertificateIds"] = {"status": "Accepted", "certificate_hash_data": [
+            pki.hash_data(root), pki.hash_data(other_root)]}
+        assert (await system.client.send(cp_id, "GetInstalledCertificateIds",
+                                         {"certificateType": "CentralSystemRootCertificate"})).ok
+        data = pki.hash_data(other_root)
+        wire = {"hashAlgorithm": "SHA256", "issuerNameHash": data["issuer_name_hash"],
+                "issuerKeyHash": data["issuer_key_hash"], "serialNumber": data["serial_number"]}
+        cp.responses["DeleteCertificate"] = {"status": "Failed"}
+        result = await system.client.send(cp_id, "DeleteCertificate", {"certificateHashData": wire})
+        assert result.payload == {"status": "Failed"}
+        assert len(await system.api("security", "installed_certificates", charge_point_id=cp_id)) == 2
+        cp.responses["DeleteCertificate"] = {"status": "Accepted"}
+        result = await system.client.send(cp_id, "DeleteCertificate", {"certificateHashData": wire})
+        assert (result.payload, result.warnings) == ({"status": "Accepted"}, [])
+        assert cp.received["DeleteCertificate"][1]["certificate_hash_data"]["serial_number"] == wire["serialNumber"]
+        records = await system.api("security", "installed_certificates", charge_point_id=cp_id)
+        assert [r["subject"] for r in records] == ["CN=CPO Root"]
+        # unknown to the records: sent with a warning
+        result = await system.client.send(cp_id, "DeleteCertificate", {"certificateHashData": {
+            **wire, "serialNumber": "abc"}})
+        assert result.ok and result.warnings == ["no record of this certificate on this charge point"]
 
 
 # ---- ExtendedTriggerMessage and expiry ---------------------------------------------------------------------

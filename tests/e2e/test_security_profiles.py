@@ -279,6 +279,42 @@ async def test_gateway_auth_none_still_holds_stations_to_their_recorded_profile(
         await sut.stop()
 
 
+async def test_gateway_auth_none_never_lets_a_station_with_a_password_in_without_it(infrastructure, cp_id):
+    """A station the operator gave a password authenticates in every mode -- also without a recorded profile
+    (set_password records none): GATEWAY_AUTH=none relaxes only stations that have no credentials at all."""
+    sut = await System(make_settings(infrastructure, gateway_auth="none"), load_services()).start()
+    try:
+        await sut.api("stations", "set_password", charge_point_id=cp_id, password=KEY)
+        assert (await station(sut, cp_id))["security_profile"] is None
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(sut.url(cp_id), subprotocols=["ocpp1.6"], open_timeout=5)
+        assert (info.value.response.status_code, info.value.response.body) == (
+            401, b"charge point authentication required\n")
+        assert await refused(sut.url(cp_id), headers=basic(cp_id, b"wrong-password-12")) == 401
+        async with connect(sut.url(cp_id), password=PASSWORD) as cp:
+            assert (await cp.boot()).status == "Accepted"
+        async with connect(sut.url(f"{cp_id}-no-password")) as cp:      # (the relaxation itself still holds)
+            assert (await cp.boot()).status == "Accepted"
+    finally:
+        await sut.stop()
+
+
+def test_a_standalone_gateway_refuses_gateway_auth_none(settings):
+    """``python -m services.gateway`` is a deployment's gateway: GATEWAY_AUTH=none stops it at start (exit 2, one
+    line); only the development mode (services.all) and in-process test systems may relax authentication."""
+    import subprocess
+    import sys
+
+    from services.gateway.__main__ import REFUSED_NONE
+    from tests.support.process import ROOT, environment
+
+    result = subprocess.run([sys.executable, "-m", "services.gateway"], cwd=ROOT, capture_output=True, text=True,
+                            env=environment(settings.replace(gateway_auth="none")), timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (result.stdout + result.stderr).strip().splitlines() == [REFUSED_NONE]
+
+
 async def test_by_default_no_charge_point_gets_in_without_credentials(infrastructure, cp_id):
     settings = make_settings(infrastructure)
     sut = await System(settings.replace(gateway_auth=type(settings)().gateway_auth), load_services()).start()

@@ -332,7 +332,8 @@ async def test_records_survive_a_restart_and_losing_redis(system, cp_id):
 
     await system.api("stations", "register_vendor", vendor_id="com.example")
     await system.api("stations", "set_password", charge_point_id=cp_id, password="0123456789abcdef0123")
-    async with connect(system.url(cp_id)) as cp:
+    password = bytes.fromhex("0123456789abcdef0123")  # (a station with a password authenticates in every mode)
+    async with connect(system.url(cp_id), password=password) as cp:
         await cp.call_ok(call.BootNotification(charge_point_vendor="ACME", charge_point_model="M1",
                                                charge_point_serial_number="SN-1", firmware_version="2.0"))
         await cp.call_ok(call.FirmwareStatusNotification(status="Installed"))
@@ -348,7 +349,7 @@ async def test_records_survive_a_restart_and_losing_redis(system, cp_id):
     assert (station["boot_status"], station["boot_override"], station["firmware_status"]) == (
         "Accepted", "Pending", "Installed")
     assert station["configuration"]["NumberOfConnectors"]["value"] == "2" and station["has_password"]
-    async with connect(system.url(cp_id)) as cp:
+    async with connect(system.url(cp_id), password=password) as cp:
         await cp.call_ok(call.Heartbeat())  # booted before: served after the reconnect
         assert (await cp.call_ok(call.DataTransfer(vendor_id="com.example"))).status == "Accepted"
         assert (await cp.boot()).status == "Pending"
@@ -422,7 +423,7 @@ async def test_an_upgrade_imports_what_the_previous_version_kept_in_redis(infras
         admitted = await sut.api("stations", "admit", charge_point_id="OLD:1",
                                  password_b64=base64.b64encode(b"0123456789abcdef").decode())
         assert admitted == {"authenticated": True, "boot_status": "Accepted", "security_profile": None,
-                            "security_profile_pending": None}
+                            "security_profile_pending": None, "has_password": True}
         assert (await sut.api("stations", "get_station", charge_point_id="NEVER-BOOTED"))["registered"] is True
         async with connect(sut.url("CP-x")) as cp:
             await cp.boot()

@@ -44,6 +44,14 @@ def test_required_profile_is_the_recorded_one_never_below_the_floor(gateway_auth
     assert profiles.required_profile(recorded, profiles.floor(gateway_auth, minimum)) == required
 
 
+@pytest.mark.parametrize("gateway_auth, recorded, required", [
+    ("none", None, 1), ("none", 0, 1), ("none", 2, 2), ("basic", None, 1), ("basic", 3, 3)])
+def test_a_station_with_a_password_always_authenticates(gateway_auth, recorded, required):
+    """GATEWAY_AUTH=none relaxes only stations without credentials: one with a password (recorded profile or not)
+    needs profile 1 at least."""
+    assert profiles.required_profile(recorded, profiles.floor(gateway_auth, 1), has_password=True) == required
+
+
 @pytest.mark.parametrize("presented, required, status, says", [
     (Presented(PLAIN), 0, None, ""),
     (Presented(PLAIN, password=True), 1, None, ""),
@@ -118,6 +126,22 @@ NETWORKS = proxy_networks("10.0.0.0/8, 192.168.1.7, ::1")
 ])
 def test_client_address(peer, header, address):
     assert forwarded.client_address(peer, header, NETWORKS) == address
+
+
+@pytest.mark.parametrize("address, prefix, group", [
+    ("203.0.113.9", 64, "203.0.113.9"),
+    ("::ffff:203.0.113.9", 64, "203.0.113.9"),                        # IPv4-mapped: the IPv4 address
+    ("2001:db8:1:2:3:4:5:6", 64, "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", 64, "2001:db8:1:2::/64"),    # anywhere in the /64: the same group
+    ("2001:db8:1:3::1", 64, "2001:db8:1:3::/64"),                     # the next /64: another
+    ("2001:db8:1:2:3:4:5:6", 48, "2001:db8:1::/48"),
+    ("2001:db8:1:2:3:4:5:6", 128, "2001:db8:1:2:3:4:5:6"),           # 128: one by one
+    ("fe80::1%eth0", 64, "fe80::/64"),                                # (the zone does not count)
+    ("", 64, ""),                                                     # no address (a Unix socket)
+    ("not-an-address", 64, "not-an-address"),
+])
+def test_per_address_limits_count_ipv6_by_its_network(address, prefix, group):
+    assert forwarded.address_group(address, prefix) == group
 
 
 @pytest.mark.parametrize("proto, tls", [("https", True), ("wss", True), ("HTTPS, http", True), ("http", False),
@@ -264,39 +288,74 @@ async def test_known_pairs_then_clean_addresses_then_suspects_get_the_free_worke
         verifier.close()
 
 
-async def test_a_check_that_waited_longer_than_its_caller_is_dropped_unhashed(monkeypatch):
+class _Clock:
+    now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def gated(monkeypatch):
+    """A verifier of one worker (max_wait 5 s) on a clock the test moves, whose checks hold the worker until the
+    test sets the gate: (verifier, clock, gate, stored credentials)."""
     from services.stations import verifier as module
 
-    class Clock:
-        now = 1000.0
-
-        def monotonic(self):
-            return self.now
-    clock = Clock()
+    clock = _Clock()
     monkeypatch.setattr(module, "time", clock)
     verifier = await PasswordVerifier(workers=1, queue=4, max_wait=5.0).start()
-    stored = Credentials(credentials.hash_secret(b"right-password-1"), None)
-    try:
-        gate = asyncio.Event()
-        real_check = verifier._check
+    gate = asyncio.Event()
+    real_check, loop = verifier._check, asyncio.get_running_loop()
 
-        def slow_check(*args):      # (on the worker thread) the running check holds the worker until told
-            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
-            return real_check(*args)
-        loop = asyncio.get_running_loop()
-        monkeypatch.setattr(verifier, "_check", slow_check)
-        running = asyncio.create_task(verifier.verify(b"guess-1", stored))
-        await asyncio.sleep(0)
-        stale = asyncio.create_task(verifier.verify(b"guess-2", stored))
-        await asyncio.sleep(0)
-        clock.now += 6.0            # the gateway stopped waiting for it
-        fresh = asyncio.create_task(verifier.verify(b"guess-3", stored, lane="suspect"))
-        await asyncio.sleep(0)
-        gate.set()
-        assert (await running).authenticated is False
-        with pytest.raises(Busy):
-            await stale
-        assert (await fresh).authenticated is False
-        assert verifier.hashed == 2
+    def slow_check(*args):      # (on the worker thread) the running check holds the worker until told
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        return real_check(*args)
+    monkeypatch.setattr(verifier, "_check", slow_check)
+    try:
+        yield verifier, clock, gate, Credentials(credentials.hash_secret(b"right-password-1"), None)
     finally:
+        gate.set()
         verifier.close()
+
+
+async def test_a_check_that_waited_longer_than_its_caller_is_dropped_unhashed(gated):
+    verifier, clock, gate, stored = gated
+    running = asyncio.create_task(verifier.verify(b"guess-1", stored))
+    await asyncio.sleep(0)
+    stale = asyncio.create_task(verifier.verify(b"guess-2", stored))
+    await asyncio.sleep(0)
+    clock.now += 6.0            # the gateway stopped waiting for it
+    fresh = asyncio.create_task(verifier.verify(b"guess-3", stored, lane="suspect"))
+    await asyncio.sleep(0)
+    gate.set()
+    assert (await running).authenticated is False
+    with pytest.raises(Busy):
+        await stale
+    assert (await fresh).authenticated is False
+    assert verifier.hashed == 2
+
+
+async def test_a_check_is_dropped_a_margin_before_its_callers_deadline(gated):
+    """A waiting check gets a worker no later than DEADLINE_MARGIN before its caller stops waiting -- by the
+    deadline the caller sent (``within``), else CSMS_CALL_TIMEOUT (``max_wait``): one handed a worker just before
+    still has the time to be hashed and answered, none is hashed for a caller that is gone."""
+    from services.stations.verifier import DEADLINE_MARGIN
+
+    verifier, clock, gate, stored = gated
+    running = asyncio.create_task(verifier.verify(b"guess-1", stored))
+    await asyncio.sleep(0)
+    by_timeout = asyncio.create_task(verifier.verify(b"guess-2", stored))              # max_wait 5 s
+    by_deadline = asyncio.create_task(verifier.verify(b"guess-3", stored, within=3.0))
+    roomy = asyncio.create_task(verifier.verify(b"guess-4", stored, lane="suspect", within=30.0))
+    await asyncio.sleep(0)
+    clock.now += 5.0 - DEADLINE_MARGIN / 2          # both callers still wait, but not long enough
+    gate.set()
+    assert (await running).authenticated is False
+    for dropped in (by_timeout, by_deadline):
+        with pytest.raises(Busy):
+            await dropped
+    assert (await roomy).authenticated is False
+    assert verifier.hashed == 2
+    with pytest.raises(Busy):                       # a deadline within the margin: not even tried
+        await verifier.verify(b"guess-5", stored, within=DEADLINE_MARGIN / 2)
+    assert verifier.hashed == 2

@@ -63,9 +63,9 @@ def security_summary(settings: Settings, process: str | None = None) -> list[tup
         lines.append((logging.INFO, "own RabbitMQ credentials (AMQP_SERVICE_URLS) for " + ", ".join(
             f"{part} ({redacted(url)})" for part, url in sorted(settings.amqp_service_urls.items()))))
     if gateway and settings.gateway_auth == "none":
-        lines.append((logging.WARNING, "GATEWAY_AUTH=none: charge points without a recorded security profile are NOT "
-                                       "authenticated (profile 0); any client may connect as any such charge point "
-                                       "id. Development only: set GATEWAY_AUTH=basic"))
+        lines.append((logging.WARNING, "GATEWAY_AUTH=none: charge points without a recorded security profile or a "
+                                       "password are NOT authenticated (profile 0); any client may connect as any such "
+                                       "charge point id. Development only: set GATEWAY_AUTH=basic"))
     if gateway and not settings.gateway_tls and not settings.gateway_trusted_proxies:
         lines.append((logging.WARNING, "no TLS for charge points (GATEWAY_TLS_CERT_FILE / GATEWAY_TRUSTED_PROXIES): "
                                        "Basic auth passwords cross the network in clear text (security profile 1)"))

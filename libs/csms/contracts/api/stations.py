@@ -75,6 +75,9 @@ class AdmitParams(Params):
         "clean -- the address has no recent failed logins; suspect -- anything else"))
     suspect: bool = Field(False, description=(
         "(deprecated, sent by gateways of the previous version) the suspect lane"))
+    deadline: UtcDatetime | None = Field(None, description=(
+        "when the caller stops waiting for the answer (UTC): a password check still waiting shortly before it is "
+        "dropped unhashed (503); null: CSMS_CALL_TIMEOUT after the request arrived"))
 
 
 class AuthenticateParams(Params):
@@ -96,6 +99,9 @@ class AdmitResult(BaseModel):
     # accepted ChangeConfiguration(SecurityProfile) asked for, recorded once the station connects at it
     security_profile: SecurityProfile | None = None
     security_profile_pending: SecurityProfile | None = None
+    # the station has a password: it authenticates whatever GATEWAY_AUTH says (a stations service of the previous
+    # version does not say: false)
+    has_password: bool = False
 
 
 class SetBootStatusResult(BaseModel):
